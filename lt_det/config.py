@@ -1,0 +1,104 @@
+"""Config keys of lt_det.
+
+One function, :func:`add_lt_config`, adds every key the project reads. Each key lives under the
+node it configures and carries a comment listing the values it takes. Keys that select a method
+name a registry entry; the registries list their choices in error messages as well.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_lt_config"]
+
+
+def add_lt_config(cfg: CN) -> CN:
+    """Add lt_det's keys to a detectron2 config (in place) and return it.
+
+    Safe to call twice: keys that already exist keep their values.
+    """
+    _C = cfg
+    if "CLS_LOSS" in _C.MODEL.ROI_BOX_HEAD:
+        return _C
+
+    # ---------------------------------------------------------------- datasets
+    # Extra LVIS-format datasets to register before anything is built. Each entry is
+    # [name, json_file, image_root]; relative paths resolve against the working directory.
+    # Datasets registered this way are evaluated with the LVIS evaluator.
+    # Example: [["my_train", "data/train.json", "data/images"]]
+    _C.DATASETS.LVIS_FORMAT = []
+
+    # ---------------------------------------------------------------- box classification head
+    # Classification loss of the Fast R-CNN box predictor (registry LT_CLS_LOSS_REGISTRY).
+    # Choices: "softmax_ce" | "sigmoid_ce" | "balanced_softmax" | "balanced_sigmoid".
+    _C.MODEL.ROI_BOX_HEAD.CLS_LOSS = "softmax_ce"
+    # Sigmoid-family losses: classifier bias initialised to -log((1 - p) / p) with this p
+    # (0 disables the special init and keeps detectron2's zero bias).
+    _C.MODEL.ROI_BOX_HEAD.SIGMOID_BIAS_PRIOR_PROB = 0.01
+    # Balanced Softmax: how the background logit is treated during training.
+    # Choices: "unshifted" (background logit left as is; only foreground logits get +log prior)
+    #          | "fg_mass" (background logit gets +log of the foreground prior mass,
+    #            so background vs foreground odds are not moved on average).
+    _C.MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG = "unshifted"
+
+    # Class prior used by the balanced losses (and reported by tools).
+    _C.MODEL.ROI_BOX_HEAD.PRIOR = CN()
+    # Where the prior comes from.
+    # Choices: "image_count"    (fraction of training images containing the class, counted from
+    #                            DATASETS.TRAIN)
+    #          | "instance_count" (class share of all training instances, counted from DATASETS.TRAIN)
+    #          | "cat_info"     (LVIS *_cat_info.json at PRIOR.CAT_INFO_PATH; uses image_count)
+    #          | "metadata"     (MetadataCatalog[DATASETS.TRAIN[0]].class_image_count)
+    _C.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE = "image_count"
+    # Path of a LVIS-style cat_info json (list of {"id", "image_count", "instance_count"}).
+    _C.MODEL.ROI_BOX_HEAD.PRIOR.CAT_INFO_PATH = ""
+    # A class with zero training examples is counted as having this many (> 0), with a warning
+    # listing the classes, so that log(prior) stays finite.
+    _C.MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR = 0.5
+
+    # ---------------------------------------------------------------- data loading
+    # DATALOADER.SAMPLER_TRAIN (a detectron2 key) also takes lt_det's samplers.
+    # Choices: "TrainingSampler" | "RepeatFactorTrainingSampler" (detectron2's)
+    #          | "ClassBalancedSampler" | "ClassPowerSampler" | "MetaSampler" (lt_det's).
+    # ClassPowerSampler: a class is drawn with probability proportional to n_c ** POWER (n_c =
+    # training images containing class c), then an image containing it uniformly.
+    # 0 = class-balanced, 0.5 = square-root sampling, 1 ~ image-count proportional.
+    _C.DATALOADER.CLASS_POWER = 0.5
+
+    # Meta Sampler (BALMS): per-class sample rates learned by meta-gradient.
+    _C.DATALOADER.META_SAMPLER = CN()
+    # Learning rate (Adam) of the per-class sampling logits.
+    _C.DATALOADER.META_SAMPLER.LR = 0.01
+    # Learning rate of the differentiable inner SGD step of the box classifier.
+    _C.DATALOADER.META_SAMPLER.INNER_LR = 0.1
+    # Update the rates every this many training iterations.
+    _C.DATALOADER.META_SAMPLER.UPDATE_PERIOD = 1
+    # Number of ROI features per class kept in the class-balanced meta set.
+    _C.DATALOADER.META_SAMPLER.META_PER_CLASS = 4
+    # Initial rates. Choices: "class_balanced" | "instance" (proportional to image counts)
+    #                         | "sqrt" (proportional to sqrt of image counts).
+    _C.DATALOADER.META_SAMPLER.INIT = "sqrt"
+
+    # ---------------------------------------------------------------- decoupled training
+    _C.MODEL.DECOUPLE = CN()
+    # Stage-2 method (registry LT_DECOUPLE_REGISTRY).
+    # Choices: "none" (ordinary training) | "crt" (re-initialise and retrain the classifier)
+    #          | "lws" (learn one scale per class) | "tau_norm" (no training; normalise weights).
+    _C.MODEL.DECOUPLE.METHOD = "none"
+    # Parameter-name prefixes that stay trainable in stage 2 (exact module-path prefixes,
+    # matched at "." boundaries; everything else is frozen and runs in eval mode).
+    _C.MODEL.DECOUPLE.TRAINABLE = ["roi_heads.box_predictor.cls_score"]
+    # Parameter-name prefixes re-initialised after the stage-1 weights are loaded ("crt").
+    _C.MODEL.DECOUPLE.REINIT = ["roi_heads.box_predictor.cls_score"]
+    # tau-normalisation exponent: w_c <- w_c / ||w_c|| ** TAU.
+    _C.MODEL.DECOUPLE.TAU = 1.0
+    # What tau_norm does with the classifier bias. Choices: "keep" | "zero" | "scale"
+    # ("scale" divides the bias by the same norm factor as its weight row).
+    _C.MODEL.DECOUPLE.TAU_BIAS = "keep"
+
+    # ---------------------------------------------------------------- evaluation
+    _C.TEST.LVIS = CN()
+    # Evaluation backend. Choices: "fast" (faster-coco-eval, LVIS mode) | "lvis" (official lvis-api).
+    _C.TEST.LVIS.BACKEND = "fast"
+    # AP-fixed protocol (Dave et al. 2021): no per-image cap, top 10,000 detections per class.
+    _C.TEST.LVIS.AP_FIXED = False
+    # Evaluate at most this many classes at a time (bounds memory; 0 = all at once).
+    _C.TEST.LVIS.CLASS_CHUNK = 0
+    return _C

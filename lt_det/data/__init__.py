@@ -1,0 +1,8 @@
+"""Datasets (LVIS-format registration, synthetic long-tailed data) and samplers."""
+from .lvis_format import (
+    load_lvis_format_json,
+    register_datasets_from_cfg,
+    register_lvis_format,
+)
+
+__all__ = ["load_lvis_format_json", "register_datasets_from_cfg", "register_lvis_format"]

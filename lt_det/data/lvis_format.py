@@ -1,0 +1,222 @@
+"""Register any LVIS-format dataset (json + image folder) under a user-chosen name.
+
+Layout expected::
+
+    <json_file>      LVIS-format json with "images", "annotations", "categories"
+    <image_root>/    the images; an image's path is image_root/file_name when the image record
+                     has "file_name", else image_root/<split folder>/<file> taken from the last two
+                     parts of its "coco_url" (real LVIS v1: image_root = "coco/")
+
+Category ids may be any distinct positive integers; they are mapped to detectron2's contiguous ids
+``0..K-1`` in increasing id order (the background class is ``K``).
+
+Metadata set on ``MetadataCatalog.get(name)`` (what lt_det's heads, samplers and evaluator read):
+``json_file``, ``image_root``, ``evaluator_type="lvis"``, ``thing_classes``,
+``thing_dataset_id_to_contiguous_id``, ``class_image_count`` (list of ``{"id", "image_count"}``,
+contiguous order), ``class_instance_count`` (list of int) and ``class_frequency`` (list of "r"/"c"/"f").
+Counts come from the json's categories when it has them, else from its annotations.
+"""
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+from ..errors import LTDetError
+
+__all__ = [
+    "register_lvis_format",
+    "load_lvis_format_json",
+    "read_lvis_json",
+    "category_stats",
+    "frequency_group",
+    "register_datasets_from_cfg",
+]
+
+logger = logging.getLogger(__name__)
+
+_LAYOUT = (
+    "Expected an LVIS-format json with keys 'images', 'annotations', 'categories' and an image "
+    "folder holding the files its images name (see lt_det/data/lvis_format.py)."
+)
+
+
+def frequency_group(image_count: int) -> str:
+    """LVIS frequency group of a class from its number of training images: r <= 10 < c <= 100 < f."""
+    if image_count <= 10:
+        return "r"
+    if image_count <= 100:
+        return "c"
+    return "f"
+
+
+def read_lvis_json(json_file: str) -> Dict[str, Any]:
+    """Read and validate the top-level structure of an LVIS-format json."""
+    if not os.path.isfile(json_file):
+        raise LTDetError(f"LVIS-format json not found: '{json_file}'. {_LAYOUT}")
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise LTDetError(
+            f"'{json_file}' is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). "
+            "Regenerate or repair the file."
+        ) from None
+    if not isinstance(data, dict):
+        raise LTDetError(f"'{json_file}': top level must be a JSON object. {_LAYOUT}")
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if missing:
+        raise LTDetError(f"'{json_file}' has no key(s) {missing}. {_LAYOUT}")
+    cat_ids = [c.get("id") for c in data["categories"]]
+    if not all(isinstance(i, int) and i > 0 for i in cat_ids):
+        bad = [i for i in cat_ids if not (isinstance(i, int) and i > 0)][:5]
+        raise LTDetError(f"'{json_file}': category ids must be positive integers, got {bad}.")
+    if len(set(cat_ids)) != len(cat_ids):
+        raise LTDetError(f"'{json_file}': category ids are not unique.")
+    return data
+
+
+def category_stats(data: Dict[str, Any]) -> Tuple[List[int], List[int], List[int], List[str]]:
+    """Per-category (ids, image counts, instance counts, r/c/f groups), in increasing id order.
+
+    Counts are the json's own ``image_count``/``instance_count`` when every category has them,
+    otherwise they are counted from the annotations.
+    """
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    ids = [c["id"] for c in cats]
+    if all("image_count" in c and "instance_count" in c for c in cats):
+        image_counts = [int(c["image_count"]) for c in cats]
+        instance_counts = [int(c["instance_count"]) for c in cats]
+    else:
+        index = {cid: i for i, cid in enumerate(ids)}
+        images_of = [set() for _ in ids]
+        instance_counts = [0] * len(ids)
+        for ann in data["annotations"]:
+            i = index.get(ann["category_id"])
+            if i is not None:
+                images_of[i].add(ann["image_id"])
+                instance_counts[i] += 1
+        image_counts = [len(s) for s in images_of]
+    groups = [c.get("frequency") or frequency_group(n) for c, n in zip(cats, image_counts)]
+    return ids, image_counts, instance_counts, groups
+
+
+def _image_path(image_root: str, img: Dict[str, Any]) -> str:
+    if "file_name" in img:
+        return os.path.join(image_root, img["file_name"])
+    if "coco_url" in img:
+        split_folder, file_name = img["coco_url"].split("/")[-2:]
+        return os.path.join(image_root, split_folder, file_name)
+    raise LTDetError(f"image id {img.get('id')} has neither 'file_name' nor 'coco_url'.")
+
+
+def load_lvis_format_json(
+    json_file: str, image_root: str, dataset_name: Optional[str] = None
+) -> List[Dict[str, Any]]:
+    """Load an LVIS-format json as detectron2 dataset dicts (contiguous category ids).
+
+    Raises :class:`LTDetError` naming the file and the offending record on malformed input.
+    """
+    if not os.path.isdir(image_root):
+        raise LTDetError(f"image folder not found: '{image_root}' (for '{json_file}'). {_LAYOUT}")
+    data = read_lvis_json(json_file)
+    id_map = {cid: i for i, cid in enumerate(sorted(c["id"] for c in data["categories"]))}
+    anns_of: Dict[Any, List[Dict[str, Any]]] = {}
+    for ann in data["annotations"]:
+        anns_of.setdefault(ann["image_id"], []).append(ann)
+
+    def contiguous(ids, img_id, key):
+        try:
+            return [id_map[i] for i in ids]
+        except KeyError as e:
+            raise LTDetError(
+                f"'{json_file}': image {img_id} lists {key} {e.args[0]}, which is not a category."
+            ) from None
+
+    dicts = []
+    for img in data["images"]:
+        record = {
+            "file_name": _image_path(image_root, img),
+            "height": img["height"],
+            "width": img["width"],
+            "image_id": img["id"],
+            "neg_category_ids": contiguous(img.get("neg_category_ids", []), img["id"], "neg id"),
+            "not_exhaustive_category_ids": contiguous(
+                img.get("not_exhaustive_category_ids", []), img["id"], "not-exhaustive id"
+            ),
+        }
+        objs = []
+        for ann in anns_of.get(img["id"], []):
+            x, y, w, h = ann["bbox"]
+            if w < 0 or h < 0:
+                raise LTDetError(
+                    f"'{json_file}': annotation {ann.get('id')} (image {img['id']}) has a box with "
+                    f"negative size {ann['bbox']}; boxes are [x, y, width, height]. Fix or drop it."
+                )
+            if ann["category_id"] not in id_map:
+                raise LTDetError(
+                    f"'{json_file}': annotation {ann.get('id')} has category_id "
+                    f"{ann['category_id']}, which is not in 'categories'."
+                )
+            obj = {
+                "bbox": [x, y, w, h],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": id_map[ann["category_id"]],
+            }
+            if "segmentation" in ann:
+                # Valid polygons have >= 3 points (6 coordinates); LVIS has a few degenerate ones.
+                segm = [p for p in ann["segmentation"] if len(p) % 2 == 0 and len(p) >= 6]
+                if segm:
+                    obj["segmentation"] = segm
+            objs.append(obj)
+        record["annotations"] = objs
+        dicts.append(record)
+    if dataset_name is not None:
+        logger.info(f"Loaded {len(dicts)} images from '{json_file}' as '{dataset_name}'.")
+    return dicts
+
+
+def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
+    """Register an LVIS-format dataset under ``name`` (lazily loaded; metadata set now).
+
+    Args:
+        name: the name to use in ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
+        json_file: path of the LVIS-format json.
+        image_root: folder holding the images.
+    """
+    if not os.path.isfile(json_file):
+        raise LTDetError(f"dataset '{name}': json not found: '{json_file}'. {_LAYOUT}")
+    if not os.path.isdir(image_root):
+        raise LTDetError(f"dataset '{name}': image folder not found: '{image_root}'. {_LAYOUT}")
+    data = read_lvis_json(json_file)
+    ids, image_counts, instance_counts, groups = category_stats(data)
+    names = {c["id"]: c.get("name", str(c["id"])) for c in data["categories"]}
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_lvis_format_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="lvis",
+        thing_classes=[names[i] for i in ids],
+        thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(ids)},
+        class_image_count=[{"id": i, "image_count": n} for i, n in zip(ids, image_counts)],
+        class_instance_count=instance_counts,
+        class_frequency=groups,
+    )
+
+
+def register_datasets_from_cfg(cfg) -> List[str]:
+    """Register every ``[name, json_file, image_root]`` entry of ``cfg.DATASETS.LVIS_FORMAT``."""
+    names = []
+    for entry in cfg.DATASETS.LVIS_FORMAT:
+        if len(entry) != 3:
+            raise LTDetError(
+                f"DATASETS.LVIS_FORMAT entries are [name, json_file, image_root]; got {entry}."
+            )
+        register_lvis_format(*entry)
+        names.append(entry[0])
+    return names

