@@ -32,10 +32,12 @@ def add_lt_config(cfg: CN) -> CN:
     # Sigmoid-family losses: classifier bias initialised to -log((1 - p) / p) with this p
     # (0 disables the special init and keeps detectron2's zero bias).
     _C.MODEL.ROI_BOX_HEAD.SIGMOID_BIAS_PRIOR_PROB = 0.01
-    # Balanced Softmax: how the background logit is treated during training.
-    # Choices: "unshifted" (background logit left as is; only foreground logits get +log prior)
-    #          | "fg_mass" (background logit gets +log of the foreground prior mass,
-    #            so background vs foreground odds are not moved on average).
+    # Balanced Softmax: how the background logit is treated during training (foreground logits
+    # get +log prior; only prior ratios matter, and a uniform prior gives plain cross-entropy).
+    # Choices: "unshifted" (foreground logits get +log(n_j / max n), background left as is: the
+    #            most frequent class is trained as in plain CE)
+    #          | "fg_mass" (foreground logits get +log(n_j / mean n), background left as is:
+    #            with equal foreground logits the background vs foreground odds are not moved).
     _C.MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG = "unshifted"
 
     # Class prior used by the balanced losses (and reported by tools).
@@ -72,6 +74,9 @@ def add_lt_config(cfg: CN) -> CN:
     _C.DATALOADER.META_SAMPLER.UPDATE_PERIOD = 1
     # Number of ROI features per class kept in the class-balanced meta set.
     _C.DATALOADER.META_SAMPLER.META_PER_CLASS = 4
+    # Meta-batch size per update, drawn class-balanced from that meta set (a class uniformly, then
+    # one of its stored features); 0 = the whole meta set (up to NUM_CLASSES * META_PER_CLASS).
+    _C.DATALOADER.META_SAMPLER.META_BATCH_SIZE = 512
     # Initial rates. Choices: "class_balanced" | "instance" (proportional to image counts)
     #                         | "sqrt" (proportional to sqrt of image counts).
     _C.DATALOADER.META_SAMPLER.INIT = "sqrt"
@@ -92,6 +97,22 @@ def add_lt_config(cfg: CN) -> CN:
     # What tau_norm does with the classifier bias. Choices: "keep" | "zero" | "scale"
     # ("scale" divides the bias by the same norm factor as its weight row).
     _C.MODEL.DECOUPLE.TAU_BIAS = "keep"
+
+    # ---------------------------------------------------------------- MobileNetV2 backbone
+    # Read by MODEL.BACKBONE.NAME "build_mnv2_fpn_backbone" (lt_det/modeling/backbone/).
+    # Freezing uses detectron2's MODEL.BACKBONE.FREEZE_AT: 0 = train all | 1 = freeze the stem
+    # | k = 2..5 = freeze the stem and res2..res{k}.
+    _C.MODEL.MNV2 = CN()
+    # Initialisation of the backbone, applied only when MODEL.WEIGHTS is empty.
+    # Choices: "imagenet" (torchvision's ImageNet file mobilenet_v2-b0353104.pth in
+    #          <sys.prefix>/share/lt_det/, installed by tools/setup_env.sh; an error if missing)
+    #          | "" (random initialisation) | a path to a torchvision MobileNetV2 state dict.
+    _C.MODEL.MNV2.PRETRAINED_PATH = "imagenet"
+    # Normalisation layers. Choices: "FrozenBN" (ImageNet statistics kept) | "BN" | "SyncBN".
+    _C.MODEL.MNV2.NORM = "FrozenBN"
+    # Stages returned to the FPN, a subset of ["stem", "res2", "res3", "res4", "res5"]
+    # (strides 2, 4, 8, 16, 32; channels 16, 24, 32, 96, 320).
+    _C.MODEL.MNV2.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
     # ---------------------------------------------------------------- evaluation
     _C.TEST.LVIS = CN()

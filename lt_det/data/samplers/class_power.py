@@ -1,0 +1,189 @@
+"""Class-driven image samplers: class-balanced and class-power (square-root) sampling.
+
+Shape shorthand: I images, K classes, n_c = number of training images that contain class c.
+
+Every draw first picks a class c with probability ``pi_c`` and then, uniformly, one of the n_c
+images containing c. :class:`ClassPowerSampler` uses ``pi_c ∝ n_c ** power``: power 0 is the
+class-balanced sampler (``"ClassBalancedSampler"``), 0.5 square-root sampling, and 1 draws images
+roughly in proportion to how many classes they contain. Images without annotations belong to no
+class and are never drawn (detectron2 drops them anyway when
+``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` is on); classes with n_c = 0 get probability 0.
+
+Like detectron2's ``TrainingSampler`` the samplers yield dataset indices forever. All ranks
+generate one common stream from a shared seed, in chunks of ``chunk_size`` draws; rank r keeps the
+draws at positions r, r + W, r + 2W, ... (W = world size). Ranks therefore see disjoint parts
+of one stream, and interleaving their outputs gives back the single-process stream. Draws are
+with replacement, so the same image can still appear on two ranks, as in any i.i.d. sampler.
+"""
+from typing import Dict, Iterator, Optional, Sequence
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.utils import comm
+from torch.utils.data import Sampler
+
+from ...errors import LTDetError
+from .class_index import ClassImageIndex, ClassImagesLike, as_class_image_index
+from .registry import register_sampler
+
+__all__ = ["ClassDrawSampler", "ClassPowerSampler", "class_power_probs"]
+
+
+def class_power_probs(image_counts: torch.Tensor, power: float) -> torch.Tensor:
+    """``pi_c ∝ n_c ** power`` over the classes with n_c > 0, zero elsewhere.
+
+    Args:
+        image_counts: (K,) number of images containing each class.
+        power: the exponent; 0 = class-balanced.
+
+    Returns:
+        (K,) float64 probabilities summing to 1.
+    """
+    counts = image_counts.to(torch.float64)
+    present = counts > 0
+    # 0 ** 0 would be 1: absent classes are masked explicitly.
+    probs = torch.where(present, counts.clamp(min=1) ** power, torch.zeros_like(counts))
+    total = probs.sum()
+    if not total > 0:
+        raise LTDetError("no class has a training image: nothing to sample.")
+    return probs / total
+
+
+class ClassDrawSampler(Sampler):
+    """Base of the class-driven samplers: draw a class, then an image containing it.
+
+    Subclasses define :meth:`class_probabilities`, which is read again at the start of every
+    chunk of draws (the Meta Sampler changes it while training).
+    """
+
+    def __init__(
+        self,
+        class_images: ClassImagesLike,
+        *,
+        num_classes: Optional[int] = None,
+        seed: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        chunk_size: int = 4096,
+    ):
+        """
+        Args:
+            class_images: detectron2 dataset dicts (I,), K per-class lists of image indices, or a
+                :class:`ClassImageIndex`.
+            num_classes: K; default: the largest category id + 1.
+            seed: seed of the draw stream, the same on all ranks. None: a random seed shared by
+                all ranks (``comm.shared_random_seed()``; deterministic once cfg.SEED is set).
+            rank, world_size: this process's shard; default from ``detectron2.utils.comm``.
+            chunk_size: draws generated at a time (of the common stream, all ranks together).
+        """
+        self._index: ClassImageIndex = as_class_image_index(class_images, num_classes=num_classes)
+        self._indptr = self._index.indptr
+        self._image_ids = self._index.image_ids
+        self._counts = self._index.image_counts
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._rank = comm.get_rank() if rank is None else int(rank)
+        self._world_size = comm.get_world_size() if world_size is None else int(world_size)
+        if not 0 <= self._rank < self._world_size:
+            raise LTDetError(f"rank {self._rank} outside [0, world_size={self._world_size}).")
+        if chunk_size <= 0:
+            raise LTDetError(f"chunk_size must be positive, got {chunk_size}.")
+        self._chunk_size = int(chunk_size)
+
+    @property
+    def class_image_index(self) -> ClassImageIndex:
+        """The (class -> images) table the sampler draws from."""
+        return self._index
+
+    @property
+    def num_classes(self) -> int:
+        """K."""
+        return self._index.num_classes
+
+    @property
+    def image_counts(self) -> torch.Tensor:
+        """(K,) int64 n_c."""
+        return self._counts
+
+    def class_probabilities(self) -> torch.Tensor:
+        """(K,) probabilities of drawing each class next (zero for classes without images)."""
+        raise NotImplementedError
+
+    def _draw(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        probs = self.class_probabilities().to(torch.float64) * (self._counts > 0)
+        if not probs.sum() > 0:
+            raise LTDetError("all class sampling rates are zero for the classes with images.")
+        classes = torch.multinomial(probs, n, replacement=True, generator=generator)
+        counts = self._counts[classes]
+        # Uniform image among the n_c images of the class; clamp guards u * n rounding up to n.
+        offsets = (torch.rand(n, generator=generator, dtype=torch.float64) * counts).long()
+        offsets = torch.minimum(offsets, counts - 1)
+        return self._image_ids[self._indptr[classes] + offsets]
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self._seed)
+        position = 0  # index of the chunk's first draw in the common stream
+        while True:
+            draws = self._draw(generator, self._chunk_size)
+            first = (self._rank - position) % self._world_size
+            yield from draws[first :: self._world_size].tolist()
+            position += self._chunk_size
+
+
+class ClassPowerSampler(ClassDrawSampler):
+    """Draw class c with probability ∝ n_c ** power, then uniformly an image containing c."""
+
+    @configurable
+    def __init__(
+        self,
+        class_images: ClassImagesLike,
+        *,
+        power: float,
+        num_classes: Optional[int] = None,
+        seed: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        chunk_size: int = 4096,
+    ):
+        """
+        Args:
+            class_images: detectron2 dataset dicts (I,), K per-class image lists, or a
+                :class:`ClassImageIndex`.
+            power: exponent of n_c; 0 = class-balanced, 0.5 = square-root sampling.
+            num_classes, seed, rank, world_size, chunk_size: see :class:`ClassDrawSampler`.
+        """
+        super().__init__(
+            class_images,
+            num_classes=num_classes,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            chunk_size=chunk_size,
+        )
+        self._power = float(power)
+        self._probs = class_power_probs(self._counts, self._power)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Dict:
+        return {
+            "class_images": dataset_dicts,
+            "power": cfg.DATALOADER.CLASS_POWER,
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        }
+
+    @property
+    def power(self) -> float:
+        return self._power
+
+    def class_probabilities(self) -> torch.Tensor:
+        return self._probs
+
+
+@register_sampler("ClassPowerSampler")
+def _class_power_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
+    return ClassPowerSampler(cfg, dataset_dicts)
+
+
+@register_sampler("ClassBalancedSampler")
+def _class_balanced_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
+    return ClassPowerSampler(dataset_dicts, power=0.0, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES)

@@ -1,0 +1,123 @@
+"""Registry of training samplers, keyed by ``DATALOADER.SAMPLER_TRAIN``.
+
+An entry is a builder ``(cfg, dataset_dicts) -> torch.utils.data.Sampler``. detectron2's own
+``TrainingSampler`` and ``RepeatFactorTrainingSampler`` are registered here with exactly the
+arguments detectron2's ``build_detection_train_loader`` would give them; lt_det's samplers
+register themselves in their own modules. Adding a sampler is one module plus one
+``@register_sampler("Name")``.
+
+The trainer calls::
+
+    sampler = build_train_sampler(cfg, dataset_dicts)
+    loader = build_detection_train_loader(cfg, dataset=dataset_dicts, sampler=sampler)
+"""
+import inspect
+import logging
+from typing import Callable, Dict, List, Optional, Sequence
+
+from detectron2.config import CfgNode
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
+from detectron2.utils.registry import Registry
+from torch.utils.data import Sampler
+
+from ...errors import LTDetError
+
+__all__ = [
+    "LT_SAMPLER_REGISTRY",
+    "register_sampler",
+    "build_train_sampler",
+    "find_train_sampler",
+    "registered_sampler_names",
+    "repeat_factors_from_cfg",
+]
+
+logger = logging.getLogger(__name__)
+
+LT_SAMPLER_REGISTRY = Registry("LT_SAMPLER")
+LT_SAMPLER_REGISTRY.__doc__ = """
+Training samplers selected by ``DATALOADER.SAMPLER_TRAIN``. Each entry is a builder
+``(cfg, dataset_dicts) -> torch.utils.data.Sampler`` yielding dataset indices forever.
+"""
+
+SamplerBuilder = Callable[[CfgNode, Sequence[Dict]], Sampler]
+
+
+def register_sampler(name: str) -> Callable[[SamplerBuilder], SamplerBuilder]:
+    """Decorator registering a builder under the config value ``name`` ("ClassPowerSampler")."""
+
+    def deco(builder: SamplerBuilder) -> SamplerBuilder:
+        # fvcore's Registry.register() keys by __name__; config values are CamelCase class names.
+        LT_SAMPLER_REGISTRY._do_register(name, builder)
+        return builder
+
+    return deco
+
+
+def registered_sampler_names() -> List[str]:
+    """Sorted names accepted by ``DATALOADER.SAMPLER_TRAIN``."""
+    return sorted(k for k, _ in LT_SAMPLER_REGISTRY)
+
+
+def build_train_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
+    """Build the training sampler named by ``cfg.DATALOADER.SAMPLER_TRAIN``.
+
+    Args:
+        cfg: a config with lt_det's keys (:func:`lt_det.add_lt_config`).
+        dataset_dicts: the training dataset dicts, in the order the data loader indexes them.
+
+    Raises:
+        LTDetError: the name is not registered; the message lists the valid names.
+    """
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name not in LT_SAMPLER_REGISTRY:
+        raise LTDetError(
+            f"Unknown training sampler {name!r} (DATALOADER.SAMPLER_TRAIN). "
+            f"Valid names: {registered_sampler_names()}."
+        )
+    logger.info(f"Using training sampler {name}")
+    return LT_SAMPLER_REGISTRY.get(name)(cfg, dataset_dicts)
+
+
+def find_train_sampler(
+    data_loader, kind: type = Sampler, *, max_depth: int = 8
+) -> Optional[Sampler]:
+    """The sampler of kind ``kind`` inside a loader built by ``build_detection_train_loader``.
+
+    Follows ``.dataset`` / ``.sampler`` / ``._dataset`` links (DataLoader, ToIterableDataset,
+    AspectRatioGroupedDataset, MapDataset); returns None when there is none. Lets a trainer
+    reach e.g. the :class:`MetaSampler` of its loader without keeping extra state.
+    """
+    todo, seen = [(data_loader, 0)], set()
+    while todo:
+        obj, depth = todo.pop(0)
+        if obj is None or id(obj) in seen or depth > max_depth:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, kind):
+            return obj
+        for attr in ("sampler", "dataset", "_dataset"):
+            todo.append((getattr(obj, attr, None), depth + 1))
+    return None
+
+
+def repeat_factors_from_cfg(cfg: CfgNode, dataset_dicts: Sequence[Dict]):
+    """detectron2's own per-image repeat factors for ``dataset_dicts`` (float32 tensor (I,)).
+
+    Newer detectron2 has a ``sqrt`` argument and a ``DATALOADER.REPEAT_SQRT`` key; it is passed
+    when both exist, so the factors are always exactly the ones detectron2 itself would use.
+    """
+    fn = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency
+    kwargs = {}
+    if "sqrt" in inspect.signature(fn).parameters and "REPEAT_SQRT" in cfg.DATALOADER:
+        kwargs["sqrt"] = cfg.DATALOADER.REPEAT_SQRT
+    return fn(dataset_dicts, cfg.DATALOADER.REPEAT_THRESHOLD, **kwargs)
+
+
+@register_sampler("TrainingSampler")
+def _training_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
+    return TrainingSampler(len(dataset_dicts))
+
+
+@register_sampler("RepeatFactorTrainingSampler")
+def _repeat_factor_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
+    return RepeatFactorTrainingSampler(repeat_factors_from_cfg(cfg, dataset_dicts))

@@ -1,0 +1,77 @@
+"""Decoupled training of the box classifier (Kang et al., ICLR 2020): cRT, LWS, tau-norm; BALMS.
+
+``MODEL.DECOUPLE.METHOD`` selects a method of :data:`LT_DECOUPLE_REGISTRY`;
+:func:`apply_decoupling` prepares a freshly built model, ``LTTrainer`` runs the classifier-only
+stage-2 step (:class:`DecoupledStep`) and re-initialises after loading stage-1 weights
+(:func:`stage1_load_guard`). See docs/decouple.md.
+"""
+from . import method_crt as _crt  # registration  # noqa: F401
+from . import method_lws as _lws  # registration  # noqa: F401
+from . import method_none as _none  # registration  # noqa: F401
+from . import method_tau_norm as _tau_norm  # registration  # noqa: F401
+from .classifiers import (
+    LWSLinear,
+    TauNormLinear,
+    find_box_predictors,
+    reinit_classifier_,
+    tau_normalize,
+)
+from .features import FrozenBoxBatch, frozen_box_batch, unwrap_model
+from .freeze import (
+    freeze_all_but,
+    frozen_module_roots,
+    keep_frozen_in_eval,
+    prefix_matches,
+    trainable_parameter_names,
+)
+from .method_crt import ClassifierRetraining
+from .method_lws import LearnableWeightScaling
+from .method_none import NoDecoupling
+from .method_tau_norm import TauNormalization
+from .norms import classifier_norms, plot_classifier_norms
+from .registry import (
+    LT_DECOUPLE_REGISTRY,
+    DecoupleMethod,
+    apply_decoupling,
+    build_decouple_method,
+    register_decouple_method,
+)
+from .trainer import (
+    DecoupledStep,
+    DecoupledTrainer,
+    build_decoupled_step,
+    check_decoupled_training,
+    stage1_load_guard,
+)
+
+__all__ = [
+    "LT_DECOUPLE_REGISTRY",
+    "DecoupleMethod",
+    "register_decouple_method",
+    "build_decouple_method",
+    "apply_decoupling",
+    "NoDecoupling",
+    "ClassifierRetraining",
+    "LearnableWeightScaling",
+    "TauNormalization",
+    "LWSLinear",
+    "TauNormLinear",
+    "tau_normalize",
+    "find_box_predictors",
+    "reinit_classifier_",
+    "freeze_all_but",
+    "keep_frozen_in_eval",
+    "frozen_module_roots",
+    "prefix_matches",
+    "trainable_parameter_names",
+    "FrozenBoxBatch",
+    "frozen_box_batch",
+    "unwrap_model",
+    "DecoupledStep",
+    "DecoupledTrainer",
+    "build_decoupled_step",
+    "check_decoupled_training",
+    "stage1_load_guard",
+    "classifier_norms",
+    "plot_classifier_norms",
+]

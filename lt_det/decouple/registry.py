@@ -1,0 +1,102 @@
+"""Registry of stage-2 (decoupled) methods, selected by ``MODEL.DECOUPLE.METHOD``.
+
+A method is a small class registered with ``@register_decouple_method("name")``. It is built from
+the config and acts on a model at two moments:
+
+1. :meth:`DecoupleMethod.apply` right after the model is built (``LTTrainer.build_model``): swap
+   classifier layers (LWS, tau-norm), freeze by ``MODEL.DECOUPLE.TRAINABLE`` and keep the frozen
+   parts in eval mode. Stage-1 checkpoints load into the result unchanged.
+2. :meth:`DecoupleMethod.after_stage1_load` after the stage-1 weights were loaded for a *new*
+   stage-2 run (never when a stage-2 run resumes from its own checkpoint): cRT re-initialises.
+
+Adding a method is one new module plus one registration.
+"""
+from typing import Callable, List
+
+from detectron2.config import CfgNode
+from detectron2.utils.registry import Registry
+from torch import nn
+
+from ..errors import LTDetError
+from .freeze import freeze_all_but, keep_frozen_in_eval
+
+__all__ = [
+    "LT_DECOUPLE_REGISTRY",
+    "DecoupleMethod",
+    "register_decouple_method",
+    "build_decouple_method",
+    "apply_decoupling",
+]
+
+LT_DECOUPLE_REGISTRY = Registry("LT_DECOUPLE")
+LT_DECOUPLE_REGISTRY.__doc__ = """
+Stage-2 methods of decoupled training (Kang et al. 2020), keyed by MODEL.DECOUPLE.METHOD.
+Each entry is a DecoupleMethod subclass with ``from_config(cfg)``.
+"""
+
+
+class DecoupleMethod:
+    """Base class: freeze everything except ``trainable``; nothing else.
+
+    Attributes:
+        name: the registry name.
+        trains: whether stage 2 trains anything (tau_norm does not).
+    """
+
+    name: str = ""
+    trains: bool = True
+
+    def __init__(self, *, trainable: List[str]):
+        """
+        Args:
+            trainable: parameter-name prefixes that stay trainable (``MODEL.DECOUPLE.TRAINABLE``).
+        """
+        self.trainable = list(trainable)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> "DecoupleMethod":
+        return cls(trainable=list(cfg.MODEL.DECOUPLE.TRAINABLE))
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Prepare ``model`` (in place, before any weights are loaded) and return it."""
+        freeze_all_but(model, self.trainable)
+        keep_frozen_in_eval(model)
+        return model
+
+    def after_stage1_load(self, model: nn.Module) -> None:
+        """Called once the stage-1 weights are in ``model`` for a new (not resumed) stage-2 run."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(trainable={self.trainable})"
+
+
+def register_decouple_method(name: str) -> Callable[[type], type]:
+    """Class decorator: register a :class:`DecoupleMethod` as a MODEL.DECOUPLE.METHOD name."""
+
+    def deco(cls: type) -> type:
+        LT_DECOUPLE_REGISTRY._do_register(name, cls)
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def build_decouple_method(cfg: CfgNode) -> DecoupleMethod:
+    """The method named by ``MODEL.DECOUPLE.METHOD``.
+
+    Raises:
+        LTDetError: for an unknown name; the message lists the registered ones.
+    """
+    name = cfg.MODEL.DECOUPLE.METHOD
+    if name not in LT_DECOUPLE_REGISTRY:
+        valid = sorted(k for k, _ in LT_DECOUPLE_REGISTRY)
+        raise LTDetError(f"Unknown MODEL.DECOUPLE.METHOD {name!r}. Valid names: {valid}.")
+    return LT_DECOUPLE_REGISTRY.get(name).from_config(cfg)
+
+
+def apply_decoupling(model: nn.Module, cfg: CfgNode) -> nn.Module:
+    """Apply ``MODEL.DECOUPLE.METHOD`` to a freshly built model (before loading weights).
+
+    ``"none"`` returns the model untouched. Returns the model.
+    """
+    return build_decouple_method(cfg).apply(model)

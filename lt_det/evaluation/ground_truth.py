@@ -1,0 +1,175 @@
+"""LVIS ground truth as the evaluators need it: validated, indexed by class, with r/c/f groups.
+
+An LVIS-format ground truth is a json (or dict) with ``images`` (each with ``neg_category_ids`` and
+``not_exhaustive_category_ids``), ``annotations`` and ``categories``. lvis-api refuses an image
+without the two id lists; so does :class:`LVISGroundTruth`, naming the file, the image and the key.
+"""
+import json
+import logging
+import os
+from collections import defaultdict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import LTDetError
+
+__all__ = ["LVISGroundTruth", "frequency_of_image_count"]
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED_IMAGE_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
+
+
+def frequency_of_image_count(image_count: int) -> str:
+    """LVIS frequency group from the number of training images: r <= 10 < c <= 100 < f."""
+    return "r" if image_count <= 10 else ("c" if image_count <= 100 else "f")
+
+
+class LVISGroundTruth:
+    """Validated, indexed LVIS ground truth.
+
+    Attributes:
+        source: the file name (or "<dict>") used in error messages.
+        images: list of image dicts (as loaded, not copied).
+        img_ids: (I,) sorted image ids.
+        categories: list of category dicts sorted by id, each with a "frequency" (r/c/f).
+        cat_ids: (K,) sorted category ids.
+        anns_by_cat: {category id: list of annotation dicts}.
+        pos_images / neg_images: {category id: set of image ids} where the class is
+            annotated (has a gt instance) / listed in ``neg_category_ids``.
+        not_exhaustive: {image id: list of category ids}.
+    """
+
+    def __init__(
+        self,
+        gt: Union[str, os.PathLike, Dict[str, Any]],
+        *,
+        frequency: Optional[Mapping[int, str]] = None,
+        image_count: Optional[Mapping[int, int]] = None,
+    ):
+        """
+        Args:
+            gt: path of an LVIS-format json, or the loaded dict (not modified).
+            frequency: optional {category id: "r"|"c"|"f"} overriding the json's ``frequency``
+                (e.g. the training set's groups). Categories lacking both get the group of
+                their ``image_count`` (json, else ``image_count`` arg, else counted from ``gt``).
+            image_count: optional {category id: training image count} for per-class reports.
+        """
+        if isinstance(gt, (str, os.PathLike)):
+            self.source = os.fspath(gt)
+            if not os.path.isfile(self.source):
+                raise LTDetError(f"LVIS ground-truth json not found: '{self.source}'.")
+            with open(self.source) as f:
+                data = json.load(f)
+        elif isinstance(gt, dict):
+            self.source = "<ground-truth dict>"
+            data = gt
+        else:
+            raise LTDetError(
+                f"ground truth must be a json path or a dict, got {type(gt).__name__}."
+            )
+        missing = [k for k in ("images", "annotations", "categories") if k not in data]
+        if missing:
+            raise LTDetError(
+                f"'{self.source}' has no key(s) {missing}; an LVIS-format json needs 'images', "
+                "'annotations' and 'categories'."
+            )
+        self.images: List[Dict[str, Any]] = data["images"]
+        for img in self.images:
+            for key in _REQUIRED_IMAGE_KEYS:
+                if key not in img:
+                    raise LTDetError(
+                        f"'{self.source}': image id {img.get('id')} has no '{key}'. LVIS "
+                        "evaluation needs 'neg_category_ids' and 'not_exhaustive_category_ids' on "
+                        "every image (lvis-api refuses such ground truth too); add them, as empty "
+                        "lists if the dataset is exhaustively annotated."
+                    )
+        self.img_ids = np.array(sorted(img["id"] for img in self.images), dtype=np.int64)
+        if len(np.unique(self.img_ids)) != len(self.img_ids):
+            raise LTDetError(f"'{self.source}': image ids are not unique.")
+        self.image_by_id = {img["id"]: img for img in self.images}
+
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        self.cat_ids = np.array([c["id"] for c in cats], dtype=np.int64)
+        cat_set = set(self.cat_ids.tolist())
+        self.anns_by_cat: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
+        for ann in data["annotations"]:
+            if ann["category_id"] not in cat_set:
+                raise LTDetError(
+                    f"'{self.source}': annotation {ann.get('id')} has category_id "
+                    f"{ann['category_id']}, which is not in 'categories'."
+                )
+            if "area" not in ann:
+                raise LTDetError(
+                    f"'{self.source}': annotation {ann.get('id')} has no 'area' (LVIS uses it for "
+                    "the small/medium/large ranges)."
+                )
+            self.anns_by_cat[ann["category_id"]].append(ann)
+        self.pos_images = {c: {a["image_id"] for a in self.anns_by_cat.get(c, [])} for c in cat_set}
+        self.neg_images: Dict[int, set] = defaultdict(set)
+        self.not_exhaustive: Dict[int, List[int]] = {}
+        for img in self.images:
+            for c in img["neg_category_ids"]:
+                self.neg_images[c].add(img["id"])
+            self.not_exhaustive[img["id"]] = img["not_exhaustive_category_ids"]
+
+        # Frequency groups (APr/APc/APf) and training image counts of the per-class report.
+        self.categories: List[Dict[str, Any]] = []
+        derived = []
+        for c in cats:
+            cid = c["id"]
+            n = c.get("image_count")
+            if image_count is not None and cid in image_count:
+                n = int(image_count[cid])
+            group = (frequency or {}).get(cid) or c.get("frequency")
+            if group is None:
+                if n is None:
+                    n = len(self.pos_images[cid])
+                    derived.append(cid)
+                group = frequency_of_image_count(n)
+            if group not in ("r", "c", "f"):
+                raise LTDetError(
+                    f"'{self.source}': category {cid} has frequency {group!r}; expected 'r', 'c' "
+                    "or 'f'."
+                )
+            self.categories.append(
+                {"id": cid, "name": c.get("name", str(cid)), "frequency": group, "image_count": n}
+            )
+        if derived:
+            logger.warning(
+                f"{len(derived)} categories of '{self.source}' have neither 'frequency' nor "
+                "'image_count'; their r/c/f group was derived from the ground truth's own image "
+                "counts, not the training set's (pass frequency= to override)."
+            )
+        self.frequency = np.array([c["frequency"] for c in self.categories])
+
+    def relevant_images(self, cat_ids: Sequence[int]) -> np.ndarray:
+        """Sorted ids of images where any of ``cat_ids`` is positive or negative.
+
+        Only there can a class's detections be evaluated (LVIS drops the others), so restricting
+        an evaluation of ``cat_ids`` to these images changes no number.
+        """
+        ids = set()
+        for c in cat_ids:
+            ids |= self.pos_images.get(int(c), set())
+            ids |= self.neg_images.get(int(c), set())
+        return np.array(sorted(ids), dtype=np.int64)
+
+    def evaluated_pairs(self) -> np.ndarray:
+        """Sorted int64 keys ``image_index * K + category_index`` of the (image, class) pairs LVIS
+        evaluates: the class is positive or negative in the image."""
+        img_index = {int(i): k for k, i in enumerate(self.img_ids)}
+        K = len(self.cat_ids)
+        keys = []
+        for ci, c in enumerate(self.cat_ids.tolist()):
+            for i in self.pos_images.get(c, ()):
+                keys.append(img_index[i] * K + ci)
+            for i in self.neg_images.get(c, ()):
+                if i in img_index:
+                    keys.append(img_index[i] * K + ci)
+        return np.unique(np.array(keys, dtype=np.int64))
+
+    def num_gt(self, cat_id: int) -> int:
+        """Number of gt instances of a class."""
+        return len(self.anns_by_cat.get(int(cat_id), []))

@@ -1,0 +1,271 @@
+"""Offline LVIS evaluation: ground truth + results -> LVIS metrics and per-class AP.
+
+Protocols:
+    standard (lvis-api): keep the ``max_dets_per_image`` (300) highest-scoring detections of every
+        image across classes, then evaluate.
+    AP-fixed (Dave et al., "Evaluating Large-Vocabulary Object Detectors: The Devil is in the
+        Details", 2021): no per-image cap; keep the ``max_dets_per_class`` (10,000)
+        highest-scoring detections of every class over the whole dataset.
+
+Both backends ("fast" = faster-coco-eval, "lvis" = lvis-api) receive the same detections after
+these cuts, so they differ only in how the LVIS matching is computed.
+
+Memory: every class's AP depends only on that class's gt and detections, so classes can be
+evaluated in chunks (``class_chunk``) on the images where they are positive or negative, and the
+(T, R, K, A) tables concatenated along K. The summary numbers are then computed from the full
+tables exactly as lvis-api does, so chunking changes no number.
+
+Shape shorthand: T = 10 IoU thresholds, R = 101 recall points, K = classes, A = 4 area ranges.
+"""
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import LTDetError
+from .backends import get_lvis_backend
+from .backends.common import IOU_THRS
+from .detections import DetectionTable, top_k_per_group
+from .ground_truth import LVISGroundTruth
+
+__all__ = [
+    "LVISEvalResult",
+    "evaluate_lvis",
+    "select_detections",
+    "summarize_lvis",
+    "METRIC_NAMES",
+]
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
+
+
+def _mean_valid(s: np.ndarray) -> float:
+    v = s[s > -1]
+    return float(np.mean(v)) if v.size else -1.0
+
+
+def summarize_lvis(
+    precision: np.ndarray, recall: np.ndarray, frequency: Sequence[str], max_dets: int = 300
+) -> "OrderedDict[str, float]":
+    """LVIS summary metrics (fractions; -1 where undefined), computed as ``LVISEval.summarize``.
+
+    Args:
+        precision: (T, R, K, A) table.
+        recall: (T, K, A) table.
+        frequency: K strings "r"/"c"/"f".
+        max_dets: only names the AR keys (``AR@300`` etc.), as lvis-api does.
+    """
+    frequency = np.asarray(frequency)
+    t50 = np.where(IOU_THRS == 0.50)[0]
+    t75 = np.where(IOU_THRS == 0.75)[0]
+    out = OrderedDict()
+    out["AP"] = _mean_valid(precision[:, :, :, 0])
+    out["AP50"] = _mean_valid(precision[t50][:, :, :, 0])
+    out["AP75"] = _mean_valid(precision[t75][:, :, :, 0])
+    for a, name in ((1, "APs"), (2, "APm"), (3, "APl")):
+        out[name] = _mean_valid(precision[:, :, :, a])
+    for g in ("r", "c", "f"):
+        idx = np.flatnonzero(frequency == g)
+        out["AP" + g] = _mean_valid(precision[:, :, idx, 0])
+    out[f"AR@{max_dets}"] = _mean_valid(recall[:, :, 0])
+    for a, name in ((1, "s"), (2, "m"), (3, "l")):
+        out[f"AR{name}@{max_dets}"] = _mean_valid(recall[:, :, a])
+    return out
+
+
+@dataclass
+class LVISEvalResult:
+    """What :func:`evaluate_lvis` returns.
+
+    Attributes:
+        metrics: LVIS summary (fractions, -1 = undefined): AP, AP50, AP75, APs/m/l, APr/c/f,
+            AR@N, ARs/m/l@N (N = max detections per image, 300; kept as the name under AP-fixed,
+            as the reference implementation does).
+        precision: (T, R, K, A); recall: (T, K, A) in sorted category id order.
+        categories: K dicts {"id", "name", "frequency", "image_count"}.
+        num_gt: (K,) gt instances per class in the evaluated set.
+        info: protocol and timing details.
+    """
+
+    iou_type: str
+    metrics: "OrderedDict[str, float]"
+    precision: np.ndarray
+    recall: np.ndarray
+    categories: List[Dict[str, Any]]
+    num_gt: np.ndarray
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def metrics_percent(self, names: Optional[Sequence[str]] = None) -> "OrderedDict[str, float]":
+        """Metrics in percent like detectron2 (NaN where undefined)."""
+        names = list(self.metrics) if names is None else names
+        return OrderedDict(
+            (k, self.metrics[k] * 100 if self.metrics[k] >= 0 else float("nan")) for k in names
+        )
+
+    def per_class(self) -> List[Dict[str, Any]]:
+        """One dict per class: id, name, frequency, image_count, num_gt and AP, AP50, AP75, APs,
+        APm, APl, AR (fractions, None where the class has no gt to evaluate)."""
+        t50 = np.where(IOU_THRS == 0.50)[0]
+        t75 = np.where(IOU_THRS == 0.75)[0]
+        rows = []
+        for k, cat in enumerate(self.categories):
+            p = self.precision[:, :, k, :]
+            vals = {
+                "AP": _mean_valid(p[:, :, 0]),
+                "AP50": _mean_valid(p[t50][:, :, 0]),
+                "AP75": _mean_valid(p[t75][:, :, 0]),
+                "APs": _mean_valid(p[:, :, 1]),
+                "APm": _mean_valid(p[:, :, 2]),
+                "APl": _mean_valid(p[:, :, 3]),
+                "AR": _mean_valid(self.recall[:, k, 0]),
+            }
+            row = dict(cat)
+            row["num_gt"] = int(self.num_gt[k])
+            row.update({key: (None if v < 0 else v) for key, v in vals.items()})
+            rows.append(row)
+        return rows
+
+
+def select_detections(
+    dets: DetectionTable,
+    gt: LVISGroundTruth,
+    *,
+    ap_fixed: bool = False,
+    max_dets_per_image: int = 300,
+    max_dets_per_class: int = 10000,
+) -> DetectionTable:
+    """Apply the protocol's cut, then keep only the (image, class) pairs LVIS evaluates.
+
+    Standard: top ``max_dets_per_image`` per image over all classes (lvis-api's
+    ``LVISResults``; < 0 = no cap). AP-fixed: top ``max_dets_per_class`` per class over the
+    dataset. Ties are broken by result order, as in lvis-api. Detections of classes that are
+    not in the ground truth, or in images where their class is neither positive nor negative,
+    are then dropped (lvis-api drops them too, after the cut).
+    """
+    unknown = ~np.isin(dets.image_id, gt.img_ids)
+    if unknown.any():
+        bad = np.unique(dets.image_id[unknown])[:5].tolist()
+        raise LTDetError(
+            f"{int(unknown.sum())} results have image ids not in '{gt.source}' (e.g. {bad}); "
+            "results must come from the images of that ground truth."
+        )
+    if ap_fixed:
+        keep = top_k_per_group(dets.category_id, dets.score, max_dets_per_class)
+    else:
+        keep = top_k_per_group(dets.image_id, dets.score, max_dets_per_image)
+    img_idx = np.searchsorted(gt.img_ids, dets.image_id[keep])
+    cat_idx = np.searchsorted(gt.cat_ids, dets.category_id[keep])
+    known = (cat_idx < len(gt.cat_ids)) & (
+        gt.cat_ids[np.minimum(cat_idx, len(gt.cat_ids) - 1)] == dets.category_id[keep]
+    )
+    key = img_idx * len(gt.cat_ids) + cat_idx
+    evaluated = known & np.isin(key, gt.evaluated_pairs())
+    return dets.take(keep[evaluated])
+
+
+def evaluate_lvis(
+    gt: Union[str, Dict[str, Any], LVISGroundTruth],
+    results: Union[str, Sequence[Dict[str, Any]], DetectionTable],
+    *,
+    iou_type: str = "bbox",
+    backend: str = "fast",
+    ap_fixed: bool = False,
+    max_dets_per_image: int = 300,
+    max_dets_per_class: int = 10000,
+    class_chunk: int = 0,
+    frequency: Optional[Mapping[int, str]] = None,
+    image_count: Optional[Mapping[int, int]] = None,
+) -> LVISEvalResult:
+    """Evaluate LVIS results against LVIS ground truth.
+
+    Args:
+        gt: ground-truth json path, dict, or :class:`LVISGroundTruth`.
+        results: results json path, list of result dicts (``image_id``, ``category_id``,
+            ``score``, ``bbox`` XYWH and/or ``segmentation`` RLE), or a :class:`DetectionTable`.
+        iou_type: "bbox" or "segm" (segm ignores result boxes: areas are mask areas).
+        backend: "fast" (faster-coco-eval) or "lvis" (lvis-api).
+        ap_fixed: use the AP-fixed protocol (see module docstring).
+        max_dets_per_image: standard protocol's per-image cap (300 for LVIS; < 0 = none).
+        max_dets_per_class: AP-fixed per-class cap (10,000 for LVIS).
+        class_chunk: evaluate at most this many classes at a time (0 = all at once). Bounds
+            memory; does not change any number.
+        frequency / image_count: optional {category id: r/c/f group / training image count}
+            overriding the ground truth's (see :class:`LVISGroundTruth`).
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
+    if class_chunk < 0:
+        raise LTDetError(f"class_chunk (TEST.LVIS.CLASS_CHUNK) must be >= 0, got {class_chunk}.")
+    run = get_lvis_backend(backend)
+    tic = time.perf_counter()
+    if not isinstance(gt, LVISGroundTruth):
+        gt = LVISGroundTruth(gt, frequency=frequency, image_count=image_count)
+    if not isinstance(results, DetectionTable):
+        results = DetectionTable.from_results(results)
+    t_load = time.perf_counter() - tic
+    dets = select_detections(
+        results,
+        gt,
+        ap_fixed=ap_fixed,
+        max_dets_per_image=max_dets_per_image,
+        max_dets_per_class=max_dets_per_class,
+    )
+    del results
+    if len(dets) > 0:
+        dets._require("bbox" if iou_type == "bbox" else "segmentation", iou_type)
+
+    K = len(gt.cat_ids)
+    cat_idx = np.searchsorted(gt.cat_ids, dets.category_id)
+    # Largest (image, class) count: the backend's own max-dets must cap nothing.
+    pair = np.searchsorted(gt.img_ids, dets.image_id) * K + cat_idx
+    max_pair = int(np.unique(pair, return_counts=True)[1].max()) if len(pair) else 1
+    order = np.argsort(cat_idx, kind="stable")
+    bounds = np.searchsorted(cat_idx[order], np.arange(K + 1))
+    chunk = K if class_chunk == 0 else class_chunk
+    precisions, recalls = [], []
+    for lo in range(0, K, chunk):
+        hi = min(K, lo + chunk)
+        rows = np.sort(order[bounds[lo] : bounds[hi]])  # original result order
+        cat_ids = gt.cat_ids[lo:hi]
+        p, r = run(
+            gt,
+            dets.take(rows),
+            iou_type=iou_type,
+            cat_ids=cat_ids,
+            img_ids=gt.relevant_images(cat_ids),
+            max_dets=max_pair,
+        )
+        precisions.append(p)
+        recalls.append(r)
+    precision = np.concatenate(precisions, axis=2)
+    recall = np.concatenate(recalls, axis=1)
+    label = max_dets_per_image if max_dets_per_image >= 0 else 300
+    metrics = summarize_lvis(precision, recall, gt.frequency, label)
+    info = {
+        "backend": backend,
+        "ap_fixed": ap_fixed,
+        "max_dets_per_image": None if ap_fixed else max_dets_per_image,
+        "max_dets_per_class": max_dets_per_class if ap_fixed else None,
+        "class_chunk": class_chunk,
+        "num_images": len(gt.img_ids),
+        "num_classes": K,
+        "num_detections_evaluated": len(dets),
+        "seconds_loading": t_load,
+        "seconds_total": time.perf_counter() - tic,
+    }
+    num_gt = np.array([gt.num_gt(c) for c in gt.cat_ids.tolist()])
+    return LVISEvalResult(iou_type, metrics, precision, recall, gt.categories, num_gt, info)
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """One-line ``name value`` table in percent (NaN shown as 'nan')."""
+    return "  ".join(
+        f"{k} {v:.3f}" if not (isinstance(v, float) and math.isnan(v)) else f"{k} nan"
+        for k, v in metrics.items()
+    )

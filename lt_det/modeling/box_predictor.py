@@ -1,0 +1,155 @@
+"""Fast R-CNN box predictor whose classification loss and scores come from a loss module.
+
+Shape shorthand: R ROIs in the batch, K foreground classes; the classifier always has K + 1
+outputs (column K = background) whatever the loss, so checkpoints move freely between heads.
+"""
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Instances
+from torch import nn
+
+from .losses import build_cls_loss, build_cls_loss_from_cfg
+
+try:  # present in detectron2 0.6 and later; logging only
+    from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
+except ImportError:  # pragma: no cover
+    _log_classification_stats = None
+
+__all__ = ["LTFastRCNNOutputLayers"]
+
+
+class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """:class:`FastRCNNOutputLayers` with a pluggable classification loss.
+
+    The loss module computes ``loss_cls`` and turns logits into scores (``predict_probs``); box
+    regression is detectron2's own ``box_reg_loss``. Usable without a config inside any
+    detectron2 ``ROIHeads``::
+
+        predictor = LTFastRCNNOutputLayers(
+            box_head.output_shape,
+            box2box_transform=Box2BoxTransform(weights=(10, 10, 5, 5)),
+            num_classes=K,
+            cls_loss="balanced_softmax",
+            class_prior=prior,  # (K,)
+        )
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        cls_loss: Union[str, nn.Module] = "softmax_ce",
+        class_prior: Optional[torch.Tensor] = None,
+        cls_loss_kwargs: Optional[Dict] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            input_shape: shape of the per-ROI features.
+            cls_loss: a loss module (e.g. from :func:`lt_det.build_cls_loss`) or a registered
+                loss name ("softmax_ce" | "sigmoid_ce" | "balanced_softmax" | "balanced_sigmoid").
+            class_prior: (K,) prior; only with a loss name (a module carries its own prior).
+            cls_loss_kwargs: extra options for a loss given by name, e.g.
+                ``{"background": "fg_mass"}``.
+            kwargs: every argument of detectron2's :class:`FastRCNNOutputLayers`
+                (``box2box_transform``, ``num_classes``, ``test_score_thresh``, ...).
+        """
+        super().__init__(input_shape, **kwargs)
+        if isinstance(cls_loss, str):
+            cls_loss = build_cls_loss(
+                cls_loss,
+                num_classes=self.num_classes,
+                class_prior=class_prior,
+                **(cls_loss_kwargs or {}),
+            )
+        elif class_prior is not None or cls_loss_kwargs:
+            raise ValueError(
+                "class_prior / cls_loss_kwargs are for a loss given by name; a loss module "
+                "carries its own prior and options."
+            )
+        if cls_loss.num_classes != self.num_classes:
+            raise ValueError(
+                f"cls_loss was built for {cls_loss.num_classes} classes but the predictor has "
+                f"num_classes={self.num_classes}."
+            )
+        self.cls_loss = cls_loss
+        self.cls_loss.init_cls_bias_(self.cls_score.bias)
+
+    @classmethod
+    def from_config(
+        cls, cfg: CfgNode, input_shape: ShapeSpec, *, class_prior: Optional[torch.Tensor] = None
+    ) -> Dict:
+        """detectron2's arguments plus ``cls_loss`` from MODEL.ROI_BOX_HEAD.CLS_LOSS.
+
+        Args:
+            class_prior: (K,) prior to use instead of computing it from the config (the ROI
+                heads compute it once and pass it to every cascade stage).
+        """
+        head = cfg.MODEL.ROI_BOX_HEAD
+        # Keys of newer detectron2 versions that would bypass the loss module.
+        if "USE_FED_LOSS" in head and head.USE_FED_LOSS:
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.USE_FED_LOSS is not supported with lt_det's box predictor; "
+                "set it to False."
+            )
+        if "USE_SIGMOID_CE" in head and head.USE_SIGMOID_CE:
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE is replaced by MODEL.ROI_BOX_HEAD.CLS_LOSS "
+                '("sigmoid_ce" | "balanced_sigmoid"); set USE_SIGMOID_CE to False.'
+            )
+        ret = super().from_config(cfg, input_shape)
+        ret["cls_loss"] = build_cls_loss_from_cfg(cfg, class_prior=class_prior)
+        return ret
+
+    def losses(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            predictions: (scores (R, K + 1), proposal_deltas) from :meth:`forward`.
+            proposals: with fields ``proposal_boxes``, ``gt_classes`` and (for foreground
+                proposals) ``gt_boxes``.
+
+        Returns:
+            {"loss_cls", "loss_box_reg"}, weighted by ``loss_weight``.
+        """
+        scores, proposal_deltas = predictions
+        gt_classes = (
+            cat([p.gt_classes for p in proposals], dim=0)
+            if len(proposals)
+            else torch.empty(0, dtype=torch.long, device=scores.device)
+        )
+        if _log_classification_stats is not None:
+            _log_classification_stats(scores, gt_classes)
+
+        if len(proposals):
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            assert not proposal_boxes.requires_grad, "Proposals should not require gradients!"
+            # Without gt_boxes all proposals are background and the boxes are never read.
+            gt_boxes = cat(
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
+            )
+        else:
+            proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
+
+        losses = {
+            "loss_cls": self.cls_loss(scores, gt_classes),
+            "loss_box_reg": self.box_reg_loss(
+                proposal_boxes, gt_boxes, proposal_deltas, gt_classes
+            ),
+        }
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    def predict_probs(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ) -> List[torch.Tensor]:
+        """Per-image (Ri, K + 1) scores from the loss's activation (no prior applied)."""
+        scores, _ = predictions
+        num_inst_per_image = [len(p) for p in proposals]
+        return self.cls_loss.predict_probs(scores).split(num_inst_per_image, dim=0)

@@ -1,0 +1,15 @@
+"""Box-classification losses. Importing this package registers every loss."""
+from .balanced_sigmoid import BalancedSigmoidLoss, balanced_sigmoid_loss
+from .balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss, balanced_softmax_shift
+from .base import ClsLoss
+from .registry import (
+    LT_CLS_LOSS_REGISTRY,
+    build_cls_loss,
+    build_cls_loss_from_cfg,
+    cls_loss_class,
+    register_cls_loss,
+)
+from .sigmoid_ce import SigmoidCELoss, sigmoid_ce_loss
+from .softmax_ce import SoftmaxCELoss, softmax_ce_loss
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

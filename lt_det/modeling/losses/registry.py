@@ -1,0 +1,87 @@
+"""Registry of box-classification losses.
+
+A loss is registered by decorating a :class:`~lt_det.modeling.losses.base.ClsLoss` subclass with
+``@register_cls_loss("name")``; ``MODEL.ROI_BOX_HEAD.CLS_LOSS`` names the entry. Adding a loss is
+one new module plus one registration.
+"""
+from typing import Callable, Optional
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.utils.registry import Registry
+
+__all__ = [
+    "LT_CLS_LOSS_REGISTRY",
+    "register_cls_loss",
+    "build_cls_loss",
+    "build_cls_loss_from_cfg",
+    "cls_loss_class",
+]
+
+LT_CLS_LOSS_REGISTRY = Registry("LT_CLS_LOSS")
+LT_CLS_LOSS_REGISTRY.__doc__ = """
+Box-classification losses of the Fast R-CNN box predictor. Each entry is a ``ClsLoss`` subclass
+constructed with keyword arguments (``num_classes``, ``class_prior``, loss-specific options) and
+exposing ``forward(logits, gt_classes)`` and ``predict_probs(logits)``.
+"""
+
+
+def register_cls_loss(name: str) -> Callable[[type], type]:
+    """Class decorator registering a loss under the config name ``name`` (e.g. "softmax_ce")."""
+
+    def deco(cls: type) -> type:
+        # fvcore's Registry.register() only uses __name__; config names are snake_case.
+        LT_CLS_LOSS_REGISTRY._do_register(name, cls)
+        cls.loss_name = name
+        return cls
+
+    return deco
+
+
+def cls_loss_class(name: str) -> type:
+    """Return the registered loss class called ``name``.
+
+    Raises:
+        KeyError: if no loss of that name is registered; the message lists the valid names.
+    """
+    if name not in LT_CLS_LOSS_REGISTRY:
+        valid = sorted(k for k, _ in LT_CLS_LOSS_REGISTRY)
+        raise KeyError(
+            f"Unknown box-classification loss {name!r} (MODEL.ROI_BOX_HEAD.CLS_LOSS). "
+            f"Valid names: {valid}."
+        )
+    return LT_CLS_LOSS_REGISTRY.get(name)
+
+
+def build_cls_loss(
+    name: str, *, num_classes: int, class_prior: Optional[torch.Tensor] = None, **kwargs
+) -> torch.nn.Module:
+    """Build the loss ``name`` from keyword arguments (no config needed).
+
+    Args:
+        name: a registered loss name, e.g. ``"balanced_softmax"``.
+        num_classes: K, the number of foreground classes.
+        class_prior: (K,) per-class training frequencies in (0, 1); required by the balanced
+            losses, optional (and unused) for the plain ones.
+        kwargs: loss-specific options, e.g. ``background="fg_mass"`` for ``balanced_softmax`` or
+            ``bias_prior_prob=0.01`` for the sigmoid losses.
+    """
+    return cls_loss_class(name)(num_classes=num_classes, class_prior=class_prior, **kwargs)
+
+
+def build_cls_loss_from_cfg(
+    cfg: CfgNode, *, class_prior: Optional[torch.Tensor] = None
+) -> torch.nn.Module:
+    """Build the loss selected by ``MODEL.ROI_BOX_HEAD.CLS_LOSS``.
+
+    Args:
+        cfg: a config with lt_det's keys (:func:`lt_det.add_lt_config`).
+        class_prior: (K,) prior to use. When None and the loss needs a prior, it is computed
+            from the config with :func:`lt_det.modeling.priors.class_prior_from_cfg`.
+    """
+    loss_cls = cls_loss_class(cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS)
+    if class_prior is None and loss_cls.needs_prior:
+        from ..priors import class_prior_from_cfg
+
+        class_prior = class_prior_from_cfg(cfg)
+    return loss_cls(class_prior=class_prior, **loss_cls.kwargs_from_cfg(cfg))

@@ -1,0 +1,230 @@
+"""Class priors for the balanced losses, computed from data (never from tables in code).
+
+A prior is a (K,) float tensor in contiguous class order. Sources (``PRIOR.SOURCE``):
+
+- ``image_count``: fraction of training images that contain the class,
+  (#images with at least one instance of c) / (#images), counted from ``DatasetCatalog.get(n)``
+  for n in ``DATASETS.TRAIN`` (images without annotations count in the denominator).
+- ``instance_count``: the class's share of all training instances.
+- ``cat_info``: ``image_count`` of each entry of the json at ``PRIOR.CAT_INFO_PATH`` (a list of
+  ``{"id", "image_count", "instance_count"}``, LVIS category ids mapped to contiguous ids through
+  the train dataset's ``thing_dataset_id_to_contiguous_id`` when present, else by sorted id),
+  divided by the number of training images.
+- ``metadata``: ``MetadataCatalog.get(DATASETS.TRAIN[0]).class_image_count`` (a list of
+  ``{"id", "image_count"}`` in contiguous order) divided by the number of training images.
+
+For ``cat_info`` and ``metadata`` the number of training images is the sum of the train datasets'
+``num_images`` metadata when every one has it, else the length of their dataset dicts.
+
+A class with zero count is given ``PRIOR.ZERO_COUNT_FLOOR`` (> 0) instead, with a warning listing
+the classes, so that log(prior) stays finite. Image fractions of 1 are kept (the sigmoid loss
+clamps them); fractions never exceed 1.
+"""
+import json
+import logging
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+__all__ = [
+    "class_prior_from_cfg",
+    "class_prior_from_counts",
+    "count_classes",
+    "PRIOR_SOURCES",
+]
+
+logger = logging.getLogger(__name__)
+
+PRIOR_SOURCES = ("image_count", "instance_count", "cat_info", "metadata")
+
+
+def count_classes(
+    dataset_dicts: Iterable[dict], num_classes: int, *, dataset_name: str = "<dicts>"
+) -> Tuple[List[int], List[int], int]:
+    """Count images and instances per class in detectron2 dataset dicts.
+
+    Args:
+        dataset_dicts: standard detectron2 dicts with contiguous ``category_id`` in [0, K).
+        num_classes: K.
+        dataset_name: used in error messages.
+
+    Returns:
+        (image_counts (K,), instance_counts (K,), number of images).
+    """
+    image_counts = [0] * num_classes
+    instance_counts = [0] * num_classes
+    num_images = 0
+    for d in dataset_dicts:
+        num_images += 1
+        present = set()
+        for ann in d.get("annotations", []):
+            if ann.get("iscrowd", 0):
+                continue
+            c = int(ann["category_id"])
+            if not 0 <= c < num_classes:
+                raise ValueError(
+                    f"Dataset {dataset_name!r}, image {d.get('image_id', d.get('file_name'))}: "
+                    f"category_id {c} is outside [0, {num_classes}) (MODEL.ROI_HEADS.NUM_CLASSES="
+                    f"{num_classes}); dataset dicts must use contiguous ids."
+                )
+            instance_counts[c] += 1
+            present.add(c)
+        for c in present:
+            image_counts[c] += 1
+    return image_counts, instance_counts, num_images
+
+
+def class_prior_from_counts(
+    counts: Sequence[float],
+    total: float,
+    *,
+    zero_count_floor: float = 0.5,
+    class_names: Optional[Sequence[str]] = None,
+    source: str = "counts",
+) -> torch.Tensor:
+    """(K,) prior ``counts / total``, zero counts replaced by ``zero_count_floor`` (with a warning).
+
+    Args:
+        counts: K non-negative per-class counts.
+        total: the denominator (number of images, or of instances); > 0.
+        zero_count_floor: count given to zero-count classes; must be > 0.
+        class_names: K names, used in the warning.
+        source: a description of where the counts came from, used in messages.
+    """
+    if zero_count_floor <= 0:
+        raise ValueError(
+            f"MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR must be > 0, got {zero_count_floor}"
+        )
+    if total <= 0:
+        raise ValueError(f"Class prior from {source}: the total count is {total}, expected > 0.")
+    c = torch.as_tensor([float(x) for x in counts], dtype=torch.float64)
+    if bool((c < 0).any()):
+        raise ValueError(f"Class prior from {source}: negative counts for classes "
+                         f"{torch.nonzero(c < 0).flatten().tolist()}.")
+    zero = torch.nonzero(c == 0).flatten().tolist()
+    if zero:
+        names = [class_names[i] for i in zero] if class_names is not None else None
+        listed = ", ".join(
+            f"{i} ({names[j]})" if names else str(i) for j, i in enumerate(zero[:50])
+        )
+        more = f" and {len(zero) - 50} more" if len(zero) > 50 else ""
+        logger.warning(
+            f"Class prior from {source}: {len(zero)} class(es) have no training examples and "
+            f"are counted as {zero_count_floor} (MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR): "
+            f"{listed}{more}"
+        )
+        c[c == 0] = zero_count_floor
+    return (c / total).clamp(max=1.0).to(torch.float32)
+
+
+def _check_length(n: int, num_classes: int, source: str) -> None:
+    if n != num_classes:
+        raise ValueError(
+            f"Class prior from {source} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES is "
+            f"{num_classes}. Use the prior of the training set the model is built for."
+        )
+
+
+def _thing_classes(name: str) -> Optional[List[str]]:
+    meta = MetadataCatalog.get(name)
+    return list(meta.thing_classes) if hasattr(meta, "thing_classes") else None
+
+
+def _num_train_images(train_names: Sequence[str]) -> int:
+    metas = [MetadataCatalog.get(n) for n in train_names]
+    if all(hasattr(m, "num_images") for m in metas):
+        return int(sum(m.num_images for m in metas))
+    return int(sum(len(DatasetCatalog.get(n)) for n in train_names))
+
+
+def _cat_info_counts(
+    path: str, train_name: str
+) -> Tuple[List[int], str]:
+    if not path:
+        raise ValueError(
+            'MODEL.ROI_BOX_HEAD.PRIOR.SOURCE is "cat_info" but PRIOR.CAT_INFO_PATH is empty.'
+        )
+    with open(path) as f:
+        entries = json.load(f)
+    if isinstance(entries, dict) and "categories" in entries:  # a full LVIS json also works
+        entries = entries["categories"]
+    source = f"cat_info {path}"
+    meta = MetadataCatalog.get(train_name)
+    if hasattr(meta, "thing_dataset_id_to_contiguous_id"):
+        id_map: Dict[int, int] = {
+            int(k): v for k, v in meta.thing_dataset_id_to_contiguous_id.items()
+        }
+    else:
+        id_map = {int(e["id"]): i for i, e in enumerate(sorted(entries, key=lambda e: e["id"]))}
+    counts = [0] * len(id_map)
+    for e in entries:
+        i = id_map.get(int(e["id"]))
+        if i is not None:
+            counts[i] = int(e["image_count"])
+    return counts, source
+
+
+def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
+    """The (K,) class prior selected by ``MODEL.ROI_BOX_HEAD.PRIOR`` (see the module docstring).
+
+    Args:
+        cfg: a config with lt_det's keys; reads DATASETS.TRAIN, MODEL.ROI_HEADS.NUM_CLASSES and
+            MODEL.ROI_BOX_HEAD.PRIOR.{SOURCE, CAT_INFO_PATH, ZERO_COUNT_FLOOR}.
+
+    Returns:
+        float32 tensor (K,) with values in (0, 1].
+    """
+    pcfg = cfg.MODEL.ROI_BOX_HEAD.PRIOR
+    source = pcfg.SOURCE
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    train = list(cfg.DATASETS.TRAIN)
+    if source not in PRIOR_SOURCES:
+        raise ValueError(
+            f"Unknown MODEL.ROI_BOX_HEAD.PRIOR.SOURCE {source!r}; choices: {list(PRIOR_SOURCES)}."
+        )
+    if not train:
+        raise ValueError(f"PRIOR.SOURCE={source!r} needs DATASETS.TRAIN, which is empty.")
+    names = _thing_classes(train[0])
+    if names is not None:
+        _check_length(len(names), num_classes, f"the thing_classes of {train[0]!r}")
+    floor = pcfg.ZERO_COUNT_FLOOR
+
+    if source in ("image_count", "instance_count"):
+        image_counts = [0] * num_classes
+        instance_counts = [0] * num_classes
+        num_images = 0
+        for n in train:
+            ic, nc, ni = count_classes(DatasetCatalog.get(n), num_classes, dataset_name=n)
+            image_counts = [a + b for a, b in zip(image_counts, ic)]
+            instance_counts = [a + b for a, b in zip(instance_counts, nc)]
+            num_images += ni
+        desc = f"{source} of DATASETS.TRAIN {train}"
+        if source == "image_count":
+            return class_prior_from_counts(
+                image_counts, num_images, zero_count_floor=floor, class_names=names, source=desc
+            )
+        return class_prior_from_counts(
+            instance_counts,
+            sum(instance_counts),
+            zero_count_floor=floor,
+            class_names=names,
+            source=desc,
+        )
+
+    if source == "cat_info":
+        counts, desc = _cat_info_counts(pcfg.CAT_INFO_PATH, train[0])
+    else:  # metadata
+        meta = MetadataCatalog.get(train[0])
+        desc = f"MetadataCatalog[{train[0]!r}].class_image_count"
+        if not hasattr(meta, "class_image_count"):
+            raise ValueError(
+                f'PRIOR.SOURCE="metadata" but {desc} is not set; register the dataset with '
+                "lt_det.data.register_lvis_format or choose another PRIOR.SOURCE."
+            )
+        counts = [int(e["image_count"]) for e in meta.class_image_count]
+    _check_length(len(counts), num_classes, desc)
+    return class_prior_from_counts(
+        counts, _num_train_images(train), zero_count_floor=floor, class_names=names, source=desc
+    )

@@ -1,0 +1,254 @@
+"""Closed-form tests of the box-classification losses (lt_det.modeling.losses).
+
+Notation: logits z (R, K + 1), column K = background, labels y in [0, K], prior n (K,).
+Expected values are computed here from the definitions:
+  softmax CE        l = logsumexp(z) - z_y
+  balanced softmax  l = CE(z + s), s_j = log n_j - log c (j < K), s_K = 0,
+                    c = mean(n) ("fg_mass") or max(n) ("unshifted")
+  sigmoid CE        l = sum_{j<K} softplus(z_j) - [y < K] z_y
+  balanced sigmoid  same with z_j + [y < K] log(n_j / (1 - n_j))
+"""
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lt_det.modeling.losses import (
+    LT_CLS_LOSS_REGISTRY,
+    balanced_sigmoid_loss,
+    balanced_softmax_loss,
+    build_cls_loss,
+    sigmoid_ce_loss,
+    softmax_ce_loss,
+)
+
+K = 5
+LOSS_FNS = {
+    "softmax_ce": softmax_ce_loss,
+    "sigmoid_ce": sigmoid_ce_loss,
+    "balanced_softmax": balanced_softmax_loss,
+    "balanced_sigmoid": balanced_sigmoid_loss,
+}
+
+
+def _inputs(r=7, k=K, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(r, k + 1, generator=g, dtype=dtype) * 2
+    y = torch.randint(0, k + 1, (r,), generator=g)
+    y[0], y[1] = k, 0  # at least one background and one foreground ROI
+    prior = torch.rand(k, generator=g, dtype=dtype) * 0.5 + 0.01
+    return z, y, prior
+
+
+def _ref_softmax_ce_rows(z, y):
+    rows = zip(z.tolist(), y.tolist())
+    return [math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in rows]
+
+
+def _ref_sigmoid_rows(z, y, prior=None):
+    k = z.shape[1] - 1
+    out = []
+    for row, t in zip(z.tolist(), y.tolist()):
+        total = 0.0
+        for j in range(k):
+            x = row[j]
+            if prior is not None and t < k:
+                n = float(prior[j])
+                x += math.log(n / (1 - n))
+            target = 1.0 if j == t else 0.0
+            p = 1 / (1 + math.exp(-x))
+            total -= target * math.log(p) + (1 - target) * math.log(1 - p)
+        out.append(total)
+    return out
+
+
+@pytest.mark.parametrize("c", [0.01, 0.3, 1.0])
+@pytest.mark.parametrize("background", ["fg_mass", "unshifted"])
+def test_uniform_prior_balanced_softmax_is_plain_ce(c, background):
+    z, y, _ = _inputs()
+    prior = torch.full((K,), c, dtype=torch.float64)
+    got = balanced_softmax_loss(z, y, prior, background=background)
+    torch.testing.assert_close(got, F.cross_entropy(z, y), rtol=0, atol=1e-12)
+    torch.testing.assert_close(softmax_ce_loss(z, y), F.cross_entropy(z, y), rtol=0, atol=0)
+
+
+def test_uniform_half_prior_balanced_sigmoid_is_plain_sigmoid():
+    z, y, _ = _inputs()
+    prior = torch.full((K,), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(
+        balanced_sigmoid_loss(z, y, prior), sigmoid_ce_loss(z, y), rtol=0, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("background", ["fg_mass", "unshifted"])
+def test_balanced_softmax_closed_form(background):
+    z, y, prior = _inputs()
+    ref_c = prior.mean() if background == "fg_mass" else prior.max()
+    shifted = z.clone()
+    for j in range(K):
+        shifted[:, j] += math.log(prior[j]) - math.log(ref_c)
+    rows = torch.tensor(_ref_softmax_ce_rows(shifted, y), dtype=torch.float64)
+    got = balanced_softmax_loss(z, y, prior, reduction="none", background=background)
+    torch.testing.assert_close(got, rows, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        balanced_softmax_loss(z, y, prior, reduction="sum", background=background), rows.sum()
+    )
+    torch.testing.assert_close(
+        balanced_softmax_loss(z, y, prior, background=background), rows.mean()
+    )
+
+
+@pytest.mark.parametrize("background", ["fg_mass", "unshifted"])
+def test_balanced_softmax_log_ratio_property(background):
+    """The gradient of CE is softmax(z + s) - onehot(y). On a background ROI, for foreground
+    classes i, j: g_i / g_j = exp(z_i - z_j) * n_i / n_j, i.e. the logit difference moves by
+    exactly log(n_i / n_j). Only ratios matter: scaling the prior changes nothing."""
+    z, _, prior = _inputs(r=2)
+    z = z[:1].clone().requires_grad_(True)
+    y = torch.tensor([K])
+    balanced_softmax_loss(z, y, prior, reduction="sum", background=background).backward()
+    g = z.grad[0]
+    for i in range(K):
+        for j in range(K):
+            expected = math.exp(float(z[0, i] - z[0, j])) * float(prior[i] / prior[j])
+            assert float(g[i] / g[j]) == pytest.approx(expected, rel=1e-10)
+    z2, y2, _ = _inputs()
+    torch.testing.assert_close(
+        balanced_softmax_loss(z2, y2, prior * 7.0, background=background),
+        balanced_softmax_loss(z2, y2, prior, background=background),
+    )
+
+
+def test_fg_mass_keeps_background_odds_for_equal_logits():
+    """With equal foreground logits the fg_mass shift leaves P(background) as in plain CE."""
+    _, _, prior = _inputs()
+    z = torch.zeros(1, K + 1, dtype=torch.float64)
+    z[0, K] = 0.7
+    y = torch.tensor([K])
+    torch.testing.assert_close(
+        balanced_softmax_loss(z, y, prior, background="fg_mass"), F.cross_entropy(z, y)
+    )
+
+
+def test_sigmoid_losses_closed_form():
+    z, y, prior = _inputs()
+    torch.testing.assert_close(
+        sigmoid_ce_loss(z, y, reduction="none"),
+        torch.tensor(_ref_sigmoid_rows(z, y), dtype=torch.float64),
+    )
+    rows = torch.tensor(_ref_sigmoid_rows(z, y, prior), dtype=torch.float64)
+    torch.testing.assert_close(balanced_sigmoid_loss(z, y, prior, reduction="none"), rows)
+    torch.testing.assert_close(balanced_sigmoid_loss(z, y, prior), rows.mean())
+    torch.testing.assert_close(balanced_sigmoid_loss(z, y, prior, reduction="sum"), rows.sum())
+
+
+def test_balanced_sigmoid_leaves_background_rois_untouched():
+    z, _, prior = _inputs()
+    y = torch.full((z.shape[0],), K)
+    torch.testing.assert_close(balanced_sigmoid_loss(z, y, prior), sigmoid_ce_loss(z, y))
+
+
+def test_balanced_sigmoid_prior_of_one_is_finite():
+    z, y, prior = _inputs()
+    prior[0] = 1.0
+    assert torch.isfinite(balanced_sigmoid_loss(z, y, prior))
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FNS))
+def test_gradients_match_finite_differences(name):
+    z, y, prior = _inputs()
+    fn = LOSS_FNS[name]
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(
+            lambda t: fn(t, y, prior, reduction=reduction), (z.clone().requires_grad_(True),)
+        )
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FNS))
+def test_empty_batch_is_zero_and_keeps_graph(name):
+    fn = LOSS_FNS[name]
+    prior = torch.full((K,), 0.1)
+    z = torch.zeros(0, K + 1, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long)
+    loss = fn(z, y, prior)
+    assert loss.shape == () and loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert z.grad is not None and z.grad.shape == (0, K + 1)
+    assert fn(z, y, prior, reduction="none").shape == (0,)
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FNS))
+def test_logits_not_modified(name):
+    z, y, prior = _inputs(dtype=torch.float32)
+    z.requires_grad_(True)
+    before = z.detach().clone()
+    LOSS_FNS[name](z, y, prior).backward()
+    assert torch.equal(z.detach(), before)
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FNS))
+def test_cpu_bf16_autocast_is_finite(name):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, K + 1)
+    x = torch.randn(32, 16)
+    y = torch.randint(0, K + 1, (32,))
+    loss_module = build_cls_loss(name, num_classes=K, class_prior=torch.linspace(0.001, 0.9, K))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(x)
+        assert logits.dtype == torch.bfloat16
+        loss = loss_module(logits, y)
+        probs = loss_module.predict_probs(logits)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert torch.isfinite(probs).all()
+    loss.backward()
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+def test_modules_hold_prior_buffer_and_scores():
+    prior = torch.linspace(0.01, 0.5, K)
+    z, y, _ = _inputs(dtype=torch.float32)
+    for name in ("balanced_softmax", "balanced_sigmoid"):
+        m = build_cls_loss(name, num_classes=K, class_prior=prior)
+        assert torch.equal(m.state_dict()["class_prior"], prior)
+        assert "class_prior" not in dict(m.named_parameters())
+        torch.testing.assert_close(m(z, y), LOSS_FNS[name](z, y, prior))
+    softmax = build_cls_loss("balanced_softmax", num_classes=K, class_prior=prior)
+    torch.testing.assert_close(softmax.predict_probs(z), F.softmax(z, dim=1))
+    sigmoid = build_cls_loss("balanced_sigmoid", num_classes=K, class_prior=prior)
+    probs = sigmoid.predict_probs(z)
+    assert probs.shape == (z.shape[0], K + 1)
+    torch.testing.assert_close(probs[:, :K], torch.sigmoid(z[:, :K]))
+    assert torch.equal(probs[:, K], torch.zeros(z.shape[0]))
+
+
+def test_sigmoid_bias_init():
+    bias = torch.zeros(K + 1)
+    build_cls_loss("sigmoid_ce", num_classes=K, bias_prior_prob=0.01).init_cls_bias_(bias)
+    torch.testing.assert_close(torch.sigmoid(bias[:K]), torch.full((K,), 0.01))
+    assert bias[K] == 0
+    bias = torch.zeros(K + 1)
+    build_cls_loss("softmax_ce", num_classes=K).init_cls_bias_(bias)
+    assert torch.equal(bias, torch.zeros(K + 1))
+
+
+def test_registry_and_errors():
+    assert {n for n, _ in LT_CLS_LOSS_REGISTRY} >= set(LOSS_FNS)
+    with pytest.raises(KeyError, match="balanced_softmax"):
+        build_cls_loss("focal", num_classes=K)
+    with pytest.raises(ValueError, match="class_prior"):
+        build_cls_loss("balanced_softmax", num_classes=K)
+    with pytest.raises(ValueError, match=r"\(5,\)"):
+        build_cls_loss("balanced_sigmoid", num_classes=K, class_prior=torch.ones(4) * 0.1)
+    with pytest.raises(ValueError, match="unshifted"):
+        build_cls_loss("balanced_softmax", num_classes=K, class_prior=torch.ones(K), background="x")
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FNS))
+def test_backward_twice_through_retained_graph(name):
+    z, y, prior = _inputs(dtype=torch.float32)
+    z.requires_grad_(True)
+    loss = LOSS_FNS[name](z, y, prior)
+    (g1,) = torch.autograd.grad(loss, z, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, z)
+    torch.testing.assert_close(g1, g2)

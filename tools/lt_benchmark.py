@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""The main job: synthetic long-tailed LVIS benchmark of every lt_det method on CPU.
+
+    python tools/lt_benchmark.py --out output/demo                 # what `make demo` runs
+    python tools/lt_benchmark.py --seed 1 --out output/seed1 --methods softmax rfs balms
+    python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out /tmp/smoke
+
+Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
+OUT/classifier_norms.png; every run's log, metrics and checkpoint are under OUT/runs/<method>/.
+"""
+import argparse
+import os
+import sys
+
+from lt_det.benchmark import METHODS, run_benchmark
+from lt_det.errors import LTDetError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (must be new or empty, or --force)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
+    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="default: all")
+    p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
+    p.add_argument("--stage2-iters", type=int, default=200, help="stage-2 iterations")
+    p.add_argument("--preset", default="default", help="synthetic data preset (default | tiny)")
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
+    p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
+    p.add_argument("--force", action="store_true", help="allow an OUT that already holds results")
+    args = p.parse_args(argv)
+    if os.path.exists(os.path.join(args.out, "results.json")) and not args.force:
+        print(f"lt_det: error: '{args.out}' already holds a finished benchmark (results.json); "
+              "choose another --out or pass --force to overwrite it.", file=sys.stderr)
+        return 2
+    try:
+        run_benchmark(args.out, seed=args.seed, methods=args.methods, iters=args.iters,
+                      stage2_iters=args.stage2_iters, preset=args.preset,
+                      parallel=args.parallel, data_dir=args.data_dir)
+    except LTDetError as e:
+        print(f"lt_det: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

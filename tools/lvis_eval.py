@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Evaluate an LVIS results file offline and print the LVIS metrics (percent).
+
+    .venv/bin/python tools/lvis_eval.py --gt lvis_v1_val.json \
+        --results lvis_instances_results.json \
+        --iou-type bbox [--backend fast|lvis] [--ap-fixed] [--class-chunk 100] \
+        [--max-dets-per-image 300] [--output metrics.json] [--per-class-dir DIR]
+
+``--per-class-dir`` writes ``per_class_ap_<iou-type>.{json,csv}`` (AP per class with its
+frequency group and the training image count stored in the gt categories), the input of
+``tools/plot_ap_vs_frequency.py``.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+from lt_det.errors import LTDetError  # noqa: E402
+from lt_det.evaluation import evaluate_lvis, write_per_class  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--gt", required=True, help="LVIS-format ground-truth json")
+    p.add_argument("--results", required=True, help="LVIS results json (list of detections)")
+    p.add_argument("--iou-type", required=True, choices=["bbox", "segm"])
+    p.add_argument("--backend", default="fast", choices=["fast", "lvis"])
+    p.add_argument("--ap-fixed", action="store_true", help="top 10,000 per class, no image cap")
+    p.add_argument("--max-dets-per-image", type=int, default=300)
+    p.add_argument("--max-dets-per-class", type=int, default=10000, help="AP-fixed cap")
+    p.add_argument("--class-chunk", type=int, default=0, help="classes at a time (0 = all)")
+    p.add_argument("--output", default="", help="write metrics (percent) and run info as json")
+    p.add_argument("--per-class-dir", default="", help="write per-class AP json/csv here")
+    args = p.parse_args()
+    try:
+        r = evaluate_lvis(
+            args.gt,
+            args.results,
+            iou_type=args.iou_type,
+            backend=args.backend,
+            ap_fixed=args.ap_fixed,
+            max_dets_per_image=args.max_dets_per_image,
+            max_dets_per_class=args.max_dets_per_class,
+            class_chunk=args.class_chunk,
+        )
+    except LTDetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metrics = r.metrics_percent()
+    protocol = "AP-fixed" if args.ap_fixed else f"{args.max_dets_per_image} detections/image"
+    print(
+        f"LVIS {args.iou_type} ({args.backend} backend, {protocol}, {r.info['seconds_total']:.1f}s)"
+    )
+    for k, v in metrics.items():
+        print(f"  {k:<8} {v:7.3f}")
+    if args.output:
+        with open(args.output, "w") as f:
+            safe = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+            json.dump({"iou_type": args.iou_type, "metrics": safe, "info": r.info}, f, indent=1)
+    if args.per_class_dir:
+        for path in write_per_class(
+            r, args.per_class_dir, info={"gt": args.gt, "results": args.results}
+        ):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Pick tau for tau-normalisation on a validation set from one stage-1 checkpoint.
+
+    python tools/tau_sweep.py --config-file configs/synthetic/softmax.yaml \
+        --weights output/synthetic/softmax/model_final.pth --taus 0 0.25 0.5 0.75 1 1.25 \
+        --out output/synthetic/tau_sweep
+
+The frozen detector (backbone, RPN, box head) runs once per image; for every tau only the box
+predictor, detectron2's ``fast_rcnn_inference`` (inside ``predictor.inference``) and the
+evaluator's bookkeeping run again. Every tau has its own lt_det LVIS evaluator, so no box
+features need to be kept in memory (LVIS val would need tens of GB). Box AP only (MASK_ON is
+turned off: masks would need the mask head once per tau).
+
+Writes OUT/tau_sweep.csv, OUT/tau_sweep.md, OUT/tau_sweep.png and OUT/tau_<t>/ (per-class AP);
+prints the table and the best tau by AP.
+"""
+import argparse
+import csv
+import os
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import build_detection_test_loader  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import lt_det.modeling  # noqa: E402,F401  registration
+from lt_det.data import register_datasets_from_cfg  # noqa: E402
+from lt_det.decouple import (  # noqa: E402
+    TauNormLinear,
+    apply_decoupling,
+    find_box_predictors,
+    frozen_box_batch,
+)
+from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
+from lt_det.errors import LTDetError  # noqa: E402
+from lt_det.evaluation import build_lvis_evaluator  # noqa: E402
+
+METRICS = ("AP", "APr", "APc", "APf")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True, help="stage-1 (or tau_norm) config")
+    p.add_argument("--weights", required=True, help="stage-1 checkpoint (.pth / .pkl)")
+    p.add_argument("--taus", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dataset", help="evaluation dataset (default DATASETS.TEST[0])")
+    p.add_argument("--tau-bias", choices=["keep", "zero", "scale"], help="default: config's")
+    p.add_argument(
+        "--normalize-background",
+        action="store_true",
+        help="also tau-normalise the background row (default: keep it, as MODEL.DECOUPLE does)",
+    )
+    p.add_argument("--max-images", type=int, default=0, help="evaluate the first N images (0: all)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def setup(args):
+    cfg = load_config(args.config_file, args.opts)
+    cfg.MODEL.WEIGHTS = args.weights
+    cfg.MODEL.DECOUPLE.METHOD = "tau_norm"
+    cfg.MODEL.MASK_ON = False  # box AP only
+    if args.tau_bias:
+        cfg.MODEL.DECOUPLE.TAU_BIAS = args.tau_bias
+    cfg.freeze()
+    register_datasets_from_cfg(cfg)
+    check_num_classes(cfg)
+    return cfg
+
+
+def sweep(cfg, args) -> List[Dict[str, float]]:
+    """Evaluate every tau in one pass over the dataset; returns one row per tau."""
+    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    model = apply_decoupling(build_model(cfg), cfg).eval()
+    if not os.path.isfile(args.weights) and "://" not in args.weights:
+        raise LTDetError(f"--weights '{args.weights}' does not exist.")
+    DetectionCheckpointer(model).load(args.weights)
+    predictors = find_box_predictors(model)
+    if len(predictors) != 1:
+        raise LTDetError("tools/tau_sweep.py supports standard (not cascade) ROI heads.")
+    predictor = predictors["roi_heads.box_predictor"]
+    layer = predictor.cls_score
+    assert isinstance(layer, TauNormLinear)
+    if args.normalize_background:
+        layer.num_normalized = layer.out_features
+
+    evaluators = {}
+    for tau in args.taus:
+        ev = build_lvis_evaluator(cfg, dataset, os.path.join(args.out, f"tau_{tau:g}"))
+        ev.reset()
+        evaluators[tau] = ev
+    loader = build_detection_test_loader(cfg, dataset)
+    t_frozen = t_heads = 0.0
+    n = 0
+    with torch.no_grad():
+        for inputs in loader:
+            if args.max_images and n >= args.max_images:
+                break
+            n += len(inputs)
+            t0 = time.perf_counter()
+            batch = frozen_box_batch(model, inputs, sample=False)
+            t1 = time.perf_counter()
+            for tau, ev in evaluators.items():
+                layer.tau = tau
+                predictions = predictor(batch.box_features)
+                results, _ = predictor.inference(predictions, batch.proposals)
+                outputs = [
+                    {
+                        "instances": detector_postprocess(
+                            r, x.get("height", s[0]), x.get("width", s[1])
+                        )
+                    }
+                    for r, x, s in zip(results, inputs, batch.images.image_sizes)
+                ]
+                ev.process(inputs, outputs)
+            t_frozen += t1 - t0
+            t_heads += time.perf_counter() - t1
+    print(
+        f"{n} images: frozen detector {t_frozen:.1f}s once, predictor + inference "
+        f"{t_heads:.1f}s for {len(evaluators)} taus"
+    )
+    rows = []
+    for tau, ev in evaluators.items():
+        res = ev.evaluate().get("bbox", {})
+        rows.append({"tau": tau, **{m: float(res.get(m, float("nan"))) for m in METRICS}})
+    return rows
+
+
+def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
+    """Write csv / md / png; return the best row by AP."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "tau_sweep.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["tau", *METRICS])
+        w.writeheader()
+        w.writerows(rows)
+    best = max(rows, key=lambda r: r["AP"])
+    lines = ["| tau | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for r in rows:
+        mark = " **best**" if r is best else ""
+        lines.append(f"| {r['tau']:g}{mark} | " + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
+    with open(os.path.join(out, "tau_sweep.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    taus = [r["tau"] for r in rows]
+    for m, style in zip(METRICS, ["k-o", "r-s", "g-^", "b-v"]):
+        ax.plot(taus, [r[m] for r in rows], style, label=m, markersize=4)
+    ax.axvline(best["tau"], color="gray", ls=":", lw=1)
+    ax.set_xlabel("tau")
+    ax.set_ylabel("box AP (%)")
+    ax.set_title("tau-normalisation sweep")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "tau_sweep.png"), dpi=120)
+    plt.close(fig)
+    print("\n".join(lines))
+    return best
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="lt_det")
+    try:
+        cfg = setup(args)
+        rows = sweep(cfg, args)
+    except LTDetError as e:
+        print(f"lt_det: error: {e}", file=sys.stderr)
+        return 2
+    best = write_outputs(rows, args.out)
+    print(f"best tau = {best['tau']:g} (AP {best['AP']:.2f}, APr {best['APr']:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
