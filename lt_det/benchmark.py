@@ -90,14 +90,15 @@ class _Job:
 
 
 def _schedule_opts(iters: int) -> List[str]:
-    steps = f"({max(1, int(iters * 0.7))}, {max(1, int(iters * 0.9))})"
-    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps,
-            "SOLVER.WARMUP_ITERS", str(min(50, max(1, iters // 5)))]
+    # LR drops at 70% and 90% of the run; warm-up over the first 10% (at most 50 iterations).
+    steps = sorted({s for s in (int(iters * 0.7), int(iters * 0.9)) if 0 < s < iters})
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps)),
+            "SOLVER.WARMUP_ITERS", str(min(50, iters // 10))]
 
 
 def _dataset_opts(data: Dict[str, str]) -> List[str]:
-    entries = [["lt_synth_train", data["train_json"], data["train_images"]],
-               ["lt_synth_val", data["val_json"], data["val_images"]]]
+    entries = [["lt_synth_train", data["train_json"], data["train_image_root"]],
+               ["lt_synth_val", data["val_json"], data["val_image_root"]]]
     return ["DATASETS.LVIS_FORMAT", repr(entries)]
 
 
@@ -109,6 +110,7 @@ def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Jo
         cmd.append("--eval-only")
     cmd += ["OUTPUT_DIR", job.out_dir, "SEED", str(seed), "DATALOADER.NUM_WORKERS", "0"]
     cmd += _dataset_opts(data)
+    cmd += ["MODEL.ROI_HEADS.NUM_CLASSES", str(data["num_classes"])]
     if spec.stage1 is not None:
         cmd += ["MODEL.WEIGHTS", os.path.join(jobs[spec.stage1].out_dir, "model_final.pth")]
     if not spec.eval_only:
@@ -158,7 +160,7 @@ def run_benchmark(
         parallel: runs at a time, each with one torch thread.
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
     """
-    from .data.synthetic import generate_synthetic_lvis
+    from .data.synthetic import TRAIN_JSON, VAL_JSON, generate_synthetic_lvis
 
     names = list(methods or METHODS)
     unknown = [m for m in names if m not in METHODS]
@@ -173,8 +175,19 @@ def run_benchmark(
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     data_dir = data_dir or os.path.join(out_dir, "data")
-    data = generate_synthetic_lvis(data_dir, seed=seed, preset=preset, exist_ok=True)
-    print(f"[lt_benchmark] data: {data_dir} ({_fmt_s(time.time() - t0)})", flush=True)
+    data = {"train_json": os.path.join(data_dir, TRAIN_JSON),
+            "val_json": os.path.join(data_dir, VAL_JSON),
+            "train_image_root": os.path.join(data_dir, "train"),
+            "val_image_root": os.path.join(data_dir, "val")}
+    if all(os.path.exists(p) for p in data.values()):
+        print(f"[lt_benchmark] reusing the dataset in {data_dir}", flush=True)
+    else:
+        data = generate_synthetic_lvis(data_dir, seed=seed, preset=preset)
+        s = data["summary"]
+        print(f"[lt_benchmark] generated {data_dir}: {s['num_classes']} classes "
+              f"(r/c/f {s['groups']}), {_fmt_s(time.time() - t0)}", flush=True)
+    with open(data["train_json"]) as f:
+        data["num_classes"] = len(json.load(f)["categories"])
 
     jobs = {
         n: _Job(METHODS[n], os.path.join(out_dir, "runs", n),
@@ -185,6 +198,39 @@ def run_benchmark(
     # Rough seconds per iteration used for the ETA until runs report their own pace.
     pace = {1: 0.6, 2: 0.15}
     eval_cost = 20.0
+    try:
+        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every)
+    finally:  # never leave runs behind when one fails or the user is interrupted
+        for j in jobs.values():
+            if j.proc is not None and j.proc.poll() is None:
+                j.proc.kill()
+
+    rows = []
+    for n in names:
+        j = jobs[n]
+        row = {"method": n, "label": j.spec.label or n, "stage": j.spec.stage,
+               "stage1": j.spec.stage1, "iters": j.iters, "wall_s": round(j.wall, 1)}
+        for task, metrics in j.results.items():
+            row[task] = {k: float(v) for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        rows.append(row)
+    summary = {"seed": seed, "preset": preset, "iters": iters, "stage2_iters": stage2_iters,
+               "parallel": parallel, "total_wall_s": round(time.time() - t0, 1),
+               "load_avg": os.getloadavg(), "methods": rows}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    table = format_table(rows)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    _plots(out_dir, data, jobs)
+    print(table, flush=True)
+    print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
+          f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
+    return summary
+
+
+def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every) -> None:
+    """Start runs as their stage-1 run finishes, `parallel` at a time; print progress + ETA."""
     last_print = 0.0
     while not all(j.done for j in jobs.values()):
         running = [j for j in jobs.values() if j.proc is not None and not j.done]
@@ -195,7 +241,7 @@ def run_benchmark(
             j.wall = time.time() - j.start
             j.done = True
             if rc != 0:
-                tail = open(j.log_path).read()[-3000:]
+                tail = open(j.log_path).read()[-1500:]
                 raise LTDetError(f"benchmark run '{j.spec.name}' failed (exit {rc}); log "
                                  f"{j.log_path}:\n{tail}")
             with open(os.path.join(j.out_dir, "eval_results.json")) as f:
@@ -225,30 +271,6 @@ def run_benchmark(
                   f"{_fmt_s(now - t0)} | ETA {_fmt_s(remaining / parallel)}", flush=True)
         time.sleep(0.5)
 
-    rows = []
-    for n in names:
-        j = jobs[n]
-        row = {"method": n, "label": j.spec.label or n, "stage": j.spec.stage,
-               "stage1": j.spec.stage1, "iters": j.iters, "wall_s": round(j.wall, 1)}
-        for task, metrics in j.results.items():
-            row[task] = {k: float(v) for k, v in metrics.items()
-                         if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        rows.append(row)
-    summary = {"seed": seed, "preset": preset, "iters": iters, "stage2_iters": stage2_iters,
-               "parallel": parallel, "total_wall_s": round(time.time() - t0, 1),
-               "load_avg": os.getloadavg(), "methods": rows}
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    table = format_table(rows)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(table + "\n")
-    _plots(out_dir, data, jobs)
-    print(table, flush=True)
-    print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
-          f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
-    return summary
-
-
 def format_table(rows: List[Dict], task: str = "bbox") -> str:
     """Markdown table: AP, APr, APc, APf and wall time per method."""
     lines = ["| method | stage | AP | APr | APc | APf | wall (s) |",
@@ -264,12 +286,32 @@ def format_table(rows: List[Dict], task: str = "bbox") -> str:
 def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
     """Per-class AP vs frequency and classifier norm vs frequency, all methods overlaid."""
     from .decouple.norms import plot_classifier_norms
-    from .evaluation.plots import plot_ap_vs_frequency
+    from .evaluation import read_per_class
+    from .evaluation.plot import plot_ap_vs_frequency
 
-    per_class = {n: os.path.join(j.out_dir, "inference", "lt_synth_val", "per_class_ap_bbox.json")
-                 for n, j in jobs.items()}
-    plot_ap_vs_frequency({n: p for n, p in per_class.items() if os.path.isfile(p)},
-                         os.path.join(out_dir, "ap_vs_frequency.png"))
-    ckpts = {n: os.path.join(j.out_dir, "model_final.pth") for n, j in jobs.items()}
-    plot_classifier_norms({n: p for n, p in ckpts.items() if os.path.isfile(p)},
-                          data["train_json"], os.path.join(out_dir, "classifier_norms.png"))
+    runs, labels = [], []
+    for n, j in jobs.items():
+        path = os.path.join(j.out_dir, "inference", "lt_synth_val", "per_class_ap_bbox.json")
+        if os.path.isfile(path):
+            runs.append(read_per_class(path))
+            labels.append(n)
+    plot_ap_vs_frequency(runs, labels, os.path.join(out_dir, "ap_vs_frequency.png"),
+                         title="per-class box AP vs training images (synthetic LVIS)")
+    ckpts = {}
+    for n, j in jobs.items():
+        if j.spec.eval_only and j.spec.stage1 is not None:  # tau-norm: stage-1 weights at its tau
+            tau = _cfg_value(j.spec, "MODEL.DECOUPLE.TAU")
+            ckpts[n] = os.path.join(jobs[j.spec.stage1].out_dir, "model_final.pth") + f"@tau={tau}"
+        elif os.path.isfile(os.path.join(j.out_dir, "model_final.pth")):
+            ckpts[n] = os.path.join(j.out_dir, "model_final.pth")
+    plot_classifier_norms(ckpts, data["train_json"], os.path.join(out_dir, "classifier_norms.png"))
+
+
+def _cfg_value(spec: MethodSpec, key: str):
+    """A key's value in a method's config (after its overrides)."""
+    from .engine import load_config
+
+    cfg = load_config(os.path.join(REPO, "configs", spec.config), list(spec.opts))
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg

@@ -120,6 +120,7 @@ def add_lt_config(cfg: CN) -> CN:
     _C.TEST.LVIS.BACKEND = "fast"
     # AP-fixed protocol (Dave et al. 2021): no per-image cap, top 10,000 detections per class.
     _C.TEST.LVIS.AP_FIXED = False
-    # Evaluate at most this many classes at a time (bounds memory; 0 = all at once).
-    _C.TEST.LVIS.CLASS_CHUNK = 0
+    # Evaluate at most this many classes at a time (bounds memory, same numbers; 0 = all at once).
+    # 100 measured faster and lighter than 0 at LVIS scale (docs/evaluation.md).
+    _C.TEST.LVIS.CLASS_CHUNK = 100
     return _C

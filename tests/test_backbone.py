@@ -94,7 +94,8 @@ def test_imagenet_weights_are_loaded():
     for key in ["features.0.0.weight", "features.9.conv.1.0.weight", "features.17.conv.3.bias"]:
         assert torch.equal(own[key], state[key]), key
     # FrozenBN carries the ImageNet statistics, as buffers.
-    assert torch.equal(own["features.17.conv.3.running_var"], state["features.17.conv.3.running_var"])
+    key = "features.17.conv.3.running_var"
+    assert torch.equal(own[key], state[key])
     # No ImageNet head in the backbone.
     assert not any(k.startswith(("features.18", "classifier")) for k in own)
 

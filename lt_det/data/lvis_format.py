@@ -13,7 +13,7 @@ Category ids may be any distinct positive integers; they are mapped to detectron
 Metadata set on ``MetadataCatalog.get(name)`` (what lt_det's heads, samplers and evaluator read):
 ``json_file``, ``image_root``, ``evaluator_type="lvis"``, ``thing_classes``,
 ``thing_dataset_id_to_contiguous_id``, ``class_image_count`` (list of ``{"id", "image_count"}``,
-contiguous order), ``class_instance_count`` (list of int) and ``class_frequency`` (list of "r"/"c"/"f").
+contiguous order), ``class_instance_count`` (list of int), ``class_frequency`` (list of "r"/"c"/"f") and ``num_images``.
 Counts come from the json's categories when it has them, else from its annotations.
 """
 import json
@@ -206,6 +206,7 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         class_image_count=[{"id": i, "image_count": n} for i, n in zip(ids, image_counts)],
         class_instance_count=instance_counts,
         class_frequency=groups,
+        num_images=len(data["images"]),
     )
 
 

@@ -20,7 +20,8 @@ dropped. Stage names follow detectron2's ResNet so that FPN / RPN / ROI-head con
 
 The ImageNet weights expect RGB input scaled to [0, 1] and normalised by the ImageNet mean/std; in
 detectron2 terms ``INPUT.FORMAT "RGB"``, ``MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]``,
-``MODEL.PIXEL_STD [58.395, 57.12, 57.375]`` (see ``configs/synthetic/Base-synthetic-MNV2-FPN.yaml``).
+``MODEL.PIXEL_STD [58.395, 57.12, 57.375]``
+(see ``configs/synthetic/Base-synthetic-MNV2-FPN.yaml``).
 """
 import os
 import sys
@@ -155,7 +156,9 @@ class MobileNetV2Backbone(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+            n: ShapeSpec(
+                channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]
+            )
             for n in self._out_features
         }
 

@@ -1,0 +1,99 @@
+"""What makes a resumed run continue exactly where the interrupted one stopped.
+
+Three pieces, all driven by ``LTTrainer``:
+
+- :class:`ResumableSampler` wraps the training sampler. detectron2's infinite samplers restart
+  from their seed when a run is resumed; the wrapper instead starts the stream after the images
+  the finished iterations consumed: ``start = start_iter * (SOLVER.IMS_PER_BATCH / world size)``
+  indices of this rank's stream are skipped (replayed and dropped, deterministic and cheap).
+  Samplers that draw their stream in chunks from changing class rates (the Meta Sampler) expose
+  ``stream_state()`` / ``resume_from(start, state)``: the checkpoint keeps the generator state and
+  the rates of the chunk in progress, so the rest of that chunk is drawn as before.
+- :class:`StreamCheckpoint` is the checkpointable ("train_sampler") that saves that stream state.
+- :class:`IterationSeed` (a hook) reseeds python, numpy and torch at the start of every iteration
+  from ``(SEED, iteration, rank)`` when ``SEED >= 0``, so the random choices of an iteration (ROI
+  sampling, augmentation with ``NUM_WORKERS 0``) do not depend on how the run got there.
+
+Exact continuation (same images, same losses) holds with ``DATALOADER.NUM_WORKERS 0`` and
+``DATALOADER.ASPECT_RATIO_GROUPING False`` (or all images of one orientation) and ``SEED >= 0``;
+otherwise the resumed stream still starts after the consumed images, but the batches can be
+composed differently (see docs/robustness.md).
+"""
+import itertools
+import random
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from torch.utils.data import Sampler
+
+__all__ = ["ResumableSampler", "StreamCheckpoint", "IterationSeed", "iteration_seed"]
+
+
+class ResumableSampler(Sampler):
+    """A training sampler whose (infinite) stream can start at a given position.
+
+    Args:
+        sampler: the sampler to wrap (reachable as ``.sampler``, so ``find_train_sampler`` sees
+            through the wrapper).
+    """
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.start = 0  # indices of this rank's stream to skip
+        self.stream_state: Optional[Dict[str, Any]] = None  # see resume_from of the sampler
+
+    def set_start(self, start: int, stream_state: Optional[Dict[str, Any]] = None) -> None:
+        """Start the next iteration of the stream after its first ``start`` indices."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.start = int(start)
+        self.stream_state = stream_state
+
+    def __iter__(self) -> Iterator[int]:
+        resume = getattr(self.sampler, "resume_from", None)
+        if resume is not None:
+            resume(self.start, self.stream_state)
+            return iter(self.sampler)
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class StreamCheckpoint:
+    """Checkpointable holding the sampler's stream state (``stream_state()``), if it has one."""
+
+    def __init__(self, sampler: ResumableSampler):
+        self.sampler = sampler
+        self.loaded: Optional[Dict[str, Any]] = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        get = getattr(self.sampler.sampler, "stream_state", None)
+        state = get() if get is not None else None
+        return {"stream": state}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.loaded = state.get("stream")
+
+
+def iteration_seed(seed: int, iteration: int, rank: int) -> int:
+    """The seed of one iteration on one rank (a 31-bit mix of the three numbers)."""
+    x = (int(seed) * 1_000_003 + int(iteration)) * 1_009 + int(rank)
+    x = (x ^ (x >> 16)) * 0x45D9F3B & 0xFFFFFFFF
+    return (x ^ (x >> 16)) & 0x7FFFFFFF
+
+
+class IterationSeed(HookBase):
+    """Reseed python, numpy and torch from ``(seed, iteration, rank)`` before every iteration."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def before_step(self) -> None:
+        s = iteration_seed(self.seed, self.trainer.iter, comm.get_rank())
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
