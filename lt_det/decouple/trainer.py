@@ -154,16 +154,26 @@ class DecoupledStep:
         sum(trained).backward()
         _all_reduce_grads(trainer.optimizer)
         trainer._write_metrics(loss_dict, data_time)
-        trainer.optimizer.step()
         if self.meta_learner is not None and self.meta_learner.should_update(trainer.iter):
             if meta_inputs is None:
                 raise LTDetError("the Meta Sampler needs standard (not cascade) ROI heads.")
-            # After the classifier step, on the same (detached) features and labels.
+            # Before the classifier step, on the same (detached) features and labels. The
+            # gradients of the plain training loss were just computed by backward(): handing them
+            # over spares the learner recomputing them (same result, ~2x cheaper update).
+            params = dict(meta_inputs.classifier.named_parameters())
+            grads = {n: p.grad for n, p in params.items() if p.requires_grad}
+            weight = getattr(unwrap_model(trainer.model).roi_heads.box_predictor, "loss_weight", {})
+            if not grads or any(g is None for g in grads.values()) or (
+                isinstance(weight, dict) and weight.get("loss_cls", 1.0) != 1.0
+            ):
+                grads = None  # not the plain loss's gradients: let the learner compute them
             stats = self.meta_learner.step(
-                meta_inputs.classifier, meta_inputs.features.detach(), meta_inputs.gt_classes
+                meta_inputs.classifier, meta_inputs.features.detach(), meta_inputs.gt_classes,
+                train_grads=grads,
             )
             stats.update(self.meta_learner.log_stats(self.class_frequency))
             get_event_storage().put_scalars(**stats, smoothing_hint=False)
+        trainer.optimizer.step()
 
 
 def _all_reduce_grads(optimizer: torch.optim.Optimizer) -> None:

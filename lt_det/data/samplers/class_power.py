@@ -88,6 +88,9 @@ class ClassDrawSampler(Sampler):
         if chunk_size <= 0:
             raise LTDetError(f"chunk_size must be positive, got {chunk_size}.")
         self._chunk_size = int(chunk_size)
+        self._resume = (0, None)  # see resume_from
+        self._stream_state: Optional[Dict] = None
+        self._chunk_probs: Optional[torch.Tensor] = None
 
     @property
     def class_image_index(self) -> ClassImageIndex:
@@ -108,8 +111,13 @@ class ClassDrawSampler(Sampler):
         """(K,) probabilities of drawing each class next (zero for classes without images)."""
         raise NotImplementedError
 
-    def _draw(self, generator: torch.Generator, n: int) -> torch.Tensor:
-        probs = self.class_probabilities().to(torch.float64) * (self._counts > 0)
+    def _draw(
+        self, generator: torch.Generator, n: int, probs: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        if probs is None:
+            probs = self.class_probabilities()
+        self._chunk_probs = probs.detach().clone()
+        probs = probs.to(torch.float64) * (self._counts > 0)
         if not probs.sum() > 0:
             raise LTDetError("all class sampling rates are zero for the classes with images.")
         classes = torch.multinomial(probs, n, replacement=True, generator=generator)
@@ -119,14 +127,48 @@ class ClassDrawSampler(Sampler):
         offsets = torch.minimum(offsets, counts - 1)
         return self._image_ids[self._indptr[classes] + offsets]
 
+    def stream_state(self) -> Optional[Dict]:
+        """The chunk in progress: its first position in the common stream, the generator state
+        before it was drawn and the class probabilities it was drawn with (None before the
+        first draw). With :meth:`resume_from` a resumed run draws the rest of that chunk as
+        before, even when the probabilities have changed since (Meta Sampler)."""
+        return self._stream_state
+
+    def resume_from(self, start: int, state: Optional[Dict] = None) -> None:
+        """Make the next ``iter()`` skip the first ``start`` indices of this rank's stream.
+
+        Args:
+            start: indices of this rank's stream already consumed.
+            state: a :meth:`stream_state` saved when those were consumed, or None (the stream is
+                replayed from the seed with the current probabilities).
+        """
+        self._resume = (int(start), state)
+
     def __iter__(self) -> Iterator[int]:
+        start, state = self._resume
+        self._resume = (0, None)
         generator = torch.Generator()
         generator.manual_seed(self._seed)
         position = 0  # index of the chunk's first draw in the common stream
+        saved_probs = None
+        if state is not None and state["position"] <= start * self._world_size:
+            generator.set_state(state["generator"])
+            position, saved_probs = int(state["position"]), state["probs"]
+        skip_to = start * self._world_size  # first common-stream position this rank still needs
         while True:
-            draws = self._draw(generator, self._chunk_size)
+            generator_state = generator.get_state()
+            draws = self._draw(generator, self._chunk_size, saved_probs)
+            saved_probs = None
+            self._stream_state = {
+                "position": position,
+                "generator": generator_state,
+                "probs": self._chunk_probs,
+            }
             first = (self._rank - position) % self._world_size
-            yield from draws[first :: self._world_size].tolist()
+            mine = draws[first :: self._world_size]
+            if skip_to > position:  # rank r's j-th draw here is at position + first + j * W
+                mine = mine[max(0, -(-(skip_to - position - first) // self._world_size)) :]
+            yield from mine.tolist()
             position += self._chunk_size
 
 
