@@ -9,6 +9,7 @@ plus overrides). :func:`run_benchmark` generates the data, runs each method as a
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ class MethodSpec:
         eval_only: no training (e.g. tau-normalisation of the stage-1 classifier).
         opts: extra ``KEY VALUE`` overrides.
         label: text in the table.
+        default: part of the default method list (others run only when named in ``methods``).
     """
 
     name: str
@@ -42,6 +44,7 @@ class MethodSpec:
     eval_only: bool = False
     opts: Tuple[str, ...] = ()
     label: str = ""
+    default: bool = True
 
     @property
     def stage(self) -> int:
@@ -72,6 +75,10 @@ for _spec in (
                label="Balanced Sigmoid (cRT)"),
     MethodSpec("balms", "synthetic/stage2_balms.yaml", "softmax",
                label="BALMS (Balanced Softmax + Meta Sampler)"),
+    # The background-logit design choice of Balanced Softmax (docs/heads.md), measured on demand.
+    MethodSpec("balanced_softmax_fg_mass", "synthetic/stage2_balanced_softmax.yaml", "softmax",
+               opts=("MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG", "fg_mass"),
+               label="Balanced Softmax, background fg_mass (cRT)", default=False),
 ):
     register_method(_spec)
 
@@ -149,20 +156,23 @@ def run_benchmark(
     parallel: int = 2,
     data_dir: Optional[str] = None,
     progress_every: float = 10.0,
+    overwrite: bool = False,
 ) -> Dict:
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
 
     Args:
-        methods: names from :data:`METHODS` (default: all). Stage-1 methods that a chosen stage-2
+        methods: names from :data:`METHODS` (default: those with ``default=True``). Stage-1 methods that a chosen stage-2
             method needs are added.
         iters / stage2_iters: training iterations of stage-1 / stage-2 methods.
         preset: synthetic data preset (see :func:`lt_det.data.synthetic.generate_synthetic_lvis`).
         parallel: runs at a time, each with one torch thread.
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
+        overwrite: replace earlier runs under ``out_dir/runs/``; without it such runs are an
+            error and nothing is changed.
     """
     from .data.synthetic import TRAIN_JSON, VAL_JSON, generate_synthetic_lvis
 
-    names = list(methods or METHODS)
+    names = list(methods or [n for n, m in METHODS.items() if m.default])
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         raise LTDetError(f"unknown benchmark method(s) {unknown}; choose from {sorted(METHODS)}")
@@ -172,6 +182,13 @@ def run_benchmark(
             names.insert(0, base)
     names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
 
+    earlier = [n for n in names if os.path.isdir(os.path.join(out_dir, "runs", n))
+               and os.listdir(os.path.join(out_dir, "runs", n))]
+    if earlier and not overwrite:
+        raise LTDetError(
+            f"'{out_dir}/runs' already holds runs of {earlier}; nothing was changed. Choose "
+            "another output folder or pass overwrite=True (lt_benchmark.py --force) to replace them."
+        )
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     data_dir = data_dir or os.path.join(out_dir, "data")
@@ -252,7 +269,8 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
                  (j.spec.stage1 is None or jobs[j.spec.stage1].done)]
         free = parallel - sum(1 for j in jobs.values() if j.proc is not None and not j.done)
         for j in ready[:max(0, free)]:
-            os.makedirs(j.out_dir, exist_ok=True)
+            shutil.rmtree(j.out_dir, ignore_errors=True)  # only with overwrite (checked above)
+            os.makedirs(j.out_dir)
             j.log_path = os.path.join(j.out_dir, "log.txt")
             j.start = time.time()
             j.proc = subprocess.Popen(_job_command(j, data, seed, jobs), env=env, cwd=REPO,

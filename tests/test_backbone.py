@@ -48,9 +48,9 @@ def _cfg(pretrained: str = "", **overrides):
     return cfg
 
 
-def test_registered_on_import_of_lt_det_modeling():
+def test_registered_on_import_lt_det():
     code = (
-        "import lt_det.modeling; from detectron2.modeling import BACKBONE_REGISTRY; "
+        "import lt_det; from detectron2.modeling import BACKBONE_REGISTRY; "
         "assert 'build_mnv2_fpn_backbone' in BACKBONE_REGISTRY._obj_map"
     )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True, cwd=ROOT)

@@ -26,16 +26,21 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="default", help="synthetic data preset (default | tiny)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
-    p.add_argument("--force", action="store_true", help="allow an OUT that already holds results")
+    p.add_argument("--force", action="store_true",
+                   help="replace the results and runs an earlier benchmark left in OUT")
     args = p.parse_args(argv)
-    if os.path.exists(os.path.join(args.out, "results.json")) and not args.force:
-        print(f"lt_det: error: '{args.out}' already holds a finished benchmark (results.json); "
-              "choose another --out or pass --force to overwrite it.", file=sys.stderr)
+    runs = os.path.join(args.out, "runs")
+    earlier = os.path.exists(os.path.join(args.out, "results.json")) or (
+        os.path.isdir(runs) and bool(os.listdir(runs)))
+    if earlier and not args.force:
+        print(f"lt_det: error: '{args.out}' already holds a benchmark (results.json or runs/); "
+              "nothing was changed. Choose another --out or pass --force to replace it.",
+              file=sys.stderr)
         return 2
     try:
         run_benchmark(args.out, seed=args.seed, methods=args.methods, iters=args.iters,
                       stage2_iters=args.stage2_iters, preset=args.preset,
-                      parallel=args.parallel, data_dir=args.data_dir)
+                      parallel=args.parallel, data_dir=args.data_dir, overwrite=args.force)
     except LTDetError as e:
         print(f"lt_det: error: {e}", file=sys.stderr)
         return 2

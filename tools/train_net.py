@@ -6,6 +6,11 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file CFG --num-gpus 8            # one process per GPU
     python tools/train_net.py --config-file CFG --num-gpus 2 MODEL.DEVICE cpu  # 2 CPU processes, gloo
+    python tools/train_net.py --config-file CFG --resume           # continue the run in OUTPUT_DIR
+
+Bad input (a missing file, a malformed dataset, an unknown config value, a NaN loss, ...) is
+reported as one line "lt_det: error: ..." on stderr with exit status 2; see docs/robustness.md.
+An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --overwrite-output.
 """
 import json
 import os
@@ -17,6 +22,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from lt_det.engine import LTTrainer, launch, setup_cfg
+from lt_det.engine.trainer import check_weights_file
 from lt_det.errors import LTDetError
 
 
@@ -27,9 +33,23 @@ def save_results(cfg, results) -> None:
             json.dump(results, f, indent=2)
 
 
+def argument_parser():
+    """detectron2's ``default_argument_parser`` plus ``--overwrite-output``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite-output",
+        action="store_true",
+        help="start a new run in an OUTPUT_DIR that already holds one (its checkpoints are "
+        "replaced); without it such a folder is refused unless --resume is given",
+    )
+    return parser
+
+
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
+        if not args.resume:
+            check_weights_file(cfg.MODEL.WEIGHTS)
         model = LTTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
@@ -47,7 +67,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     try:
         launch(
             main,

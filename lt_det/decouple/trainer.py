@@ -242,8 +242,8 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
 
     A new run (not resuming from OUTPUT_DIR's last checkpoint) must load stage-1 weights from
     ``MODEL.WEIGHTS``: an empty or missing path is an error; after loading, a checkpoint that
-    left any frozen parameter at its initial value (missing key or other shape, e.g. another
-    architecture or box-regression class count) is an error; then the method's
+    left any frozen parameter unloaded (the checkpointer reports it missing or of another shape,
+    e.g. another architecture or box-regression class count) is an error; then the method's
     ``after_stage1_load`` runs (cRT re-initialisation). A resumed run loads its own
     checkpoint and nothing is re-initialised.
     """
@@ -264,10 +264,25 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
             f"MODEL.WEIGHTS '{weights}' (stage-1 checkpoint for MODEL.DECOUPLE.METHOD="
             f"{method!r}) does not exist. Train stage 1 first or fix the path."
         )
-    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
-    before = {n: p.detach().flatten()[:16].clone() for n, p in frozen.items()}
-    yield
-    untouched = [n for n, p in frozen.items() if torch.equal(p.detach().flatten()[:16], before[n])]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    reports = []
+    load_model = checkpointer._load_model
+
+    def _recording_load_model(checkpoint):
+        incompatible = load_model(checkpoint)
+        reports.append(incompatible)
+        return incompatible
+
+    checkpointer._load_model = _recording_load_model  # learn which keys the checkpoint lacked
+    try:
+        yield
+    finally:
+        del checkpointer._load_model
+    not_loaded = set()
+    for inc in reports:
+        not_loaded.update(getattr(inc, "missing_keys", ()))
+        not_loaded.update(k for k, *_ in getattr(inc, "incorrect_shapes", ()))
+    untouched = [n for n in frozen if n in not_loaded or not reports]
     if untouched:
         raise LTDetError(
             f"MODEL.WEIGHTS '{weights}' does not fit this model: {len(untouched)} of "

@@ -1,6 +1,31 @@
-"""Training entry points: LTTrainer and a CPU-capable launch."""
-from .defaults import load_config, setup_cfg
-from .launch import launch
-from .trainer import LTTrainer
+"""Training entry points: LTTrainer, a CPU-capable launch, resume and bad-input checks.
 
-__all__ = ["LTTrainer", "launch", "load_config", "setup_cfg"]
+See docs/robustness.md.
+"""
+from .checkpoint import AtomicDetectionCheckpointer
+from .defaults import (
+    check_config_values,
+    check_num_classes,
+    check_output_dir,
+    config_choices,
+    load_config,
+    setup_cfg,
+)
+from .launch import launch
+from .resume import ResumableSampler, SeededBatches
+from .trainer import LTTrainer, ReportUnreadableImages
+
+__all__ = [
+    "LTTrainer",
+    "launch",
+    "load_config",
+    "setup_cfg",
+    "check_config_values",
+    "check_num_classes",
+    "check_output_dir",
+    "config_choices",
+    "AtomicDetectionCheckpointer",
+    "ResumableSampler",
+    "SeededBatches",
+    "ReportUnreadableImages",
+]

@@ -1,6 +1,6 @@
 """Config set-up shared by the command-line tools."""
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
@@ -10,7 +10,14 @@ from ..config import add_lt_config
 from ..data import register_datasets_from_cfg
 from ..errors import LTDetError
 
-__all__ = ["load_config", "setup_cfg", "check_num_classes"]
+__all__ = [
+    "load_config",
+    "setup_cfg",
+    "check_num_classes",
+    "check_config_values",
+    "check_output_dir",
+    "config_choices",
+]
 
 
 def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
@@ -23,25 +30,110 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
         raise LTDetError(f"config file not found: '{config_file}'.")
     try:
         cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts or []))
     except KeyError as e:
         raise LTDetError(
-            f"'{config_file}' (or a KEY VALUE override) sets a key detectron2 and lt_det do not "
-            f"have: {e.args[0]}. Check the spelling against lt_det/config.py."
+            f"'{config_file}' sets a key detectron2 and lt_det do not have: {e.args[0]}. "
+            "Check the spelling against lt_det/config.py."
+        ) from None
+    except (ValueError, AssertionError) as e:
+        raise LTDetError(f"'{config_file}': {e}") from None
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, AssertionError) as e:  # yacs asserts on unknown keys and odd lists
+        raise LTDetError(
+            f"command-line KEY VALUE overrides: {e.args[0] if e.args else e}. Overrides come "
+            "in KEY VALUE pairs after the options (--num-gpus etc. go first); keys are listed "
+            "in lt_det/config.py and detectron2's defaults."
         ) from None
     except ValueError as e:
-        raise LTDetError(f"'{config_file}': {e}") from None
+        raise LTDetError(f"command-line KEY VALUE overrides: {e}") from None
     return cfg
 
 
 def setup_cfg(args) -> CfgNode:
-    """Load, freeze and register datasets; then detectron2's ``default_setup`` (logging, seeds)."""
+    """Load, check, freeze and register datasets; then detectron2's ``default_setup``.
+
+    Everything that can be checked before a model is built is checked here, before
+    ``default_setup`` writes anything to OUTPUT_DIR: config values, datasets, NUM_CLASSES and
+    (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would be overwritten.
+    """
     cfg = load_config(args.config_file, args.opts)
+    check_config_values(cfg)
     cfg.freeze()
     register_datasets_from_cfg(cfg)
     check_num_classes(cfg)
+    if not args.eval_only:
+        check_output_dir(
+            cfg.OUTPUT_DIR,
+            resume=args.resume,
+            overwrite=getattr(args, "overwrite_output", False),
+        )
     default_setup(cfg, args)
     return cfg
+
+
+def config_choices() -> Dict[str, List[str]]:
+    """The values each lt_det method-selecting key takes (read from the registries)."""
+    from ..data.samplers import registered_sampler_names
+    from ..data.samplers.meta_sampler import INIT_POWERS
+    from ..decouple import LT_DECOUPLE_REGISTRY
+    from ..decouple.classifiers import TAU_BIAS_MODES
+    from ..evaluation.backends.registry import LT_LVIS_EVAL_BACKEND_REGISTRY
+    from ..modeling.losses.balanced_softmax import BACKGROUND_CHOICES
+    from ..modeling.losses.registry import LT_CLS_LOSS_REGISTRY
+    from ..modeling.priors import PRIOR_SOURCES
+
+    return {
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS": sorted(k for k, _ in LT_CLS_LOSS_REGISTRY),
+        "MODEL.ROI_BOX_HEAD.PRIOR.SOURCE": list(PRIOR_SOURCES),
+        "MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG": list(BACKGROUND_CHOICES),
+        "DATALOADER.SAMPLER_TRAIN": registered_sampler_names(),
+        "DATALOADER.META_SAMPLER.INIT": sorted(INIT_POWERS),
+        "MODEL.DECOUPLE.METHOD": sorted(k for k, _ in LT_DECOUPLE_REGISTRY),
+        "MODEL.DECOUPLE.TAU_BIAS": list(TAU_BIAS_MODES),
+        "TEST.LVIS.BACKEND": sorted(k for k, _ in LT_LVIS_EVAL_BACKEND_REGISTRY),
+    }
+
+
+def check_config_values(cfg: CfgNode) -> None:
+    """Every method-selecting lt_det key must name a registered choice.
+
+    Raises:
+        LTDetError: naming the key, the value and the valid values.
+    """
+    for key, valid in config_choices().items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node not in valid:
+            raise LTDetError(f"{key} is {node!r}, which is not one of the valid values {valid}.")
+
+
+# Files that mark OUTPUT_DIR as holding a (finished or interrupted) training run.
+RUN_MARKERS = ("model_final.pth", "last_checkpoint")
+
+
+def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool = False) -> None:
+    """Refuse to start a new run in a folder that holds one (its checkpoints would be replaced).
+
+    Args:
+        output_dir: ``cfg.OUTPUT_DIR``.
+        resume: ``--resume`` continues the run in the folder: allowed.
+        overwrite: ``--overwrite-output``: start anew, replacing the files (explicit choice).
+
+    Raises:
+        LTDetError: naming the folder, what it holds and the three ways out.
+    """
+    if resume or overwrite or not output_dir:
+        return
+    found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(output_dir, m))]
+    if found:
+        state = "a finished run" if "model_final.pth" in found else "an interrupted run"
+        raise LTDetError(
+            f"OUTPUT_DIR '{output_dir}' already holds {state} ({', '.join(found)}). Nothing was "
+            "changed. Continue it with --resume, choose another OUTPUT_DIR, or pass "
+            "--overwrite-output to start a new run there (its checkpoints will be replaced)."
+        )
 
 
 def check_num_classes(cfg: CfgNode) -> None:

@@ -30,7 +30,7 @@ _LTDET_EXIT = 3
 
 
 def pick_backend(num_procs_per_machine: int) -> str:
-    """"nccl" when CUDA has a device for every local process, else "gloo"."""
+    """ "nccl" when CUDA has a device for every local process, else "gloo"."""
     if torch.cuda.is_available() and torch.cuda.device_count() >= num_procs_per_machine:
         return "nccl"
     return "gloo"
@@ -90,8 +90,17 @@ def launch(
         mp.start_processes(
             _worker,
             nprocs=num_gpus_per_machine,
-            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
-                  timeout, backend, errors),
+            args=(
+                main_func,
+                world_size,
+                num_gpus_per_machine,
+                machine_rank,
+                dist_url,
+                args,
+                timeout,
+                backend,
+                errors,
+            ),
             daemon=False,
             start_method="spawn",
         )
@@ -113,8 +122,18 @@ def _first_message(errors) -> Optional[str]:
     return None
 
 
-def _worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout,
-            backend, errors):
+def _worker(
+    local_rank,
+    main_func,
+    world_size,
+    per_machine,
+    machine_rank,
+    dist_url,
+    args,
+    timeout,
+    backend,
+    errors,
+):
     rank = machine_rank * per_machine + local_rank
     try:
         dist.init_process_group(

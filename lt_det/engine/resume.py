@@ -10,9 +10,10 @@ Three pieces, all driven by ``LTTrainer``:
   ``stream_state()`` / ``resume_from(start, state)``: the checkpoint keeps the generator state and
   the rates of the chunk in progress, so the rest of that chunk is drawn as before.
 - :class:`StreamCheckpoint` is the checkpointable ("train_sampler") that saves that stream state.
-- :class:`IterationSeed` (a hook) reseeds python, numpy and torch at the start of every iteration
-  from ``(SEED, iteration, rank)`` when ``SEED >= 0``, so the random choices of an iteration (ROI
-  sampling, augmentation with ``NUM_WORKERS 0``) do not depend on how the run got there.
+- :class:`SeededBatches` wraps the loader when ``SEED >= 0`` and reseeds python, numpy and torch
+  around every batch from ``(SEED, iteration, rank)``, so the random choices of an iteration
+  (anchor/ROI sampling; augmentation with ``NUM_WORKERS 0``) do not depend on how the run got
+  there.
 
 Exact continuation (same images, same losses) holds with ``DATALOADER.NUM_WORKERS 0`` and
 ``DATALOADER.ASPECT_RATIO_GROUPING False`` (or all images of one orientation) and ``SEED >= 0``;
@@ -25,11 +26,16 @@ from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
-from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler", "StreamCheckpoint", "IterationSeed", "iteration_seed"]
+__all__ = [
+    "ResumableSampler",
+    "StreamCheckpoint",
+    "SeededBatches",
+    "iteration_seed",
+    "seed_all",
+]
 
 
 class ResumableSampler(Sampler):
@@ -44,6 +50,7 @@ class ResumableSampler(Sampler):
         self.sampler = sampler
         self.start = 0  # indices of this rank's stream to skip
         self.stream_state: Optional[Dict[str, Any]] = None  # see resume_from of the sampler
+        self.position = 0
 
     def set_start(self, start: int, stream_state: Optional[Dict[str, Any]] = None) -> None:
         """Start the next iteration of the stream after its first ``start`` indices."""
@@ -53,11 +60,18 @@ class ResumableSampler(Sampler):
         self.stream_state = stream_state
 
     def __iter__(self) -> Iterator[int]:
+        # position: indices of this rank's stream handed out so far, the skipped ones included
+        # (in the process that iterates the sampler: the main one with NUM_WORKERS 0).
+        self.position = self.start
         resume = getattr(self.sampler, "resume_from", None)
         if resume is not None:
             resume(self.start, self.stream_state)
-            return iter(self.sampler)
-        return itertools.islice(iter(self.sampler), self.start, None)
+            stream = iter(self.sampler)
+        else:
+            stream = itertools.islice(iter(self.sampler), self.start, None)
+        for index in stream:
+            self.position += 1
+            yield index
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -79,21 +93,49 @@ class StreamCheckpoint:
         self.loaded = state.get("stream")
 
 
-def iteration_seed(seed: int, iteration: int, rank: int) -> int:
-    """The seed of one iteration on one rank (a 31-bit mix of the three numbers)."""
-    x = (int(seed) * 1_000_003 + int(iteration)) * 1_009 + int(rank)
+def iteration_seed(seed: int, iteration: int, rank: int, salt: int = 0) -> int:
+    """The seed of one iteration on one rank (a 31-bit mix of the numbers)."""
+    x = ((int(seed) * 1_000_003 + int(iteration)) * 1_009 + int(rank)) * 7 + int(salt)
     x = (x ^ (x >> 16)) * 0x45D9F3B & 0xFFFFFFFF
     return (x ^ (x >> 16)) & 0x7FFFFFFF
 
 
-class IterationSeed(HookBase):
-    """Reseed python, numpy and torch from ``(seed, iteration, rank)`` before every iteration."""
+def seed_all(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
-    def __init__(self, seed: int):
+
+class SeededBatches:
+    """A training data loader that reseeds the global generators around every batch it hands out.
+
+    Before batch ``i`` is fetched the generators get ``iteration_seed(seed, i, rank, 0)``
+    (augmentations drawn in this process), after it ``iteration_seed(seed, i, rank, 1)`` (the
+    model's random choices: anchor and proposal sampling). So iteration ``i`` draws the same random
+    numbers whether the run started at 0 or was resumed at ``i``, whatever the loader consumed
+    on its own (e.g. the one-time worker seed when its iterator is created).
+
+    Args:
+        loader: the detectron2 training loader (reachable as ``.dataset``, where
+            ``find_train_sampler`` looks).
+        seed: ``cfg.SEED`` (>= 0).
+    """
+
+    def __init__(self, loader, seed: int):
+        self.dataset = loader
         self.seed = int(seed)
+        self.next_iter = 0  # iteration of the next batch; set by the trainer on resume
 
-    def before_step(self) -> None:
-        s = iteration_seed(self.seed, self.trainer.iter, comm.get_rank())
-        random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)
+    def __iter__(self) -> Iterator:
+        stream = iter(self.dataset)
+        rank = comm.get_rank()
+        while True:
+            seed_all(iteration_seed(self.seed, self.next_iter, rank, 0))
+            batch = next(stream)
+            seed_all(iteration_seed(self.seed, self.next_iter, rank, 1))
+            self.next_iter += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.dataset)

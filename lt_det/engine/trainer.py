@@ -1,17 +1,33 @@
 """LTTrainer: detectron2's DefaultTrainer with lt_det's data loading, evaluation and model hooks.
 
 Only the small ``build_*`` hooks of DefaultTrainer are overridden; the training loop is detectron2's.
-"""
-import os
-from typing import Callable, Dict
+On top of DefaultTrainer (see docs/robustness.md):
 
+- checkpoints are written atomically (:class:`AtomicDetectionCheckpointer`);
+- ``--resume`` continues the sampler stream after the images already consumed and, with
+  ``SEED >= 0``, every iteration's random state is a function of (SEED, iteration, rank) (the
+  loader is wrapped in :class:`SeededBatches`), so a resumed run repeats the uninterrupted one
+  (:mod:`lt_det.engine.resume`);
+- a NaN/inf loss stops training with an :class:`LTDetError` naming the iteration and the last
+  good checkpoint; bad input met during training is reported without a training traceback.
+"""
+import contextlib
+import logging
+import os
+from typing import Callable, Dict, Optional
+
+import torch.distributed as dist
 from detectron2.data import (
+    DatasetMapper,
     MetadataCatalog,
+    build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.utils import comm
 
 from ..data.samplers import build_train_sampler
 from ..decouple import (
@@ -22,8 +38,11 @@ from ..decouple import (
 )
 from ..errors import LTDetError
 from ..evaluation import build_lvis_evaluator
+from .checkpoint import AtomicDetectionCheckpointer
+from .defaults import check_config_values
+from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 
-__all__ = ["LTTrainer", "EVALUATOR_BUILDERS"]
+__all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages", "check_weights_file"]
 
 
 def _coco_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
@@ -38,6 +57,96 @@ EVALUATOR_BUILDERS: Dict[str, Callable[..., DatasetEvaluator]] = {
 }
 
 
+class _DropUserErrors(logging.Filter):
+    """Keep detectron2's "Exception during training" traceback out of the log for bad input:
+    the entry point reports an LTDetError as one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, LTDetError)
+
+
+_TRAIN_LOOP_LOGGER = logging.getLogger("detectron2.engine.train_loop")
+if not any(isinstance(f, _DropUserErrors) for f in _TRAIN_LOOP_LOGGER.filters):
+    _TRAIN_LOOP_LOGGER.addFilter(_DropUserErrors())
+
+
+@contextlib.contextmanager
+def _ddp_on_any_device():
+    """Let DefaultTrainer wrap a CPU model in DistributedDataParallel (gloo).
+
+    detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which DDP refuses
+    for a CPU module. While the trainer is built, a CPU model gets ``device_ids=None`` instead;
+    everything else is detectron2's own function.
+    """
+    import detectron2.engine.defaults as d2_defaults
+
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
+class ReportUnreadableImages:
+    """A dataset mapper that turns an image it cannot read (or whose size is not the one its record
+    gives) into an :class:`LTDetError` naming the file (detectron2's mapper raises deep inside
+    PIL/iopath, without the dataset record).
+
+    Args:
+        mapper: the mapper to wrap (e.g. ``DatasetMapper(cfg, is_train=True)``).
+    """
+
+    def __init__(self, mapper: Callable[[Dict], Dict]):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        try:
+            return self.mapper(dataset_dict)
+        except OSError as e:  # missing, unreadable, truncated or not an image (PIL)
+            reason = e.strerror if isinstance(e, FileNotFoundError) else f"{type(e).__name__}: {e}"
+            raise LTDetError(
+                f"cannot read image '{dataset_dict.get('file_name')}' (image id "
+                f"{dataset_dict.get('image_id')}): {reason}. Restore the file, or fix the image "
+                "folder / remove the image's record in the dataset json."
+            ) from None
+        except SizeMismatchError as e:
+            raise LTDetError(
+                f"image id {dataset_dict.get('image_id')} is not the size its dataset record "
+                f"gives: {e} (sizes as (width, height)). Fix 'width'/'height' of the image in the "
+                "dataset json, or the image."
+            ) from None
+
+
+def _strip_worker_traceback(message: str) -> str:
+    """A data-loader worker re-raises our error with its traceback in the message; keep the
+    error's own line."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return last.split("LTDetError: ", 1)[-1]
+
+
+def check_weights_file(weights: str) -> None:
+    """A local ``MODEL.WEIGHTS`` must exist (fvcore would fail with a bare assertion)."""
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise LTDetError(
+            f"MODEL.WEIGHTS '{weights}' does not exist. Fix the path, or set MODEL.WEIGHTS \"\" "
+            "to start from the backbone's own initialisation."
+        )
+
+
+# Newer detectron2 checkpoints the inner SimpleTrainer (optimizer) itself; 0.6 does not.
+_D2_SAVES_OPTIMIZER = "state_dict" in vars(DefaultTrainer)
+
+
 class LTTrainer(DefaultTrainer):
     """DefaultTrainer + lt_det samplers (``DATALOADER.SAMPLER_TRAIN``) + LVIS evaluation.
 
@@ -47,10 +156,45 @@ class LTTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        check_decoupled_training(cfg)  # fail before building anything
-        super().__init__(cfg)
+        check_config_values(cfg)  # fail before building anything
+        check_decoupled_training(cfg)
+        with _ddp_on_any_device():
+            super().__init__(cfg)
         # Stage-2 iteration strategy (None: detectron2's own run_step).
         self._decoupled_step = build_decoupled_step(cfg, self)
+
+    def build_hooks(self):
+        # Called by DefaultTrainer.__init__ once self.checkpointer exists: make its saves atomic
+        # and let it carry the sampler's stream state, before the checkpoint hook takes it.
+        old = self.checkpointer
+        self.checkpointer = AtomicDetectionCheckpointer(
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        )
+        sampler = self.train_sampler
+        if sampler is not None:
+            self.checkpointer.checkpointables["train_sampler"] = StreamCheckpoint(sampler)
+        return super().build_hooks()
+
+    def state_dict(self) -> Dict:
+        # detectron2 0.6's DefaultTrainer checkpoints only the iteration and hooks: the optimizer
+        # state (momentum) of its inner SimpleTrainer is lost on --resume. Newer detectron2 saves
+        # it as "_trainer"; do the same here.
+        ret = super().state_dict()
+        if not _D2_SAVES_OPTIMIZER:
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        if not _D2_SAVES_OPTIMIZER and "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @property
+    def train_sampler(self) -> Optional[ResumableSampler]:
+        """The resumable wrapper around the training sampler (None for a custom loader)."""
+        from ..data.samplers import find_train_sampler
+
+        return find_train_sampler(self.data_loader, ResumableSampler)
 
     @classmethod
     def build_model(cls, cfg):
@@ -58,23 +202,75 @@ class LTTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         if self.cfg.MODEL.DECOUPLE.METHOD == "none":
-            return super().resume_or_load(resume=resume)
-        with stage1_load_guard(self.cfg, self.model, self.checkpointer, resume):
+            if not (resume and self.checkpointer.has_checkpoint()):
+                check_weights_file(self.cfg.MODEL.WEIGHTS)
             super().resume_or_load(resume=resume)
+        else:
+            with stage1_load_guard(self.cfg, self.model, self.checkpointer, resume):
+                super().resume_or_load(resume=resume)
+        if comm.get_world_size() > 1:
+            # Parameters re-initialised after loading (cRT) drew from each rank's own generator
+            # (seeded SEED + rank); DDP only synchronised the model when it was wrapped.
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        self._continue_sampler_stream()
+
+    def _continue_sampler_stream(self) -> None:
+        """After a resume, start the sampler after the images the first start_iter iterations
+        consumed (per rank), and restart the loader so that it reads the new start."""
+        if self.start_iter == 0:
+            return
+        sampler = self.train_sampler
+        if sampler is not None:
+            per_rank = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            stream = self.checkpointer.checkpointables.get("train_sampler")
+            sampler.set_start(self.start_iter * per_rank, stream.loaded if stream else None)
+        if isinstance(self.data_loader, SeededBatches):
+            self.data_loader.next_iter = self.start_iter
+        trainer = self._trainer
+        if hasattr(trainer, "_data_loader_iter_obj"):  # newer detectron2: lazy iterator
+            trainer._data_loader_iter_obj = None
+        else:
+            trainer._data_loader_iter = iter(trainer.data_loader)
 
     def run_step(self):
-        if self._decoupled_step is None:
-            return super().run_step()
-        self._trainer.iter = self.iter
-        self._decoupled_step(self._trainer)
+        try:
+            if self._decoupled_step is None:
+                return super().run_step()
+            self._trainer.iter = self.iter
+            self._decoupled_step(self._trainer)
+        except FloatingPointError as e:
+            raise LTDetError(self._nan_message(e)) from None
+        except LTDetError as e:
+            raise LTDetError(_strip_worker_traceback(str(e))) from None
+
+    def _nan_message(self, error: FloatingPointError) -> str:
+        detail = str(error).split("\n", 1)[-1].strip()
+        if self.checkpointer.has_checkpoint():
+            last = self.checkpointer.get_checkpoint_file()
+            where = f"The last good checkpoint is '{last}'; --resume continues from it."
+        else:
+            where = "No checkpoint was written yet (SOLVER.CHECKPOINT_PERIOD)."
+        return (
+            f"the training loss became NaN or infinite at iteration {self.iter} ({detail}); "
+            f"training stopped. {where} Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS "
+            "(or check the data and the class prior) before continuing."
+        )
 
     @classmethod
     def build_train_loader(cls, cfg):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        sampler = build_train_sampler(cfg, dataset)
-        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+        sampler = ResumableSampler(build_train_sampler(cfg, dataset))
+        mapper = ReportUnreadableImages(DatasetMapper(cfg, True))
+        loader = build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
+        return SeededBatches(loader, cfg.SEED) if cfg.SEED >= 0 else loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        mapper = ReportUnreadableImages(DatasetMapper(cfg, False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):

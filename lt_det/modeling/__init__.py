@@ -6,7 +6,6 @@ backbones of ``lt_det.modeling.backbone`` (detectron2's BACKBONE_REGISTRY).
 """
 from . import backbone as _backbone  # registration (build_mnv2_fpn_backbone)  # noqa: F401
 from . import roi_heads as _  # registration  # noqa: F401
-from . import backbone as _backbone  # registration  # noqa: F401
 from .box_predictor import LTFastRCNNOutputLayers
 from .losses import (
     LT_CLS_LOSS_REGISTRY,

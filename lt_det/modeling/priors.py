@@ -28,6 +28,8 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..errors import LTDetError  # a ValueError: bad user input, reported without traceback
+
 __all__ = [
     "class_prior_from_cfg",
     "class_prior_from_counts",
@@ -64,7 +66,7 @@ def count_classes(
                 continue
             c = int(ann["category_id"])
             if not 0 <= c < num_classes:
-                raise ValueError(
+                raise LTDetError(
                     f"Dataset {dataset_name!r}, image {d.get('image_id', d.get('file_name'))}: "
                     f"category_id {c} is outside [0, {num_classes}) (MODEL.ROI_HEADS.NUM_CLASSES="
                     f"{num_classes}); dataset dicts must use contiguous ids."
@@ -94,14 +96,14 @@ def class_prior_from_counts(
         source: a description of where the counts came from, used in messages.
     """
     if zero_count_floor <= 0:
-        raise ValueError(
+        raise LTDetError(
             f"MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR must be > 0, got {zero_count_floor}"
         )
     if total <= 0:
-        raise ValueError(f"Class prior from {source}: the total count is {total}, expected > 0.")
+        raise LTDetError(f"Class prior from {source}: the total count is {total}, expected > 0.")
     c = torch.as_tensor([float(x) for x in counts], dtype=torch.float64)
     if bool((c < 0).any()):
-        raise ValueError(f"Class prior from {source}: negative counts for classes "
+        raise LTDetError(f"Class prior from {source}: negative counts for classes "
                          f"{torch.nonzero(c < 0).flatten().tolist()}.")
     zero = torch.nonzero(c == 0).flatten().tolist()
     if zero:
@@ -121,7 +123,7 @@ def class_prior_from_counts(
 
 def _check_length(n: int, num_classes: int, source: str) -> None:
     if n != num_classes:
-        raise ValueError(
+        raise LTDetError(
             f"Class prior from {source} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES is "
             f"{num_classes}. Use the prior of the training set the model is built for."
         )
@@ -143,19 +145,45 @@ def _cat_info_counts(
     path: str, train_name: str
 ) -> Tuple[List[int], str]:
     if not path:
-        raise ValueError(
+        raise LTDetError(
             'MODEL.ROI_BOX_HEAD.PRIOR.SOURCE is "cat_info" but PRIOR.CAT_INFO_PATH is empty.'
         )
-    with open(path) as f:
-        entries = json.load(f)
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except FileNotFoundError:
+        raise LTDetError(
+            f"MODEL.ROI_BOX_HEAD.PRIOR.CAT_INFO_PATH '{path}' does not exist."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise LTDetError(
+            f"MODEL.ROI_BOX_HEAD.PRIOR.CAT_INFO_PATH '{path}' is not valid JSON ({e.msg} at "
+            f"line {e.lineno})."
+        ) from None
     if isinstance(entries, dict) and "categories" in entries:  # a full LVIS json also works
         entries = entries["categories"]
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "id" in e and "image_count" in e for e in entries
+    ):
+        raise LTDetError(
+            f"PRIOR.CAT_INFO_PATH '{path}': expected a list of {{'id', 'image_count', ...}} "
+            "entries (LVIS *_cat_info.json) or an LVIS json with such 'categories'."
+        )
     source = f"cat_info {path}"
     meta = MetadataCatalog.get(train_name)
     if hasattr(meta, "thing_dataset_id_to_contiguous_id"):
         id_map: Dict[int, int] = {
             int(k): v for k, v in meta.thing_dataset_id_to_contiguous_id.items()
         }
+        file_ids = {int(e["id"]) for e in entries}
+        missing, extra = sorted(set(id_map) - file_ids), sorted(file_ids - set(id_map))
+        if missing:  # extra ids are ignored (e.g. a full LVIS cat_info for a subset)
+            raise LTDetError(
+                f"PRIOR.CAT_INFO_PATH '{path}' does not describe the categories of "
+                f"DATASETS.TRAIN[0] '{train_name}': category ids missing from the file "
+                f"{missing[:10]} (ids in the file but not in the dataset: {extra[:10]}). Use the "
+                "cat_info file of the training set (or PRIOR.SOURCE image_count)."
+            )
     else:
         id_map = {int(e["id"]): i for i, e in enumerate(sorted(entries, key=lambda e: e["id"]))}
     counts = [0] * len(id_map)
@@ -181,11 +209,11 @@ def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     train = list(cfg.DATASETS.TRAIN)
     if source not in PRIOR_SOURCES:
-        raise ValueError(
+        raise LTDetError(
             f"Unknown MODEL.ROI_BOX_HEAD.PRIOR.SOURCE {source!r}; choices: {list(PRIOR_SOURCES)}."
         )
     if not train:
-        raise ValueError(f"PRIOR.SOURCE={source!r} needs DATASETS.TRAIN, which is empty.")
+        raise LTDetError(f"PRIOR.SOURCE={source!r} needs DATASETS.TRAIN, which is empty.")
     names = _thing_classes(train[0])
     if names is not None:
         _check_length(len(names), num_classes, f"the thing_classes of {train[0]!r}")
@@ -219,7 +247,7 @@ def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
         meta = MetadataCatalog.get(train[0])
         desc = f"MetadataCatalog[{train[0]!r}].class_image_count"
         if not hasattr(meta, "class_image_count"):
-            raise ValueError(
+            raise LTDetError(
                 f'PRIOR.SOURCE="metadata" but {desc} is not set; register the dataset with '
                 "lt_det.data.register_lvis_format or choose another PRIOR.SOURCE."
             )
