@@ -2,8 +2,8 @@
 
 A method is a :class:`MethodSpec` registered in :data:`METHODS` (a config under ``configs/synthetic``
 plus overrides). :func:`run_benchmark` generates the data, runs each method as a
-``tools/train_net.py`` process (stage-2 methods start from their stage-1 method's
-``model_final.pth``), at most ``parallel`` at a time with one torch thread each, and collects
+``tools/train_net.py`` process (every stage-2 method starts from the ``model_final.pth`` of one
+stage-1 method, ``stage1``, RFS by default), at most ``parallel`` at a time with one torch thread each, and collects
 ``eval_results.json`` of every run into ``results.json``, ``results.md`` and two plots.
 """
 import json
@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import LTDetError
 
-__all__ = ["MethodSpec", "METHODS", "register_method", "run_benchmark", "format_table"]
+__all__ = ["MethodSpec", "METHODS", "register_method", "run_benchmark", "format_table",
+           "summarize_runs"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,8 +31,8 @@ class MethodSpec:
     Args:
         name: key used on the command line (``--methods``) and in results.json.
         config: yaml under the repo's ``configs/`` folder.
-        stage1: name of the stage-1 method whose final checkpoint this one starts from
-            (None for a stage-1 method).
+        stage: 1 (trains a detector) or 2 (starts from the final checkpoint of the run's
+            stage-1 model, ``run_benchmark(stage1=...)``, the same for every stage-2 method).
         eval_only: no training (e.g. tau-normalisation of the stage-1 classifier).
         opts: extra ``KEY VALUE`` overrides.
         label: text in the table.
@@ -40,15 +41,11 @@ class MethodSpec:
 
     name: str
     config: str
-    stage1: Optional[str] = None
+    stage: int = 1
     eval_only: bool = False
     opts: Tuple[str, ...] = ()
     label: str = ""
     default: bool = True
-
-    @property
-    def stage(self) -> int:
-        return 1 if self.stage1 is None else 2
 
 
 METHODS: Dict[str, MethodSpec] = {}
@@ -65,20 +62,20 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 for _spec in (
     MethodSpec("softmax", "synthetic/softmax.yaml", label="softmax CE (stage 1)"),
     MethodSpec("rfs", "synthetic/rfs.yaml", label="repeat-factor sampling (stage 1)"),
-    MethodSpec("crt", "synthetic/stage2_crt.yaml", "softmax", label="cRT"),
-    MethodSpec("tau_norm", "synthetic/stage2_tau_norm.yaml", "softmax", eval_only=True,
+    MethodSpec("crt", "synthetic/stage2_crt.yaml", stage=2, label="cRT"),
+    MethodSpec("tau_norm", "synthetic/stage2_tau_norm.yaml", stage=2, eval_only=True,
                label="tau-norm"),
-    MethodSpec("lws", "synthetic/stage2_lws.yaml", "softmax", label="LWS"),
-    MethodSpec("balanced_softmax", "synthetic/stage2_balanced_softmax.yaml", "softmax",
-               label="Balanced Softmax (cRT)"),
-    MethodSpec("balanced_sigmoid", "synthetic/stage2_balanced_sigmoid.yaml", "softmax",
-               label="Balanced Sigmoid (cRT)"),
-    MethodSpec("balms", "synthetic/stage2_balms.yaml", "softmax",
+    MethodSpec("lws", "synthetic/stage2_lws.yaml", stage=2, label="LWS"),
+    MethodSpec("balanced_softmax", "synthetic/stage2_balanced_softmax.yaml", stage=2,
+               label="Balanced Softmax"),
+    MethodSpec("balanced_sigmoid", "synthetic/stage2_balanced_sigmoid.yaml", stage=2,
+               label="Balanced Sigmoid"),
+    MethodSpec("balms", "synthetic/stage2_balms.yaml", stage=2,
                label="BALMS (Balanced Softmax + Meta Sampler)"),
     # The background-logit design choice of Balanced Softmax (docs/heads.md), measured on demand.
-    MethodSpec("balanced_softmax_fg_mass", "synthetic/stage2_balanced_softmax.yaml", "softmax",
-               opts=("MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG", "fg_mass"),
-               label="Balanced Softmax, background fg_mass (cRT)", default=False),
+    MethodSpec("balanced_softmax_unshifted", "synthetic/stage2_balanced_softmax.yaml", stage=2,
+               opts=("MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG", "unshifted"),
+               label="Balanced Softmax, background unshifted", default=False),
 ):
     register_method(_spec)
 
@@ -88,6 +85,7 @@ class _Job:
     spec: MethodSpec
     out_dir: str
     iters: int
+    stage1: Optional[str] = None  # the stage-1 run a stage-2 run starts from
     proc: Optional[subprocess.Popen] = None
     start: float = 0.0
     wall: float = 0.0
@@ -118,8 +116,8 @@ def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Jo
     cmd += ["OUTPUT_DIR", job.out_dir, "SEED", str(seed), "DATALOADER.NUM_WORKERS", "0"]
     cmd += _dataset_opts(data)
     cmd += ["MODEL.ROI_HEADS.NUM_CLASSES", str(data["num_classes"])]
-    if spec.stage1 is not None:
-        cmd += ["MODEL.WEIGHTS", os.path.join(jobs[spec.stage1].out_dir, "model_final.pth")]
+    if job.stage1 is not None:
+        cmd += ["MODEL.WEIGHTS", os.path.join(jobs[job.stage1].out_dir, "model_final.pth")]
     if not spec.eval_only:
         cmd += _schedule_opts(job.iters)
     cmd += list(spec.opts)
@@ -154,6 +152,7 @@ def run_benchmark(
     stage2_iters: int = 200,
     preset: str = "default",
     parallel: int = 2,
+    stage1: str = "rfs",
     data_dir: Optional[str] = None,
     progress_every: float = 10.0,
     overwrite: bool = False,
@@ -161,11 +160,11 @@ def run_benchmark(
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
 
     Args:
-        methods: names from :data:`METHODS` (default: those with ``default=True``). Stage-1 methods that a chosen stage-2
-            method needs are added.
+        methods: names from :data:`METHODS` (default: those with ``default=True``).
         iters / stage2_iters: training iterations of stage-1 / stage-2 methods.
         preset: synthetic data preset (see :func:`lt_det.data.synthetic.generate_synthetic_lvis`).
         parallel: runs at a time, each with one torch thread.
+        stage1: the stage-1 method every stage-2 method starts from (added to ``methods``).
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
         overwrite: replace earlier runs under ``out_dir/runs/``; without it such runs are an
             error and nothing is changed.
@@ -176,10 +175,11 @@ def run_benchmark(
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         raise LTDetError(f"unknown benchmark method(s) {unknown}; choose from {sorted(METHODS)}")
-    for m in list(names):
-        base = METHODS[m].stage1
-        if base is not None and base not in names:
-            names.insert(0, base)
+    if stage1 not in METHODS or METHODS[stage1].stage != 1:
+        raise LTDetError(f"stage1={stage1!r} is not a stage-1 benchmark method; choose from "
+                         f"{sorted(n for n, m in METHODS.items() if m.stage == 1)}")
+    if any(METHODS[m].stage == 2 for m in names) and stage1 not in names:
+        names.insert(0, stage1)
     names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
 
     earlier = [n for n in names if os.path.isdir(os.path.join(out_dir, "runs", n))
@@ -208,7 +208,8 @@ def run_benchmark(
 
     jobs = {
         n: _Job(METHODS[n], os.path.join(out_dir, "runs", n),
-                0 if METHODS[n].eval_only else (iters if METHODS[n].stage == 1 else stage2_iters))
+                0 if METHODS[n].eval_only else (iters if METHODS[n].stage == 1 else stage2_iters),
+                stage1 if METHODS[n].stage == 2 else None)
         for n in names
     }
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -226,12 +227,13 @@ def run_benchmark(
     for n in names:
         j = jobs[n]
         row = {"method": n, "label": j.spec.label or n, "stage": j.spec.stage,
-               "stage1": j.spec.stage1, "iters": j.iters, "wall_s": round(j.wall, 1)}
+               "stage1": j.stage1, "iters": j.iters, "wall_s": round(j.wall, 1)}
         for task, metrics in j.results.items():
             row[task] = {k: float(v) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and math.isfinite(float(v))}
         rows.append(row)
-    summary = {"seed": seed, "preset": preset, "iters": iters, "stage2_iters": stage2_iters,
+    summary = {"seed": seed, "preset": preset, "stage1": stage1, "iters": iters,
+               "stage2_iters": stage2_iters,
                "parallel": parallel, "total_wall_s": round(time.time() - t0, 1),
                "load_avg": os.getloadavg(), "methods": rows}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -266,7 +268,7 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             if j.iters:
                 pace[j.spec.stage] = max(1e-3, (j.wall - eval_cost) / j.iters)
         ready = [j for j in jobs.values() if j.proc is None and
-                 (j.spec.stage1 is None or jobs[j.spec.stage1].done)]
+                 (j.stage1 is None or jobs[j.stage1].done)]
         free = parallel - sum(1 for j in jobs.values() if j.proc is not None and not j.done)
         for j in ready[:max(0, free)]:
             shutil.rmtree(j.out_dir, ignore_errors=True)  # only with overwrite (checked above)
@@ -296,7 +298,8 @@ def format_table(rows: List[Dict], task: str = "bbox") -> str:
     for r in rows:
         m = r.get(task, {})
         cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
-        lines.append(f"| {r['label']} | {r['stage']} | " + " | ".join(cells) +
+        stage = f"2 (from {r['stage1']})" if r.get("stage1") else str(r["stage"])
+        lines.append(f"| {r['label']} | {stage} | " + " | ".join(cells) +
                      f" | {r['wall_s']:.0f} |")
     return "\n".join(lines)
 
@@ -317,9 +320,9 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
                          title="per-class box AP vs training images (synthetic LVIS)")
     ckpts = {}
     for n, j in jobs.items():
-        if j.spec.eval_only and j.spec.stage1 is not None:  # tau-norm: stage-1 weights at its tau
+        if j.spec.eval_only and j.stage1 is not None:  # tau-norm: stage-1 weights at its tau
             tau = _cfg_value(j.spec, "MODEL.DECOUPLE.TAU")
-            ckpts[n] = os.path.join(jobs[j.spec.stage1].out_dir, "model_final.pth") + f"@tau={tau}"
+            ckpts[n] = os.path.join(jobs[j.stage1].out_dir, "model_final.pth") + f"@tau={tau}"
         elif os.path.isfile(os.path.join(j.out_dir, "model_final.pth")):
             ckpts[n] = os.path.join(j.out_dir, "model_final.pth")
     plot_classifier_norms(ckpts, data["train_json"], os.path.join(out_dir, "classifier_norms.png"))
@@ -333,3 +336,44 @@ def _cfg_value(spec: MethodSpec, key: str):
     for part in key.split("."):
         cfg = cfg[part]
     return cfg
+
+
+def summarize_runs(out_dirs: Sequence[str], task: str = "bbox") -> str:
+    """Markdown: per method the mean (min-max) of AP, APr, APc, APf over benchmark outputs, then
+    per run the best stage-2 method by APr and its margins over softmax CE and RFS."""
+    runs = []
+    for d in out_dirs:
+        path = os.path.join(d, "results.json")
+        if not os.path.isfile(path):
+            raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py")
+        with open(path) as f:
+            runs.append(json.load(f))
+    keys = ("AP", "APr", "APc", "APf")
+    order: List[str] = []
+    for r in runs:
+        order += [m["method"] for m in r["methods"] if m["method"] not in order]
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    lines = [f"| method ({len(runs)} runs, seeds {seeds}) | " + " | ".join(keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
+    for name in order:
+        rows = [m for r in runs for m in r["methods"] if m["method"] == name and task in m]
+        cells = []
+        for k in keys:
+            v = [m[task][k] for m in rows if k in m[task]]
+            cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})" if v else "-")
+        label = rows[0]["label"] if rows else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for r in runs:
+        by = {m["method"]: m.get(task, {}) for m in r["methods"]}
+        stage2 = [m for m in r["methods"] if m["stage"] == 2 and "APr" in m.get(task, {})]
+        if not stage2 or "softmax" not in by or "rfs" not in by:
+            continue
+        best = max(stage2, key=lambda m: m[task]["APr"])
+        b = best[task]
+        lines.append(
+            f"seed {r['seed']}: best stage 2 by APr = {best['label']} ({b['AP']:.1f} AP / "
+            f"{b['APr']:.1f} APr): vs softmax CE {b['APr'] - by['softmax']['APr']:+.1f} APr "
+            f"{b['AP'] - by['softmax']['AP']:+.1f} AP; vs RFS {b['APr'] - by['rfs']['APr']:+.1f} "
+            f"APr {b['AP'] - by['rfs']['AP']:+.1f} AP")
+    return "\n".join(lines)

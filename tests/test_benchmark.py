@@ -28,6 +28,7 @@ def test_benchmark_end_to_end_tiny(tmp_path):
         for key in ("AP", "APr", "APc"):
             assert math.isfinite(row["bbox"][key]), (name, key)
         assert row["wall_s"] > 0
+        assert row["stage1"] == ("rfs" if METHODS[name].stage == 2 else None)
     table = (out / "results.md").read_text()
     assert all(METHODS[m].label in table for m in defaults)
     # a finished benchmark is never silently overwritten
@@ -48,3 +49,46 @@ def test_earlier_runs_are_kept_without_overwrite(tmp_path):
         run_benchmark(str(tmp_path), methods=["softmax"], preset="tiny")
     assert (run / "model_final.pth").read_text() == "earlier run"
     assert not (tmp_path / "data").exists()  # failed before doing anything
+
+
+def test_stage1_must_be_a_stage1_method(tmp_path):
+    import pytest
+
+    from lt_det.benchmark import run_benchmark
+    from lt_det.errors import LTDetError
+
+    with pytest.raises(LTDetError, match="stage1='crt' is not a stage-1 benchmark method"):
+        run_benchmark(str(tmp_path / "b"), methods=["crt"], stage1="crt", preset="tiny")
+    assert not (tmp_path / "b").exists()
+
+
+def test_stage2_runs_start_from_the_chosen_stage1(tmp_path):
+    from lt_det.benchmark import _Job, _job_command
+
+    data = {"train_json": "t.json", "val_json": "v.json", "train_image_root": "t",
+            "val_image_root": "v", "num_classes": 3}
+    jobs = {"softmax": _Job(METHODS["softmax"], str(tmp_path / "softmax"), 4),
+            "crt": _Job(METHODS["crt"], str(tmp_path / "crt"), 2, stage1="softmax")}
+    cmd = _job_command(jobs["crt"], data, 0, jobs)
+    assert cmd[cmd.index("MODEL.WEIGHTS") + 1] == str(tmp_path / "softmax" / "model_final.pth")
+    assert "MODEL.WEIGHTS" not in _job_command(jobs["softmax"], data, 0, jobs)
+
+
+def test_summarize_runs_means_and_margins(tmp_path):
+    from lt_det.benchmark import summarize_runs
+
+    def run(seed, soft, rfs, crt):
+        rows = [{"method": n, "label": n, "stage": s, "bbox": dict(zip(("AP", "APr"), v))}
+                for n, s, v in (("softmax", 1, soft), ("rfs", 1, rfs), ("crt", 2, crt))]
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"seed": seed, "methods": rows}))
+        return str(d)
+
+    text = summarize_runs([run(1, (40, 10), (50, 20), (55, 30)), run(2, (42, 12), (52, 22),
+                                                                        (53, 23))])
+    assert "| crt | 54.0 (53.0-55.0) | 26.5 (23.0-30.0) | - | - |" in text
+    assert "seed 1: best stage 2 by APr = crt (55.0 AP / 30.0 APr): vs softmax CE +20.0 APr " \
+           "+15.0 AP; vs RFS +10.0 APr +5.0 AP" in text
+    assert "seed 2: best stage 2 by APr = crt (53.0 AP / 23.0 APr): vs softmax CE +11.0 APr " \
+           "+11.0 AP; vs RFS +1.0 APr +1.0 AP" in text

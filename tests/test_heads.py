@@ -208,7 +208,7 @@ def test_keyword_predictor_losses_match_hand_computation(loss):
     if loss == "softmax_ce":
         expected = F.cross_entropy(z, y)
     elif loss == "balanced_softmax":
-        shift = torch.cat([torch.log(prior / prior.max()), torch.zeros(1)])  # unshifted
+        shift = torch.cat([torch.log(prior / prior.mean()), torch.zeros(1)])  # fg_mass
         expected = F.cross_entropy(z + shift, y)
     else:
         fg = (y < K).float()[:, None]

@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="default: all")
     p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
     p.add_argument("--stage2-iters", type=int, default=200, help="stage-2 iterations")
+    p.add_argument("--stage1", default="rfs",
+                   choices=sorted(n for n, m in METHODS.items() if m.stage == 1),
+                   help="stage-1 model every stage-2 method starts from (default rfs)")
     p.add_argument("--preset", default="default", help="synthetic data preset (default | tiny)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
     try:
         run_benchmark(args.out, seed=args.seed, methods=args.methods, iters=args.iters,
                       stage2_iters=args.stage2_iters, preset=args.preset,
-                      parallel=args.parallel, data_dir=args.data_dir, overwrite=args.force)
+                      parallel=args.parallel, stage1=args.stage1, data_dir=args.data_dir, overwrite=args.force)
     except LTDetError as e:
         print(f"lt_det: error: {e}", file=sys.stderr)
         return 2

@@ -2,10 +2,10 @@
 """Per-class box-classifier weight norm against training frequency (Kang et al. 2020, Fig. 2).
 
     python tools/plot_classifier_norms.py \
-        --checkpoints joint=output/synthetic/softmax/model_final.pth \
+        --checkpoints joint=output/synthetic/rfs/model_final.pth \
                       cRT=output/synthetic/stage2_crt/model_final.pth \
                       LWS=output/synthetic/stage2_lws/model_final.pth \
-                      "tau1=output/synthetic/softmax/model_final.pth@tau=1" \
+                      "tau1=output/synthetic/rfs/model_final.pth@tau=1" \
         --json datasets/lt_synth/lvis_v1_train.json --out output/synthetic/classifier_norms.png
 
 Classes (foreground rows 0..K-1 of ``cls_score``) are sorted by training image count, most

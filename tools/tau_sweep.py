@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Pick tau for tau-normalisation on a validation set from one stage-1 checkpoint.
 
-    python tools/tau_sweep.py --config-file configs/synthetic/softmax.yaml \
-        --weights output/synthetic/softmax/model_final.pth --taus 0 0.25 0.5 0.75 1 1.25 \
+    python tools/tau_sweep.py --config-file configs/synthetic/rfs.yaml \
+        --weights output/synthetic/rfs/model_final.pth --taus 0 0.25 0.5 0.75 1 1.25 \
         --out output/synthetic/tau_sweep
 
 The frozen detector (backbone, RPN, box head) runs once per image; for every tau only the box

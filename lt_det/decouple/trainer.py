@@ -257,7 +257,7 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
         raise LTDetError(
             f"MODEL.DECOUPLE.METHOD={method!r} starts from stage-1 weights, but MODEL.WEIGHTS "
             "is empty. Set it to a stage-1 checkpoint, e.g. "
-            "./output/synthetic/softmax/model_final.pth."
+            "./output/synthetic/rfs/model_final.pth."
         )
     if not _is_remote(weights) and not os.path.isfile(weights):
         raise LTDetError(

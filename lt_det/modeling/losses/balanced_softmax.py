@@ -10,15 +10,18 @@ among foreground classes (the logit difference of classes i, j moves by exactly
 log(n_i / n_j)). What remains to choose is where the background logit sits relative to the
 shifted foreground logits (``background``):
 
-- ``"unshifted"`` (default): the foreground logits get ``log(n_j / max_k n_k)`` and the
+- ``"unshifted"``: the foreground logits get ``log(n_j / max_k n_k)`` and the
   background none (equivalently: every foreground logit gets log n_j, the background log max n).
   The most frequent class is trained exactly as in plain cross-entropy; rarer classes are
   handicapped against the background as well as against frequent classes, so at test time (no
   shift) they gain score against both.
-- ``"fg_mass"``: the foreground logits get ``log(n_j / mean_k n_k)`` and the background none
-  (equivalently: background shifted by log(mean_j n_j)). When the foreground logits are equal the
-  background-vs-foreground odds are exactly those of plain cross-entropy: classes are rebalanced
-  inside the foreground and the sampler's foreground/background split is kept.
+- ``"fg_mass"`` (default): the foreground logits get ``log(n_j / mean_k n_k)`` and the
+  background none (equivalently: background shifted by log(mean_j n_j)). When the foreground
+  logits are equal the background-vs-foreground odds are exactly those of plain cross-entropy:
+  classes are rebalanced inside the foreground and the sampler's foreground/background split is
+  kept. It gave
+  +2.0 to +2.3 AP and +2.9 to +3.6 APr over "unshifted" on the synthetic benchmark (three seeds,
+  docs/heads.md), so it is the default.
 
 Both are invariant to the scale of the prior (image fractions or instance shares give the same
 loss when proportional), and a uniform prior gives exactly plain softmax cross-entropy.
@@ -40,7 +43,7 @@ BACKGROUND_CHOICES = ("unshifted", "fg_mass")
 
 
 def balanced_softmax_shift(
-    class_prior: torch.Tensor, *, background: str = "unshifted"
+    class_prior: torch.Tensor, *, background: str = "fg_mass"
 ) -> torch.Tensor:
     """The (K + 1,) additive logit shift of :func:`balanced_softmax_loss`.
 
@@ -71,7 +74,7 @@ def balanced_softmax_loss(
     class_prior: torch.Tensor,
     *,
     reduction: str = "mean",
-    background: str = "unshifted",
+    background: str = "fg_mass",
 ) -> torch.Tensor:
     """Softmax cross-entropy of ``logits + shift`` (see :func:`balanced_softmax_shift`).
 
@@ -103,7 +106,7 @@ class BalancedSoftmaxLoss(ClsLoss):
     needs_prior = True
 
     def __init__(
-        self, *, num_classes: int, class_prior: torch.Tensor, background: str = "unshifted"
+        self, *, num_classes: int, class_prior: torch.Tensor, background: str = "fg_mass"
     ):
         """
         Args:
