@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lt_det_setup_done
 DEMO_OUT ?= output/demo
+DEMO_ARGS ?=
 
 .PHONY: setup test demo clean-venv
 
@@ -19,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) tools/lt_benchmark.py --out $(DEMO_OUT)
+	$(PY) tools/lt_benchmark.py --out $(DEMO_OUT) $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -273,7 +273,7 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
         for j in ready[:max(0, free)]:
             shutil.rmtree(j.out_dir, ignore_errors=True)  # only with overwrite (checked above)
             os.makedirs(j.out_dir)
-            j.log_path = os.path.join(j.out_dir, "log.txt")
+            j.log_path = os.path.join(j.out_dir, "stdout.txt")  # detectron2 itself writes log.txt
             j.start = time.time()
             j.proc = subprocess.Popen(_job_command(j, data, seed, jobs), env=env, cwd=REPO,
                                       stdout=open(j.log_path, "w"), stderr=subprocess.STDOUT)

@@ -249,6 +249,29 @@ def test_missing_or_incompatible_stage1_checkpoint(tmp_path):
         _load(tiny_cfg("crt", **{"MODEL.WEIGHTS": path}), tmp_path / "s2", resume=False)
 
 
+def test_stage1_values_equal_to_a_fresh_init_are_loaded_not_refused(tmp_path):
+    """A stage-1 parameter that training never moved (e.g. the box-regression rows of classes
+    absent from a short run) still loads: the check reads the checkpointer's report of missing
+    and mis-shaped keys, not the values."""
+    cfg1 = tiny_cfg("none")
+    model = make_model(cfg1)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.bbox_pred.bias.zero_()  # as detectron2 initialises it
+    os.makedirs(str(tmp_path / "s1"), exist_ok=True)
+    DetectionCheckpointer(model, save_dir=str(tmp_path / "s1")).save("model_final")
+    cfg = tiny_cfg("crt", **{"MODEL.WEIGHTS": str(tmp_path / "s1" / "model_final.pth")})
+    loaded, _ = _load(cfg, tmp_path / "s2", resume=False)
+    assert torch.equal(loaded.roi_heads.box_predictor.bbox_pred.bias,
+                       model.roi_heads.box_predictor.bbox_pred.bias)
+    # while a checkpoint that lacks a frozen parameter is refused, naming it
+    state = torch.load(str(tmp_path / "s1" / "model_final.pth"), weights_only=False)
+    del state["model"]["roi_heads.box_predictor.bbox_pred.bias"]
+    torch.save(state, str(tmp_path / "s1" / "partial.pth"))
+    cfg = tiny_cfg("crt", **{"MODEL.WEIGHTS": str(tmp_path / "s1" / "partial.pth")})
+    with pytest.raises(LTDetError, match=r"1 of \d+ frozen parameters were not loaded .*bbox_pred"):
+        _load(cfg, tmp_path / "s3", resume=False)
+
+
 def test_reinit_of_frozen_module_is_an_error():
     cfg = tiny_cfg("crt", **{"MODEL.DECOUPLE.REINIT": ["roi_heads.box_predictor.bbox_pred"]})
     with pytest.raises(LTDetError, match="is frozen"):

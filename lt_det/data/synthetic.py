@@ -125,22 +125,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         neg_per_image=8,
         object_size=(1 / 6, 1 / 2),
     ),
-    "tiny": dict(
-        num_shapes=3,
-        num_colours=2,
-        num_textures=1,
-        image_size=48,
-        max_train_images=20,
-        min_train_images=1,
-        count_profile="loglinear",
-        val_images_per_class=2,
-        co_occurrence=0.3,
-        max_classes_per_image=3,
-        max_instances_per_class=2,
-        neg_per_image=2,
-        object_size=(1 / 6, 1 / 2),
-    ),
 }
+# Seconds-long tests and smoke runs: only what differs from "default".
+PRESETS["tiny"] = dict(
+    PRESETS["default"],
+    num_shapes=3,
+    num_colours=2,
+    image_size=48,
+    max_train_images=20,
+    val_images_per_class=2,
+    max_instances_per_class=2,
+    neg_per_image=2,
+)
 
 _MAX_OBJECTS = 6  # objects per image, all classes together
 _MAX_ROTATION = math.radians(15)  # small, so a square never turns into a diamond
