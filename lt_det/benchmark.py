@@ -362,6 +362,8 @@ def summarize_runs(out_dirs: Sequence[str], task: str = "bbox") -> str:
             v = [m[task][k] for m in rows if k in m[task]]
             cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})" if v else "-")
         label = rows[0]["label"] if rows else name
+        if len(rows) < len(runs):
+            label += f" ({len(rows)} of {len(runs)} runs)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for r in runs:
