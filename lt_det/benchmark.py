@@ -62,6 +62,11 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 for _spec in (
     MethodSpec("softmax", "synthetic/softmax.yaml", label="softmax CE (stage 1)"),
     MethodSpec("rfs", "synthetic/rfs.yaml", label="repeat-factor sampling (stage 1)"),
+    # Other stage-1 samplers, measured on demand.
+    MethodSpec("class_balanced", "synthetic/class_balanced.yaml",
+               label="class-balanced sampling (stage 1)", default=False),
+    MethodSpec("sqrt_sampling", "synthetic/sqrt_sampling.yaml",
+               label="square-root sampling (stage 1)", default=False),
     MethodSpec("crt", "synthetic/stage2_crt.yaml", stage=2, label="cRT"),
     MethodSpec("tau_norm", "synthetic/stage2_tau_norm.yaml", stage=2, eval_only=True,
                label="tau-norm"),

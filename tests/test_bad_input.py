@@ -322,3 +322,10 @@ def test_missing_config_file_and_unknown_key(tmp_path):
         load_config("nope.yaml")
     msg = main_error(tmp_path, "MODEL.ROI_BOX_HEAD.CLS_LOS", "softmax_ce")
     assert "MODEL.ROI_BOX_HEAD.CLS_LOS" in msg and "lt_det/config.py" in msg
+
+
+def test_meta_sampler_outside_a_decoupled_stage2(tmp_path):
+    data, root = make_data(tmp_path)
+    js = write_json(tmp_path, data)
+    msg = main_error(tmp_path, *data_opts(js, root), "DATALOADER.SAMPLER_TRAIN", "MetaSampler")
+    assert "MODEL.DECOUPLE.METHOD is 'none'" in msg and "ClassPowerSampler" in msg

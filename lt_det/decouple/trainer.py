@@ -209,6 +209,14 @@ def build_decoupled_step(cfg: CfgNode, trainer) -> Optional[DecoupledStep]:
     is saved with every checkpoint and restored on resume.
     """
     if cfg.MODEL.DECOUPLE.METHOD == "none":
+        if cfg.DATALOADER.SAMPLER_TRAIN == "MetaSampler":
+            raise LTDetError(
+                "DATALOADER.SAMPLER_TRAIN='MetaSampler' learns its class rates on the frozen box "
+                "features of a decoupled stage 2, but MODEL.DECOUPLE.METHOD is 'none', so its "
+                "rates would never change. Set MODEL.DECOUPLE.METHOD (e.g. 'crt', as in "
+                "configs/synthetic/stage2_balms.yaml), or use 'ClassPowerSampler' for fixed "
+                "class rates in stage 1."
+            )
         return None
     model = unwrap_model(trainer.model)
     DecoupledStep.check_model(model)
