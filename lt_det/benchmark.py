@@ -3,8 +3,9 @@
 A method is a :class:`MethodSpec` registered in :data:`METHODS` (a config under ``configs/synthetic``
 plus overrides). :func:`run_benchmark` generates the data, runs each method as a
 ``tools/train_net.py`` process (every stage-2 method starts from the ``model_final.pth`` of one
-stage-1 method, ``stage1``, RFS by default), at most ``parallel`` at a time with one torch thread each, and collects
-``eval_results.json`` of every run into ``results.json``, ``results.md`` and two plots.
+stage-1 method, ``stage1``, RFS by default), at most ``parallel`` at a time with one torch thread
+each, and collects ``eval_results.json`` of every run into ``results.json``, ``results.md`` and
+two plots.
 """
 import json
 import math
@@ -171,8 +172,8 @@ def run_benchmark(
         parallel: runs at a time, each with one torch thread.
         stage1: the stage-1 method every stage-2 method starts from (added to ``methods``).
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
-        overwrite: replace earlier runs under ``out_dir/runs/``; without it such runs are an
-            error and nothing is changed.
+        overwrite: replace an earlier benchmark in ``out_dir`` (its results.json and runs under
+            ``runs/``); without it an earlier benchmark is an error and nothing is changed.
     """
     from .data.synthetic import TRAIN_JSON, VAL_JSON, generate_synthetic_lvis
 
@@ -187,13 +188,7 @@ def run_benchmark(
         names.insert(0, stage1)
     names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
 
-    earlier = [n for n in names if os.path.isdir(os.path.join(out_dir, "runs", n))
-               and os.listdir(os.path.join(out_dir, "runs", n))]
-    if earlier and not overwrite:
-        raise LTDetError(
-            f"'{out_dir}/runs' already holds runs of {earlier}; nothing was changed. Choose "
-            "another output folder or pass overwrite=True (lt_benchmark.py --force) to replace them."
-        )
+    _refuse_earlier_benchmark(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     data_dir = data_dir or os.path.join(out_dir, "data")
@@ -251,6 +246,22 @@ def run_benchmark(
     print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
           f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
     return summary
+
+
+def _refuse_earlier_benchmark(out_dir: str, overwrite: bool) -> None:
+    """An earlier benchmark in ``out_dir`` (results.json or runs/*) is kept unless ``overwrite``."""
+    runs_dir = os.path.join(out_dir, "runs")
+    runs = []
+    if os.path.isdir(runs_dir):
+        runs = sorted(n for n in os.listdir(runs_dir) if os.listdir(os.path.join(runs_dir, n)))
+    done = os.path.isfile(os.path.join(out_dir, "results.json"))
+    if overwrite or not (runs or done):
+        return
+    held = ["results.json"] * done + ([f"it already holds runs of {runs}"] if runs else [])
+    raise LTDetError(
+        f"'{out_dir}' already holds a benchmark ({'; '.join(held)}); nothing was changed. Choose "
+        "another output folder or pass overwrite=True (lt_benchmark.py --force) to replace it."
+    )
 
 
 def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every) -> None:

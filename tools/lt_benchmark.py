@@ -9,7 +9,6 @@ Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
 OUT/classifier_norms.png; every run's log, metrics and checkpoint are under OUT/runs/<method>/.
 """
 import argparse
-import os
 import sys
 
 from lt_det.benchmark import METHODS, run_benchmark
@@ -20,7 +19,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (must be new or empty, or --force)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
-    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="default: all")
+    p.add_argument("--methods", nargs="+", choices=sorted(METHODS),
+                   help="default: the methods registered with default=True")
     p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
     p.add_argument("--stage2-iters", type=int, default=200, help="stage-2 iterations")
     p.add_argument("--stage1", default="rfs",
@@ -32,18 +32,11 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true",
                    help="replace the results and runs an earlier benchmark left in OUT")
     args = p.parse_args(argv)
-    runs = os.path.join(args.out, "runs")
-    earlier = os.path.exists(os.path.join(args.out, "results.json")) or (
-        os.path.isdir(runs) and bool(os.listdir(runs)))
-    if earlier and not args.force:
-        print(f"lt_det: error: '{args.out}' already holds a benchmark (results.json or runs/); "
-              "nothing was changed. Choose another --out or pass --force to replace it.",
-              file=sys.stderr)
-        return 2
     try:
         run_benchmark(args.out, seed=args.seed, methods=args.methods, iters=args.iters,
                       stage2_iters=args.stage2_iters, preset=args.preset,
-                      parallel=args.parallel, stage1=args.stage1, data_dir=args.data_dir, overwrite=args.force)
+                      parallel=args.parallel, stage1=args.stage1, data_dir=args.data_dir,
+                      overwrite=args.force)
     except LTDetError as e:
         print(f"lt_det: error: {e}", file=sys.stderr)
         return 2

@@ -90,17 +90,8 @@ def launch(
         mp.start_processes(
             _worker,
             nprocs=num_gpus_per_machine,
-            args=(
-                main_func,
-                world_size,
-                num_gpus_per_machine,
-                machine_rank,
-                dist_url,
-                args,
-                timeout,
-                backend,
-                errors,
-            ),
+            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
+                  timeout, backend, errors),
             daemon=False,
             start_method="spawn",
         )
@@ -122,18 +113,8 @@ def _first_message(errors) -> Optional[str]:
     return None
 
 
-def _worker(
-    local_rank,
-    main_func,
-    world_size,
-    per_machine,
-    machine_rank,
-    dist_url,
-    args,
-    timeout,
-    backend,
-    errors,
-):
+def _worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout,
+            backend, errors):
     rank = machine_rank * per_machine + local_rank
     try:
         dist.init_process_group(
