@@ -88,6 +88,7 @@ def test_summarize_runs_means_and_margins(tmp_path):
     text = summarize_runs([run(1, (40, 10), (50, 20), (55, 30)), run(2, (42, 12), (52, 22),
                                                                         (53, 23))])
     assert "| crt | 54.0 (53.0-55.0) | 26.5 (23.0-30.0) | - | - |" in text
+    assert "seeds 1, 2; box AP" in text
     assert "seed 1: best stage 2 by APr = crt (55.0 AP / 30.0 APr): vs softmax CE +20.0 APr " \
            "+15.0 AP; vs RFS +10.0 APr +5.0 AP" in text
     assert "seed 2: best stage 2 by APr = crt (53.0 AP / 23.0 APr): vs softmax CE +11.0 APr " \

@@ -1,17 +1,23 @@
 #!/usr/bin/env python
-"""The main job: synthetic long-tailed LVIS benchmark of every lt_det method on CPU.
+"""The main job: synthetic long-tailed LVIS benchmark of lt_det's methods on CPU (Mask R-CNN;
+mask AP and box AP, each with APr/APc/APf and AP-fixed).
 
     python tools/lt_benchmark.py --out output/demo                 # what `make demo` runs
     python tools/lt_benchmark.py --seed 1 --out output/seed1 --methods softmax rfs balms
+    python tools/lt_benchmark.py --all-methods --seeds 0 1 2 --out output/benchmark   # make benchmark
     python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out /tmp/smoke
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
 OUT/classifier_norms.png; every run's log, metrics and checkpoint are under OUT/runs/<method>/.
+With --seeds, each seed goes to OUT/seed<N>/ and the mean (min-max) over the seeds to
+OUT/summary.md. With --stage1-cache DIR, stage-1 runs are shared across benchmarks: one per
+(seed, stage-1 recipe, settings, dataset).
 """
 import argparse
 import sys
 
-from lt_det.benchmark import METHODS, run_benchmark
+from lt_det.benchmark import METHODS, run_benchmark, run_benchmark_seeds
+from lt_det.data.synthetic import PRESETS
 from lt_det.errors import LTDetError
 
 
@@ -19,24 +25,37 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (must be new or empty, or --force)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="several seeds: one benchmark each in OUT/seed<N>, summary in OUT")
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS),
-                   help="default: the methods registered with default=True")
+                   help="default: the headline methods (registered with default=True)")
+    p.add_argument("--all-methods", action="store_true", help="every registered method")
     p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
     p.add_argument("--stage2-iters", type=int, default=200, help="stage-2 iterations")
     p.add_argument("--stage1", default="rfs",
                    choices=sorted(n for n, m in METHODS.items() if m.stage == 1),
                    help="stage-1 model every stage-2 method starts from (default rfs)")
-    p.add_argument("--preset", default="default", help="synthetic data preset (default | tiny)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="synthetic data preset (docs/synthetic.md)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
+    p.add_argument("--stage1-cache", help="folder of stage-1 runs shared across benchmarks")
     p.add_argument("--force", action="store_true",
                    help="replace the results and runs an earlier benchmark left in OUT")
     args = p.parse_args(argv)
+    if args.all_methods and args.methods:
+        p.error("--all-methods and --methods exclude each other")
+    methods = sorted(METHODS) if args.all_methods else args.methods
+    kwargs = dict(methods=methods, iters=args.iters, stage2_iters=args.stage2_iters,
+                  preset=args.preset, parallel=args.parallel, stage1=args.stage1,
+                  overwrite=args.force, stage1_cache=args.stage1_cache)
     try:
-        run_benchmark(args.out, seed=args.seed, methods=args.methods, iters=args.iters,
-                      stage2_iters=args.stage2_iters, preset=args.preset,
-                      parallel=args.parallel, stage1=args.stage1, data_dir=args.data_dir,
-                      overwrite=args.force)
+        if args.seeds:
+            if args.data_dir:
+                p.error("--data-dir is one dataset; with --seeds each seed generates its own")
+            run_benchmark_seeds(args.out, args.seeds, **kwargs)
+        else:
+            run_benchmark(args.out, seed=args.seed, data_dir=args.data_dir, **kwargs)
     except LTDetError as e:
         print(f"lt_det: error: {e}", file=sys.stderr)
         return 2
