@@ -44,7 +44,7 @@ def test_two_stage_config_trains_both_stages_and_resumes_across_them(tiny_lvis, 
 
     def run(*extra):
         return subprocess.run(cmd[:4] + list(extra) + cmd[4:], capture_output=True, text=True,
-                              env=env, cwd=ROOT, timeout=900)
+                              env=env, cwd=ROOT, timeout=3600)
 
     proc = run()
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
