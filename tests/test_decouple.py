@@ -26,7 +26,6 @@ from lt_det.decouple import (
     stage1_load_guard,
     tau_normalize,
 )
-from lt_det.decouple.balms import per_roi_loss_for_meta
 from lt_det.errors import LTDetError
 from lt_det.modeling.losses import build_cls_loss
 
@@ -286,7 +285,7 @@ def test_meta_loss_matches_head_loss(name):
     loss = build_cls_loss(name, num_classes=K, class_prior=prior)
     logits = torch.randn(7, K + 1)
     gt = torch.tensor([0, 1, 2, 3, 4, 5, 5])
-    per_roi = per_roi_loss_for_meta(loss)(logits, gt)
+    per_roi = loss.per_roi(logits, gt)
     assert per_roi.shape == (7,)
     assert torch.allclose(per_roi.mean(), loss(logits, gt), atol=1e-5)
 

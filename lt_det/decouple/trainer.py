@@ -223,7 +223,6 @@ def build_decoupled_step(cfg: CfgNode, trainer) -> Optional[DecoupledStep]:
     meta_learner, class_frequency = None, None
     if cfg.DATALOADER.SAMPLER_TRAIN == "MetaSampler":
         from ..data.samplers import MetaSampler, MetaSamplerLearner, find_train_sampler
-        from .balms import per_roi_loss_for_meta
 
         sampler = find_train_sampler(trainer.data_loader, MetaSampler)
         if sampler is None:
@@ -231,8 +230,7 @@ def build_decoupled_step(cfg: CfgNode, trainer) -> Optional[DecoupledStep]:
         predictor = model.roi_heads.box_predictor
         if isinstance(predictor, (nn.ModuleList, list, tuple)):
             raise LTDetError("the Meta Sampler needs standard (not cascade) ROI heads.")
-        loss_fn = per_roi_loss_for_meta(predictor.cls_loss)
-        meta_learner = MetaSamplerLearner(cfg, sampler, loss_fn=loss_fn)
+        meta_learner = MetaSamplerLearner(cfg, sampler, cls_loss=predictor.cls_loss)
         trainer.checkpointer.checkpointables["meta_sampler"] = meta_learner
         class_frequency = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("class_frequency", None)
     return DecoupledStep(

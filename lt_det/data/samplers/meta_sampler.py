@@ -23,7 +23,8 @@ Two objects share one (K,) tensor of class sampling rates ``pi`` (summing to 1):
   2. One differentiable SGD step of the classifier on the weighted training loss
      ``L(theta) = sum_i w_i * loss_i(theta) / R``: ``theta' = theta - INNER_LR * dL/dtheta``
      (``torch.func.grad``; the model's parameters are not modified).
-  3. Meta loss = plain cross-entropy of the stepped classifier ``theta'`` on a class-balanced
+  3. Meta loss = the head's plain loss (``ClsLoss.plain_per_roi``: softmax or sigmoid
+     cross-entropy, without prior) of the stepped classifier ``theta'`` on a class-balanced
      meta batch (drawn from a :class:`~.feature_bank.ClassBalancedFeatureBank` of recent
      foreground ROI features, before the current batch is added to it).
   4. ``dMeta/da`` by differentiating through step 2 (``torch.func.grad`` of a function that
@@ -73,6 +74,10 @@ def default_roi_loss(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Te
 
 def _mean_cross_entropy(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, gt_classes)
+
+
+def _mean_of(per_roi: PerRoiLoss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return lambda logits, gt_classes: per_roi(logits, gt_classes).mean()
 
 
 class MetaSampler(ClassDrawSampler):
@@ -226,10 +231,14 @@ class MetaSamplerLearner:
         cfg: CfgNode,
         sampler: Union[MetaSampler, torch.Tensor],
         *,
-        loss_fn: Optional[PerRoiLoss] = None,
+        cls_loss: Optional[nn.Module] = None,
     ) -> Dict:
+        """``cls_loss``: the box predictor's ``ClsLoss``; the inner step uses its ``per_roi``
+        and the meta loss its ``plain_per_roi`` (default: softmax cross-entropy for both)."""
         node = cfg.DATALOADER.META_SAMPLER
         return {
+            "loss_fn": None if cls_loss is None else cls_loss.per_roi,
+            "meta_loss_fn": None if cls_loss is None else _mean_of(cls_loss.plain_per_roi),
             "rates": sampler.rates if isinstance(sampler, MetaSampler) else sampler,
             "class_mask": sampler.image_counts > 0 if isinstance(sampler, MetaSampler) else None,
             "lr": node.LR,
@@ -237,7 +246,6 @@ class MetaSamplerLearner:
             "meta_per_class": node.META_PER_CLASS,
             "meta_batch_size": node.META_BATCH_SIZE,
             "update_period": node.UPDATE_PERIOD,
-            "loss_fn": loss_fn,
         }
 
     @property
