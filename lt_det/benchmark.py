@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import LTDetError
+from .registry import Registry
 
-__all__ = ["MethodSpec", "METHODS", "register_method", "run_benchmark", "format_table",
-           "summarize_runs"]
+__all__ = ["MethodSpec", "METHODS", "BENCHMARK_METHODS", "register_method", "run_benchmark",
+           "format_table", "summarize_runs"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,15 +50,18 @@ class MethodSpec:
     default: bool = True
 
 
-METHODS: Dict[str, MethodSpec] = {}
+BENCHMARK_METHODS = Registry("LT_BENCHMARK_METHOD", config_key="--methods", what="benchmark method")
+#: Read-only ``{name: MethodSpec}`` of the registered methods, in registration (table) order.
+METHODS: Mapping[str, MethodSpec] = BENCHMARK_METHODS.mapping()
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add a method to the benchmark (name must be new)."""
-    if spec.name in METHODS:
-        raise ValueError(f"benchmark method '{spec.name}' is already registered")
-    METHODS[spec.name] = spec
-    return spec
+    """Add a method to the benchmark.
+
+    Raises:
+        LTDetError: the name is already registered.
+    """
+    return BENCHMARK_METHODS.register(spec.name)(spec)
 
 
 for _spec in (

@@ -17,10 +17,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
-from detectron2.utils.registry import Registry
 from torch.utils.data import Sampler
 
-from ...errors import LTDetError
+from ...registry import Registry
 
 __all__ = [
     "LT_SAMPLER_REGISTRY",
@@ -33,11 +32,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LT_SAMPLER_REGISTRY = Registry("LT_SAMPLER")
-LT_SAMPLER_REGISTRY.__doc__ = """
-Training samplers selected by ``DATALOADER.SAMPLER_TRAIN``. Each entry is a builder
-``(cfg, dataset_dicts) -> torch.utils.data.Sampler`` yielding dataset indices forever.
-"""
+#: Training samplers selected by ``DATALOADER.SAMPLER_TRAIN``. Each entry is a builder
+#: ``(cfg, dataset_dicts) -> torch.utils.data.Sampler`` yielding dataset indices forever.
+LT_SAMPLER_REGISTRY = Registry(
+    "LT_SAMPLER", config_key="DATALOADER.SAMPLER_TRAIN", what="training sampler"
+)
 
 SamplerBuilder = Callable[[CfgNode, Sequence[Dict]], Sampler]
 
@@ -45,17 +44,13 @@ SamplerBuilder = Callable[[CfgNode, Sequence[Dict]], Sampler]
 def register_sampler(name: str) -> Callable[[SamplerBuilder], SamplerBuilder]:
     """Decorator registering a builder under the config value ``name`` ("ClassPowerSampler")."""
 
-    def deco(builder: SamplerBuilder) -> SamplerBuilder:
-        # fvcore's Registry.register() keys by __name__; config values are CamelCase class names.
-        LT_SAMPLER_REGISTRY._do_register(name, builder)
-        return builder
-
-    return deco
+    # Config values are detectron2-style CamelCase class names.
+    return LT_SAMPLER_REGISTRY.register(name)
 
 
 def registered_sampler_names() -> List[str]:
     """Sorted names accepted by ``DATALOADER.SAMPLER_TRAIN``."""
-    return sorted(k for k, _ in LT_SAMPLER_REGISTRY)
+    return LT_SAMPLER_REGISTRY.choices()
 
 
 def build_train_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
@@ -66,16 +61,13 @@ def build_train_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
         dataset_dicts: the training dataset dicts, in the order the data loader indexes them.
 
     Raises:
-        LTDetError: the name is not registered; the message lists the valid names.
+        lt_det.registry.UnknownChoiceError: the name is not registered; the message lists the
+            valid names.
     """
     name = cfg.DATALOADER.SAMPLER_TRAIN
-    if name not in LT_SAMPLER_REGISTRY:
-        raise LTDetError(
-            f"Unknown training sampler {name!r} (DATALOADER.SAMPLER_TRAIN). "
-            f"Valid names: {registered_sampler_names()}."
-        )
+    builder = LT_SAMPLER_REGISTRY.get(name)
     logger.info(f"Using training sampler {name}")
-    return LT_SAMPLER_REGISTRY.get(name)(cfg, dataset_dicts)
+    return builder(cfg, dataset_dicts)
 
 
 def find_train_sampler(
