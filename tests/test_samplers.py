@@ -7,22 +7,20 @@ import math
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_train_loader
 from detectron2.data.common import ToIterableDataset
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
 from lt_det import add_lt_config
 from lt_det.data.samplers import (
-    ClassBalancedFeatureBank,
     ClassImageIndex,
     ClassPowerSampler,
     MetaSampler,
-    MetaSamplerLearner,
     build_train_sampler,
-    find_train_sampler,
     registered_sampler_names,
     repeat_factors_from_cfg,
 )
+from lt_det.decouple.balms import MetaSamplerLearner
+from lt_det.decouple.feature_bank import ClassBalancedFeatureBank
 from lt_det.errors import LTDetError
 
 OURS = ["ClassBalancedSampler", "ClassPowerSampler", "MetaSampler"]
@@ -338,16 +336,6 @@ def test_feature_bank_keeps_the_last_features_of_each_class():
     x, y = bank.sample(3000, generator=torch.Generator().manual_seed(0))
     share = (y == 0).float().mean()
     assert abs(share - 0.5) < 0.05  # class-balanced: classes 0 and 1 equally often
-
-
-def test_find_train_sampler_in_a_detectron2_loader():
-    sampler = _meta_sampler()
-    dicts = [{"width": 8, "height": 8, "i": i} for i in range(6)]
-    loader = build_detection_train_loader(
-        dicts, mapper=lambda d: d, sampler=sampler, total_batch_size=2
-    )
-    assert find_train_sampler(loader, MetaSampler) is sampler
-    assert find_train_sampler(loader, ClassPowerSampler) is None
 
 
 def _distributed_worker(rank, init_file, queue):

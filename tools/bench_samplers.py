@@ -28,7 +28,8 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 from lt_det import add_lt_config  # noqa: E402
 from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info  # noqa: E402
-from lt_det.data.samplers import MetaSampler, MetaSamplerLearner, build_train_sampler  # noqa: E402
+from lt_det.data.samplers import MetaSampler, build_train_sampler  # noqa: E402
+from lt_det.decouple.balms import MetaSamplerLearner  # noqa: E402
 from lt_det.errors import LTDetError  # noqa: E402
 
 

@@ -13,7 +13,7 @@ The trainer calls::
 """
 import inspect
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
@@ -25,7 +25,6 @@ __all__ = [
     "LT_SAMPLER_REGISTRY",
     "register_sampler",
     "build_train_sampler",
-    "find_train_sampler",
     "registered_sampler_names",
     "repeat_factors_from_cfg",
 ]
@@ -68,28 +67,6 @@ def build_train_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
     builder = LT_SAMPLER_REGISTRY.get(name)
     logger.info(f"Using training sampler {name}")
     return builder(cfg, dataset_dicts)
-
-
-def find_train_sampler(
-    data_loader, kind: type = Sampler, *, max_depth: int = 8
-) -> Optional[Sampler]:
-    """The sampler of kind ``kind`` inside a loader built by ``build_detection_train_loader``.
-
-    Follows ``.dataset`` / ``.sampler`` / ``._dataset`` links (DataLoader, ToIterableDataset,
-    AspectRatioGroupedDataset, MapDataset); returns None when there is none. Lets a trainer
-    reach e.g. the :class:`MetaSampler` of its loader without keeping extra state.
-    """
-    todo, seen = [(data_loader, 0)], set()
-    while todo:
-        obj, depth = todo.pop(0)
-        if obj is None or id(obj) in seen or depth > max_depth:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, kind):
-            return obj
-        for attr in ("sampler", "dataset", "_dataset"):
-            todo.append((getattr(obj, attr, None), depth + 1))
-    return None
 
 
 def repeat_factors_from_cfg(cfg: CfgNode, dataset_dicts: Sequence[Dict]):
