@@ -21,26 +21,25 @@ import sys
 import time
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader
+from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.utils.logger import setup_logger
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import build_detection_test_loader  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-import lt_det.modeling  # noqa: E402,F401  registration
-from lt_det.data import register_datasets_from_cfg  # noqa: E402
-from lt_det.decouple import (  # noqa: E402
+import lt_det.modeling  # noqa: F401  registration
+from lt_det.data import register_datasets_from_cfg
+from lt_det.decouple import (
     TauNormLinear,
     apply_decoupling,
     find_box_predictors,
     frozen_box_batch,
 )
-from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
-from lt_det.errors import LTDetError  # noqa: E402
-from lt_det.evaluation import build_lvis_evaluator  # noqa: E402
+from lt_det.decouple.classifiers import TAU_BIAS_MODES
+from lt_det.engine.defaults import check_num_classes, load_config
+from lt_det.errors import LTDetError
+from lt_det.evaluation import build_lvis_evaluator
 
 METRICS = ("AP", "APr", "APc", "APf")
 
@@ -52,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--taus", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dataset", help="evaluation dataset (default DATASETS.TEST[0])")
-    p.add_argument("--tau-bias", choices=["keep", "zero", "scale"], help="default: config's")
+    p.add_argument("--tau-bias", choices=TAU_BIAS_MODES, help="default: config's")
     p.add_argument(
         "--normalize-background",
         action="store_true",

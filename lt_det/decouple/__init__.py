@@ -24,7 +24,6 @@ from .freeze import (
     frozen_module_roots,
     keep_frozen_in_eval,
     prefix_matches,
-    trainable_parameter_names,
 )
 from .method_crt import ClassifierRetraining
 from .method_finetune import ClassifierFineTuning
@@ -69,7 +68,6 @@ __all__ = [
     "keep_frozen_in_eval",
     "frozen_module_roots",
     "prefix_matches",
-    "trainable_parameter_names",
     "FrozenBoxBatch",
     "frozen_box_batch",
     "unwrap_model",
