@@ -44,8 +44,9 @@ class Registry:
         self.what = what
         self._entries: Dict[str, Any] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering its argument under ``name`` (returned unchanged).
+    def register(self, name: str, *, name_attr: str = "") -> Callable[[T], T]:
+        """Decorator registering its argument under ``name`` (returned unchanged, except that
+        with ``name_attr`` the registered name is also set as that attribute of it).
 
         Raises:
             LTDetError: ``name`` is already registered (to another object).
@@ -60,6 +61,8 @@ class Registry:
                     f"({self._entries[name]!r}); choose another name."
                 )
             self._entries[name] = obj
+            if name_attr:
+                setattr(obj, name_attr, name)
             return obj
 
         return deco

@@ -28,7 +28,7 @@ from lt_det import add_lt_config
 from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info
 from lt_det.data.samplers import MetaSampler, build_train_sampler
 from lt_det.decouple.balms import MetaSamplerLearner
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 
 
 def synthesise_dataset_dicts(cat_info: List[Dict], num_images: int, seed: int) -> List[Dict]:
@@ -201,8 +201,7 @@ def main(argv=None) -> int:
     try:
         cat_info = load_lvis_v1_cat_info(args.cat_info)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 1
+        return report_error(e)
     num_classes = len(cat_info)
     if not args.skip_build:
         t0 = time.perf_counter()

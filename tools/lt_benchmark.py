@@ -13,7 +13,7 @@ import os
 import sys
 
 from lt_det.benchmark import BENCHMARK_METHODS, METHODS, run_benchmark
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 
 # This tool lives in an lt_det checkout: the configs and the training entry point beside it.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +47,7 @@ def main(argv=None) -> int:
                       overwrite=args.force, configs_dir=args.configs_dir,
                       train_net=args.train_net)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

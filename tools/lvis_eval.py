@@ -15,7 +15,7 @@ import json
 import math
 import sys
 
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 from lt_det.evaluation import LT_LVIS_EVAL_BACKEND_REGISTRY, evaluate_lvis, write_per_class
 
 
@@ -44,8 +44,7 @@ def main() -> int:
             class_chunk=args.class_chunk,
         )
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     metrics = r.metrics_percent()
     protocol = "AP-fixed" if args.ap_fixed else f"{args.max_dets_per_image} detections/image"
     print(

@@ -20,7 +20,7 @@ from lt_det.data.synthetic import (
     PRESETS,
     generate_synthetic_lvis,
 )
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,8 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             overwrite=args.overwrite,
         )
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(format_summary(result, args.out, args.seed, args.preset))
     return 0
 

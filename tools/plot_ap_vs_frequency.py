@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 from lt_det.evaluation.per_class import read_per_class
 from lt_det.evaluation.plot import plot_ap_vs_frequency
 
@@ -28,8 +28,7 @@ def main() -> int:
         runs = [read_per_class(f) for f in args.per_class_json]
         out = plot_ap_vs_frequency(runs, labels, args.out, title=args.title)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"wrote {out}")
     return 0
 

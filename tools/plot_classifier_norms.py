@@ -24,7 +24,7 @@ from detectron2.data import MetadataCatalog
 from lt_det.data import register_datasets_from_cfg
 from lt_det.decouple.norms import DEFAULT_KEY, parse_spec, plot_classifier_norms
 from lt_det.engine.defaults import load_config
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 
 
 def frequencies_from_dataset(name: str, config_file: Optional[str]) -> Tuple[List[int], List[str]]:
@@ -61,8 +61,7 @@ def main(argv=None) -> int:
         freqs = args.json or frequencies_from_dataset(args.dataset, args.config_file)
         means = plot_classifier_norms(specs, freqs, args.out, key=args.key)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     for name, m in means.items():
         print(f"{name}: mean norm f {m['f']:.3f}  c {m['c']:.3f}  r {m['r']:.3f}")
     print(f"wrote {args.out}")

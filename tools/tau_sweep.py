@@ -38,7 +38,7 @@ from lt_det.decouple import (
 )
 from lt_det.decouple.classifiers import TAU_BIAS_MODES
 from lt_det.engine.defaults import check_num_classes, load_config
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 from lt_det.evaluation import build_lvis_evaluator
 
 METRICS = ("AP", "APr", "APc", "APf")
@@ -175,8 +175,7 @@ def main(argv=None) -> int:
         cfg = setup(args)
         rows = sweep(cfg, args)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     best = write_outputs(rows, args.out)
     print(f"best tau = {best['tau']:g} (AP {best['AP']:.2f}, APr {best['APr']:.2f})")
     return 0

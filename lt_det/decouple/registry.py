@@ -70,14 +70,9 @@ class DecoupleMethod:
 
 
 def register_decouple_method(name: str) -> Callable[[type], type]:
-    """Class decorator: register a :class:`DecoupleMethod` as a MODEL.DECOUPLE.METHOD name."""
-
-    def deco(cls: type) -> type:
-        LT_DECOUPLE_REGISTRY.register(name)(cls)
-        cls.name = name
-        return cls
-
-    return deco
+    """Class decorator: register a :class:`DecoupleMethod` as a MODEL.DECOUPLE.METHOD name
+    (also set as its ``name``)."""
+    return LT_DECOUPLE_REGISTRY.register(name, name_attr="name")
 
 
 def build_decouple_method(cfg: CfgNode) -> DecoupleMethod:

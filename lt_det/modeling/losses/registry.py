@@ -28,14 +28,9 @@ LT_CLS_LOSS_REGISTRY = Registry(
 
 
 def register_cls_loss(name: str) -> Callable[[type], type]:
-    """Class decorator registering a loss under the config name ``name`` (e.g. "softmax_ce")."""
-
-    def deco(cls: type) -> type:
-        LT_CLS_LOSS_REGISTRY.register(name)(cls)
-        cls.loss_name = name
-        return cls
-
-    return deco
+    """Class decorator registering a loss under the config name ``name`` (e.g. "softmax_ce"),
+    also set as its ``loss_name``."""
+    return LT_CLS_LOSS_REGISTRY.register(name, name_attr="loss_name")
 
 
 def cls_loss_class(name: str) -> type:
