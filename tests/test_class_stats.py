@@ -160,3 +160,13 @@ def test_image_count_prior_reads_registration_counts(two_train_sets):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_evaluation_groups_of_two_training_sets_are_their_union(two_train_sets):
+    from lt_det.evaluation.lvis_evaluator import _union_class_stats
+
+    # Union image counts: category 1 in 1 + 9 = 10 images (rare), category 2 in 11 (common);
+    # the first set alone would give 1 and 0 (both rare).
+    stats = _union_class_stats(two_train_sets)
+    assert stats == {"image_count": {1: 10, 2: 11}, "frequency": {1: "r", 2: "c"}}
+    assert _union_class_stats(two_train_sets[:1])["image_count"] == {1: 1, 2: 0}
