@@ -341,15 +341,16 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
 
 def format_table(rows: List[Dict], task: str = "bbox") -> str:
     """Markdown table: AP, APr, APc, APf and wall time per method."""
-    lines = ["| method | stage | AP | APr | APc | APf | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+    from tabulate import tabulate
+
+    table = []
     for r in rows:
         m = r.get(task, {})
         cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
         stage = f"2 (from {r['stage1']})" if r.get("stage1") else str(r["stage"])
-        lines.append(f"| {r['label']} | {stage} | " + " | ".join(cells) +
-                     f" | {r['wall_s']:.0f} |")
-    return "\n".join(lines)
+        table.append([r["label"], stage, *cells, f"{r['wall_s']:.0f}"])
+    headers = ["method", "stage", "AP", "APr", "APc", "APf", "wall (s)"]
+    return tabulate(table, headers, tablefmt="github", disable_numparse=True)
 
 
 def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job], paths: _Paths) -> None:

@@ -27,6 +27,7 @@ from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
 
 import lt_det.modeling  # noqa: F401  registration
 from lt_det.data import register_datasets_from_cfg
@@ -141,12 +142,13 @@ def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
         w.writeheader()
         w.writerows(rows)
     best = max(rows, key=lambda r: r["AP"])
-    lines = ["| tau | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    for r in rows:
-        mark = " **best**" if r is best else ""
-        lines.append(f"| {r['tau']:g}{mark} | " + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
+    table = [
+        [f"{r['tau']:g}" + (" **best**" if r is best else ""), *(f"{r[m]:.2f}" for m in METRICS)]
+        for r in rows
+    ]
+    markdown = tabulate(table, ["tau", *METRICS], tablefmt="github", disable_numparse=True)
     with open(os.path.join(out, "tau_sweep.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(markdown + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +166,7 @@ def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "tau_sweep.png"), dpi=120)
     plt.close(fig)
-    print("\n".join(lines))
+    print(markdown)
     return best
 
 
