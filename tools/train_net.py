@@ -19,7 +19,9 @@ import warnings
 
 # This program's choice (the library sets no filter): detectron2 0.6 scripts helpers with
 # torch.jit at import time, which recent torch reports on every start; it is not the user's code.
-warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+)
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
