@@ -373,3 +373,28 @@ def test_meta_rates_stay_identical_across_ranks(tmp_path):
     assert results[0][0] == results[1][0]  # the same rates on both ranks
     assert results[0][0] != pytest.approx([1 / K] * K)  # and they were updated
     assert results[1][1][0] == []  # rank 1 had no meta batch in its first step
+
+
+@pytest.mark.parametrize("loss", ["balanced_softmax", "balanced_sigmoid"])
+def test_learner_from_config_steps_through_the_heads_own_loss(loss):
+    # Inner loss = the head loss's per_roi; meta loss = its plain form: softmax CE for a softmax
+    # head, sigmoid CE for a sigmoid head (which never reads the background column).
+    from lt_det.modeling.losses import build_cls_loss
+
+    prior = torch.tensor([0.5, 0.2, 0.1])
+    cls_loss = build_cls_loss(loss, num_classes=3, class_prior=prior)
+    learner = MetaSamplerLearner(_cfg("MetaSampler", 3), _meta_sampler(), cls_loss=cls_loss)
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 3])
+    torch.testing.assert_close(learner.loss_fn(z, y), cls_loss(z, y, reduction="none"))
+    if loss == "balanced_softmax":
+        expected = torch.nn.functional.cross_entropy(z, y)
+    else:
+        target = torch.nn.functional.one_hot(y, 4)[:, :3].float()
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(
+            z[:, :3], target, reduction="sum"
+        ) / 6
+        z_bg = z.clone()
+        z_bg[:, 3] += 5.0
+        torch.testing.assert_close(learner.meta_loss_fn(z_bg, y), expected)
+    torch.testing.assert_close(learner.meta_loss_fn(z, y), expected)
