@@ -170,3 +170,10 @@ def test_evaluation_groups_of_two_training_sets_are_their_union(two_train_sets):
     stats = _union_class_stats(two_train_sets)
     assert stats == {"image_count": {1: 10, 2: 11}, "frequency": {1: "r", 2: "c"}}
     assert _union_class_stats(two_train_sets[:1])["image_count"] == {1: 1, 2: 0}
+
+
+def test_meta_sampler_groups_of_two_training_sets_are_their_union(two_train_sets):
+    from lt_det.data.train_stats import train_class_frequency
+
+    assert train_class_frequency(two_train_sets, 2) == ["r", "c"]  # 10 and 11 images
+    assert train_class_frequency(two_train_sets[:1], 2) == ["r", "r"]  # registration's groups

@@ -14,7 +14,6 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.engine import SimpleTrainer
 from detectron2.layers import cat
 from detectron2.utils import comm
@@ -22,6 +21,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..data.samplers import MetaSampler
+from ..data.train_stats import train_class_frequency
 from ..errors import LTDetError
 from ..modeling.roi_heads import LTCascadeROIHeads
 from .balms import MetaSamplerLearner
@@ -258,7 +258,9 @@ def build_decoupled_trainer(
         if isinstance(predictor, (nn.ModuleList, list, tuple)):
             raise LTDetError("the Meta Sampler needs standard (not cascade) ROI heads.")
         meta_learner = MetaSamplerLearner(cfg, sampler, cls_loss=predictor.cls_loss)
-        class_frequency = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("class_frequency", None)
+        class_frequency = train_class_frequency(
+            cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        )
     step = DecoupledStep(
         meta_learner=meta_learner, class_frequency=class_frequency, amp=cfg.SOLVER.AMP.ENABLED
     )
