@@ -21,17 +21,29 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import LTDetError
+from .registry import Registry
 
-__all__ = ["MethodSpec", "METHODS", "register_method", "run_benchmark", "run_benchmark_seeds",
-           "format_table", "summarize_runs", "TASKS"]
+__all__ = ["MethodSpec", "METHODS", "BENCHMARK_METHODS", "register_method", "run_benchmark",
+           "run_benchmark_seeds", "format_table", "summarize_runs", "TASKS"]
 
 #: Evaluated tasks, headline first: mask AP (LVIS's headline), then box AP.
 TASKS = ("segm", "bbox")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def _checkout_paths(configs_dir: Optional[str], train_net: Optional[str]) -> Tuple[str, str]:
+    """The configs folder and tools/train_net.py of an lt_det checkout, resolved once against
+    the caller's working directory (defaults: ./configs and ./tools/train_net.py)."""
+    configs_dir = os.path.abspath(configs_dir or "configs")
+    train_net = os.path.abspath(train_net or os.path.join("tools", "train_net.py"))
+    for path, what, arg in ((configs_dir, "configs folder", "configs_dir"),
+                            (train_net, "training entry point", "train_net")):
+        if not os.path.exists(path):
+            raise LTDetError(f"the benchmark's {what} '{path}' does not exist; run from the root "
+                             f"of an lt_det checkout or pass {arg} (--configs-dir / --train-net).")
+    return configs_dir, train_net
 
 
 @dataclass(frozen=True)
@@ -58,15 +70,18 @@ class MethodSpec:
     default: bool = True
 
 
-METHODS: Dict[str, MethodSpec] = {}
+BENCHMARK_METHODS = Registry("LT_BENCHMARK_METHOD", config_key="--methods", what="benchmark method")
+#: Read-only ``{name: MethodSpec}`` of the registered methods, in registration (table) order.
+METHODS: Mapping[str, MethodSpec] = BENCHMARK_METHODS.mapping()
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add a method to the benchmark (name must be new)."""
-    if spec.name in METHODS:
-        raise ValueError(f"benchmark method '{spec.name}' is already registered")
-    METHODS[spec.name] = spec
-    return spec
+    """Add a method to the benchmark.
+
+    Raises:
+        LTDetError: the name is already registered.
+    """
+    return BENCHMARK_METHODS.register(spec.name)(spec)
 
 
 for _spec in (
@@ -96,6 +111,12 @@ for _spec in (
 
 
 @dataclass
+class _Paths:
+    configs_dir: str
+    train_net: str
+
+
+@dataclass
 class _Job:
     spec: MethodSpec
     out_dir: str
@@ -107,7 +128,7 @@ class _Job:
     done: bool = False
     log_path: str = ""
     results: Dict = field(default_factory=dict)
-    cache_entry: Optional[str] = None  # stage-1 cache folder of this run (stage_1 runs only)
+    cache_entry: Optional[str] = None  # stage-1 cache folder of this run (stage-1 runs only)
     cached: bool = False  # reused from the stage-1 cache, not trained here
 
 
@@ -124,10 +145,12 @@ def _dataset_opts(data: Dict[str, str]) -> List[str]:
     return ["DATASETS.LVIS_FORMAT", repr(entries)]
 
 
-def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job]) -> List[str]:
+def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job],
+                 paths: Optional[_Paths] = None) -> List[str]:
     spec = job.spec
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"),
-           "--config-file", os.path.join(REPO, "configs", spec.config)]
+    paths = paths or _Paths("configs", os.path.join("tools", "train_net.py"))
+    cmd = [sys.executable, paths.train_net,
+           "--config-file", os.path.join(paths.configs_dir, spec.config)]
     if spec.eval_only:
         cmd.append("--eval-only")
     cmd += ["OUTPUT_DIR", job.out_dir, "SEED", str(seed), "DATALOADER.NUM_WORKERS", "0"]
@@ -173,6 +196,8 @@ def run_benchmark(
     data_dir: Optional[str] = None,
     progress_every: float = 10.0,
     overwrite: bool = False,
+    configs_dir: Optional[str] = None,
+    train_net: Optional[str] = None,
     stage1_cache: Optional[str] = None,
 ) -> Dict:
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
@@ -186,6 +211,9 @@ def run_benchmark(
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
         overwrite: replace an earlier benchmark in ``out_dir`` (its results.json and runs under
             ``runs/``); without it an earlier benchmark is an error and nothing is changed.
+        configs_dir / train_net: the ``configs`` folder and ``tools/train_net.py`` of an lt_det
+            checkout (default: ``./configs`` and ``./tools/train_net.py`` of the working
+            directory).
         stage1_cache: folder of stage-1 runs shared across benchmarks (None = no sharing). A
             stage-1 run whose key (merged config, seed, iterations, dataset bytes) is there is
             reused; a new one is stored there when it finishes.
@@ -203,6 +231,9 @@ def run_benchmark(
         names.insert(0, stage1)
     names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
 
+    paths = _Paths(*_checkout_paths(configs_dir, train_net))
+    out_dir = os.path.abspath(out_dir)  # the runs start in other working directories' terms
+    data_dir = os.path.abspath(data_dir) if data_dir else None
     _refuse_earlier_benchmark(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
@@ -228,9 +259,10 @@ def run_benchmark(
         for n in names
     }
     if stage1_cache:
+        stage1_cache = os.path.abspath(stage1_cache)
         for j in jobs.values():
             if j.spec.stage == 1 and not j.spec.eval_only:
-                j.cache_entry = _stage1_cache_entry(stage1_cache, j, data, seed)
+                j.cache_entry = _stage1_cache_entry(stage1_cache, j, data, seed, paths)
                 if _load_cached_stage1(j):
                     print(f"[lt_benchmark] {j.spec.name}: reusing stage-1 run {j.cache_entry}",
                           flush=True)
@@ -239,7 +271,7 @@ def run_benchmark(
     pace = {1: 0.6, 2: 0.15}
     eval_cost = 20.0
     try:
-        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every)
+        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every, paths)
     finally:  # never leave runs behind when one fails or the user is interrupted
         for j in jobs.values():
             if j.proc is not None and j.proc.poll() is None:
@@ -264,7 +296,7 @@ def run_benchmark(
     table = format_table(rows)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table + "\n")
-    _plots(out_dir, data, jobs)
+    _plots(out_dir, data, jobs, paths)
     print(table, flush=True)
     print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
           f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
@@ -357,14 +389,14 @@ def _sha1_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _stage1_cache_entry(cache_dir: str, job: _Job, data: Dict, seed: int) -> str:
+def _stage1_cache_entry(cache_dir: str, job: _Job, data: Dict, seed: int, paths: _Paths) -> str:
     """Cache folder of a stage-1 run: ``<method>-seed<seed>-<key>``, the key hashing the merged
     config (output and dataset paths left out), the seed, the iterations and the dataset files."""
     from .engine import load_config
 
     opts = list(job.spec.opts) + _schedule_opts(job.iters) + [
         "SEED", str(seed), "MODEL.ROI_HEADS.NUM_CLASSES", str(data["num_classes"])]
-    cfg = load_config(os.path.join(REPO, "configs", job.spec.config), opts)
+    cfg = load_config(os.path.join(paths.configs_dir, job.spec.config), opts)
     cfg.OUTPUT_DIR = ""
     cfg.DATASETS.LVIS_FORMAT = []
     material = json.dumps({"config": cfg.dump(), "iters": job.iters, "seed": seed,
@@ -416,7 +448,8 @@ def _store_stage1(job: _Job) -> None:
     os.replace(tmp, job.cache_entry)
 
 
-def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every) -> None:
+def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every,
+              paths: _Paths) -> None:
     """Start runs as their stage-1 run finishes, `parallel` at a time; print progress + ETA."""
     last_print = 0.0
     while not all(j.done for j in jobs.values()):
@@ -446,7 +479,7 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             os.makedirs(j.out_dir)
             j.log_path = os.path.join(j.out_dir, "stdout.txt")  # detectron2 itself writes log.txt
             j.start = time.time()
-            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs), env=env, cwd=REPO,
+            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs, paths), env=env,
                                       stdout=open(j.log_path, "w"), stderr=subprocess.STDOUT)
         now = time.time()
         if now - last_print >= progress_every or all(j.done for j in jobs.values()):
@@ -465,13 +498,15 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
 def format_table(rows: List[Dict]) -> str:
     """Markdown table: mask AP (headline) and box AP, each with APr / APc / APf and AP-fixed,
     and wall time per method. A task the runs lack (box-only runs: no mask AP) is left out."""
+    from tabulate import tabulate
+
     tasks = [t for t in TASKS if any(t in r for r in rows)] or ["bbox"]
     names = {"segm": "mask", "bbox": "box"}
-    head = ["method", "stage"]
+    headers = ["method", "stage"]
     for t in tasks:
-        head += [f"{names[t]} AP", "APr", "APc", "APf", "AP-fixed"]
-    head.append("wall (s)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        headers += [f"{names[t]} AP", "APr", "APc", "APf", "AP-fixed"]
+    headers.append("wall (s)")
+    table = []
     for r in rows:
         stage = f"2 (from {r['stage1']})" if r.get("stage1") else str(r["stage"])
         cells = [r["label"], stage]
@@ -479,12 +514,12 @@ def format_table(rows: List[Dict]) -> str:
             m, fixed = r.get(t, {}), r.get(f"{t}-fixed", {})
             cells += [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
             cells.append(f"{fixed['AP']:.1f}" if "AP" in fixed else "-")
-        wall = f"{r['wall_s']:.0f}" + (" (cached)" if r.get("cached") else "")
-        lines.append("| " + " | ".join(cells + [wall]) + " |")
-    return "\n".join(lines)
+        cells.append(f"{r['wall_s']:.0f}" + (" (cached)" if r.get("cached") else ""))
+        table.append(cells)
+    return tabulate(table, headers, tablefmt="github", disable_numparse=True)
 
 
-def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
+def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job], paths: _Paths) -> None:
     """Per-class AP vs frequency and classifier norm vs frequency, all methods overlaid."""
     from .decouple.norms import plot_classifier_norms
     from .evaluation import read_per_class
@@ -492,12 +527,12 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
 
     runs, labels, task = [], [], "bbox"
     for t in TASKS:  # mask AP where the runs have it
-        paths = {n: os.path.join(j.out_dir, "inference", "lt_synth_val", f"per_class_ap_{t}.json")
-                 for n, j in jobs.items()}
-        if any(os.path.isfile(p) for p in paths.values()):
+        paths_ap = {n: os.path.join(j.out_dir, "inference", "lt_synth_val",
+                                    f"per_class_ap_{t}.json") for n, j in jobs.items()}
+        if any(os.path.isfile(p) for p in paths_ap.values()):
             task = t
             break
-    for n, path in paths.items():
+    for n, path in paths_ap.items():
         if os.path.isfile(path):
             runs.append(read_per_class(path))
             labels.append(n)
@@ -507,18 +542,18 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
     ckpts = {}
     for n, j in jobs.items():
         if j.spec.eval_only and j.stage1 is not None:  # tau-norm: stage-1 weights at its tau
-            tau = _cfg_value(j.spec, "MODEL.DECOUPLE.TAU")
+            tau = _cfg_value(j.spec, "MODEL.DECOUPLE.TAU", paths.configs_dir)
             ckpts[n] = os.path.join(jobs[j.stage1].out_dir, "model_final.pth") + f"@tau={tau}"
         elif os.path.isfile(os.path.join(j.out_dir, "model_final.pth")):
             ckpts[n] = os.path.join(j.out_dir, "model_final.pth")
     plot_classifier_norms(ckpts, data["train_json"], os.path.join(out_dir, "classifier_norms.png"))
 
 
-def _cfg_value(spec: MethodSpec, key: str):
+def _cfg_value(spec: MethodSpec, key: str, configs_dir: str):
     """A key's value in a method's config (after its overrides)."""
     from .engine import load_config
 
-    cfg = load_config(os.path.join(REPO, "configs", spec.config), list(spec.opts))
+    cfg = load_config(os.path.join(configs_dir, spec.config), list(spec.opts))
     for part in key.split("."):
         cfg = cfg[part]
     return cfg

@@ -54,7 +54,7 @@ def test_two_stage_config_trains_both_stages_and_resumes_across_them(tiny_lvis, 
             assert (d / name).is_file(), (d, name)
     cfg1, cfg2 = (stage1 / "config.yaml").read_text(), (stage2 / "config.yaml").read_text()
     assert "METHOD: none" in cfg1 and "RepeatFactorTrainingSampler" in cfg1
-    assert "METHOD: crt" in cfg2 and "MetaSampler" in cfg2
+    assert "METHOD: finetune" in cfg2 and "MetaSampler" in cfg2
     assert f"WEIGHTS: {stage1 / 'model_final.pth'}" in cfg2
     # a new command in the same OUTPUT_DIR is refused before anything trains
     again = run()

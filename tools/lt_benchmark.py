@@ -4,8 +4,8 @@ mask AP and box AP, each with APr/APc/APf and AP-fixed).
 
     python tools/lt_benchmark.py --out output/demo                 # what `make demo` runs
     python tools/lt_benchmark.py --seed 1 --out output/seed1 --methods softmax rfs balms
-    python tools/lt_benchmark.py --all-methods --seeds 0 1 2 --out output/benchmark   # make benchmark
-    python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out /tmp/smoke
+    python tools/lt_benchmark.py --all-methods --seeds 0 1 2 --out output/benchmark  # make benchmark
+    python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out output/smoke
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
 OUT/classifier_norms.png; every run's log, metrics and checkpoint are under OUT/runs/<method>/.
@@ -14,11 +14,15 @@ OUT/summary.md. With --stage1-cache DIR, stage-1 runs are shared across benchmar
 (seed, stage-1 recipe, settings, dataset).
 """
 import argparse
+import os
 import sys
 
-from lt_det.benchmark import METHODS, run_benchmark, run_benchmark_seeds
+from lt_det.benchmark import BENCHMARK_METHODS, METHODS, run_benchmark, run_benchmark_seeds
 from lt_det.data.synthetic import PRESETS
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
+
+# This tool lives in an lt_det checkout: the configs and the training entry point beside it.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None) -> int:
@@ -27,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="several seeds: one benchmark each in OUT/seed<N>, summary in OUT")
-    p.add_argument("--methods", nargs="+", choices=sorted(METHODS),
+    p.add_argument("--methods", nargs="+", choices=BENCHMARK_METHODS.choices(),
                    help="default: the headline methods (registered with default=True)")
     p.add_argument("--all-methods", action="store_true", help="every registered method")
     p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
@@ -39,26 +43,30 @@ def main(argv=None) -> int:
                    help="synthetic data preset (docs/synthetic.md)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
+    p.add_argument("--configs-dir", default=os.path.join(CHECKOUT, "configs"),
+                   help="configs folder of the checkout (default: beside this tool)")
+    p.add_argument("--train-net", default=os.path.join(CHECKOUT, "tools", "train_net.py"),
+                   help="training entry point each run starts (default: beside this tool)")
     p.add_argument("--stage1-cache", help="folder of stage-1 runs shared across benchmarks")
     p.add_argument("--force", action="store_true",
                    help="replace the results and runs an earlier benchmark left in OUT")
     args = p.parse_args(argv)
     if args.all_methods and args.methods:
         p.error("--all-methods and --methods exclude each other")
+    if args.seeds and args.data_dir:
+        p.error("--data-dir is one dataset; with --seeds each seed generates its own")
     methods = sorted(METHODS) if args.all_methods else args.methods
     kwargs = dict(methods=methods, iters=args.iters, stage2_iters=args.stage2_iters,
                   preset=args.preset, parallel=args.parallel, stage1=args.stage1,
-                  overwrite=args.force, stage1_cache=args.stage1_cache)
+                  overwrite=args.force, configs_dir=args.configs_dir, train_net=args.train_net,
+                  stage1_cache=args.stage1_cache)
     try:
         if args.seeds:
-            if args.data_dir:
-                p.error("--data-dir is one dataset; with --seeds each seed generates its own")
             run_benchmark_seeds(args.out, args.seeds, **kwargs)
         else:
             run_benchmark(args.out, seed=args.seed, data_dir=args.data_dir, **kwargs)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

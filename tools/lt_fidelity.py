@@ -12,7 +12,7 @@ table and the run both have, the mean over the runs, and the published order.
 import argparse
 import sys
 
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 from lt_det.fidelity import PUBLISHED_LVIS, format_agreement, load_published, load_results
 
 
@@ -29,8 +29,7 @@ def main(argv=None) -> int:
         runs = load_results(args.outs)
         print(format_agreement(tables, runs, task=args.task, metrics=args.metrics))
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

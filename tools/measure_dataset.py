@@ -15,7 +15,7 @@ import sys
 
 from lt_det.data.dataset_stats import lvis_v1_reference, measure_dataset
 from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 
 
 def main(argv=None) -> int:
@@ -40,8 +40,7 @@ def main(argv=None) -> int:
         except LTDetError as e:  # not installed: the dataset's own numbers still print
             out["lvis_v1"] = str(e)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(json.dumps(out, indent=1))
     return 0
 
