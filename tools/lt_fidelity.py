@@ -11,9 +11,21 @@ table and the run both have, the mean over the runs, and the published order.
 """
 import argparse
 import sys
+import warnings
 
-from lt_det.errors import LTDetError, report_error
-from lt_det.fidelity import PUBLISHED_LVIS, format_agreement, load_published, load_results
+# This program's choice (the library sets no filter): detectron2 0.6 scripts helpers with
+# torch.jit at import time, which recent torch reports on every start.
+warnings.filterwarnings(
+    "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+)
+
+from lt_det.errors import LTDetError, report_error  # noqa: E402
+from lt_det.fidelity import (  # noqa: E402
+    PUBLISHED_LVIS,
+    format_agreement,
+    load_published,
+    load_results,
+)
 
 
 def main(argv=None) -> int:

@@ -12,10 +12,17 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
-from lt_det.data.dataset_stats import lvis_v1_reference, measure_dataset
-from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info
-from lt_det.errors import LTDetError, report_error
+# This program's choice (the library sets no filter): detectron2 0.6 scripts helpers with
+# torch.jit at import time, which recent torch reports on every start.
+warnings.filterwarnings(
+    "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+)
+
+from lt_det.data.dataset_stats import lvis_v1_reference, measure_dataset  # noqa: E402
+from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import LTDetError
-from .lvis_format import frequency_group
+from ..class_stats import counts_as_instance, frequency_group
 
 __all__ = ["measure_dataset", "lvis_v1_reference", "LVIS_V1_TRAIN_IMAGES"]
 
@@ -176,6 +176,8 @@ def measure_dataset(
         img_sets = [set() for _ in range(k)]
         inst = np.zeros(k)
         for a in data["annotations"]:
+            if not counts_as_instance(a):  # crowd regions are not counted (lt_det.class_stats)
+                continue
             img_sets[idx[a["category_id"]]].add(a["image_id"])
             inst[idx[a["category_id"]]] += 1
         return np.array([len(s) for s in img_sets], dtype=np.float64), inst
