@@ -4,7 +4,8 @@ mask AP and box AP, each with APr/APc/APf and AP-fixed).
 
     python tools/lt_benchmark.py --out output/demo                 # what `make demo` runs
     python tools/lt_benchmark.py --seed 1 --out output/seed1 --methods softmax rfs balms
-    python tools/lt_benchmark.py --all-methods --seeds 0 1 2 --out output/benchmark  # benchmark
+    # what `make benchmark` runs (every method, three seeds, summary.md):
+    python tools/lt_benchmark.py --all-methods --seeds 0 1 2 --out output/benchmark
     python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out output/smoke
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
