@@ -322,9 +322,7 @@ def format_table(rows: List[Dict], task: str = "bbox") -> str:
 
 def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
     """Per-class AP vs frequency and classifier norm vs frequency, all methods overlaid."""
-    from .decouple.norms import plot_classifier_norms
-    from .evaluation import read_per_class
-    from .evaluation.plot import plot_ap_vs_frequency
+    from .evaluation import plot_ap_vs_frequency, plot_classifier_norms, read_per_class
 
     runs, labels = [], []
     for n, j in jobs.items():
@@ -333,7 +331,7 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
             runs.append(read_per_class(path))
             labels.append(n)
     plot_ap_vs_frequency(runs, labels, os.path.join(out_dir, "ap_vs_frequency.png"),
-                         title="per-class box AP vs training images (synthetic LVIS)")
+                         title="synthetic LVIS")
     ckpts = {}
     for n, j in jobs.items():
         if j.spec.eval_only and j.stage1 is not None:  # tau-norm: stage-1 weights at its tau

@@ -370,7 +370,7 @@ def test_tau_norm_cannot_train():
 def test_tau_sweep_and_norm_plot_tools(tiny_data, tmp_path):
     import importlib.util
 
-    from lt_det.decouple import plot_classifier_norms
+    from lt_det.evaluation import plot_classifier_norms
 
     def tool(name):
         path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", name + ".py")

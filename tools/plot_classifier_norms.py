@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lt_det.decouple.norms import (  # noqa: E402
+from lt_det.evaluation.classifier_norms import (  # noqa: E402
     DEFAULT_KEY,
     frequencies_from_dataset,
     parse_spec,

@@ -28,7 +28,6 @@ from .method_crt import ClassifierRetraining
 from .method_lws import LearnableWeightScaling
 from .method_none import NoDecoupling
 from .method_tau_norm import TauNormalization
-from .norms import classifier_norms, plot_classifier_norms
 from .registry import (
     LT_DECOUPLE_REGISTRY,
     DecoupleMethod,
@@ -72,6 +71,4 @@ __all__ = [
     "build_decoupled_step",
     "check_decoupled_training",
     "stage1_load_guard",
-    "classifier_norms",
-    "plot_classifier_norms",
 ]
