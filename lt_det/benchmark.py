@@ -279,7 +279,9 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
                 tail = open(j.log_path).read()[-1500:]
                 raise LTDetError(f"benchmark run '{j.spec.name}' failed (exit {rc}); log "
                                  f"{j.log_path}:\n{tail}")
-            with open(os.path.join(j.out_dir, "eval_results.json")) as f:
+            # --eval-only runs write their results under inference/ (tools/train_net.py)
+            folder = os.path.join(j.out_dir, "inference") if j.spec.eval_only else j.out_dir
+            with open(os.path.join(folder, "eval_results.json")) as f:
                 j.results = json.load(f)
             if j.iters:
                 pace[j.spec.stage] = max(1e-3, (j.wall - eval_cost) / j.iters)

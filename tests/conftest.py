@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny generated LVIS-format dataset, registered once per test session."""
 import json
+import logging
 
 import pytest
 import torch
@@ -8,6 +9,14 @@ from lt_det.data import register_lvis_format
 from lt_det.data.synthetic import generate_synthetic_lvis
 
 torch.set_num_threads(1)  # CI machines are small and shared; tests must not oversubscribe
+
+
+@pytest.fixture(autouse=True)
+def _lt_det_records_reach_caplog():
+    """A test that ran a tool in-process set up the "lt_det" logger, which (as detectron2's
+    setup_logger does) stops propagation; let later tests' caplog see lt_det's records."""
+    logging.getLogger("lt_det").propagate = True
+    yield
 
 
 @pytest.fixture(scope="session")

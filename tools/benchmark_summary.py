@@ -8,9 +8,15 @@ the best stage-2 method by APr against softmax CE and repeat-factor sampling.
 """
 import argparse
 import sys
+import warnings
 
-from lt_det.benchmark import summarize_runs
-from lt_det.errors import LTDetError
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
+from lt_det.benchmark import summarize_runs  # noqa: E402
+from lt_det.errors import LTDetError  # noqa: E402
 
 
 def main(argv=None) -> int:

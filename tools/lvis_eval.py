@@ -15,8 +15,13 @@ import json
 import math
 import os
 import sys
+import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
 from lt_det.errors import LTDetError  # noqa: E402
 from lt_det.evaluation import evaluate_lvis, write_per_class  # noqa: E402
 

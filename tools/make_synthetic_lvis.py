@@ -12,10 +12,13 @@ Writes DIR/lvis_v1_train.json, DIR/lvis_v1_val.json, DIR/train/*.png, DIR/val/*.
 import argparse
 import os
 import sys
+import warnings
 from typing import List, Optional
 
-# runnable from a checkout without installing the package
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
 from lt_det.data.synthetic import (  # noqa: E402
     COUNT_PROFILES,

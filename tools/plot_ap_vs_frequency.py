@@ -10,8 +10,13 @@ OUTPUT_DIR/inference/...) or by ``tools/lvis_eval.py --per-class-dir``.
 import argparse
 import os
 import sys
+import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
 from lt_det.errors import LTDetError  # noqa: E402
 from lt_det.evaluation.per_class import read_per_class  # noqa: E402
 from lt_det.evaluation.plot import plot_ap_vs_frequency  # noqa: E402

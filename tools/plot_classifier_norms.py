@@ -18,8 +18,12 @@ frequent first; the rare / common / frequent bands are shaded. Each ``NAME=PATH`
 import argparse
 import os
 import sys
+import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
 from lt_det.evaluation.classifier_norms import (  # noqa: E402
     DEFAULT_KEY,

@@ -19,9 +19,13 @@ import csv
 import os
 import sys
 import time
+import warnings
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402

@@ -15,21 +15,28 @@ An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --o
 import json
 import os
 import sys
+import warnings
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-from lt_det.engine import LTTrainer, launch, setup_cfg
-from lt_det.engine.trainer import check_weights_file
-from lt_det.errors import LTDetError
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from lt_det.engine import LTTrainer, eval_output_dir, launch, setup_cfg  # noqa: E402
+from lt_det.engine.trainer import check_weights_file  # noqa: E402
+from lt_det.errors import LTDetError  # noqa: E402
 
 
-def save_results(cfg, results) -> None:
-    """Write the final evaluation results to OUTPUT_DIR/eval_results.json (main process)."""
+def save_results(folder: str, results) -> None:
+    """Write the final evaluation results to folder/eval_results.json (main process)."""
     if results and comm.is_main_process():
-        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "eval_results.json"), "w") as f:
             json.dump(results, f, indent=2)
 
 
@@ -57,12 +64,12 @@ def main(args):
         res = LTTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
-        save_results(cfg, res)
+        save_results(eval_output_dir(cfg), res)
         return res
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()
-    save_results(cfg, getattr(trainer, "_last_eval_results", None))
+    save_results(cfg.OUTPUT_DIR, getattr(trainer, "_last_eval_results", None))
     return res
 
 

@@ -9,6 +9,7 @@ from detectron2.engine import default_setup
 from ..config import add_lt_config
 from ..data import register_datasets_from_cfg
 from ..errors import LTDetError
+from .log_setup import setup_lt_logging, strip_colour_from_setup_logs
 
 __all__ = [
     "load_config",
@@ -17,6 +18,7 @@ __all__ = [
     "check_config_values",
     "check_output_dir",
     "config_choices",
+    "eval_output_dir",
 ]
 
 
@@ -56,6 +58,11 @@ def setup_cfg(args) -> CfgNode:
     Everything that can be checked before a model is built is checked here, before
     ``default_setup`` writes anything to OUTPUT_DIR: config values, datasets, NUM_CLASSES and
     (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would be overwritten.
+
+    Files: training writes ``config.yaml`` and ``log.txt`` (detectron2's and lt_det's loggers,
+    :func:`~lt_det.engine.log_setup.setup_lt_logging`) into OUTPUT_DIR. ``--eval-only`` writes
+    them into :func:`eval_output_dir` (OUTPUT_DIR/inference), so that evaluating a training
+    folder's checkpoint leaves that run's own files as they are.
     """
     cfg = load_config(args.config_file, args.opts)
     check_config_values(cfg)
@@ -68,8 +75,23 @@ def setup_cfg(args) -> CfgNode:
             resume=args.resume,
             overwrite=getattr(args, "overwrite_output", False),
         )
-    default_setup(cfg, args)
+    strip_colour_from_setup_logs()  # default_setup logs the config coloured, even into log.txt
+    if args.eval_only:
+        setup_dir = cfg.clone()
+        setup_dir.defrost()
+        setup_dir.OUTPUT_DIR = eval_output_dir(cfg)
+        setup_dir.freeze()
+        default_setup(setup_dir, args)
+    else:
+        default_setup(cfg, args)
+    setup_lt_logging(eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR)
     return cfg
+
+
+def eval_output_dir(cfg: CfgNode) -> str:
+    """Where ``--eval-only`` writes config.yaml, log.txt and eval_results.json:
+    OUTPUT_DIR/inference (the evaluator's per-dataset folders are under it too)."""
+    return os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.OUTPUT_DIR else ""
 
 
 def config_choices() -> Dict[str, List[str]]:

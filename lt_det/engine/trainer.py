@@ -40,6 +40,7 @@ from ..errors import LTDetError
 from ..evaluation import build_lvis_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .defaults import check_config_values
+from .log_setup import log_class_summary
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 
 __all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages", "check_weights_file"]
@@ -262,6 +263,9 @@ class LTTrainer(DefaultTrainer):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        if meta.get("thing_classes", None) is not None:  # bounded table for many classes
+            log_class_summary(dataset, meta.thing_classes, meta.get("class_frequency", None))
         sampler = ResumableSampler(build_train_sampler(cfg, dataset))
         mapper = ReportUnreadableImages(DatasetMapper(cfg, True))
         loader = build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
