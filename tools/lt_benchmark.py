@@ -6,7 +6,11 @@
     python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out /tmp/smoke
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
-OUT/classifier_norms.png; every run's log, metrics and checkpoint are under OUT/runs/<method>/.
+OUT/classifier_norms.png; the generated dataset under OUT/data/ (or --data-dir); every run's
+stdout.txt, log.txt, config.yaml, metrics.json, checkpoint and eval_results.json under
+OUT/runs/<method>/ (an evaluation-only run, tau-norm, writes its files under
+OUT/runs/<method>/inference/). Relative paths are taken from the current directory. Progress
+with ETA is printed every 10 s.
 """
 import argparse
 import sys
@@ -18,29 +22,54 @@ warnings.filterwarnings(
 )
 
 from lt_det.benchmark import METHODS, run_benchmark  # noqa: E402
+from lt_det.data.synthetic import PRESETS  # noqa: E402
 from lt_det.errors import LTDetError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="output folder (must be new or empty, or --force)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data and of every run (default %(default)s)",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
         choices=sorted(METHODS),
-        help="default: the methods registered with default=True",
+        metavar="NAME",
+        help=f"methods to run, of: {' '.join(sorted(METHODS))} (default: "
+        + " ".join(n for n, m in METHODS.items() if m.default)
+        + ")",
     )
-    p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
-    p.add_argument("--stage2-iters", type=int, default=200, help="stage-2 iterations")
+    p.add_argument(
+        "--iters", type=int, default=500, help="stage-1 iterations (default %(default)s)"
+    )
+    p.add_argument(
+        "--stage2-iters", type=int, default=200, help="stage-2 iterations (default %(default)s)"
+    )
     p.add_argument(
         "--stage1",
         default="rfs",
         choices=sorted(n for n, m in METHODS.items() if m.stage == 1),
-        help="stage-1 model every stage-2 method starts from (default rfs)",
+        help="stage-1 model every stage-2 method starts from (default %(default)s)",
     )
-    p.add_argument("--preset", default="default", help="synthetic data preset (default | tiny)")
-    p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(PRESETS),
+        help="synthetic data preset (default %(default)s)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="runs at a time, 1 thread each (default %(default)s)",
+    )
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
     p.add_argument(
         "--force",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-class box-classifier weight norm against training frequency (Kang et al. 2020, Fig. 2).
+r"""Per-class box-classifier weight norm against training frequency (Kang et al. 2020, Fig. 2).
 
     python tools/plot_classifier_norms.py \
         --checkpoints joint=output/synthetic/rfs/model_final.pth \
@@ -8,12 +8,17 @@
                       "tau1=output/synthetic/rfs/model_final.pth@tau=1" \
         --json datasets/lt_synth/lvis_v1_train.json --out output/synthetic/classifier_norms.png
 
-Classes (foreground rows 0..K-1 of ``cls_score``) are sorted by training image count, most
-frequent first; the rare / common / frequent bands are shaded. Each ``NAME=PATH`` adds a curve;
-``PATH@tau=T`` plots the tau-normalised norms ``||w_c|| ** (1 - T)``; an LWS checkpoint
-(``cls_score.scale``) plots the effective norms ``|s_c| * ||w_c||``. Frequencies come from
-``--json`` (a LVIS json with categories, or a ``*_cat_info.json`` list), or from ``--dataset``
-(a registered dataset; ``--config-file`` registers DATASETS.LVIS_FORMAT).
+Classes (foreground rows 0..K-1 of ``cls_score``) are grouped frequent / common / rare (one
+shaded band each) and sorted by training image count within a group, most frequent first. Each
+``NAME=PATH`` adds a curve; ``PATH@tau=T`` plots the tau-normalised norms ``||w_c|| ** (1 - T)``;
+an LWS checkpoint (``cls_score.scale``) plots the effective norms ``|s_c| * ||w_c||``.
+
+Frequencies come from ``--json`` (a LVIS json with categories, or a ``*_cat_info.json`` list) or
+from ``--dataset``: a dataset registered by ``--config-file`` (DATASETS.LVIS_FORMAT) or one of
+detectron2's builtin names (``lvis_v1_train``: the LVIS v1 train category counts set up by
+tools/setup_env.sh, else the json under DETECTRON2_DATASETS).
+
+Writes the PNG (``--out``) only; prints each curve's mean norm per group.
 """
 import argparse
 import os
@@ -35,11 +40,15 @@ from lt_det.errors import LTDetError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoints", nargs="+", required=True, help="NAME=PATH[@tau=T] ...")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--json", "--cat-info", dest="json", help="LVIS json or cat_info json")
-    src.add_argument("--dataset", help="registered dataset name")
+    src.add_argument(
+        "--dataset", help="dataset name: from --config-file, or detectron2's (e.g. lvis_v1_train)"
+    )
     p.add_argument("--config-file", help="config whose DATASETS.LVIS_FORMAT to register")
     p.add_argument("--key", default=DEFAULT_KEY, help=f"classifier module (default {DEFAULT_KEY})")
     p.add_argument("--out", required=True, help="PNG path")

@@ -40,6 +40,7 @@ from ..errors import LTDetError
 from ..evaluation import build_lvis_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .defaults import check_config_values
+from .init_check import warn_frozen_bn_at_random_init
 from .log_setup import log_class_summary
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 
@@ -209,6 +210,7 @@ class LTTrainer(DefaultTrainer):
         else:
             with stage1_load_guard(self.cfg, self.model, self.checkpointer, resume):
                 super().resume_or_load(resume=resume)
+        warn_frozen_bn_at_random_init(self.model, self.cfg.MODEL.WEIGHTS)
         if comm.get_world_size() > 1:
             # Parameters re-initialised after loading (cRT) drew from each rank's own generator
             # (seeded SEED + rank); DDP only synchronised the model when it was wrapped.
