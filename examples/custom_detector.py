@@ -33,7 +33,8 @@ def main() -> None:
 
     # 1. The loss is a pure function: logits (R, K + 1), gt classes in [0, K].
     logits, gt = torch.randn(8, K + 1), torch.tensor([0, 1, 2, 3, 4, 5, 5, 0])
-    print(f"balanced_softmax_loss: {balanced_softmax_loss(logits, gt, prior).item():.4f}")
+    loss = balanced_softmax_loss(logits, gt, prior)  # logits (R, K + 1), gt in [0, K]
+    print(f"balanced_softmax_loss: {loss.item():.4f}")
 
     # 2. The predictor takes keyword arguments, like detectron2's FastRCNNOutputLayers.
     channels, stride = 16, 8

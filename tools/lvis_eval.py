@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Evaluate an LVIS results file offline and print the LVIS metrics (percent).
 
-    .venv/bin/python tools/lvis_eval.py --gt lvis_v1_val.json \
+    python tools/lvis_eval.py --gt lvis_v1_val.json \
         --results lvis_instances_results.json \
         --iou-type bbox [--backend fast|lvis] [--ap-fixed] [--class-chunk 100] \
         [--max-dets-per-image 300] [--output metrics.json] [--per-class-dir DIR]

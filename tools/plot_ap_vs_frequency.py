@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Plot per-class AP against training frequency (log x) with r/c/f bands, one or several runs.
 
-    .venv/bin/python tools/plot_ap_vs_frequency.py output/per_class_ap_bbox.json \
+    python tools/plot_ap_vs_frequency.py output/per_class_ap_bbox.json \
         other_run/per_class_ap_bbox.json --labels baseline balanced_softmax --out ap_vs_freq.png
 
 Inputs are the ``per_class_ap_<task>.json`` files written by the LVIS evaluator (into

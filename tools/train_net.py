@@ -8,6 +8,7 @@
     python tools/train_net.py --config-file CFG --num-gpus 2 MODEL.DEVICE cpu  # 2 CPU processes, gloo
     python tools/train_net.py --config-file CFG --resume           # continue the run in OUTPUT_DIR
 
+Without a GPU add ``MODEL.DEVICE cpu`` (the LVIS configs default to CUDA). Outputs: see --help.
 Bad input (a missing file, a malformed dataset, an unknown config value, a NaN loss, ...) is
 reported as one line "lt_det: error: ..." on stderr with exit status 2; see docs/robustness.md.
 An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --overwrite-output.
@@ -40,9 +41,24 @@ def save_results(folder: str, results) -> None:
             json.dump(results, f, indent=2)
 
 
+_EPILOG = """
+lt_det:
+  Without a GPU add MODEL.DEVICE cpu (the LVIS configs default to CUDA; the synthetic configs
+  already run on CPU); --num-gpus N MODEL.DEVICE cpu runs N CPU processes over gloo.
+  MODEL.WEIGHTS must be reachable: offline, copy the weights file onto the machine and pass its
+  path (an R-50 with FrozenBN and MODEL.WEIGHTS "" trains poorly; a warning says so).
+  Training writes OUTPUT_DIR/{config.yaml,log.txt,metrics.json,model_*.pth,eval_results.json}
+  and OUTPUT_DIR/inference/<dataset>/ (detections, per-class AP); --eval-only writes its
+  config.yaml, log.txt and eval_results.json under OUTPUT_DIR/inference/ and leaves the
+  training run's own files as they are.
+"""
+
+
 def argument_parser():
-    """detectron2's ``default_argument_parser`` plus ``--overwrite-output``."""
+    """detectron2's ``default_argument_parser`` plus ``--overwrite-output`` and lt_det's notes
+    (device, weights, what is written where) in the help."""
     parser = default_argument_parser()
+    parser.epilog = (parser.epilog or "") + _EPILOG
     parser.add_argument(
         "--overwrite-output",
         action="store_true",
