@@ -36,8 +36,9 @@ def test_importing_lt_det_leaves_warning_filters_alone():
         "import warnings; before = list(warnings.filters); import lt_det; "
         "print([f[1].pattern for f in warnings.filters if f not in before and f[1]])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "script" not in out.stdout
 
@@ -52,14 +53,58 @@ def test_class_summary_is_bounded():
     dicts = [{"annotations": [{"category_id": c}]} for c in range(900) for _ in range(2)]
     text = log_class_summary(dicts, names, groups, extremes=5)
     assert len(text.splitlines()) <= 1 + 2 + 4 + 2  # title, header, 4 rows, most, least
-    rows = {line.strip("|").split("|")[0].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("|")}
+    rows = {
+        line.strip("|").split("|")[0].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|")
+    }
     assert rows["all classes"][1:] == ["1203", "303", "1800"]
     assert rows["rare classes"][1:] == ["337", "303", str(2 * (900 - 866))]  # rare: 866..1202
     assert log_class_summary(dicts, names[:50], groups[:50]) is None  # detectron2's table kept
     f = BoundedClassHistogram(max_classes=100)
-    rec = logging.LogRecord("detectron2.data.build", logging.INFO, "", 0,
-                            "Distribution of instances among all 1203 categories:\n|x|", None, None)
+    rec = logging.LogRecord(
+        "detectron2.data.build",
+        logging.INFO,
+        "",
+        0,
+        "Distribution of instances among all 1203 categories:\n|x|",
+        None,
+        None,
+    )
     assert not f.filter(rec)
     rec.msg = "Distribution of instances among all 48 categories:\n|x|"
     assert f.filter(rec)
+
+
+def test_eval_only_reads_the_prior_from_the_checkpoint(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from lt_det import add_lt_config
+    from lt_det.engine import eval_only_config
+    from lt_det.modeling.priors import class_prior_from_cfg
+
+    def never_loaded():
+        raise AssertionError("the training set was loaded to count a prior")
+
+    if "lt_never_loaded" in DatasetCatalog.list():
+        DatasetCatalog.remove("lt_never_loaded")
+        MetadataCatalog.remove("lt_never_loaded")
+    DatasetCatalog.register("lt_never_loaded", never_loaded)
+    prior = torch.tensor([0.5, 0.25, 0.125])
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": {"roi_heads.box_predictor.cls_loss.class_prior": prior}}, weights)
+
+    cfg = add_lt_config(get_cfg())
+    cfg.DATASETS.TRAIN = ("lt_never_loaded",)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS = "balanced_softmax"
+    cfg.MODEL.WEIGHTS = str(weights)
+    cfg.freeze()
+    eval_cfg = eval_only_config(cfg)
+    assert eval_cfg.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE == "checkpoint"
+    assert cfg.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE == "image_count"  # the run's config untouched
+    assert torch.equal(class_prior_from_cfg(eval_cfg), prior)
+    # A checkpoint without a prior (or a loss without one) keeps the configured source.
+    torch.save({"model": {}}, weights)
+    assert eval_only_config(cfg).MODEL.ROI_BOX_HEAD.PRIOR.SOURCE == "image_count"

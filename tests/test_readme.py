@@ -135,8 +135,16 @@ def test_readme_commands_run_in_order_on_tiny_data(tmp_path):
                 while j < len(args) and not args[j].startswith("--"):
                     j += 1
                 args = args[:i] + args[j:]
-            args = args + ["--preset", "tiny", "--iters", "2", "--stage2-iters", "1",
-                           "--methods", "softmax"]
+            args = args + [
+                "--preset",
+                "tiny",
+                "--iters",
+                "2",
+                "--stage2-iters",
+                "1",
+                "--methods",
+                "softmax",
+            ]
         _run_script(os.path.join(str(tmp_path), script), args, str(tmp_path))
         ran.append(tool)
         if tool == "make_synthetic_lvis.py":
@@ -145,15 +153,22 @@ def test_readme_commands_run_in_order_on_tiny_data(tmp_path):
                 num_classes = len(json.load(f)["categories"])
     # The step-by-step section and the benchmark section were walked in full.
     assert ran.count("train_net.py") >= 5 and ran.count("lt_benchmark.py") == 2
-    for tool in ("tau_sweep.py", "plot_classifier_norms.py", "lvis_eval.py",
-                 "plot_ap_vs_frequency.py", "benchmark_summary.py"):
+    for tool in (
+        "tau_sweep.py",
+        "plot_classifier_norms.py",
+        "lvis_eval.py",
+        "plot_ap_vs_frequency.py",
+        "benchmark_summary.py",
+    ):
         assert tool in ran, tool
     assert (tmp_path / "output" / "synthetic" / "stage2_balms" / "model_final.pth").is_file()
     assert (tmp_path / "output" / "synthetic" / "ap_vs_frequency.png").is_file()
 
 
-@pytest.mark.parametrize("tool", ["train_net.py", "lt_benchmark.py", "lvis_eval.py",
-                                  "plot_classifier_norms.py", "tau_sweep.py"])
+@pytest.mark.parametrize(
+    "tool",
+    ["train_net.py", "lt_benchmark.py", "lvis_eval.py", "plot_classifier_norms.py", "tau_sweep.py"],
+)
 def test_tool_help_names_outputs_and_defaults(tool, tmp_path):
     out = _run_script(os.path.join(ROOT, "tools", tool), ["--help"], str(tmp_path))
     if tool != "train_net.py":  # the docstring's examples, on their own lines

@@ -28,7 +28,13 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from lt_det.engine import LTTrainer, eval_output_dir, launch, setup_cfg  # noqa: E402
+from lt_det.engine import (  # noqa: E402
+    LTTrainer,
+    eval_only_config,
+    eval_output_dir,
+    launch,
+    setup_cfg,
+)
 from lt_det.engine.trainer import check_weights_file  # noqa: E402
 from lt_det.errors import LTDetError  # noqa: E402
 
@@ -73,7 +79,7 @@ def main(args):
     if args.eval_only:
         if not args.resume:
             check_weights_file(cfg.MODEL.WEIGHTS)
-        model = LTTrainer.build_model(cfg)
+        model = LTTrainer.build_model(eval_only_config(cfg))  # prior from the checkpoint
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )

@@ -1,4 +1,5 @@
 """Config set-up shared by the command-line tools."""
+import logging
 import os
 from typing import Dict, List, Optional
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_output_dir",
     "config_choices",
     "eval_output_dir",
+    "eval_only_config",
 ]
 
 
@@ -85,6 +87,29 @@ def setup_cfg(args) -> CfgNode:
     else:
         default_setup(cfg, args)
     setup_lt_logging(eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR)
+    return cfg
+
+
+def eval_only_config(cfg: CfgNode) -> CfgNode:
+    """The config ``--eval-only`` builds its model with: when the loss needs a class prior and
+    the ``MODEL.WEIGHTS`` checkpoint holds one, ``PRIOR.SOURCE "checkpoint"``, so that the
+    training set (~1 GB of json for LVIS) is not loaded just to count a prior the checkpoint
+    replaces anyway. Otherwise ``cfg`` unchanged."""
+    from ..modeling.losses.registry import cls_loss_class
+    from ..modeling.priors import checkpoint_class_prior
+
+    head = cfg.MODEL.ROI_BOX_HEAD
+    if head.PRIOR.SOURCE == "checkpoint" or not cls_loss_class(head.CLS_LOSS).needs_prior:
+        return cfg
+    if checkpoint_class_prior(cfg.MODEL.WEIGHTS) is None:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE = "checkpoint"
+    cfg.freeze()
+    logging.getLogger(__name__).info(
+        f"class prior read from '{cfg.MODEL.WEIGHTS}' (not recounted from DATASETS.TRAIN)"
+    )
     return cfg
 
 
