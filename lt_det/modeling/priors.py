@@ -109,10 +109,8 @@ def class_prior_from_counts(
         raise LTDetError(f"Class prior from {source}: the total count is {total}, expected > 0.")
     c = torch.as_tensor([float(x) for x in counts], dtype=torch.float64)
     if bool((c < 0).any()):
-        raise LTDetError(
-            f"Class prior from {source}: negative counts for classes "
-            f"{torch.nonzero(c < 0).flatten().tolist()}."
-        )
+        raise LTDetError(f"Class prior from {source}: negative counts for classes "
+                         f"{torch.nonzero(c < 0).flatten().tolist()}.")
     zero = torch.nonzero(c == 0).flatten().tolist()
     if zero:
         names = [class_names[i] for i in zero] if class_names is not None else None
@@ -149,7 +147,9 @@ def _num_train_images(train_names: Sequence[str]) -> int:
     return int(sum(len(DatasetCatalog.get(n)) for n in train_names))
 
 
-def _cat_info_counts(path: str, train_name: str) -> Tuple[List[int], str]:
+def _cat_info_counts(
+    path: str, train_name: str
+) -> Tuple[List[int], str]:
     if not path:
         raise LTDetError(
             'MODEL.ROI_BOX_HEAD.PRIOR.SOURCE is "cat_info" but PRIOR.CAT_INFO_PATH is empty.'
