@@ -19,14 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import LTDetError
 
-__all__ = [
-    "MethodSpec",
-    "METHODS",
-    "register_method",
-    "run_benchmark",
-    "format_table",
-    "summarize_runs",
-]
+__all__ = ["MethodSpec", "METHODS", "register_method", "run_benchmark", "format_table",
+           "summarize_runs"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,50 +64,24 @@ for _spec in (
     MethodSpec("softmax", "synthetic/softmax.yaml", label="softmax CE (stage 1)"),
     MethodSpec("rfs", "synthetic/rfs.yaml", label="repeat-factor sampling (stage 1)"),
     # Other stage-1 samplers, measured on demand.
-    MethodSpec(
-        "class_balanced",
-        "synthetic/class_balanced.yaml",
-        label="class-balanced sampling (stage 1)",
-        default=False,
-    ),
-    MethodSpec(
-        "sqrt_sampling",
-        "synthetic/sqrt_sampling.yaml",
-        label="square-root sampling (stage 1)",
-        default=False,
-    ),
+    MethodSpec("class_balanced", "synthetic/class_balanced.yaml",
+               label="class-balanced sampling (stage 1)", default=False),
+    MethodSpec("sqrt_sampling", "synthetic/sqrt_sampling.yaml",
+               label="square-root sampling (stage 1)", default=False),
     MethodSpec("crt", "synthetic/stage2_crt.yaml", stage=2, label="cRT"),
-    MethodSpec(
-        "tau_norm", "synthetic/stage2_tau_norm.yaml", stage=2, eval_only=True, label="tau-norm"
-    ),
+    MethodSpec("tau_norm", "synthetic/stage2_tau_norm.yaml", stage=2, eval_only=True,
+               label="tau-norm"),
     MethodSpec("lws", "synthetic/stage2_lws.yaml", stage=2, label="LWS"),
-    MethodSpec(
-        "balanced_softmax",
-        "synthetic/stage2_balanced_softmax.yaml",
-        stage=2,
-        label="Balanced Softmax",
-    ),
-    MethodSpec(
-        "balanced_sigmoid",
-        "synthetic/stage2_balanced_sigmoid.yaml",
-        stage=2,
-        label="Balanced Sigmoid",
-    ),
-    MethodSpec(
-        "balms",
-        "synthetic/stage2_balms.yaml",
-        stage=2,
-        label="BALMS (Balanced Softmax + Meta Sampler)",
-    ),
+    MethodSpec("balanced_softmax", "synthetic/stage2_balanced_softmax.yaml", stage=2,
+               label="Balanced Softmax"),
+    MethodSpec("balanced_sigmoid", "synthetic/stage2_balanced_sigmoid.yaml", stage=2,
+               label="Balanced Sigmoid"),
+    MethodSpec("balms", "synthetic/stage2_balms.yaml", stage=2,
+               label="BALMS (Balanced Softmax + Meta Sampler)"),
     # The background-logit design choice of Balanced Softmax (docs/heads.md), measured on demand.
-    MethodSpec(
-        "balanced_softmax_unshifted",
-        "synthetic/stage2_balanced_softmax.yaml",
-        stage=2,
-        opts=("MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG", "unshifted"),
-        label="Balanced Softmax, background unshifted",
-        default=False,
-    ),
+    MethodSpec("balanced_softmax_unshifted", "synthetic/stage2_balanced_softmax.yaml", stage=2,
+               opts=("MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG", "unshifted"),
+               label="Balanced Softmax, background unshifted", default=False),
 ):
     register_method(_spec)
 
@@ -135,32 +103,20 @@ class _Job:
 def _schedule_opts(iters: int) -> List[str]:
     # LR drops at 70% and 90% of the run; warm-up over the first 10% (at most 50 iterations).
     steps = sorted({s for s in (int(iters * 0.7), int(iters * 0.9)) if 0 < s < iters})
-    return [
-        "SOLVER.MAX_ITER",
-        str(iters),
-        "SOLVER.STEPS",
-        str(tuple(steps)),
-        "SOLVER.WARMUP_ITERS",
-        str(min(50, iters // 10)),
-    ]
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps)),
+            "SOLVER.WARMUP_ITERS", str(min(50, iters // 10))]
 
 
 def _dataset_opts(data: Dict[str, str]) -> List[str]:
-    entries = [
-        ["lt_synth_train", data["train_json"], data["train_image_root"]],
-        ["lt_synth_val", data["val_json"], data["val_image_root"]],
-    ]
+    entries = [["lt_synth_train", data["train_json"], data["train_image_root"]],
+               ["lt_synth_val", data["val_json"], data["val_image_root"]]]
     return ["DATASETS.LVIS_FORMAT", repr(entries)]
 
 
 def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job]) -> List[str]:
     spec = job.spec
-    cmd = [
-        sys.executable,
-        os.path.join(REPO, "tools", "train_net.py"),
-        "--config-file",
-        os.path.join(REPO, "configs", spec.config),
-    ]
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"),
+           "--config-file", os.path.join(REPO, "configs", spec.config)]
     if spec.eval_only:
         cmd.append("--eval-only")
     cmd += ["OUTPUT_DIR", job.out_dir, "SEED", str(seed), "DATALOADER.NUM_WORKERS", "0"]
@@ -231,10 +187,8 @@ def run_benchmark(
     if unknown:
         raise LTDetError(f"unknown benchmark method(s) {unknown}; choose from {sorted(METHODS)}")
     if stage1 not in METHODS or METHODS[stage1].stage != 1:
-        raise LTDetError(
-            f"stage1={stage1!r} is not a stage-1 benchmark method; choose from "
-            f"{sorted(n for n, m in METHODS.items() if m.stage == 1)}"
-        )
+        raise LTDetError(f"stage1={stage1!r} is not a stage-1 benchmark method; choose from "
+                         f"{sorted(n for n, m in METHODS.items() if m.stage == 1)}")
     if any(METHODS[m].stage == 2 for m in names) and stage1 not in names:
         names.insert(0, stage1)
     names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
@@ -243,32 +197,24 @@ def run_benchmark(
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     data_dir = data_dir or os.path.join(out_dir, "data")
-    data = {
-        "train_json": os.path.join(data_dir, TRAIN_JSON),
-        "val_json": os.path.join(data_dir, VAL_JSON),
-        "train_image_root": os.path.join(data_dir, "train"),
-        "val_image_root": os.path.join(data_dir, "val"),
-    }
+    data = {"train_json": os.path.join(data_dir, TRAIN_JSON),
+            "val_json": os.path.join(data_dir, VAL_JSON),
+            "train_image_root": os.path.join(data_dir, "train"),
+            "val_image_root": os.path.join(data_dir, "val")}
     if all(os.path.exists(p) for p in data.values()):
         print(f"[lt_benchmark] reusing the dataset in {data_dir}", flush=True)
     else:
         data = generate_synthetic_lvis(data_dir, seed=seed, preset=preset)
         s = data["summary"]
-        print(
-            f"[lt_benchmark] generated {data_dir}: {s['num_classes']} classes "
-            f"(r/c/f {s['groups']}), {_fmt_s(time.time() - t0)}",
-            flush=True,
-        )
+        print(f"[lt_benchmark] generated {data_dir}: {s['num_classes']} classes "
+              f"(r/c/f {s['groups']}), {_fmt_s(time.time() - t0)}", flush=True)
     with open(data["train_json"]) as f:
         data["num_classes"] = len(json.load(f)["categories"])
 
     jobs = {
-        n: _Job(
-            METHODS[n],
-            os.path.join(out_dir, "runs", n),
-            0 if METHODS[n].eval_only else (iters if METHODS[n].stage == 1 else stage2_iters),
-            stage1 if METHODS[n].stage == 2 else None,
-        )
+        n: _Job(METHODS[n], os.path.join(out_dir, "runs", n),
+                0 if METHODS[n].eval_only else (iters if METHODS[n].stage == 1 else stage2_iters),
+                stage1 if METHODS[n].stage == 2 else None)
         for n in names
     }
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -285,32 +231,16 @@ def run_benchmark(
     rows = []
     for n in names:
         j = jobs[n]
-        row = {
-            "method": n,
-            "label": j.spec.label or n,
-            "stage": j.spec.stage,
-            "stage1": j.stage1,
-            "iters": j.iters,
-            "wall_s": round(j.wall, 1),
-        }
+        row = {"method": n, "label": j.spec.label or n, "stage": j.spec.stage,
+               "stage1": j.stage1, "iters": j.iters, "wall_s": round(j.wall, 1)}
         for task, metrics in j.results.items():
-            row[task] = {
-                k: float(v)
-                for k, v in metrics.items()
-                if isinstance(v, (int, float)) and math.isfinite(float(v))
-            }
+            row[task] = {k: float(v) for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and math.isfinite(float(v))}
         rows.append(row)
-    summary = {
-        "seed": seed,
-        "preset": preset,
-        "stage1": stage1,
-        "iters": iters,
-        "stage2_iters": stage2_iters,
-        "parallel": parallel,
-        "total_wall_s": round(time.time() - t0, 1),
-        "load_avg": os.getloadavg(),
-        "methods": rows,
-    }
+    summary = {"seed": seed, "preset": preset, "stage1": stage1, "iters": iters,
+               "stage2_iters": stage2_iters,
+               "parallel": parallel, "total_wall_s": round(time.time() - t0, 1),
+               "load_avg": os.getloadavg(), "methods": rows}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     table = format_table(rows)
@@ -318,11 +248,8 @@ def run_benchmark(
         f.write(table + "\n")
     _plots(out_dir, data, jobs)
     print(table, flush=True)
-    print(
-        f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
-        f"classifier_norms.png in {_fmt_s(time.time() - t0)}",
-        flush=True,
-    )
+    print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
+          f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
     return summary
 
 
@@ -355,65 +282,48 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             j.done = True
             if rc != 0:
                 tail = open(j.log_path).read()[-1500:]
-                raise LTDetError(
-                    f"benchmark run '{j.spec.name}' failed (exit {rc}); log "
-                    f"{j.log_path}:\n{tail}"
-                )
+                raise LTDetError(f"benchmark run '{j.spec.name}' failed (exit {rc}); log "
+                                 f"{j.log_path}:\n{tail}")
             # --eval-only runs write their results under inference/ (tools/train_net.py)
             folder = os.path.join(j.out_dir, "inference") if j.spec.eval_only else j.out_dir
             with open(os.path.join(folder, "eval_results.json")) as f:
                 j.results = json.load(f)
             if j.iters:
                 pace[j.spec.stage] = max(1e-3, (j.wall - eval_cost) / j.iters)
-        ready = [
-            j for j in jobs.values() if j.proc is None and (j.stage1 is None or jobs[j.stage1].done)
-        ]
+        ready = [j for j in jobs.values() if j.proc is None and
+                 (j.stage1 is None or jobs[j.stage1].done)]
         free = parallel - sum(1 for j in jobs.values() if j.proc is not None and not j.done)
-        for j in ready[: max(0, free)]:
+        for j in ready[:max(0, free)]:
             shutil.rmtree(j.out_dir, ignore_errors=True)  # only with overwrite (checked above)
             os.makedirs(j.out_dir)
             j.log_path = os.path.join(j.out_dir, "stdout.txt")  # detectron2 itself writes log.txt
             j.start = time.time()
-            j.proc = subprocess.Popen(
-                _job_command(j, data, seed, jobs),
-                env=env,
-                cwd=REPO,
-                stdout=open(j.log_path, "w"),
-                stderr=subprocess.STDOUT,
-            )
+            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs), env=env, cwd=REPO,
+                                      stdout=open(j.log_path, "w"), stderr=subprocess.STDOUT)
         now = time.time()
         if now - last_print >= progress_every or all(j.done for j in jobs.values()):
             last_print = now
             remaining = sum(
                 (j.iters - (_progress(j) if j.proc else 0)) * pace[j.spec.stage] + eval_cost
-                for j in jobs.values()
-                if not j.done
+                for j in jobs.values() if not j.done
             )
-            active = ", ".join(
-                f"{j.spec.name} {_progress(j)}/{j.iters}"
-                for j in jobs.values()
-                if j.proc is not None and not j.done
-            )
+            active = ", ".join(f"{j.spec.name} {_progress(j)}/{j.iters}" for j in jobs.values()
+                               if j.proc is not None and not j.done)
             n_done = sum(j.done for j in jobs.values())
-            print(
-                f"[lt_benchmark] {n_done}/{len(jobs)} runs done | {active or '-'} | elapsed "
-                f"{_fmt_s(now - t0)} | ETA {_fmt_s(remaining / parallel)}",
-                flush=True,
-            )
+            print(f"[lt_benchmark] {n_done}/{len(jobs)} runs done | {active or '-'} | elapsed "
+                  f"{_fmt_s(now - t0)} | ETA {_fmt_s(remaining / parallel)}", flush=True)
         time.sleep(0.5)
-
 
 def format_table(rows: List[Dict], task: str = "bbox") -> str:
     """Markdown table: AP, APr, APc, APf and wall time per method."""
-    lines = [
-        "| method | stage | AP | APr | APc | APf | wall (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| method | stage | AP | APr | APc | APf | wall (s) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r.get(task, {})
         cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
         stage = f"2 (from {r['stage1']})" if r.get("stage1") else str(r["stage"])
-        lines.append(f"| {r['label']} | {stage} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} |")
+        lines.append(f"| {r['label']} | {stage} | " + " | ".join(cells) +
+                     f" | {r['wall_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -427,9 +337,8 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
         if os.path.isfile(path):
             runs.append(read_per_class(path))
             labels.append(n)
-    plot_ap_vs_frequency(
-        runs, labels, os.path.join(out_dir, "ap_vs_frequency.png"), title="synthetic LVIS"
-    )
+    plot_ap_vs_frequency(runs, labels, os.path.join(out_dir, "ap_vs_frequency.png"),
+                         title="synthetic LVIS")
     ckpts = {}
     for n, j in jobs.items():
         if j.spec.eval_only and j.stage1 is not None:  # tau-norm: stage-1 weights at its tau
@@ -503,10 +412,8 @@ def _summarize_group(runs: List[Dict], task: str) -> str:
     for r in runs:
         order += [m["method"] for m in r["methods"] if m["method"] not in order]
     seeds = ", ".join(str(r["seed"]) for r in runs)
-    lines = [
-        f"| method ({len(runs)} runs, seeds {seeds}) | " + " | ".join(keys) + " |",
-        "|---" * (len(keys) + 1) + "|",
-    ]
+    lines = [f"| method ({len(runs)} runs, seeds {seeds}) | " + " | ".join(keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
     for name in order:
         rows = [m for r in runs for m in r["methods"] if m["method"] == name and task in m]
         cells = []
@@ -529,6 +436,5 @@ def _summarize_group(runs: List[Dict], task: str) -> str:
             f"seed {r['seed']}: best stage 2 by APr = {best['label']} ({b['AP']:.1f} AP / "
             f"{b['APr']:.1f} APr): vs softmax CE {b['APr'] - by['softmax']['APr']:+.1f} APr "
             f"{b['AP'] - by['softmax']['AP']:+.1f} AP; vs RFS {b['APr'] - by['rfs']['APr']:+.1f} "
-            f"APr {b['AP'] - by['rfs']['AP']:+.1f} AP"
-        )
+            f"APr {b['AP'] - by['rfs']['AP']:+.1f} AP")
     return "\n".join(lines)

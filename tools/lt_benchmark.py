@@ -27,69 +27,33 @@ from lt_det.errors import LTDetError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (must be new or empty, or --force)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the data and of every run (default %(default)s)",
-    )
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        choices=sorted(METHODS),
-        metavar="NAME",
-        help=f"methods to run, of: {' '.join(sorted(METHODS))} (default: "
-        + " ".join(n for n, m in METHODS.items() if m.default)
-        + ")",
-    )
-    p.add_argument(
-        "--iters", type=int, default=500, help="stage-1 iterations (default %(default)s)"
-    )
-    p.add_argument(
-        "--stage2-iters", type=int, default=200, help="stage-2 iterations (default %(default)s)"
-    )
-    p.add_argument(
-        "--stage1",
-        default="rfs",
-        choices=sorted(n for n, m in METHODS.items() if m.stage == 1),
-        help="stage-1 model every stage-2 method starts from (default %(default)s)",
-    )
-    p.add_argument(
-        "--preset",
-        default="default",
-        choices=sorted(PRESETS),
-        help="synthetic data preset (default %(default)s)",
-    )
-    p.add_argument(
-        "--parallel",
-        type=int,
-        default=2,
-        help="runs at a time, 1 thread each (default %(default)s)",
-    )
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data and of every run (default %(default)s)")
+    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="NAME",
+                   help=f"methods to run, of: {' '.join(sorted(METHODS))} (default: "
+                   + " ".join(n for n, m in METHODS.items() if m.default) + ")")
+    p.add_argument("--iters", type=int, default=500,
+                   help="stage-1 iterations (default %(default)s)")
+    p.add_argument("--stage2-iters", type=int, default=200,
+                   help="stage-2 iterations (default %(default)s)")
+    p.add_argument("--stage1", default="rfs",
+                   choices=sorted(n for n, m in METHODS.items() if m.stage == 1),
+                   help="stage-1 model every stage-2 method starts from (default %(default)s)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="synthetic data preset (default %(default)s)")
+    p.add_argument("--parallel", type=int, default=2,
+                   help="runs at a time, 1 thread each (default %(default)s)")
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the results and runs an earlier benchmark left in OUT",
-    )
+    p.add_argument("--force", action="store_true",
+                   help="replace the results and runs an earlier benchmark left in OUT")
     args = p.parse_args(argv)
     try:
-        run_benchmark(
-            args.out,
-            seed=args.seed,
-            methods=args.methods,
-            iters=args.iters,
-            stage2_iters=args.stage2_iters,
-            preset=args.preset,
-            parallel=args.parallel,
-            stage1=args.stage1,
-            data_dir=args.data_dir,
-            overwrite=args.force,
-        )
+        run_benchmark(args.out, seed=args.seed, methods=args.methods, iters=args.iters,
+                      stage2_iters=args.stage2_iters, preset=args.preset,
+                      parallel=args.parallel, stage1=args.stage1, data_dir=args.data_dir,
+                      overwrite=args.force)
     except LTDetError as e:
         print(f"lt_det: error: {e}", file=sys.stderr)
         return 2
