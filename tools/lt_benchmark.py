@@ -3,7 +3,7 @@
 
     python tools/lt_benchmark.py --out output/demo                 # what `make demo` runs
     python tools/lt_benchmark.py --seed 1 --out output/seed1 --methods softmax rfs balms
-    python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out /tmp/smoke
+    python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out output/smoke
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
 OUT/classifier_norms.png; the generated dataset under OUT/data/ (or --data-dir); every run's

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Generate the synthetic long-tailed LVIS-format dataset (coloured shapes) and print a summary.
 
-    python tools/make_synthetic_lvis.py --out datasets/synthetic_lvis --seed 0
-    python tools/make_synthetic_lvis.py --out /tmp/tiny --preset tiny
+    python tools/make_synthetic_lvis.py --out datasets/lt_synth --seed 0
+    python tools/make_synthetic_lvis.py --out datasets/tiny --preset tiny
     python tools/make_synthetic_lvis.py --out DIR --count-source lvis_v1   # real LVIS v1 tail shape
     python tools/make_synthetic_lvis.py --out DIR --num-textures 2 --overwrite
 
