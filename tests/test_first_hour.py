@@ -108,3 +108,17 @@ def test_eval_only_reads_the_prior_from_the_checkpoint(tmp_path):
     # A checkpoint without a prior (or a loss without one) keeps the configured source.
     torch.save({"model": {}}, weights)
     assert eval_only_config(cfg).MODEL.ROI_BOX_HEAD.PRIOR.SOURCE == "image_count"
+
+
+def test_missing_synthetic_data_names_the_data_command(tmp_path, monkeypatch):
+    from lt_det.engine import load_config
+    from lt_det.engine.defaults import check_dataset_files
+    from lt_det.errors import LTDetError
+
+    monkeypatch.chdir(tmp_path)  # no datasets/ here
+    cfg = load_config(os.path.join(ROOT, "configs", "synthetic", "rfs.yaml"))
+    with pytest.raises(LTDetError) as e:
+        check_dataset_files(cfg)
+    msg = str(e.value)
+    assert "datasets/lt_synth/lvis_v1_train.json" in msg and str(tmp_path) in msg
+    assert "python tools/make_synthetic_lvis.py --out datasets/lt_synth" in msg

@@ -21,6 +21,7 @@ __all__ = [
     "config_choices",
     "eval_output_dir",
     "eval_only_config",
+    "check_dataset_files",
 ]
 
 
@@ -69,6 +70,7 @@ def setup_cfg(args) -> CfgNode:
     cfg = load_config(args.config_file, args.opts)
     check_config_values(cfg)
     cfg.freeze()
+    check_dataset_files(cfg)
     register_datasets_from_cfg(cfg)
     check_num_classes(cfg)
     if not args.eval_only:
@@ -88,6 +90,32 @@ def setup_cfg(args) -> CfgNode:
         default_setup(cfg, args)
     setup_lt_logging(eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR)
     return cfg
+
+
+def check_dataset_files(cfg: CfgNode) -> None:
+    """Every json of ``DATASETS.LVIS_FORMAT`` must exist; a missing one is named with the folder
+    relative paths are taken from and, for the synthetic data's file names, the command that
+    creates it (the data command comes before training).
+
+    Raises:
+        LTDetError: naming the dataset, the file and what to do.
+    """
+    from ..data.synthetic import TRAIN_JSON, VAL_JSON
+
+    for entry in cfg.DATASETS.LVIS_FORMAT:
+        if len(entry) != 3 or os.path.isfile(entry[1]):
+            continue  # malformed entries are reported by the registration
+        name, json_file = entry[0], entry[1]
+        hint = ""
+        if os.path.basename(json_file) in (TRAIN_JSON, VAL_JSON):
+            hint = (
+                " If it is the synthetic benchmark's data, create it first: python "
+                f"tools/make_synthetic_lvis.py --out {os.path.dirname(json_file) or '.'}"
+            )
+        raise LTDetError(
+            f"DATASETS.LVIS_FORMAT dataset '{name}': json not found: '{json_file}' (relative "
+            f"paths are taken from the current directory, '{os.getcwd()}').{hint}"
+        )
 
 
 def eval_only_config(cfg: CfgNode) -> CfgNode:
