@@ -122,3 +122,25 @@ def test_missing_synthetic_data_names_the_data_command(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "datasets/lt_synth/lvis_v1_train.json" in msg and str(tmp_path) in msg
     assert "python tools/make_synthetic_lvis.py --out datasets/lt_synth" in msg
+
+
+def test_norm_plot_frequencies_of_detectron2_builtin_lvis(tmp_path, monkeypatch):
+    import json
+
+    from lt_det.errors import LTDetError
+    from lt_det.evaluation.classifier_norms import frequencies_from_dataset
+
+    info = [{"id": i, "image_count": i % 300, "instance_count": i} for i in range(1, 1204)]
+    path = tmp_path / "cat_info.json"
+    path.write_text(json.dumps(info))
+    monkeypatch.setenv("LT_DET_LVIS_CAT_INFO", str(path))
+    counts, groups = frequencies_from_dataset("lvis_v1_train")  # detectron2's builtin name
+    assert counts == [i % 300 for i in range(1, 1204)]
+    assert groups[:3] == ["r", "r", "r"] and groups[199] == "f" and groups[49] == "c"
+    monkeypatch.setenv("LT_DET_LVIS_CAT_INFO", str(tmp_path / "absent.json"))
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    # Neither the cat_info file nor the json under DETECTRON2_DATASETS: say what to do.
+    with pytest.raises(LTDetError, match="DETECTRON2_DATASETS"):
+        frequencies_from_dataset("lvis_v1_train")
+    with pytest.raises(LTDetError, match="is not registered"):
+        frequencies_from_dataset("no_such_dataset")
