@@ -68,7 +68,10 @@ def main() -> int:
     p.add_argument("--output", default="", help="write metrics (percent) and run info as json")
     p.add_argument("--per-class-dir", default="", help="write per-class AP json/csv here")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    lt_logger = logging.getLogger("lt_det")  # loading times and progress, on stderr
+    lt_logger.addHandler(logging.StreamHandler(sys.stderr))
+    lt_logger.setLevel(logging.INFO)
+    lt_logger.propagate = False  # lvis-api puts a handler on the root logger
     try:
         r = evaluate_lvis(
             args.gt,
