@@ -128,19 +128,19 @@ def test_norm_plot_frequencies_of_detectron2_builtin_lvis(tmp_path, monkeypatch)
     import json
 
     from lt_det.errors import LTDetError
-    from lt_det.evaluation.classifier_norms import frequencies_from_dataset
+    from lt_det.evaluation.classifier_norms import frequencies_from_metadata
 
     info = [{"id": i, "image_count": i % 300, "instance_count": i} for i in range(1, 1204)]
     path = tmp_path / "cat_info.json"
     path.write_text(json.dumps(info))
     monkeypatch.setenv("LT_DET_LVIS_CAT_INFO", str(path))
-    counts, groups = frequencies_from_dataset("lvis_v1_train")  # detectron2's builtin name
+    counts, groups = frequencies_from_metadata("lvis_v1_train")  # detectron2's builtin name
     assert counts == [i % 300 for i in range(1, 1204)]
     assert groups[:3] == ["r", "r", "r"] and groups[199] == "f" and groups[49] == "c"
     monkeypatch.setenv("LT_DET_LVIS_CAT_INFO", str(tmp_path / "absent.json"))
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     # Neither the cat_info file nor the json under DETECTRON2_DATASETS: say what to do.
     with pytest.raises(LTDetError, match="DETECTRON2_DATASETS"):
-        frequencies_from_dataset("lvis_v1_train")
+        frequencies_from_metadata("lvis_v1_train")
     with pytest.raises(LTDetError, match="is not registered"):
-        frequencies_from_dataset("no_such_dataset")
+        frequencies_from_metadata("no_such_dataset")

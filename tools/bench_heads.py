@@ -17,7 +17,6 @@ samples ranked by p_c, background samples are negatives). It is a sanity check, 
 for a detector benchmark.
 """
 import argparse
-import os
 import statistics
 import sys
 import time

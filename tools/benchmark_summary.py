@@ -18,7 +18,7 @@ warnings.filterwarnings(
 )
 
 from lt_det.benchmark import summarize_runs  # noqa: E402
-from lt_det.errors import LTDetError  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,8 +34,7 @@ def main(argv=None) -> int:
     try:
         print(summarize_runs(args.outs, group=args.group))
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

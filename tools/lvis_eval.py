@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import warnings
 
@@ -25,8 +24,12 @@ warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
-from lt_det.errors import LTDetError  # noqa: E402
-from lt_det.evaluation import evaluate_lvis, write_per_class  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
+from lt_det.evaluation import (  # noqa: E402
+    LT_LVIS_EVAL_BACKEND_REGISTRY,
+    evaluate_lvis,
+    write_per_class,
+)
 
 
 def main() -> int:
@@ -39,7 +42,7 @@ def main() -> int:
     p.add_argument(
         "--backend",
         default="fast",
-        choices=["fast", "lvis"],
+        choices=LT_LVIS_EVAL_BACKEND_REGISTRY.choices(),
         help="fast: faster-coco-eval; lvis: lvis-api (default %(default)s)",
     )
     p.add_argument(
@@ -85,8 +88,7 @@ def main() -> int:
             progress=True,
         )
     except LTDetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     metrics = r.metrics_percent()
     protocol = "AP-fixed" if args.ap_fixed else f"{args.max_dets_per_image} detections/image"
     print(

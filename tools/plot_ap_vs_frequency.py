@@ -17,7 +17,7 @@ warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
-from lt_det.errors import LTDetError  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 from lt_det.evaluation.per_class import read_per_class  # noqa: E402
 from lt_det.evaluation.plot import plot_ap_vs_frequency  # noqa: E402
 
@@ -34,8 +34,7 @@ def main() -> int:
         runs = [read_per_class(f) for f in args.per_class_json]
         out = plot_ap_vs_frequency(runs, labels, args.out, title=args.title)
     except LTDetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"wrote {out}")
     return 0
 

@@ -21,22 +21,33 @@ tools/setup_env.sh, else the json under DETECTRON2_DATASETS).
 Writes the PNG (``--out``) only; prints each curve's mean norm per group.
 """
 import argparse
-import os
 import sys
 import warnings
+from typing import List, Optional, Tuple
 
 # detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
 warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
+from lt_det.data import register_datasets_from_cfg  # noqa: E402
+from lt_det.engine.defaults import load_config  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 from lt_det.evaluation.classifier_norms import (  # noqa: E402
     DEFAULT_KEY,
-    frequencies_from_dataset,
+    frequencies_from_metadata,
     parse_spec,
     plot_classifier_norms,
 )
-from lt_det.errors import LTDetError  # noqa: E402
+
+
+def frequencies_from_dataset(name: str, config_file: Optional[str]) -> Tuple[List[int], List[str]]:
+    """(image counts, r/c/f) of a dataset: one that ``--config-file`` registers (its
+    DATASETS.LVIS_FORMAT), or one already registered, detectron2's builtin LVIS names included
+    (:func:`lt_det.evaluation.classifier_norms.frequencies_from_metadata`)."""
+    if config_file:
+        register_datasets_from_cfg(load_config(config_file))
+    return frequencies_from_metadata(name)
 
 
 def main(argv=None) -> int:
@@ -62,8 +73,7 @@ def main(argv=None) -> int:
         freqs = args.json or frequencies_from_dataset(args.dataset, args.config_file)
         means = plot_classifier_norms(specs, freqs, args.out, key=args.key)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     for name, m in means.items():
         print(f"{name}: mean norm f {m['f']:.3f}  c {m['c']:.3f}  r {m['r']:.3f}")
     print(f"wrote {args.out}")

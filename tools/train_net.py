@@ -36,7 +36,7 @@ from lt_det.engine import (  # noqa: E402
     setup_cfg,
 )
 from lt_det.engine.trainer import check_weights_file  # noqa: E402
-from lt_det.errors import LTDetError  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def save_results(folder: str, results) -> None:
@@ -107,5 +107,4 @@ if __name__ == "__main__":
             args=(args,),
         )
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_error(e))

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..class_stats import class_stats_from_lvis_json, frequency_groups
 from ..errors import LTDetError
 
 __all__ = [
@@ -20,7 +21,7 @@ __all__ = [
     "load_state_dict",
     "classifier_norms",
     "frequencies_from_json",
-    "frequencies_from_dataset",
+    "frequencies_from_metadata",
     "parse_spec",
     "plot_classifier_norms",
 ]
@@ -76,13 +77,12 @@ def frequencies_from_json(path: str) -> Tuple[List[int], List[str]]:
 
     Args:
         path: a LVIS-format json (counts from its categories' ``image_count`` or from its
-            annotations) or a ``*_cat_info.json`` list of ``{"id", "image_count", ...}``.
+            annotations) or a ``*_cat_info.json`` list of ``{"id", "image_count", ...}``
+            (:func:`lt_det.class_stats.class_stats_from_lvis_json`).
 
     Raises:
         LTDetError: the file is missing, not JSON, or has neither counts nor annotations.
     """
-    from ..data.lvis_format import category_stats, frequency_group
-
     if not os.path.isfile(path):
         raise LTDetError(f"'{path}' does not exist; pass a LVIS json or a cat_info json.")
     try:
@@ -90,58 +90,30 @@ def frequencies_from_json(path: str) -> Tuple[List[int], List[str]]:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise LTDetError(f"'{path}' is not valid JSON ({e.msg} at line {e.lineno}).") from None
-    cats = (
-        data
-        if isinstance(data, list)
-        else data.get("categories")
-        if isinstance(data, dict)
-        else None
-    )
+    if not isinstance(data, dict):
+        data = {"categories": data}
+    cats = data.get("categories")
     if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c for c in cats):
         raise LTDetError(f"'{path}' has no categories; pass a LVIS json or a cat_info json.")
-    if all("image_count" in c for c in cats):  # cat_info, or a json that carries its counts
-        cats = sorted(cats, key=lambda c: c["id"])
-        counts = [int(c["image_count"]) for c in cats]
-        return counts, [c.get("frequency") or frequency_group(n) for c, n in zip(cats, counts)]
-    if not isinstance(data, dict) or "annotations" not in data:
+    if not all("image_count" in c for c in cats) and "annotations" not in data:
         raise LTDetError(f"'{path}' has neither image_count per category nor annotations.")
-    _, image_counts, _, groups = category_stats(data)
-    return image_counts, list(groups)
+    _, stats, groups = class_stats_from_lvis_json(data)
+    return list(stats.image_counts), list(groups)
 
 
-def _builtin_lvis_v1(name: str) -> Optional[Tuple[List[int], List[str]]]:
-    """Counts of detectron2's builtin ``lvis_v1_*`` datasets from the LVIS v1 train cat_info
-    (shipped by tools/setup_env.sh); None when the file is not there."""
-    from ..data.lvis_format import frequency_group
-    from ..data.lvis_v1_stats import default_cat_info_path, load_lvis_v1_cat_info
-
-    if not name.startswith("lvis_v1") or not os.path.isfile(default_cat_info_path()):
-        return None
-    info = load_lvis_v1_cat_info()
-    counts = [int(c["image_count"]) for c in info]
-    return counts, [c.get("frequency") or frequency_group(n) for c, n in zip(info, counts)]
-
-
-def frequencies_from_dataset(
-    name: str, config_file: Optional[str] = None
-) -> Tuple[List[int], List[str]]:
+def frequencies_from_metadata(name: str) -> Tuple[List[int], List[str]]:
     """(K training image counts, K "r"/"c"/"f") of a registered dataset.
 
     Looked up in this order: lt_det's ``class_image_count`` metadata (datasets registered with
-    ``register_lvis_format`` or ``DATASETS.LVIS_FORMAT`` of ``config_file``); for detectron2's
-    builtin ``lvis_v1_*`` names the LVIS v1 train category counts (cat_info, see
-    :mod:`lt_det.data.lvis_v1_stats`); the json the dataset was registered with.
+    ``register_lvis_format`` / ``DATASETS.LVIS_FORMAT``); for detectron2's builtin ``lvis_v1_*``
+    names the LVIS v1 train category counts (cat_info, see :mod:`lt_det.data.lvis_v1_stats`);
+    the json the dataset was registered with.
 
     Raises:
         LTDetError: the name is not registered, or none of the sources is available.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    if config_file:
-        from ..data import register_datasets_from_cfg
-        from ..engine.defaults import load_config
-
-        register_datasets_from_cfg(load_config(config_file))
     if name not in DatasetCatalog.list():
         raise LTDetError(
             f"dataset '{name}' is not registered; pass --config-file with DATASETS.LVIS_FORMAT "
@@ -150,11 +122,8 @@ def frequencies_from_dataset(
     meta = MetadataCatalog.get(name)
     counts = meta.get("class_image_count", None)
     if counts is not None:
-        from ..data.lvis_format import frequency_group
-
         counts = [int(c["image_count"]) for c in counts]
-        freq = meta.get("class_frequency", None) or [frequency_group(n) for n in counts]
-        return counts, list(freq)
+        return counts, list(meta.get("class_frequency", None) or frequency_groups(counts))
     builtin = _builtin_lvis_v1(name)
     if builtin is not None:
         return builtin
@@ -164,8 +133,22 @@ def frequencies_from_dataset(
     raise LTDetError(
         f"dataset '{name}' has no class_image_count metadata and its json "
         f"{json_file!r} is not readable; register it with lt_det (--config-file with "
-        "DATASETS.LVIS_FORMAT), set DETECTRON2_DATASETS to the folder holding lvis/, or pass --json."
+        "DATASETS.LVIS_FORMAT), set DETECTRON2_DATASETS to the folder holding lvis/, or pass "
+        "--json."
     )
+
+
+def _builtin_lvis_v1(name: str) -> Optional[Tuple[List[int], List[str]]]:
+    """Counts of detectron2's builtin ``lvis_v1_*`` datasets from the LVIS v1 train cat_info
+    (installed by tools/setup_env.sh); None when the file is not there."""
+    from ..data.lvis_v1_stats import default_cat_info_path, load_lvis_v1_cat_info
+
+    if not name.startswith("lvis_v1") or not os.path.isfile(default_cat_info_path()):
+        return None
+    info = load_lvis_v1_cat_info()
+    counts = [int(c["image_count"]) for c in info]
+    groups = frequency_groups(counts)
+    return counts, [c.get("frequency") or g for c, g in zip(info, groups)]
 
 
 def parse_spec(spec: str) -> Tuple[str, str, float]:

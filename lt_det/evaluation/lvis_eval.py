@@ -18,7 +18,6 @@ tables exactly as lvis-api does, so chunking changes no number.
 Shape shorthand: T = 10 IoU thresholds, R = 101 recall points, K = classes, A = 4 area ranges.
 """
 import logging
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -294,10 +293,3 @@ def recall_key(ap_fixed: bool, max_dets_per_image: int) -> str:
     """Name of the overall recall metric: ``AR@300`` (standard), ``AR@-1`` (AP-fixed)."""
     return f"AR@{-1 if ap_fixed else (max_dets_per_image if max_dets_per_image >= 0 else 300)}"
 
-
-def format_metrics(metrics: Mapping[str, float]) -> str:
-    """One-line ``name value`` table in percent (NaN shown as 'nan')."""
-    return "  ".join(
-        f"{k} {v:.3f}" if not (isinstance(v, float) and math.isnan(v)) else f"{k} nan"
-        for k, v in metrics.items()
-    )

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..class_stats import COMMON_MAX_IMAGES, RARE_MAX_IMAGES
 from ..errors import LTDetError
 
 __all__ = [
@@ -21,11 +22,11 @@ __all__ = [
     "BAND_LABEL_GID",
 ]
 
-# LVIS groups by training image count: rare <= 10 < common <= 100 < frequent.
+# LVIS groups by training image count (lt_det.class_stats): rare <= 10 < common <= 100 < frequent.
 _BANDS = [
-    ("r", "rare", 0.5, 10.5, "#f4cccc"),
-    ("c", "common", 10.5, 100.5, "#fff2cc"),
-    ("f", "frequent", 100.5, math.inf, "#d9ead3"),
+    ("r", "rare", 0.5, RARE_MAX_IMAGES + 0.5, "#f4cccc"),
+    ("c", "common", RARE_MAX_IMAGES + 0.5, COMMON_MAX_IMAGES + 0.5, "#fff2cc"),
+    ("f", "frequent", COMMON_MAX_IMAGES + 0.5, math.inf, "#d9ead3"),
 ]
 _GROUP_NAME = {g: name for g, name, _, _, _ in _BANDS}
 _GROUP_COLOUR = {g: colour for g, _, _, _, colour in _BANDS}
