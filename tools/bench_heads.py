@@ -20,12 +20,18 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List
 
-import torch
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss
-from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift
+import torch  # noqa: E402
+
+from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss  # noqa: E402
+from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift  # noqa: E402
 
 
 def make_inputs(rois: int, classes: int, device: str, dtype: torch.dtype, seed: int = 0):

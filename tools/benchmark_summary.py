@@ -5,13 +5,20 @@
 
 Prints a Markdown table (AP, APr, APc, APf and AP-fixed: mean and min-max over the runs; mask AP
 when every run has it, else box AP, or --task) and, per run, the best stage-2 method by APr
-against softmax CE and repeat-factor sampling.
+against softmax CE and repeat-factor sampling; writes nothing. Runs made with different settings
+(data preset, iterations, stage-1 method) are refused, or with --group get one table per setting.
 """
 import argparse
 import sys
+import warnings
 
-from lt_det.benchmark import summarize_runs
-from lt_det.errors import LTDetError, report_error
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
+from lt_det.benchmark import summarize_runs  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -19,9 +26,15 @@ def main(argv=None) -> int:
     p.add_argument("outs", nargs="+", help="lt_benchmark.py --out folders (each has results.json)")
     p.add_argument("--task", choices=("segm", "bbox"),
                    help="segm = mask AP, bbox = box AP (default: mask AP if every run has it)")
+    p.add_argument(
+        "--group",
+        action="store_true",
+        help="runs made with different settings (preset, iterations, stage-1 method): one table "
+        "per setting instead of an error",
+    )
     args = p.parse_args(argv)
     try:
-        print(summarize_runs(args.outs, task=args.task))
+        print(summarize_runs(args.outs, task=args.task, group=args.group))
     except LTDetError as e:
         return report_error(e)
     return 0
