@@ -141,6 +141,7 @@ def test_one_training_step_of_a_tiny_rcnn():
             "MODEL.ROI_BOX_HEAD.FC_DIM": 32,
             "MODEL.RPN.POST_NMS_TOPK_TRAIN": 32,
             "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 16,
+            "MODEL.MASK_ON": False,  # a box-only step: the synthetic base trains Mask R-CNN
         },
     )
     model = build_model(cfg)
