@@ -27,7 +27,8 @@ def add_lt_config(cfg: CN) -> CN:
 
     # ---------------------------------------------------------------- box classification head
     # Classification loss of the Fast R-CNN box predictor (registry LT_CLS_LOSS_REGISTRY).
-    # Choices: "softmax_ce" | "sigmoid_ce" | "balanced_softmax" | "balanced_sigmoid".
+    # Choices: "softmax_ce" | "sigmoid_ce" | "balanced_softmax" | "balanced_sigmoid"
+    #          | "eql" | "eqlv2" | "seesaw" | "federated" | "bags" (docs/peers.md).
     _C.MODEL.ROI_BOX_HEAD.CLS_LOSS = "softmax_ce"
     # Sigmoid-family losses: classifier bias initialised to -log((1 - p) / p) with this p
     # (0 disables the special init and keeps detectron2's zero bias).
@@ -40,6 +41,57 @@ def add_lt_config(cfg: CN) -> CN:
     #            with equal foreground logits the background vs foreground odds are not moved;
     #            measured better on the synthetic benchmark, docs/heads.md).
     _C.MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG = "fg_mass"
+
+    # ---------------------------------------------------------------- peer methods (losses,
+    # classifier layer, post-hoc calibration); CLS_LOSS also takes "eql" | "eqlv2" | "seesaw"
+    # | "federated" | "bags" (lt_det/modeling/losses/, docs/peers.md).
+    # Box classifier layer. Choices: "linear" (detectron2's nn.Linear)
+    #   | "normed_linear" (cosine classifier: temperature * <x/|x|, w/|w|> + b, Seesaw's head).
+    _C.MODEL.ROI_BOX_HEAD.CLS_SCORE = "linear"
+    # Temperature of "normed_linear" (20 in the Seesaw paper's configs).
+    _C.MODEL.ROI_BOX_HEAD.NORMED_LINEAR_TEMPERATURE = 20.0
+    # EQL: classes whose prior (PRIOR.SOURCE, image fractions by default) is below LAMBDA are
+    # "tail"; their negative gradients on foreground ROIs are dropped. 1.76e-3 (paper, LVIS v0.5).
+    _C.MODEL.ROI_BOX_HEAD.EQL = CN()
+    _C.MODEL.ROI_BOX_HEAD.EQL.LAMBDA = 1.76e-3
+    # EQLv2: weights f(g) = sigmoid(GAMMA * (g - MU)) on negatives, 1 + ALPHA * (1 - f(g)) on
+    # positives, g accumulated positive/negative gradient ratio (paper defaults 12, 0.8, 4).
+    _C.MODEL.ROI_BOX_HEAD.EQLV2 = CN()
+    _C.MODEL.ROI_BOX_HEAD.EQLV2.GAMMA = 12.0
+    _C.MODEL.ROI_BOX_HEAD.EQLV2.MU = 0.8
+    _C.MODEL.ROI_BOX_HEAD.EQLV2.ALPHA = 4.0
+    # Seesaw: mitigation exponent P, compensation exponent Q (paper 0.8, 2), EPS floor of the
+    # ground-truth probability in the compensation ratio (0.01).
+    _C.MODEL.ROI_BOX_HEAD.SEESAW = CN()
+    _C.MODEL.ROI_BOX_HEAD.SEESAW.P = 0.8
+    _C.MODEL.ROI_BOX_HEAD.SEESAW.Q = 2.0
+    _C.MODEL.ROI_BOX_HEAD.SEESAW.EPS = 0.01
+    # Federated loss: |S| classes per set and the power of the image-count weights of the negative
+    # draws (detectron2's key names; newer detectron2 defines them already, their values are kept).
+    if "FED_LOSS_NUM_CLASSES" not in _C.MODEL.ROI_BOX_HEAD:
+        _C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
+    if "FED_LOSS_FREQ_WEIGHT_POWER" not in _C.MODEL.ROI_BOX_HEAD:
+        _C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
+    # Which ROIs share a class set. Choices: "image" (one set per image: its classes + negatives)
+    #   | "batch" (one set for the whole batch, as detectron2 / CenterNet2 implement it).
+    _C.MODEL.ROI_BOX_HEAD.FED_LOSS_CLASS_SETS = "image"
+    # BAGS: group edges on training instance counts ([0, 10), [10, 100), [100, 1000), [1000, inf)
+    # by default) and OTHERS_RATIO, "others" ROIs kept per ROI of a group (8 in the paper).
+    _C.MODEL.ROI_BOX_HEAD.BAGS = CN()
+    _C.MODEL.ROI_BOX_HEAD.BAGS.BINS = [10, 100, 1000]
+    _C.MODEL.ROI_BOX_HEAD.BAGS.OTHERS_RATIO = 8.0
+    # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
+    # Choices: "none"
+    #   | "norcal" (Pan et al. 2021: foreground scores divided by n_j ** GAMMA, n_j training
+    #     instances of class j, background kept, renormalised per ROI; for sigmoid heads per class
+    #     against its complement)
+    #   | "logit_adjustment" (Menon et al. 2021: foreground logits z_j - TAU * log pi_j, pi the
+    #     class prior of PRIOR.SOURCE; background logit unchanged).
+    # Both act on the foreground logits before the loss's own activation (predict_probs).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD = "none"
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.GAMMA = 0.0
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.TAU = 0.0
 
     # Class prior used by the balanced losses (and reported by tools).
     _C.MODEL.ROI_BOX_HEAD.PRIOR = CN()

@@ -34,6 +34,7 @@ __all__ = [
     "class_prior_from_cfg",
     "class_prior_from_counts",
     "count_classes",
+    "class_counts_from_cfg",
     "PRIOR_SOURCES",
 ]
 
@@ -256,3 +257,27 @@ def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
     return class_prior_from_counts(
         counts, _num_train_images(train), zero_count_floor=floor, class_names=names, source=desc
     )
+
+
+def class_counts_from_cfg(cfg: CfgNode) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Raw per-class counts of the training data: ``(image_counts (K,), instance_counts (K,),
+    number of images)`` summed over every dataset of ``DATASETS.TRAIN`` (crowd annotations
+    excluded, as :func:`count_classes`). Used where a method needs counts rather than a
+    normalised prior (BAGS's groups, NorCal's n_j).
+
+    Raises:
+        LTDetError: if DATASETS.TRAIN is empty or a category id is out of range.
+    """
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    train = list(cfg.DATASETS.TRAIN)
+    if not train:
+        raise LTDetError("Class counts need DATASETS.TRAIN, which is empty.")
+    images = torch.zeros(num_classes, dtype=torch.float64)
+    instances = torch.zeros(num_classes, dtype=torch.float64)
+    total = 0
+    for n in train:
+        ic, nc, ni = count_classes(DatasetCatalog.get(n), num_classes, dataset_name=n)
+        images += torch.as_tensor(ic, dtype=torch.float64)
+        instances += torch.as_tensor(nc, dtype=torch.float64)
+        total += ni
+    return images.float(), instances.float(), total
