@@ -104,7 +104,8 @@ class EQLv2Loss(SigmoidCELoss):
     """Module form of :func:`eqlv2_loss` holding the accumulated gradients as buffers
     (``pos_grad``, ``neg_grad``, ``pos_neg``, each (K,) float32); scores are per-class sigmoids.
 
-    ``forward`` computes the loss with the current state, then (in training mode) adds this
+    ``forward`` computes the loss with the current state, then (when the loss is computed for training: grad enabled and the logits
+    require grad; the module itself may be in eval mode, as in a decoupled stage 2) adds this
     batch's gradient magnitudes (:func:`eqlv2_gradient_sums`, summed over ranks) to it.
     """
 
@@ -153,7 +154,7 @@ class EQLv2Loss(SigmoidCELoss):
     def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         pos_w, neg_w = self.weights()
         loss = eqlv2_loss(logits, gt_classes, pos_w, neg_w)
-        if self.training:
+        if torch.is_grad_enabled() and logits.requires_grad:  # a loss that will be trained on
             self.update_state_(logits, gt_classes, pos_w, neg_w)
         return loss
 

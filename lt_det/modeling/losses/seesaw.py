@@ -114,7 +114,8 @@ class SeesawLoss(ClsLoss):
     """Module form of :func:`seesaw_loss` holding the counts N as the buffer ``counts`` (K,)
     float32; scores are softmax over K + 1.
 
-    ``forward`` computes the loss with the current counts, then (in training mode) adds this
+    ``forward`` computes the loss with the current counts, then (when the loss is computed for training: grad enabled and the logits
+    require grad; the module itself may be in eval mode, as in a decoupled stage 2) adds this
     batch's foreground ROIs per class (summed over ranks).
     """
 
@@ -152,7 +153,7 @@ class SeesawLoss(ClsLoss):
 
     def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         loss = seesaw_loss(logits, gt_classes, self.counts, p=self.p, q=self.q, eps=self.eps)
-        if self.training:
+        if torch.is_grad_enabled() and logits.requires_grad:  # a loss that will be trained on
             self.update_state_(gt_classes)
         return loss
 
