@@ -32,9 +32,9 @@ from typing import Any, Dict
 
 import torch
 from detectron2.config import CfgNode
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from ._fused import ShiftedSoftmaxCE
 from ._state import all_reduce_sum_
 from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
@@ -68,9 +68,9 @@ def seesaw_shift(
         torch.sub(z, ref, out=shift[:, :k])
         shift[:, :k].clamp_(min=0).mul_(q)
     if p > 0:
-        log_n = torch.log(counts.to(dtype).clamp(min=1))
-        mitigation = (log_n.index_select(0, y.view(-1)).view(-1, 1) - log_n).clamp_(min=0)
-        shift[:, :k].sub_(mitigation.mul_(p))
+        log_n = torch.log(counts.to(device=logits.device, dtype=dtype).clamp(min=1))
+        table = (log_n.view(-1, 1) - log_n).clamp_(min=0).mul_(p)  # (K, K), row = own class
+        shift[:, :k].sub_(table.index_select(0, y.view(-1)))
     shift.scatter_(1, y, 0.0)
     shift[:, k] = 0.0
     shift.mul_(fg.view(-1, 1).to(dtype))
@@ -105,8 +105,37 @@ def seesaw_loss(
         return empty_loss(logits, reduction)
     shift = seesaw_shift(logits, gt_classes, counts, p=p, q=q, eps=eps)
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        per_roi = ShiftedSoftmaxCE.apply(logits.to(shift.dtype), gt_classes, shift)
+        per_roi = _SeesawCE.apply(logits.to(shift.dtype), gt_classes, shift)
     return reduce_per_roi(per_roi, reduction)
+
+
+class _SeesawCE(torch.autograd.Function):
+    """Per-ROI ``-log softmax(z + shift)[y]`` that takes ownership of the (R, C) ``shift``
+    buffer: z is added into it and its log-softmax, computed in place, becomes the gradient in
+    the backward pass (one (R, C) buffer in all; differentiable once)."""
+
+    @staticmethod
+    def forward(ctx, logits, gt_classes, shift):
+        logp = shift.add_(logits)
+        if logp.device.type == "cpu":
+            torch.log_softmax(logp, dim=1, out=logp)
+        else:
+            logp = torch.log_softmax(logp, dim=1)
+        ctx.save_for_backward(gt_classes)
+        ctx.buffer = logp
+        return -logp.gather(1, gt_classes.view(-1, 1)).squeeze(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (gt_classes,) = ctx.saved_tensors
+        if ctx.buffer is None:
+            raise RuntimeError("seesaw_loss: the graph was already backpropagated once.")
+        grad, ctx.buffer = ctx.buffer.exp_(), None
+        idx = gt_classes.view(-1, 1)
+        grad.scatter_(1, idx, grad.gather(1, idx) - 1.0)
+        grad.mul_(grad_out.reshape(-1, 1))
+        return grad, None, None
 
 
 @register_cls_loss("seesaw")
