@@ -173,6 +173,9 @@ def add_lt_config(cfg: CN) -> CN:
     _C.TEST.LVIS.BACKEND = "fast"
     # AP-fixed protocol (Dave et al. 2021): no per-image cap, top 10,000 detections per class.
     _C.TEST.LVIS.AP_FIXED = False
+    # AP-pool (Dave et al. 2021) next to the per-class metrics, bbox only: detections of all
+    # classes (and of each r/c/f group) in one precision-recall curve. True | False.
+    _C.TEST.LVIS.AP_POOL = False
     # Evaluate at most this many classes at a time (bounds memory, same numbers; 0 = all at once).
     # 100 measured faster and lighter than 0 at LVIS scale (docs/evaluation.md).
     _C.TEST.LVIS.CLASS_CHUNK = 100

@@ -3,7 +3,7 @@
 
     .venv/bin/python tools/lvis_eval.py --gt lvis_v1_val.json \
         --results lvis_instances_results.json \
-        --iou-type bbox [--backend fast|lvis] [--ap-fixed] [--class-chunk 100] \
+        --iou-type bbox [--backend fast|lvis] [--ap-fixed] [--ap-pool] [--class-chunk 100] \
         [--max-dets-per-image 300] [--output metrics.json] [--per-class-dir DIR]
 
 ``--per-class-dir`` writes ``per_class_ap_<iou-type>.{json,csv}`` (AP per class with its
@@ -28,6 +28,8 @@ def main() -> int:
     p.add_argument("--iou-type", required=True, choices=["bbox", "segm"])
     p.add_argument("--backend", default="fast", choices=["fast", "lvis"])
     p.add_argument("--ap-fixed", action="store_true", help="top 10,000 per class, no image cap")
+    p.add_argument("--ap-pool", action="store_true",
+                   help="also AP-pool (all, r, c, f; bbox only): one curve per pool of classes")
     p.add_argument("--max-dets-per-image", type=int, default=300)
     p.add_argument("--max-dets-per-class", type=int, default=10000, help="AP-fixed cap")
     p.add_argument("--class-chunk", type=int, default=0, help="classes at a time (0 = all)")
@@ -41,6 +43,7 @@ def main() -> int:
             iou_type=args.iou_type,
             backend=args.backend,
             ap_fixed=args.ap_fixed,
+            ap_pool=args.ap_pool,
             max_dets_per_image=args.max_dets_per_image,
             max_dets_per_class=args.max_dets_per_class,
             class_chunk=args.class_chunk,
