@@ -25,7 +25,13 @@ from torch import nn
 
 from ..errors import LTDetError
 
-__all__ = ["CALIBRATION_METHODS", "PosthocCalibration", "calibration_from_cfg", "calibrate_logits"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "PosthocCalibration",
+    "calibration_from_cfg",
+    "calibration_log_ref",
+    "calibrate_logits",
+]
 
 CALIBRATION_METHODS = ("none", "norcal", "logit_adjustment")
 
