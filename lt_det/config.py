@@ -48,37 +48,44 @@ def add_lt_config(cfg: CN) -> CN:
     # Box classifier layer. Choices: "linear" (detectron2's nn.Linear)
     #   | "normed_linear" (cosine classifier: temperature * <x/|x|, w/|w|> + b, Seesaw's head).
     _C.MODEL.ROI_BOX_HEAD.CLS_SCORE = "linear"
-    # Temperature of "normed_linear" (20 in the Seesaw paper's configs).
+    # Temperature of "normed_linear" (> 0; 20 in the Seesaw paper's configs).
     _C.MODEL.ROI_BOX_HEAD.NORMED_LINEAR_TEMPERATURE = 20.0
-    # EQL: classes whose prior (PRIOR.SOURCE, image fractions by default) is below LAMBDA are
-    # "tail"; their negative gradients on foreground ROIs are dropped. 1.76e-3 (paper, LVIS v0.5).
     _C.MODEL.ROI_BOX_HEAD.EQL = CN()
+    # EQL: classes whose prior (PRIOR.SOURCE, image fractions by default) is below LAMBDA are
+    # "tail"; their negative terms on foreground ROIs get weight 0. >= 0; 1.76e-3 (LVIS v0.5).
     _C.MODEL.ROI_BOX_HEAD.EQL.LAMBDA = 1.76e-3
-    # EQLv2: weights f(g) = sigmoid(GAMMA * (g - MU)) on negatives, 1 + ALPHA * (1 - f(g)) on
-    # positives, g accumulated positive/negative gradient ratio (paper defaults 12, 0.8, 4).
     _C.MODEL.ROI_BOX_HEAD.EQLV2 = CN()
+    # EQLv2: negative weight f(g) = sigmoid(GAMMA * (g - MU)), positive 1 + ALPHA * (1 - f(g)),
+    # g the accumulated positive/negative gradient ratio. Paper defaults: GAMMA 12 (>= 0) ...
     _C.MODEL.ROI_BOX_HEAD.EQLV2.GAMMA = 12.0
+    # ... MU 0.8 ...
     _C.MODEL.ROI_BOX_HEAD.EQLV2.MU = 0.8
+    # ... ALPHA 4 (>= 0).
     _C.MODEL.ROI_BOX_HEAD.EQLV2.ALPHA = 4.0
-    # Seesaw: mitigation exponent P, compensation exponent Q (paper 0.8, 2), EPS floor of the
-    # ground-truth probability in the compensation ratio (0.01).
     _C.MODEL.ROI_BOX_HEAD.SEESAW = CN()
+    # Seesaw: mitigation exponent (>= 0; 0.8 in the paper).
     _C.MODEL.ROI_BOX_HEAD.SEESAW.P = 0.8
+    # Seesaw: compensation exponent (>= 0; 2 in the paper).
     _C.MODEL.ROI_BOX_HEAD.SEESAW.Q = 2.0
+    # Seesaw: floor of the ground-truth probability in the compensation ratio, in (0, 1].
     _C.MODEL.ROI_BOX_HEAD.SEESAW.EPS = 0.01
-    # Federated loss: |S| classes per set and the power of the image-count weights of the negative
-    # draws (detectron2's key names; newer detectron2 defines them already, their values are kept).
-    if "FED_LOSS_NUM_CLASSES" not in _C.MODEL.ROI_BOX_HEAD:
-        _C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
-    if "FED_LOSS_FREQ_WEIGHT_POWER" not in _C.MODEL.ROI_BOX_HEAD:
-        _C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
-    # Which ROIs share a class set. Choices: "image" (one set per image: its classes + negatives)
-    #   | "batch" (one set for the whole batch, as detectron2 / CenterNet2 implement it).
+    # Federated loss: |S|, classes per set (>= 1). detectron2's key name; newer detectron2 defines
+    # it (and the next key) already, and add_lt_config then keeps its value.
+    _C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = _C.MODEL.ROI_BOX_HEAD.get(
+        "FED_LOSS_NUM_CLASSES", 50
+    )
+    # Federated loss: negatives drawn with probability proportional to image_count ** this (>= 0).
+    _C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = _C.MODEL.ROI_BOX_HEAD.get(
+        "FED_LOSS_FREQ_WEIGHT_POWER", 0.5
+    )
+    # Federated loss: which ROIs share a class set. Choices: "image" (one set per image: its
+    # classes + negatives) | "batch" (one set per batch, as detectron2 / CenterNet2 implement it).
     _C.MODEL.ROI_BOX_HEAD.FED_LOSS_CLASS_SETS = "image"
-    # BAGS: group edges on training instance counts ([0, 10), [10, 100), [100, 1000), [1000, inf)
-    # by default) and OTHERS_RATIO, "others" ROIs kept per ROI of a group (8 in the paper).
     _C.MODEL.ROI_BOX_HEAD.BAGS = CN()
+    # BAGS: ascending group edges on training instance counts: [0, 10), [10, 100), [100, 1000),
+    # [1000, inf) by default; empty groups are dropped.
     _C.MODEL.ROI_BOX_HEAD.BAGS.BINS = [10, 100, 1000]
+    # BAGS: "others" ROIs kept per ROI of a group, in expectation (> 0; 8 in the paper).
     _C.MODEL.ROI_BOX_HEAD.BAGS.OTHERS_RATIO = 8.0
     # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
@@ -90,7 +97,9 @@ def add_lt_config(cfg: CN) -> CN:
     #     class prior of PRIOR.SOURCE; background logit unchanged).
     # Both act on the foreground logits before the loss's own activation (predict_probs).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD = "none"
+    # NorCal strength gamma (>= 0; 0 changes nothing; pick it with tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.GAMMA = 0.0
+    # Logit-adjustment strength tau (>= 0; 0 changes nothing; tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.TAU = 0.0
 
     # Class prior used by the balanced losses (and reported by tools).
