@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
@@ -65,6 +66,64 @@ def _tables(groups: List[List[int]], num_classes: int, device) -> Dict[str, Any]
     return out
 
 
+def _group_inputs(logits: torch.Tensor, gt_classes: torch.Tensor, groups, others_ratio: float):
+    """Column order (group 0 first, then each group's [others, classes]), group sizes, and per
+    group the (R,) local targets and (R,) per-ROI factors ``w_ig * R / max(1, W_g)``."""
+    r = gt_classes.numel()
+    k = logits.shape[1] - 2 - len(groups)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    tables = _tables(groups, k, logits.device)
+    order = torch.cat([torch.tensor([k, k + 1], device=logits.device)] + [c for c, _ in tables])
+    sizes = [2] + [len(c) for c, _ in tables]
+    targets = [(gt_classes < k).long()]
+    factors = [torch.ones(r, dtype=dtype, device=logits.device)]
+    for _, target in tables:
+        t = target[gt_classes]
+        own = t > 0
+        n_own = int(own.sum())
+        n_others = r - n_own
+        w_others = min(1.0, others_ratio * n_own / n_others) if n_others and n_own else 0.0
+        w = torch.where(own, torch.ones((), dtype=dtype, device=logits.device),
+                        torch.full((), w_others, dtype=dtype, device=logits.device))
+        # a group without own ROIs contributes nothing (the reference's weights are all zero)
+        factors.append(w * (r / max(1.0, n_own + w_others * n_others)) if n_own else w * 0)
+        targets.append(t)
+    return order, sizes, targets, factors
+
+
+class _GroupSoftmaxCE(torch.autograd.Function):
+    """Per-ROI ``sum_g f_ig * CE_g(i)`` over column groups, with one gathered (R, C) buffer that
+    holds the group log-softmaxes and becomes the gradient (differentiable once)."""
+
+    @staticmethod
+    def forward(ctx, logits, order, sizes, targets, factors):
+        buf = logits.index_select(1, order)
+        per_roi = logits.new_zeros(logits.shape[0])
+        for z_g, t, f in zip(buf.split(sizes, 1), targets, factors):
+            z_g.copy_(torch.log_softmax(z_g, dim=1))
+            per_roi -= f * z_g.gather(1, t.view(-1, 1)).squeeze(1)
+        ctx.save_for_backward(order, *targets, *factors)
+        ctx.sizes, ctx.shape, ctx.buffer = sizes, logits.shape, buf
+        return per_roi
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        order, *rest = ctx.saved_tensors
+        n = len(ctx.sizes)
+        targets, factors = rest[:n], rest[n:]
+        if ctx.buffer is None:
+            raise RuntimeError("bags_loss: the graph was already backpropagated once.")
+        buf, ctx.buffer = ctx.buffer.exp_(), None
+        for z_g, t, f in zip(buf.split(ctx.sizes, 1), targets, factors):
+            idx = t.view(-1, 1)
+            z_g.scatter_(1, idx, z_g.gather(1, idx) - 1.0)
+            z_g.mul_((f * grad_out).view(-1, 1))
+        grad = buf.new_empty(ctx.shape)
+        grad.index_copy_(1, order, buf)
+        return grad, None, None, None, None
+
+
 def bags_per_roi(
     logits: torch.Tensor,
     gt_classes: torch.Tensor,
@@ -80,26 +139,12 @@ def bags_per_roi(
         groups: the G foreground groups (lists of class ids covering [0, K) once each).
         others_ratio: beta, "others" ROIs kept per ROI of the group (in expectation); > 0.
     """
-    r = gt_classes.numel()
-    k = logits.shape[1] - 2 - len(groups)
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    z = logits.to(dtype)
-    fg = gt_classes < k
-    # group 0: background vs foreground, every ROI weighted 1
-    total = F.cross_entropy(z[:, k : k + 2], fg.long(), reduction="none")
-    for cols, target in _tables(groups, k, logits.device):
-        t = target[gt_classes]
-        own = t > 0
-        n_own = int(own.sum())
-        n_others = r - n_own
-        if n_own == 0:
-            continue
-        w_others = min(1.0, others_ratio * n_own / n_others) if n_others else 0.0
-        w = torch.where(own, torch.ones((), dtype=dtype, device=z.device),
-                        torch.full((), w_others, dtype=dtype, device=z.device))
-        ce = F.cross_entropy(z.index_select(1, cols), t, reduction="none")
-        total = total + ce * w * (r / max(1.0, n_own + w_others * n_others))
-    # group 0 is averaged over R: its per-ROI term is already its share of the mean
+    order, sizes, targets, factors = _group_inputs(logits, gt_classes, groups, others_ratio)
+    parts = logits.index_select(1, order).to(dtype).split(sizes, 1)
+    total = 0
+    for z_g, t, f in zip(parts, targets, factors):
+        total = total + f * F.cross_entropy(z_g, t, reduction="none")
     return total
 
 
@@ -119,7 +164,10 @@ def bags_loss(
     check_reduction(reduction)
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
-    per_roi = bags_per_roi(logits, gt_classes, groups, others_ratio=others_ratio)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    order, sizes, targets, factors = _group_inputs(logits, gt_classes, groups, others_ratio)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        per_roi = _GroupSoftmaxCE.apply(logits.to(dtype), order, sizes, targets, factors)
     return reduce_per_roi(per_roi, reduction)
 
 
