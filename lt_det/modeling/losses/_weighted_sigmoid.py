@@ -5,7 +5,8 @@ Shape shorthand: R ROIs, K foreground classes, logits (R, K + 1) with column K =
 
 Per ROI i the loss is
 
-    l_i = sum_{j < K, j != y_i} a[g_i, j] * softplus(z_ij)  +  [y_i < K] * b[y_i] * (softplus(z_iy) - z_iy)
+    l_i = sum_{j < K, j != y_i} a[g_i, j] * softplus(z_ij)
+          + [y_i < K] * b[y_i] * (softplus(z_iy) - z_iy)
 
 i.e. ``sum_j w_ij * BCE(sigmoid(z_ij), [y_i == j])`` with the weight ``a[g_i, j]`` on the negative
 columns (``a`` a (G, K) table, ``g_i`` the group of row i) and ``b[y]`` on the positive column.

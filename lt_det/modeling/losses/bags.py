@@ -28,7 +28,7 @@ With one foreground group (``bins=()``) and every "others" ROI kept (beta large)
 the group-0 term plus exactly softmax CE over K + 1 columns in which "others" plays background.
 """
 import bisect
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -41,7 +41,9 @@ from .registry import register_cls_loss
 __all__ = ["bags_groups", "bags_per_roi", "bags_loss", "bags_probs", "BAGSLoss"]
 
 
-def bags_groups(instance_counts: Sequence[float], bins: Sequence[float] = (10, 100, 1000)) -> List[List[int]]:
+def bags_groups(
+    instance_counts: Sequence[float], bins: Sequence[float] = (10, 100, 1000)
+) -> List[List[int]]:
     """Class ids of each non-empty group, from per-class training instance counts.
 
     Group of class c: the number of edges <= count_c (edges ascending), i.e. [0, e1), [e1, e2),
@@ -54,19 +56,24 @@ def bags_groups(instance_counts: Sequence[float], bins: Sequence[float] = (10, 1
     return [g for g in groups if g]
 
 
-def _tables(groups: List[List[int]], num_classes: int, device) -> Dict[str, Any]:
+def _tables(
+    groups: List[List[int]], num_classes: int, device
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Column index and label-to-target lookups of every foreground group."""
     k = num_classes
     out = []
     for gi, classes in enumerate(groups):
         cols = torch.tensor([k + 2 + gi] + list(classes), device=device)
         target = torch.zeros(k + 1, dtype=torch.long, device=device)  # 0 = "others"
-        target[torch.tensor(classes, device=device)] = torch.arange(1, len(classes) + 1, device=device)
+        ids = torch.tensor(classes, device=device)
+        target[ids] = torch.arange(1, len(classes) + 1, device=device)
         out.append((cols, target))
     return out
 
 
-def _group_inputs(logits: torch.Tensor, gt_classes: torch.Tensor, groups, others_ratio: float):
+def _group_inputs(
+    logits: torch.Tensor, gt_classes: torch.Tensor, groups: List[List[int]], others_ratio: float
+):
     """Column order (group 0 first, then each group's [others, classes]), group sizes, and per
     group the (R,) local targets and (R,) per-ROI factors ``w_ig * R / max(1, W_g)``."""
     r = gt_classes.numel()

@@ -104,9 +104,10 @@ class EQLv2Loss(SigmoidCELoss):
     """Module form of :func:`eqlv2_loss` holding the accumulated gradients as buffers
     (``pos_grad``, ``neg_grad``, ``pos_neg``, each (K,) float32); scores are per-class sigmoids.
 
-    ``forward`` computes the loss with the current state, then (when the loss is computed for training: grad enabled and the logits
-    require grad; the module itself may be in eval mode, as in a decoupled stage 2) adds this
-    batch's gradient magnitudes (:func:`eqlv2_gradient_sums`, summed over ranks) to it.
+    ``forward`` computes the loss with the current state, then adds this batch's gradient
+    magnitudes (:func:`eqlv2_gradient_sums`, summed over ranks) to it whenever the loss is
+    computed for training (grad enabled and the logits require grad; the module itself may be
+    in eval mode, as in a decoupled stage 2).
     """
 
     def __init__(

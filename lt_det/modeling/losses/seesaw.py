@@ -143,9 +143,10 @@ class SeesawLoss(ClsLoss):
     """Module form of :func:`seesaw_loss` holding the counts N as the buffer ``counts`` (K,)
     float32; scores are softmax over K + 1.
 
-    ``forward`` computes the loss with the current counts, then (when the loss is computed for training: grad enabled and the logits
-    require grad; the module itself may be in eval mode, as in a decoupled stage 2) adds this
-    batch's foreground ROIs per class (summed over ranks).
+    ``forward`` computes the loss with the current counts, then adds this batch's foreground
+    ROIs per class (summed over ranks) whenever the loss is computed for training (grad enabled
+    and the logits require grad; the module itself may be in eval mode, as in a decoupled
+    stage 2).
     """
 
     def __init__(
