@@ -54,7 +54,7 @@ def _bce(x, t):
 def _build(name, prior, **kw):
     if name == "bags":
         kw.setdefault("instance_counts", [3, 40, 7, 500, 2000])
-    if name in ("eql", "federated"):
+    if name in ("eql", "federated", "balanced_softmax", "balanced_sigmoid"):
         kw.setdefault("class_prior", prior)
     if name == "federated":
         kw.setdefault("num_classes_sampled", 3)
@@ -366,3 +366,41 @@ def test_normed_linear_is_scaled_cosine():
     x = torch.randn(6, 4)
     cos = F.normalize(x, dim=1) @ F.normalize(layer.weight, dim=1).t()
     torch.testing.assert_close(layer(x), 10.0 * cos + layer.bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["softmax_ce", "sigmoid_ce", "balanced_softmax", "balanced_sigmoid", *NEW_LOSSES]
+)
+def test_calibration_composes_with_every_head(name):
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.box_regression import Box2BoxTransform
+    from detectron2.structures import Boxes, Instances
+
+    from lt_det.modeling import LTFastRCNNOutputLayers
+
+    _, _, prior = _inputs()
+    torch.manual_seed(0)
+    predictor = LTFastRCNNOutputLayers(
+        ShapeSpec(channels=8),
+        box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
+        num_classes=K,
+        cls_loss=_build(name, prior),
+    )
+    x = torch.randn(6, 8)
+    proposals = [Instances((32, 32), proposal_boxes=Boxes(torch.rand(6, 4) * 16))]
+    predictions = predictor(x)
+    plain = predictor.predict_probs(predictions, proposals)[0]
+    assert plain.shape == (6, K + 1)
+    n = torch.tensor([1.0, 10.0, 100.0, 3.0, 7.0])
+    predictor.calibration = PosthocCalibration(method="norcal", log_ref=n.log(), strength=0.0)
+    torch.testing.assert_close(predictor.predict_probs(predictions, proposals)[0], plain)
+    predictor.calibration.strength = 1.0
+    calibrated = predictor.predict_probs(predictions, proposals)[0]
+    if name in ("softmax_ce", "balanced_softmax", "seesaw"):  # NorCal's softmax form
+        q = torch.cat([plain[:, :K] / n, plain[:, K:]], dim=1)
+        torch.testing.assert_close(calibrated, q / q.sum(dim=1, keepdim=True))
+    elif name != "bags":  # sigmoid heads: each class against its complement
+        p = plain[:, :K]
+        torch.testing.assert_close(calibrated[:, :K], (p / n) / (p / n + 1 - p))
+    else:  # BAGS: rarer-than-others classes lose relative to frequent ones of their group
+        assert not torch.allclose(calibrated, plain)
