@@ -402,5 +402,5 @@ def test_calibration_composes_with_every_head(name):
     elif name != "bags":  # sigmoid heads: each class against its complement
         p = plain[:, :K]
         torch.testing.assert_close(calibrated[:, :K], (p / n) / (p / n + 1 - p))
-    else:  # BAGS: rarer-than-others classes lose relative to frequent ones of their group
+    else:  # BAGS: the adjusted class logits change the within-group softmaxes
         assert not torch.allclose(calibrated, plain)
