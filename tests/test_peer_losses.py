@@ -404,3 +404,21 @@ def test_calibration_composes_with_every_head(name):
         torch.testing.assert_close(calibrated[:, :K], (p / n) / (p / n + 1 - p))
     else:  # BAGS: the adjusted class logits change the within-group softmaxes
         assert not torch.allclose(calibrated, plain)
+
+
+@pytest.mark.parametrize("name", NEW_LOSSES)
+def test_forward_reduction_none_is_per_roi(name):
+    z, y, prior = _inputs(r=11)
+    loss = _build(name, prior)
+    x = _logits_for(loss, z).requires_grad_()
+    per_roi = loss.per_roi(x, y)  # before forward: a stateful loss updates after its loss
+    torch.testing.assert_close(loss(x, y, reduction="none"), per_roi, rtol=1e-10, atol=1e-12)
+
+
+def test_bags_plain_per_roi_is_nll_of_its_scores():
+    z, y, _ = _inputs(r=11)
+    loss = _build("bags", None)
+    x = _logits_for(loss, z)
+    probs = loss.predict_probs(x).double()
+    expected = -torch.log(probs.gather(1, y.view(-1, 1)).squeeze(1))
+    torch.testing.assert_close(loss.plain_per_roi(x, y), expected, rtol=1e-6, atol=1e-6)

@@ -263,13 +263,32 @@ class BAGSLoss(ClsLoss):
                 groups.setdefault(g, []).append(c)
             self.groups = [groups[g] for g in sorted(groups)]
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        return bags_loss(logits, gt_classes, self.groups, others_ratio=self.others_ratio)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return bags_loss(
+            logits, gt_classes, self.groups, others_ratio=self.others_ratio, reduction=reduction
+        )
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) losses with plain ops; ``forward`` is their mean (the "others" weights depend
         on the whole batch, so a sub-batch's per-ROI values differ)."""
         return bags_per_roi(logits, gt_classes, self.groups, others_ratio=self.others_ratio)
+
+    def plain_per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """(R,) ``-log`` of the inference score of the ground-truth column (plain ops):
+        ``-log P_0(fg) - log softmax_g(y)`` for a class of group g, ``-log P_0(bg)`` for
+        background."""
+        k = self.num_classes
+        log_p0 = F.log_softmax(logits[:, k : k + 2], dim=1)
+        fg = gt_classes < k
+        out = -torch.where(fg, log_p0[:, 1], log_p0[:, 0])
+        for cols, target in _tables(self.groups, k, logits.device):
+            t = target[gt_classes]
+            log_g = F.log_softmax(logits.index_select(1, cols), dim=1)
+            own = log_g.gather(1, t.view(-1, 1)).squeeze(1)
+            out = out - torch.where(t > 0, own, torch.zeros_like(own))
+        return out
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return bags_probs(logits, self.groups)

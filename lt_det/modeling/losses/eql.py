@@ -110,8 +110,12 @@ class EQLLoss(SigmoidCELoss):
         ret["lambda_"] = cfg.MODEL.ROI_BOX_HEAD.EQL.LAMBDA
         return ret
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        return eql_loss(logits, gt_classes, self.class_prior, lambda_=self.lambda_)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return eql_loss(
+            logits, gt_classes, self.class_prior, lambda_=self.lambda_, reduction=reduction
+        )
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) losses with plain differentiable ops; ``forward`` is their mean."""

@@ -152,9 +152,11 @@ class EQLv2Loss(SigmoidCELoss):
         """(pos_weight (K,), neg_weight (K,)) from the current state."""
         return eqlv2_weights(self.pos_neg, gamma=self.gamma, mu=self.mu, alpha=self.alpha)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
         pos_w, neg_w = self.weights()
-        loss = eqlv2_loss(logits, gt_classes, pos_w, neg_w)
+        loss = eqlv2_loss(logits, gt_classes, pos_w, neg_w, reduction=reduction)
         if torch.is_grad_enabled() and logits.requires_grad:  # a loss that will be trained on
             self.update_state_(logits, gt_classes, pos_w, neg_w)
         return loss

@@ -189,17 +189,20 @@ class FederatedLoss(SigmoidCELoss):
         logits: torch.Tensor,
         gt_classes: torch.Tensor,
         rois_per_image: Optional[Sequence[int]] = None,
+        *,
+        reduction: str = "mean",
     ) -> torch.Tensor:
         """
         Args:
-            logits, gt_classes: as :func:`federated_loss`.
+            logits, gt_classes, reduction: as :func:`federated_loss`.
             rois_per_image: ROI counts of the batch's images (contiguous rows); None treats the
                 batch as one image.
         """
+        check_reduction(reduction)
         if gt_classes.numel() == 0:
-            return empty_loss(logits, "mean")
+            return empty_loss(logits, reduction)
         mask, groups = self._mask(gt_classes, rois_per_image, self.generator)
-        return federated_loss(logits, gt_classes, mask, rois_per_image=groups)
+        return federated_loss(logits, gt_classes, mask, rois_per_image=groups, reduction=reduction)
 
     def per_roi(
         self,

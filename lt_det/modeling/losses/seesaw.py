@@ -181,8 +181,12 @@ class SeesawLoss(ClsLoss):
         ret.update(p=node.P, q=node.Q, eps=node.EPS)
         return ret
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        loss = seesaw_loss(logits, gt_classes, self.counts, p=self.p, q=self.q, eps=self.eps)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        loss = seesaw_loss(
+            logits, gt_classes, self.counts, p=self.p, q=self.q, eps=self.eps, reduction=reduction
+        )
         if torch.is_grad_enabled() and logits.requires_grad:  # a loss that will be trained on
             self.update_state_(gt_classes)
         return loss
