@@ -110,6 +110,8 @@ def add_lt_config(cfg: CN) -> CN:
     #          | "instance_count" (class share of all training instances, counted from DATASETS.TRAIN)
     #          | "cat_info"     (LVIS *_cat_info.json at PRIOR.CAT_INFO_PATH; uses image_count)
     #          | "metadata"     (MetadataCatalog[DATASETS.TRAIN[0]].class_image_count)
+    #          | "checkpoint"   (the prior buffer saved in the MODEL.WEIGHTS checkpoint; what
+    #                            tools/train_net.py --eval-only uses when the checkpoint has one)
     _C.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE = "image_count"
     # Path of a LVIS-style cat_info json (list of {"id", "image_count", "instance_count"}).
     _C.MODEL.ROI_BOX_HEAD.PRIOR.CAT_INFO_PATH = ""
@@ -147,7 +149,8 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.DECOUPLE = CN()
     # Stage-2 method (registry LT_DECOUPLE_REGISTRY).
     # Choices: "none" (ordinary training) | "crt" (re-initialise and retrain the classifier)
-    #          | "lws" (learn one scale per class) | "tau_norm" (no training; normalise weights).
+    #          | "finetune" (fine-tune the stage-1 classifier) | "lws" (learn one scale per class)
+    #          | "tau_norm" (no training; normalise weights).
     _C.MODEL.DECOUPLE.METHOD = "none"
     # Parameter-name prefixes that stay trainable in stage 2 (exact module-path prefixes,
     # matched at "." boundaries; everything else is frozen and runs in eval mode).

@@ -17,15 +17,19 @@ samples ranked by p_c, background samples are negatives). It is a sanity check, 
 for a detector benchmark.
 """
 import argparse
-import os
 import statistics
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List
 
-import torch
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+import torch  # noqa: E402
+
 from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss  # noqa: E402
 from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift  # noqa: E402
 

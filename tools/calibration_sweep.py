@@ -21,22 +21,29 @@ import csv
 import os
 import sys
 import time
+import warnings
 from typing import Dict, List
 
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader
-from detectron2.modeling import build_model
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.utils.logger import setup_logger
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-import lt_det.modeling  # noqa: F401  registration
-from lt_det.data import register_datasets_from_cfg
-from lt_det.decouple import find_box_predictors, frozen_box_batch
-from lt_det.engine.defaults import check_num_classes, load_config
-from lt_det.errors import LTDetError
-from lt_det.evaluation import build_lvis_evaluator
-from lt_det.modeling.calibration import (
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import build_detection_test_loader  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+import lt_det.modeling  # noqa: E402,F401  registration
+from lt_det.data import register_datasets_from_cfg  # noqa: E402
+from lt_det.decouple import find_box_predictors, frozen_box_batch  # noqa: E402
+from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
+from lt_det.engine.log_setup import setup_lt_logging  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
+from lt_det.evaluation import build_lvis_evaluator  # noqa: E402
+from lt_det.modeling.calibration import (  # noqa: E402
     CALIBRATION_METHODS,
     PosthocCalibration,
     calibration_log_ref,
@@ -146,27 +153,30 @@ def write_outputs(rows: List[Dict], out: str) -> Dict[str, Dict]:
         b = best.get(r["method"])
         if b is None or r["AP"] > b["AP"]:
             best[r["method"]] = r
-    lines = ["| method | value | " + " | ".join(METRICS) + " |",
-             "|---" * (len(METRICS) + 2) + "|"]
-    for r in rows:
-        mark = " **best**" if best[r["method"]] is r else ""
-        lines.append(f"| {r['method']} | {r['value']:g}{mark} | "
-                     + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
+    table = [
+        [r["method"], f"{r['value']:g}" + (" **best**" if best[r["method"]] is r else "")]
+        + [f"{r[m]:.2f}" for m in METRICS]
+        for r in rows
+    ]
+    markdown = tabulate(table, ["method", "value", *METRICS], tablefmt="github",
+                        disable_numparse=True)
     with open(os.path.join(out, OUT_FILES[1]), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        f.write(markdown + "\n")
+    print(markdown)
     return best
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="lt_det")
+    args.out = os.path.abspath(args.out)
     try:
-        cfg = setup(args)
+        if os.path.isfile(args.out):
+            raise LTDetError(f"--out '{args.out}' is a file; give a folder.")
+        cfg = setup(args)  # refuses bad input before anything is written
+        setup_lt_logging(args.out)
         rows = sweep(cfg, args)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     for method, r in write_outputs(rows, args.out).items():
         key = "GAMMA" if method == "norcal" else "TAU"
         print(f"best {method}: {key} {r['value']:g} (AP {r['AP']:.2f}, APr {r['APr']:.2f})")

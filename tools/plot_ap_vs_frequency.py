@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Plot per-class AP against training frequency (log x) with r/c/f bands, one or several runs.
+r"""Plot per-class AP against training frequency (log x) with r/c/f bands, one or several runs.
 
-    .venv/bin/python tools/plot_ap_vs_frequency.py output/per_class_ap_bbox.json \
+    python tools/plot_ap_vs_frequency.py output/per_class_ap_bbox.json \
         other_run/per_class_ap_bbox.json --labels baseline balanced_softmax --out ap_vs_freq.png
 
 Inputs are the ``per_class_ap_<task>.json`` files written by the LVIS evaluator (into
@@ -10,9 +10,14 @@ OUTPUT_DIR/inference/...) or by ``tools/lvis_eval.py --per-class-dir``.
 import argparse
 import os
 import sys
+import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-from lt_det.errors import LTDetError  # noqa: E402
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 from lt_det.evaluation.per_class import read_per_class  # noqa: E402
 from lt_det.evaluation.plot import plot_ap_vs_frequency  # noqa: E402
 
@@ -29,8 +34,7 @@ def main() -> int:
         runs = [read_per_class(f) for f in args.per_class_json]
         out = plot_ap_vs_frequency(runs, labels, args.out, title=args.title)
     except LTDetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"wrote {out}")
     return 0
 

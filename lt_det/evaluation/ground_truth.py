@@ -12,18 +12,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..class_stats import frequency_group
 from ..errors import LTDetError
 
-__all__ = ["LVISGroundTruth", "frequency_of_image_count"]
+__all__ = ["LVISGroundTruth"]
 
 logger = logging.getLogger(__name__)
 
 _REQUIRED_IMAGE_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
-
-
-def frequency_of_image_count(image_count: int) -> str:
-    """LVIS frequency group from the number of training images: r <= 10 < c <= 100 < f."""
-    return "r" if image_count <= 10 else ("c" if image_count <= 100 else "f")
 
 
 class LVISGroundTruth:
@@ -127,7 +123,7 @@ class LVISGroundTruth:
                 if n is None:
                     n = len(self.pos_images[cid])
                     derived.append(cid)
-                group = frequency_of_image_count(n)
+                group = frequency_group(n)
             if group not in ("r", "c", "f"):
                 raise LTDetError(
                     f"'{self.source}': category {cid} has frequency {group!r}; expected 'r', 'c' "
@@ -173,3 +169,26 @@ class LVISGroundTruth:
     def num_gt(self, cat_id: int) -> int:
         """Number of gt instances of a class."""
         return len(self.anns_by_cat.get(int(cat_id), []))
+
+    def subset(self, img_ids: Sequence[int]) -> "LVISGroundTruth":
+        """The ground truth of ``img_ids`` only (their images and annotations; every category,
+        with its r/c/f group and image count kept): what a run that predicted on those images
+        is scored against.
+
+        Raises:
+            LTDetError: an id is not an image of this ground truth.
+        """
+        keep = {int(i) for i in img_ids}
+        unknown = sorted(keep - set(self.image_by_id))
+        if unknown:
+            raise LTDetError(f"image ids {unknown[:5]} are not in '{self.source}'.")
+        data = {
+            "images": [img for img in self.images if img["id"] in keep],
+            "annotations": [
+                a for anns in self.anns_by_cat.values() for a in anns if a["image_id"] in keep
+            ],
+            "categories": self.categories,
+        }
+        sub = LVISGroundTruth(data)
+        sub.source = f"{self.source} ({len(keep)} of {len(self.img_ids)} images)"
+        return sub

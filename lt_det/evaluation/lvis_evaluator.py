@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,12 +21,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 from pycocotools import mask as mask_util
 
+from ..class_stats import class_stats_from_metadata, union_class_stats
 from ..errors import LTDetError
+from .ap_pool import AP_POOL_NAMES
 from .backends import get_lvis_backend
 from .detections import DetectionTable
 from .ground_truth import LVISGroundTruth
-from .ap_pool import AP_POOL_NAMES
-from .lvis_eval import METRIC_NAMES, evaluate_lvis
+from .lvis_eval import METRIC_NAMES, evaluate_lvis, recall_key
 from .per_class import write_per_class
 
 __all__ = ["LTLVISEvaluator", "build_lvis_evaluator"]
@@ -45,6 +46,23 @@ def _class_stats(metadata) -> Dict[str, Dict[int, object]]:
     if groups is not None:
         out["frequency"] = dict(zip(ids, groups))
     return out
+
+
+def _union_class_stats(names: Sequence[str]) -> Dict[str, Dict[int, object]]:
+    """:func:`_class_stats` of one training set, or of the union of several ({} if one lacks
+    the registration's statistics)."""
+    metas = [MetadataCatalog.get(n) for n in names]
+    if len(metas) == 1:
+        return _class_stats(metas[0])
+    parts = [class_stats_from_metadata(m) for m in metas]
+    if any(p is None for p in parts):
+        return {}
+    union = union_class_stats(parts, names=names)
+    ids = [int(c["id"]) for c in metas[0].class_image_count]
+    return {
+        "image_count": dict(zip(ids, union.image_counts)),
+        "frequency": dict(zip(ids, union.frequency)),
+    }
 
 
 class LTLVISEvaluator(DatasetEvaluator):
@@ -67,8 +85,9 @@ class LTLVISEvaluator(DatasetEvaluator):
         class_chunk: int = 0,
         max_dets_per_image: int = 300,
         distributed: bool = True,
-        train_dataset_name: Optional[str] = None,
+        train_dataset_name: Union[str, Sequence[str], None] = None,
         dump_results: bool = True,
+        processed_images_only: bool = False,
     ):
         """
         Args:
@@ -82,10 +101,14 @@ class LTLVISEvaluator(DatasetEvaluator):
             class_chunk: classes evaluated at a time (0 = all); bounds memory only.
             max_dets_per_image: per-image cap of the standard protocol (LVIS: 300).
             distributed: gather predictions from all ranks (only when world size > 1).
-            train_dataset_name: registered training set whose ``class_image_count`` /
-                ``class_frequency`` give the per-class training frequency and the r/c/f groups;
-                None = the evaluated dataset's metadata (for LVIS the json's own groups).
+            train_dataset_name: registered training set(s) whose ``class_image_count`` /
+                ``class_frequency`` give the per-class training frequency and the r/c/f groups
+                (several: their union, grouped by :mod:`lt_det.class_stats`'s rule); None = the
+                evaluated dataset's metadata (for LVIS the json's own groups).
             dump_results: write ``lvis_instances_results.json`` to ``output_dir``.
+            processed_images_only: score against the ground truth of the images passed to
+                :meth:`process` only (e.g. a run over the first N images), instead of the whole
+                dataset, where every image not processed would count as missed.
         """
         get_lvis_backend(backend)  # fail early on a bad name
         for t in tasks or ():
@@ -101,6 +124,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         self._max_dets = max_dets_per_image
         self._distributed = distributed
         self._dump = dump_results
+        self._processed_only = processed_images_only
         self._metadata = MetadataCatalog.get(dataset_name)
         if not hasattr(self._metadata, "json_file"):
             raise LTDetError(
@@ -117,11 +141,13 @@ class LTLVISEvaluator(DatasetEvaluator):
             self._to_dataset_id = None
         stats = _class_stats(self._metadata)
         if train_dataset_name is not None:
-            train_stats = _class_stats(MetadataCatalog.get(train_dataset_name))
+            names = train_dataset_name
+            names = [names] if isinstance(names, str) else list(names)
+            train_stats = _union_class_stats(names)
             if not train_stats:
                 raise LTDetError(
-                    f"training dataset '{train_dataset_name}' has no 'class_image_count' "
-                    "metadata; register it with lt_det.data.register_lvis_format."
+                    f"training dataset(s) {names} have no 'class_image_count' "
+                    "metadata; register them with lt_det.data.register_lvis_format."
                 )
             if stats and set(train_stats["image_count"]) != set(stats["image_count"]):
                 raise LTDetError(
@@ -135,6 +161,7 @@ class LTLVISEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._predictions: List[DetectionTable] = []
+        self._image_ids: List[int] = []
 
     def _dataset_ids(self, classes: np.ndarray) -> np.ndarray:
         if self._to_dataset_id is None:
@@ -145,6 +172,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         """Store each image's ``instances`` compactly (boxes XYWH float32 values, scores,
         dataset category ids, mask RLEs), as detectron2's ``instances_to_coco_json`` would."""
         for inp, out in zip(inputs, outputs):
+            self._image_ids.append(int(inp["image_id"]))
             if "instances" not in out:
                 continue
             inst = out["instances"].to(torch.device("cpu"))
@@ -170,12 +198,13 @@ class LTLVISEvaluator(DatasetEvaluator):
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
         if self._distributed and comm.get_world_size() > 1:
             comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
+            gathered = comm.gather((self._predictions, self._image_ids), dst=0)
             if not comm.is_main_process():
                 return OrderedDict()
-            predictions = list(itertools.chain(*gathered))
+            predictions = list(itertools.chain(*(p for p, _ in gathered)))
+            image_ids = list(itertools.chain(*(i for _, i in gathered)))
         else:
-            predictions = self._predictions
+            predictions, image_ids = self._predictions, self._image_ids
         if not predictions:
             logger.warning(f"[LTLVISEvaluator] no predictions for '{self._dataset_name}'.")
             return OrderedDict()
@@ -191,13 +220,17 @@ class LTLVISEvaluator(DatasetEvaluator):
                 frequency=self._class_stats.get("frequency"),
                 image_count=self._class_stats.get("image_count"),
             )
-        if sum(len(v) for v in self._gt.anns_by_cat.values()) == 0:
+        gt = self._gt
+        if self._processed_only and set(image_ids) != set(gt.img_ids.tolist()):
+            gt = gt.subset(image_ids)
+            logger.info(f"scoring the {len(gt.img_ids)} processed images only ({gt.source})")
+        if sum(len(v) for v in gt.anns_by_cat.values()) == 0:
             logger.info(f"'{self._metadata.json_file}' has no annotations; nothing to evaluate.")
             return OrderedDict()
         results = OrderedDict()
         for task in sorted(tasks):
             res = evaluate_lvis(
-                self._gt,
+                gt,
                 table,
                 iou_type=task,
                 backend=self._backend,
@@ -206,7 +239,7 @@ class LTLVISEvaluator(DatasetEvaluator):
                 max_dets_per_image=self._max_dets,
                 class_chunk=self._class_chunk,
             )
-            names = METRIC_NAMES + [f"AR@{self._max_dets if self._max_dets >= 0 else 300}"]
+            names = METRIC_NAMES + [recall_key(self._ap_fixed, self._max_dets)]
             if self._ap_pool and task == "bbox":
                 names += AP_POOL_NAMES
             results[task] = dict(res.metrics_percent(names))
@@ -221,22 +254,28 @@ class LTLVISEvaluator(DatasetEvaluator):
 
 
 def build_lvis_evaluator(
-    cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
+    cfg: CfgNode,
+    dataset_name: str,
+    output_dir: Optional[str] = None,
+    *,
+    processed_images_only: bool = False,
 ) -> LTLVISEvaluator:
     """An :class:`LTLVISEvaluator` configured by ``TEST.LVIS.*`` and ``TEST.DETECTIONS_PER_IMAGE``.
 
     Tasks are bbox (+ segm when ``MODEL.MASK_ON``). Per-class training frequencies come from
-    ``DATASETS.TRAIN[0]`` when it is a registered lt_det dataset with the same classes.
+    ``DATASETS.TRAIN`` (their union) when every one is a registered lt_det dataset with the
+    evaluated dataset's classes. ``processed_images_only``: see :class:`LTLVISEvaluator`.
     """
-    train_name = None
-    if len(cfg.DATASETS.TRAIN):
-        name = cfg.DATASETS.TRAIN[0]
+    test_ids = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", None)
+
+    def same_classes(name: str) -> bool:
         meta = MetadataCatalog.get(name)
-        test_meta = MetadataCatalog.get(dataset_name)
-        same = meta.get("class_image_count", None) is not None and meta.get(
+        return meta.get("class_image_count", None) is not None and meta.get(
             "thing_dataset_id_to_contiguous_id", None
-        ) == test_meta.get("thing_dataset_id_to_contiguous_id", None)
-        train_name = name if same else None
+        ) == test_ids
+
+    train = list(cfg.DATASETS.TRAIN)
+    train_name = train if train and all(same_classes(n) for n in train) else None
     return LTLVISEvaluator(
         dataset_name,
         tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
@@ -247,4 +286,5 @@ def build_lvis_evaluator(
         class_chunk=cfg.TEST.LVIS.CLASS_CHUNK,
         max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         train_dataset_name=train_name,
+        processed_images_only=processed_images_only,
     )

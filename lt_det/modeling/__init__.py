@@ -34,12 +34,7 @@ from .losses import (
     softmax_ce_loss,
 )
 from .normed_linear import NormedLinear
-from .priors import (
-    class_counts_from_cfg,
-    class_prior_from_cfg,
-    class_prior_from_counts,
-    count_classes,
-)
+from .priors import class_prior_from_cfg, class_prior_from_counts
 from .roi_heads import LTCascadeROIHeads, LTStandardROIHeads
 from .torchvision_adapter import (
     torchvision_labels_to_lt,
@@ -72,13 +67,11 @@ __all__ = [
     "PosthocCalibration",
     "calibration_from_cfg",
     "CALIBRATION_METHODS",
-    "class_counts_from_cfg",
     "build_cls_loss",
     "build_cls_loss_from_cfg",
     "register_cls_loss",
     "class_prior_from_cfg",
     "class_prior_from_counts",
-    "count_classes",
     "LTFastRCNNOutputLayers",
     "LTStandardROIHeads",
     "LTCascadeROIHeads",

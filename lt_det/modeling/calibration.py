@@ -80,12 +80,15 @@ class PosthocCalibration(nn.Module):
 
 
 def calibration_log_ref(cfg: CfgNode, method: str) -> torch.Tensor:
-    """(K,) log n_j (training instances, zero counts floored at PRIOR.ZERO_COUNT_FLOOR) for
-    "norcal", log pi_j (the configured class prior) for "logit_adjustment"."""
-    from .priors import class_counts_from_cfg, class_prior_from_cfg
+    """(K,) log n_j (training instances of the union of DATASETS.TRAIN, crowd excluded, zero
+    counts floored at PRIOR.ZERO_COUNT_FLOOR) for "norcal", log pi_j (the configured class prior)
+    for "logit_adjustment"."""
+    from ..data.train_stats import train_class_stats
+    from .priors import class_prior_from_cfg
 
     if method == "norcal":
-        counts = class_counts_from_cfg(cfg)[1]
+        stats = train_class_stats(list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        counts = torch.tensor(stats.instance_counts, dtype=torch.float32)
         return torch.log(counts.clamp(min=cfg.MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR))
     return torch.log(class_prior_from_cfg(cfg))
 

@@ -181,10 +181,11 @@ def bags_loss(
 def bags_probs(logits: torch.Tensor, groups: List[List[int]]) -> torch.Tensor:
     """(R, K + 1) scores: P_0(fg) * softmax within the class's group; background P_0(bg)."""
     k = logits.shape[1] - 2 - len(groups)
-    p0 = F.softmax(logits[:, k : k + 2].float(), dim=1)
-    probs = logits.new_zeros((logits.shape[0], k + 1), dtype=p0.dtype)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    p0 = F.softmax(logits[:, k : k + 2].to(dtype), dim=1)
+    probs = logits.new_zeros((logits.shape[0], k + 1), dtype=dtype)
     for cols, _ in _tables(groups, k, logits.device):
-        sm = F.softmax(logits.index_select(1, cols).float(), dim=1)
+        sm = F.softmax(logits.index_select(1, cols).to(dtype), dim=1)
         probs[:, cols[1:]] = sm[:, 1:] * p0[:, 1:2]
     probs[:, k] = p0[:, 0]
     return probs
@@ -241,12 +242,13 @@ class BAGSLoss(ClsLoss):
 
     @classmethod
     def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        from ..priors import class_counts_from_cfg
+        from ...data.train_stats import train_class_stats
 
         ret = super().kwargs_from_cfg(cfg)
         node = cfg.MODEL.ROI_BOX_HEAD.BAGS
+        stats = train_class_stats(list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         ret.update(
-            instance_counts=class_counts_from_cfg(cfg)[1].tolist(),
+            instance_counts=list(stats.instance_counts),
             bins=list(node.BINS),
             others_ratio=node.OTHERS_RATIO,
         )

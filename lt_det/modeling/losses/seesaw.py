@@ -149,6 +149,10 @@ class SeesawLoss(ClsLoss):
     stage 2).
     """
 
+    #: The compensation factor is computed from detached logits (as the reference): a constant
+    #: of the gradient, so second derivatives are those of the loss with the factor held fixed.
+    detached_terms = True
+
     def __init__(
         self,
         *,
