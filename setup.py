@@ -7,6 +7,7 @@ setup(
     description="Long-tailed object detection for Detectron2: balanced heads, long-tail samplers, "
     "decoupled classifier retraining and fast LVIS evaluation",
     packages=find_packages(include=("lt_det", "lt_det.*")),
+    package_data={"lt_det": ["data/published_lvis.json"]},
     python_requires=">=3.8",
     # torch, torchvision and detectron2 are installed by tools/setup_env.sh (detectron2 is not on
     # PyPI under its own name); the rest is pinned in requirements.txt.

@@ -5,8 +5,14 @@ plus overrides). :func:`run_benchmark` generates the data, runs each method as a
 ``tools/train_net.py`` process (every stage-2 method starts from the ``model_final.pth`` of one
 stage-1 method, ``stage1``, RFS by default), at most ``parallel`` at a time with one torch thread
 each, and collects ``eval_results.json`` of every run into ``results.json``, ``results.md`` and
-two plots.
+two plots. The detector is Mask R-CNN: mask AP is the headline number (LVIS's), box AP is reported
+beside it, and each is also scored under the AP-fixed protocol.
+
+Stage-1 models are shared: with ``stage1_cache`` a stage-1 run is stored under a key made of its
+merged config, seed, iterations and the dataset's bytes, and any later benchmark (another method
+list, another output folder) with the same key reuses it instead of training again.
 """
+import hashlib
 import json
 import math
 import os
@@ -21,7 +27,10 @@ from .errors import LTDetError
 from .registry import Registry
 
 __all__ = ["MethodSpec", "METHODS", "BENCHMARK_METHODS", "register_method", "run_benchmark",
-           "format_table", "summarize_runs"]
+           "run_benchmark_seeds", "format_table", "summarize_runs", "TASKS"]
+
+#: Evaluated tasks, headline first: mask AP (LVIS's headline), then box AP.
+TASKS = ("segm", "bbox")
 
 
 def _checkout_paths(configs_dir: Optional[str], train_net: Optional[str]) -> Tuple[str, str]:
@@ -132,6 +141,8 @@ class _Job:
     done: bool = False
     log_path: str = ""
     results: Dict = field(default_factory=dict)
+    cache_entry: Optional[str] = None  # stage-1 cache folder of this run (stage-1 runs only)
+    cached: bool = False  # reused from the stage-1 cache, not trained here
 
 
 def _schedule_opts(iters: int) -> List[str]:
@@ -200,6 +211,7 @@ def run_benchmark(
     overwrite: bool = False,
     configs_dir: Optional[str] = None,
     train_net: Optional[str] = None,
+    stage1_cache: Optional[str] = None,
 ) -> Dict:
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
 
@@ -217,6 +229,9 @@ def run_benchmark(
         configs_dir / train_net: the ``configs`` folder and ``tools/train_net.py`` of an lt_det
             checkout (default: ``./configs`` and ``./tools/train_net.py`` of the working
             directory).
+        stage1_cache: folder of stage-1 runs shared across benchmarks (None = no sharing). A
+            stage-1 run whose key (merged config, seed, iterations, dataset bytes) is there is
+            reused; a new one is stored there when it finishes.
     """
     from .data.synthetic import TRAIN_JSON, VAL_JSON, generate_synthetic_lvis
 
@@ -258,6 +273,14 @@ def run_benchmark(
                 stage1 if METHODS[n].stage == 2 else None)
         for n in names
     }
+    if stage1_cache:
+        stage1_cache = os.path.abspath(stage1_cache)
+        for j in jobs.values():
+            if j.spec.stage == 1 and not j.spec.eval_only:
+                j.cache_entry = _stage1_cache_entry(stage1_cache, j, data, seed, paths)
+                if _load_cached_stage1(j):
+                    print(f"[lt_benchmark] {j.spec.name}: reusing stage-1 run {j.cache_entry}",
+                          flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # Rough seconds per iteration used for the ETA until runs report their own pace.
     pace = {1: 0.6, 2: 0.15}
@@ -273,7 +296,8 @@ def run_benchmark(
     for n in names:
         j = jobs[n]
         row = {"method": n, "label": j.spec.label or n, "stage": j.spec.stage,
-               "stage1": j.stage1, "iters": j.iters, "wall_s": round(j.wall, 1)}
+               "stage1": j.stage1, "iters": j.iters, "wall_s": round(j.wall, 1),
+               "cached": j.cached}
         for task, metrics in j.results.items():
             row[task] = {k: float(v) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and math.isfinite(float(v))}
@@ -294,6 +318,37 @@ def run_benchmark(
     return summary
 
 
+def run_benchmark_seeds(out_dir: str, seeds: Sequence[int], **kwargs) -> str:
+    """:func:`run_benchmark` once per seed into ``out_dir/seed<N>``, then the mean and spread over
+    the seeds (mask AP, then box AP) into ``out_dir/summary.md``; returns that text.
+
+    ``kwargs`` go to :func:`run_benchmark` (``data_dir`` is per seed, so it is refused).
+    """
+    if kwargs.get("data_dir"):
+        raise LTDetError("data_dir is one dataset, but several seeds each generate their own; "
+                         "leave it out (each seed's data goes to OUT/seed<N>/data).")
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise LTDetError(f"seeds must be distinct and at least one, got {list(seeds)}.")
+    t0 = time.time()
+    dirs = [os.path.join(out_dir, f"seed{s}") for s in seeds]
+    for d in dirs:  # check every folder before the first run starts
+        _refuse_earlier_benchmark(d, kwargs.get("overwrite", False))
+    for seed, d in zip(seeds, dirs):
+        run_benchmark(d, seed=seed, **kwargs)
+    wall = time.time() - t0
+    tasks = set(TASKS)
+    for d in dirs:
+        with open(os.path.join(d, "results.json")) as f:
+            tasks &= {t for m in json.load(f)["methods"] for t in TASKS if t in m}
+    text = "\n\n".join(summarize_runs(dirs, task=t) for t in TASKS if t in tasks)
+    text += (f"\n\n{len(seeds)} seeds, wall {_fmt_s(wall)} (load average "
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})\n")
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(text)
+    print(text, flush=True)
+    return text
+
+
 def _refuse_earlier_benchmark(out_dir: str, overwrite: bool) -> None:
     """An earlier benchmark in ``out_dir`` (results.json or runs/*) is kept unless ``overwrite``."""
     runs_dir = os.path.join(out_dir, "runs")
@@ -308,6 +363,104 @@ def _refuse_earlier_benchmark(out_dir: str, overwrite: bool) -> None:
         f"'{out_dir}' already holds a benchmark ({'; '.join(held)}); nothing was changed. Choose "
         "another output folder or pass overwrite=True (lt_benchmark.py --force) to replace it."
     )
+
+
+AP_FIXED_FILE = "eval_results_ap_fixed.json"
+
+
+def _evaluate_ap_fixed(run_dir: str, val_json: str, results: Dict) -> Dict[str, Dict]:
+    """The run's detections scored under the AP-fixed protocol (Dave et al. 2021: no per-image
+    cap, top 10,000 detections per class), for every task the run was evaluated on.
+
+    The detections are those the model wrote (at most ``TEST.DETECTIONS_PER_IMAGE`` per image);
+    results go to ``run_dir/eval_results_ap_fixed.json`` and are returned as
+    ``{"<task>-fixed": {metric: percent}}``.
+    """
+    from .evaluation import LVISGroundTruth, evaluate_lvis
+
+    path = os.path.join(run_dir, AP_FIXED_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    dets = os.path.join(run_dir, "inference", "lt_synth_val", "lvis_instances_results.json")
+    tasks = [t for t in TASKS if t in results]
+    if not tasks or not os.path.isfile(dets):
+        return {}
+    gt = LVISGroundTruth(val_json)
+    out = {}
+    for task in tasks:
+        res = evaluate_lvis(gt, dets, iou_type=task, ap_fixed=True)
+        out[f"{task}-fixed"] = {k: v for k, v in res.metrics_percent().items() if math.isfinite(v)}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    return out
+
+
+def _sha1_file(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stage1_cache_entry(cache_dir: str, job: _Job, data: Dict, seed: int, paths: _Paths) -> str:
+    """Cache folder of a stage-1 run: ``<method>-seed<seed>-<key>``, the key hashing the merged
+    config (output and dataset paths left out), the seed, the iterations and the dataset files."""
+    from .engine import load_config
+
+    opts = list(job.spec.opts) + _schedule_opts(job.iters) + [
+        "SEED", str(seed), "MODEL.ROI_HEADS.NUM_CLASSES", str(data["num_classes"])]
+    cfg = load_config(os.path.join(paths.configs_dir, job.spec.config), opts)
+    cfg.OUTPUT_DIR = ""
+    cfg.DATASETS.LVIS_FORMAT = []
+    material = json.dumps({"config": cfg.dump(), "iters": job.iters, "seed": seed,
+                           "train": _sha1_file(data["train_json"]),
+                           "val": _sha1_file(data["val_json"])}, sort_keys=True)
+    key = hashlib.sha1(material.encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"{job.spec.name}-seed{seed}-{key}")
+
+
+def _copy_run(src: str, dst: str) -> None:
+    """Copy a run folder, hard-linking files where the file system allows it."""
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
+def _load_cached_stage1(job: _Job) -> bool:
+    """Reuse a finished stage-1 run from the cache (True), or leave the job to run (False)."""
+    entry = job.cache_entry
+    info_path = os.path.join(entry, "cache_info.json") if entry else ""
+    if not entry or not os.path.isfile(info_path):
+        return False
+    with open(info_path) as f:
+        info = json.load(f)
+    _copy_run(entry, job.out_dir)
+    with open(os.path.join(job.out_dir, "eval_results.json")) as f:
+        job.results = json.load(f)
+    fixed = os.path.join(job.out_dir, AP_FIXED_FILE)
+    if os.path.isfile(fixed):
+        with open(fixed) as f:
+            job.results.update(json.load(f))
+    job.wall, job.done, job.cached = float(info["wall_s"]), True, True
+    return True
+
+
+def _store_stage1(job: _Job) -> None:
+    """Put a finished stage-1 run into the cache (written whole, then renamed into place)."""
+    tmp = job.cache_entry + ".tmp"
+    _copy_run(job.out_dir, tmp)
+    with open(os.path.join(tmp, "cache_info.json"), "w") as f:
+        json.dump({"method": job.spec.name, "wall_s": round(job.wall, 1), "iters": job.iters,
+                   "from": os.path.abspath(job.out_dir)}, f, indent=2)
+    shutil.rmtree(job.cache_entry, ignore_errors=True)
+    os.replace(tmp, job.cache_entry)
 
 
 def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every,
@@ -330,9 +483,12 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             folder = os.path.join(j.out_dir, "inference") if j.spec.eval_only else j.out_dir
             with open(os.path.join(folder, "eval_results.json")) as f:
                 j.results = json.load(f)
+            j.results.update(_evaluate_ap_fixed(j.out_dir, data["val_json"], j.results))
+            if j.cache_entry:
+                _store_stage1(j)
             if j.iters:
                 pace[j.spec.stage] = max(1e-3, (j.wall - eval_cost) / j.iters)
-        ready = [j for j in jobs.values() if j.proc is None and
+        ready = [j for j in jobs.values() if j.proc is None and not j.done and
                  (j.stage1 is None or jobs[j.stage1].done)]
         free = parallel - sum(1 for j in jobs.values() if j.proc is not None and not j.done)
         for j in ready[:max(0, free)]:
@@ -356,17 +512,27 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
                   f"{_fmt_s(now - t0)} | ETA {_fmt_s(remaining / parallel)}", flush=True)
         time.sleep(0.5)
 
-def format_table(rows: List[Dict], task: str = "bbox") -> str:
-    """Markdown table: AP, APr, APc, APf and wall time per method."""
+def format_table(rows: List[Dict]) -> str:
+    """Markdown table: mask AP (headline) and box AP, each with APr / APc / APf and AP-fixed,
+    and wall time per method. A task the runs lack (box-only runs: no mask AP) is left out."""
     from tabulate import tabulate
 
+    tasks = [t for t in TASKS if any(t in r for r in rows)] or ["bbox"]
+    names = {"segm": "mask", "bbox": "box"}
+    headers = ["method", "stage"]
+    for t in tasks:
+        headers += [f"{names[t]} AP", "APr", "APc", "APf", "AP-fixed"]
+    headers.append("wall (s)")
     table = []
     for r in rows:
-        m = r.get(task, {})
-        cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
         stage = f"2 (from {r['stage1']})" if r.get("stage1") else str(r["stage"])
-        table.append([r["label"], stage, *cells, f"{r['wall_s']:.0f}"])
-    headers = ["method", "stage", "AP", "APr", "APc", "APf", "wall (s)"]
+        cells = [r["label"], stage]
+        for t in tasks:
+            m, fixed = r.get(t, {}), r.get(f"{t}-fixed", {})
+            cells += [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
+            cells.append(f"{fixed['AP']:.1f}" if "AP" in fixed else "-")
+        cells.append(f"{r['wall_s']:.0f}" + (" (cached)" if r.get("cached") else ""))
+        table.append(cells)
     return tabulate(table, headers, tablefmt="github", disable_numparse=True)
 
 
@@ -374,14 +540,20 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job], paths: _Pa
     """Per-class AP vs frequency and classifier norm vs frequency, all methods overlaid."""
     from .evaluation import plot_ap_vs_frequency, plot_classifier_norms, read_per_class
 
-    runs, labels = [], []
-    for n, j in jobs.items():
-        path = os.path.join(j.out_dir, "inference", "lt_synth_val", "per_class_ap_bbox.json")
+    runs, labels, task = [], [], "bbox"
+    for t in TASKS:  # mask AP where the runs have it
+        paths_ap = {n: os.path.join(j.out_dir, "inference", "lt_synth_val",
+                                    f"per_class_ap_{t}.json") for n, j in jobs.items()}
+        if any(os.path.isfile(p) for p in paths_ap.values()):
+            task = t
+            break
+    for n, path in paths_ap.items():
         if os.path.isfile(path):
             runs.append(read_per_class(path))
             labels.append(n)
+    what = {"segm": "mask", "bbox": "box"}[task]
     plot_ap_vs_frequency(runs, labels, os.path.join(out_dir, "ap_vs_frequency.png"),
-                         title="synthetic LVIS")
+                         title=f"synthetic LVIS, {what} AP")
     ckpts = {}
     for n, j in jobs.items():
         if j.spec.eval_only and j.stage1 is not None:  # tau-norm: stage-1 weights at its tau
@@ -410,9 +582,14 @@ def _settings(run: Dict) -> Tuple:
     return tuple(run.get(k) for k in SUMMARY_SETTINGS)
 
 
-def summarize_runs(out_dirs: Sequence[str], task: str = "bbox", *, group: bool = False) -> str:
-    """Markdown: per method the mean (min-max) of AP, APr, APc, APf over benchmark outputs, then
-    per run the best stage-2 method by APr and its margins over softmax CE and RFS.
+def summarize_runs(
+    out_dirs: Sequence[str], task: Optional[str] = None, *, group: bool = False
+) -> str:
+    """Markdown: per method the mean (min-max) of AP, APr, APc, APf (and AP-fixed where the runs
+    have it) over benchmark outputs, then per run the best stage-2 method by APr and its margins
+    over softmax CE and RFS.
+
+    ``task``: "segm" (mask AP) or "bbox" (box AP); None = mask AP when every run has it.
 
     Only runs with the same :data:`SUMMARY_SETTINGS` (data preset, stage-1 / stage-2 iterations,
     stage-1 method) are averaged: runs that differ raise an error naming each folder's settings,
@@ -428,6 +605,9 @@ def summarize_runs(out_dirs: Sequence[str], task: str = "bbox", *, group: bool =
             raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py")
         with open(path) as f:
             runs.append(json.load(f))
+    if task is None:
+        has_segm = all(any("segm" in m for m in r["methods"]) for r in runs)
+        task = "segm" if has_segm else "bbox"
     groups: Dict[Tuple, List[Dict]] = {}
     for r in runs:
         groups.setdefault(_settings(r), []).append(r)
@@ -450,18 +630,24 @@ def summarize_runs(out_dirs: Sequence[str], task: str = "bbox", *, group: bool =
 
 
 def _summarize_group(runs: List[Dict], task: str) -> str:
-    keys = ("AP", "APr", "APc", "APf")
+    keys = ["AP", "APr", "APc", "APf"]
+    if any(f"{task}-fixed" in m for r in runs for m in r["methods"]):
+        keys.append("AP-fixed")
     order: List[str] = []
     for r in runs:
         order += [m["method"] for m in r["methods"] if m["method"] not in order]
     seeds = ", ".join(str(r["seed"]) for r in runs)
-    lines = [f"| method ({len(runs)} runs, seeds {seeds}) | " + " | ".join(keys) + " |",
-             "|---" * (len(keys) + 1) + "|"]
+    what = {"segm": "mask", "bbox": "box"}.get(task, task)
+    lines = [f"| method ({len(runs)} runs, seeds {seeds}; {what} AP) | " + " | ".join(keys) +
+             " |", "|---" * (len(keys) + 1) + "|"]
     for name in order:
         rows = [m for r in runs for m in r["methods"] if m["method"] == name and task in m]
         cells = []
         for k in keys:
-            v = [m[task][k] for m in rows if k in m[task]]
+            if k == "AP-fixed":
+                v = [m[f"{task}-fixed"]["AP"] for m in rows if "AP" in m.get(f"{task}-fixed", {})]
+            else:
+                v = [m[task][k] for m in rows if k in m[task]]
             cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})" if v else "-")
         label = rows[0]["label"] if rows else name
         if len(rows) < len(runs):

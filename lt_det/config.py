@@ -162,6 +162,12 @@ def add_lt_config(cfg: CN) -> CN:
     # What tau_norm does with the classifier bias. Choices: "keep" | "zero" | "scale"
     # ("scale" divides the bias by the same norm factor as its weight row).
     _C.MODEL.DECOUPLE.TAU_BIAS = "keep"
+    # Two stages in one command (tools/train_net.py): a config file trained first as stage 1
+    # (relative to the folder of the config file given on the command line), into
+    # OUTPUT_DIR/stage1; this config then trains as stage 2 from that run's model_final.pth, into
+    # OUTPUT_DIR. Command-line overrides apply to both stages. "" = this config alone (stage 2
+    # configs then name the stage-1 checkpoint in MODEL.WEIGHTS).
+    _C.MODEL.DECOUPLE.STAGE1_CONFIG = ""
 
     # ---------------------------------------------------------------- MobileNetV2 backbone
     # Read by MODEL.BACKBONE.NAME "build_mnv2_fpn_backbone" (lt_det/modeling/backbone/).

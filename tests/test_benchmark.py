@@ -15,11 +15,11 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     # Run from a folder other than the repo, with a relative --out: paths resolve against it.
     out = tmp_path / "bench"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "lt_benchmark.py"), "--preset", "tiny",
-           "--iters", "4", "--stage2-iters", "2", "--out", "bench"]
+           "--iters", "4", "--stage2-iters", "2", "--stage1-cache", "stage1_cache"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=900)
+    proc = subprocess.run(cmd + ["--out", "bench"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "ETA" in proc.stdout
     for name in ("results.json", "results.md", "ap_vs_frequency.png", "classifier_norms.png"):
@@ -29,16 +29,64 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     defaults = {m for m in METHODS if METHODS[m].default}
     assert set(rows) == defaults
     for name, row in rows.items():
-        for key in ("AP", "APr", "APc"):
-            assert math.isfinite(row["bbox"][key]), (name, key)
-        assert row["wall_s"] > 0
+        # Mask R-CNN: mask AP and box AP, each also under AP-fixed
+        for task in ("segm", "bbox", "segm-fixed", "bbox-fixed"):
+            for key in ("AP", "APr", "APc"):
+                assert math.isfinite(row[task][key]), (name, task, key)
+        assert row["wall_s"] > 0 and row["cached"] is False
         assert row["stage1"] == ("rfs" if METHODS[name].stage == 2 else None)
     table = (out / "results.md").read_text()
     assert all(METHODS[m].label in table for m in defaults)
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert header[2:9] == ["mask AP", "APr", "APc", "APf", "AP-fixed", "box AP", "APr"]
     # a finished benchmark is never silently overwritten
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env,
-                           timeout=120)
+    again = subprocess.run(cmd + ["--out", "bench"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=300)
     assert again.returncode == 2 and "already holds a benchmark" in again.stderr
+    # another benchmark on the same data and settings reuses the stage-1 run from the cache
+    other = tmp_path / "bench2"
+    reuse = subprocess.run(cmd + ["--out", str(other), "--data-dir", str(out / "data"),
+                                  "--methods", "crt"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1800)
+    assert reuse.returncode == 0, (reuse.stdout + reuse.stderr)[-3000:]
+    assert "reusing stage-1 run" in reuse.stdout
+    rows2 = {r["method"]: r for r in json.loads((other / "results.json").read_text())["methods"]}
+    assert rows2["rfs"]["cached"] is True and rows2["crt"]["cached"] is False
+    assert rows2["rfs"]["segm"] == rows["rfs"]["segm"]
+    assert (other / "runs" / "rfs" / "model_final.pth").read_bytes() == \
+        (out / "runs" / "rfs" / "model_final.pth").read_bytes()
+    assert "(cached)" in (other / "results.md").read_text()
+
+
+def test_format_table_columns():
+    from lt_det.benchmark import format_table
+
+    rows = [{"method": "a", "label": "A", "stage": 1, "stage1": None, "wall_s": 3.0,
+             "segm": {"AP": 10.0, "APr": 1.0, "APc": 2.0, "APf": 3.0}, "segm-fixed": {"AP": 11.0},
+             "bbox": {"AP": 20.0, "APr": 4.0, "APc": 5.0, "APf": 6.0}, "cached": True}]
+    text = format_table(rows)
+    cells = [c.strip() for c in text.splitlines()[2].strip("|").split("|")]
+    assert cells == ["A", "1", "10.0", "1.0", "2.0", "3.0", "11.0", "20.0", "4.0", "5.0", "6.0",
+                     "-", "3 (cached)"]
+    box_only = [{k: v for k, v in rows[0].items() if not k.startswith("segm")}]
+    assert "mask AP" not in format_table(box_only)
+
+
+def test_seeds_are_checked_before_anything_runs(tmp_path):
+    import pytest
+
+    from lt_det.benchmark import run_benchmark_seeds
+    from lt_det.errors import LTDetError
+
+    with pytest.raises(LTDetError, match="distinct"):
+        run_benchmark_seeds(str(tmp_path / "b"), [1, 1], preset="tiny")
+    with pytest.raises(LTDetError, match="data_dir is one dataset"):
+        run_benchmark_seeds(str(tmp_path / "b"), [0, 1], data_dir=str(tmp_path))
+    (tmp_path / "b" / "seed1").mkdir(parents=True)
+    (tmp_path / "b" / "seed1" / "results.json").write_text("{}")
+    with pytest.raises(LTDetError, match="already holds a benchmark"):
+        run_benchmark_seeds(str(tmp_path / "b"), [0, 1], preset="tiny")
+    assert not (tmp_path / "b" / "seed0").exists()
 
 
 def test_earlier_runs_are_kept_without_overwrite(tmp_path):
@@ -93,6 +141,7 @@ def test_summarize_runs_means_and_margins(tmp_path):
     text = summarize_runs([run(1, (40, 10), (50, 20), (55, 30)), run(2, (42, 12), (52, 22),
                                                                         (53, 23))])
     assert "| crt | 54.0 (53.0-55.0) | 26.5 (23.0-30.0) | - | - |" in text
+    assert "seeds 1, 2; box AP" in text
     assert "seed 1: best stage 2 by APr = crt (55.0 AP / 30.0 APr): vs softmax CE +20.0 APr " \
            "+15.0 AP; vs RFS +10.0 APr +5.0 AP" in text
     assert "seed 2: best stage 2 by APr = crt (53.0 AP / 23.0 APr): vs softmax CE +11.0 APr " \

@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lt_det")
 
 LAYERS = [
-    {"config", "errors", "registry", "class_stats"},
+    {"config", "errors", "registry", "class_stats", "fidelity"},
     {"data", "modeling", "evaluation"},
     {"decouple"},
     {"engine"},

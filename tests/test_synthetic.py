@@ -275,3 +275,38 @@ def test_cli(tmp_path, capsys):
     assert cli.main(["--out", out, "--preset", "tiny"]) == 2  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["--out", out, "--preset", "tiny", "--overwrite"]) == 0
+
+
+def test_val_profile_train_follows_the_training_distribution(tmp_path):
+    """val_profile="train": every class is still scored, and the val image counts follow the
+    train image counts (Kendall tau-b, tiny preset: 6 classes from 20 down to 1 train images)."""
+    import json
+
+    from lt_det.data.dataset_stats import measure_dataset
+    from lt_det.data.synthetic import generate_synthetic_lvis
+
+    out = generate_synthetic_lvis(str(tmp_path / "d"), preset="tiny", seed=0,
+                                  val_profile="train", val_fraction=0.5, max_objects=8,
+                                  appearance_jitter=2.0)
+    val = json.load(open(out["val_json"]))
+    assert {a["category_id"] for a in val["annotations"]} == set(range(1, 7))
+    m = measure_dataset(out["train_json"], out["val_json"])
+    assert m["val"]["tau_train_vs_val_image_counts"] > 0.5
+    per_class = generate_synthetic_lvis(str(tmp_path / "e"), preset="tiny", seed=0)
+    assert measure_dataset(per_class["train_json"], per_class["val_json"])["val"][
+        "instances_per_class"][0] >= 2  # per_class: 2 val images led by every class
+
+
+def test_new_knobs_are_checked(tmp_path):
+    import pytest
+
+    from lt_det.data.synthetic import generate_synthetic_lvis
+    from lt_det.errors import LTDetError
+
+    for bad, msg in ((dict(val_profile="lvis"), "val_profile must be one of"),
+                     (dict(val_fraction=0.0), "val_fraction must be in"),
+                     (dict(appearance_jitter=6.0), "appearance_jitter must be in"),
+                     (dict(max_objects=2), "max_objects must be >= max_classes_per_image")):
+        with pytest.raises(LTDetError, match=msg):
+            generate_synthetic_lvis(str(tmp_path / "x"), preset="tiny", **bad)
+    assert not (tmp_path / "x").exists()

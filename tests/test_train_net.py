@@ -21,12 +21,13 @@ def test_train_net_trains_and_prints_lvis_metrics(tiny_lvis, tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     # detectron2 prints the results table: the LVIS metrics must be in it
-    for key in ("APr", "APc", "APf", "AR@300"):
+    for key in ("APr", "APc", "APf", "AR@100"):  # synthetic configs keep 100 detections/image
         assert key in log, key
     results = json.loads((out / "eval_results.json").read_text())
-    assert set(results) == {"bbox"}
-    for key in ("AP", "APr", "APc"):
-        assert math.isfinite(results["bbox"][key])
+    assert set(results) == {"bbox", "segm"}  # Mask R-CNN: box and mask AP
+    for task in ("bbox", "segm"):
+        for key in ("AP", "APr", "APc"):
+            assert math.isfinite(results[task][key])
     assert (out / "model_final.pth").is_file()
     assert (out / "inference" / tiny_lvis["val"] / "per_class_ap_bbox.csv").is_file()
     # Everything the user reads after the run is in log.txt, including lt_det's own logger
@@ -51,3 +52,40 @@ def test_train_net_trains_and_prints_lvis_metrics(tiny_lvis, tmp_path):
     assert again["bbox"]["AP"] == results["bbox"]["AP"]
     assert "LVIS bbox (fast backend" in (out / "inference" / "log.txt").read_text()
     assert (out / "inference" / "config.yaml").is_file()
+
+
+def test_two_stage_config_trains_both_stages_and_resumes_across_them(tiny_lvis, tmp_path):
+    """configs/synthetic/rfs_then_balms.yaml: stage 1 (RFS) into OUTPUT_DIR/stage1, then BALMS
+    from its final checkpoint into OUTPUT_DIR; --resume skips a finished stage 1."""
+    out = tmp_path / "two"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
+           "--config-file", os.path.join(ROOT, "configs", "synthetic", "rfs_then_balms.yaml"),
+           *tiny_data_opts(tiny_lvis), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2",
+           "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def run(*extra):
+        return subprocess.run(cmd[:4] + list(extra) + cmd[4:], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=3600)
+
+    proc = run()
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    stage1, stage2 = out / "stage1", out
+    for d in (stage1, stage2):
+        for name in ("model_final.pth", "metrics.json", "eval_results.json", "config.yaml"):
+            assert (d / name).is_file(), (d, name)
+    cfg1, cfg2 = (stage1 / "config.yaml").read_text(), (stage2 / "config.yaml").read_text()
+    assert "METHOD: none" in cfg1 and "RepeatFactorTrainingSampler" in cfg1
+    assert "METHOD: finetune" in cfg2 and "MetaSampler" in cfg2
+    assert f"WEIGHTS: {stage1 / 'model_final.pth'}" in cfg2
+    # a new command in the same OUTPUT_DIR is refused before anything trains
+    again = run()
+    assert again.returncode == 2 and "already holds" in again.stderr
+    # stage 2 lost (interrupted before it wrote anything): --resume keeps stage 1 as it is
+    stamp = (stage1 / "model_final.pth").stat().st_mtime_ns
+    for name in ("model_final.pth", "last_checkpoint", "eval_results.json", "metrics.json"):
+        (stage2 / name).unlink()
+    resumed = run("--resume")
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert (stage1 / "model_final.pth").stat().st_mtime_ns == stamp
+    assert (stage2 / "model_final.pth").is_file() and (stage2 / "eval_results.json").is_file()

@@ -3,10 +3,10 @@
 
     python tools/benchmark_summary.py output/demo output/seed1 output/seed2
 
-Prints a Markdown table (box AP, APr, APc, APf: mean and min-max over the runs) and, per run,
-the best stage-2 method by APr against softmax CE and repeat-factor sampling; writes nothing.
-Runs made with different settings (data preset, iterations, stage-1 method) are refused, or with
---group get one table per setting.
+Prints a Markdown table (AP, APr, APc, APf and AP-fixed: mean and min-max over the runs; mask AP
+when every run has it, else box AP, or --task) and, per run, the best stage-2 method by APr
+against softmax CE and repeat-factor sampling; writes nothing. Runs made with different settings
+(data preset, iterations, stage-1 method) are refused, or with --group get one table per setting.
 """
 import argparse
 import sys
@@ -24,6 +24,8 @@ from lt_det.errors import LTDetError, report_error  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("outs", nargs="+", help="lt_benchmark.py --out folders (each has results.json)")
+    p.add_argument("--task", choices=("segm", "bbox"),
+                   help="segm = mask AP, bbox = box AP (default: mask AP if every run has it)")
     p.add_argument(
         "--group",
         action="store_true",
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        print(summarize_runs(args.outs, group=args.group))
+        print(summarize_runs(args.outs, task=args.task, group=args.group))
     except LTDetError as e:
         return report_error(e)
     return 0

@@ -22,6 +22,7 @@ warnings.filterwarnings(
 from lt_det.data.synthetic import (  # noqa: E402
     COUNT_PROFILES,
     PRESETS,
+    VAL_PROFILES,
     generate_synthetic_lvis,
 )
 from lt_det.errors import LTDetError, report_error  # noqa: E402
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-classes-per-image", type=int)
     g.add_argument("--max-instances-per-class", type=int)
     g.add_argument("--neg-per-image", type=int)
+    g.add_argument("--max-objects", type=int)
+    g.add_argument("--val-profile", choices=VAL_PROFILES)
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument("--appearance-jitter", type=float)
     return p
 
 
@@ -99,6 +104,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             max_classes_per_image=args.max_classes_per_image,
             max_instances_per_class=args.max_instances_per_class,
             neg_per_image=args.neg_per_image,
+            max_objects=args.max_objects,
+            val_profile=args.val_profile,
+            val_fraction=args.val_fraction,
+            appearance_jitter=args.appearance_jitter,
             overwrite=args.overwrite,
         )
     except LTDetError as e:

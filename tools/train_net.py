@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate a detectron2 model with lt_det's heads, samplers, decoupling and LVIS evaluation.
 
-    python tools/train_net.py --config-file configs/lvis_balanced.yaml
+    python tools/train_net.py --config-file configs/lvis_balanced.yaml   # stage 1 RFS, then BALMS
     python tools/train_net.py --config-file configs/synthetic/softmax.yaml MODEL.DEVICE cpu
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file CFG --num-gpus 8            # one process per GPU
@@ -12,6 +12,8 @@ Without a GPU add ``MODEL.DEVICE cpu`` (the LVIS configs default to CUDA). Outpu
 Bad input (a missing file, a malformed dataset, an unknown config value, a NaN loss, ...) is
 reported as one line "lt_det: error: ..." on stderr with exit status 2; see docs/robustness.md.
 An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --overwrite-output.
+A config with MODEL.DECOUPLE.STAGE1_CONFIG trains that config first (into OUTPUT_DIR/stage1) and
+then itself from the stage-1 model, in one command; --resume continues either stage.
 """
 import json
 import os
@@ -35,6 +37,7 @@ from lt_det.engine import (  # noqa: E402
     launch,
     setup_cfg,
 )
+from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
 from lt_det.engine.trainer import check_weights_file  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 
@@ -75,6 +78,12 @@ def argument_parser():
 
 
 def main(args):
+    stages = two_stage_args(args)
+    if stages is not None:
+        if not (args.resume and stage1_finished(stages.stage1_dir)):
+            main(stages.stage1)
+        comm.synchronize()
+        return main(stages.stage2)
     cfg = setup_cfg(args)
     if args.eval_only:
         if not args.resume:

@@ -124,6 +124,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         max_instances_per_class=3,
         neg_per_image=8,
         object_size=(1 / 6, 1 / 2),
+        max_objects=6,
+        val_profile="per_class",
+        val_fraction=0.2,
+        appearance_jitter=1.0,
+        count_source=None,
     ),
 }
 # Seconds-long tests and smoke runs: only what differs from "default".
@@ -137,8 +142,24 @@ PRESETS["tiny"] = dict(
     max_instances_per_class=2,
     neg_per_image=2,
 )
+# Closer to LVIS v1 in what docs/synthetic.md measured (tools/measure_dataset.py): the real LVIS
+# v1 tail (r/c/f shares), more classes and instances per image, rare classes among frequent ones,
+# a validation set whose class distribution follows training's (LVIS val: same image source),
+# and more within-class appearance variation (so same-shape classes of close colours overlap).
+PRESETS["lvis_like"] = dict(
+    PRESETS["default"],
+    count_source="lvis_v1",
+    co_occurrence=0.6,
+    max_classes_per_image=4,
+    max_instances_per_class=4,
+    max_objects=10,
+    object_size=(1 / 8, 3 / 8),
+    val_profile="train",
+    val_fraction=0.2,
+    appearance_jitter=2.5,
+)
+VAL_PROFILES = ("per_class", "train")
 
-_MAX_OBJECTS = 6  # objects per image, all classes together
 _MAX_ROTATION = math.radians(15)  # small, so a square never turns into a diamond
 _GAP = 1.0  # pixels kept free between object boxes
 
@@ -274,14 +295,24 @@ def _plan_train(
 
 
 def _plan_val(
-    rng: np.random.Generator, k: int, per_class: int, extras_pool: np.ndarray
+    rng: np.random.Generator,
+    k: int,
+    per_class: np.ndarray,
+    extras_pool: np.ndarray,
+    weights: Optional[np.ndarray] = None,
 ) -> List[List[int]]:
-    """``per_class`` images per main class; secondary classes drawn like the train split's."""
+    """``per_class[c]`` images with main class c; as many secondary classes as a random training
+    image has, drawn uniformly or, with ``weights`` (K,), with probability ~ weights."""
     images = []
     for c in np.repeat(np.arange(k), per_class):
         n_extra = min(int(rng.choice(extras_pool)) if extras_pool.size else 0, k - 1)
         others = np.delete(np.arange(k), c)
-        images.append([int(c)] + [int(o) for o in np.sort(rng.choice(others, n_extra, False))])
+        if weights is None:
+            extra = rng.choice(others, n_extra, False)
+        else:
+            w = weights[others] / weights[others].sum()
+            extra = rng.choice(others, n_extra, False, p=w)
+        images.append([int(c)] + [int(o) for o in np.sort(extra)])
     order = rng.permutation(len(images))
     return [images[i] for i in order]
 
@@ -308,13 +339,14 @@ def _layout(
     smin: float,
     smax: float,
     max_instances: int,
+    max_objects: int = 6,
 ) -> List[Tuple[int, np.ndarray]]:
     """Non-touching polygons: one of every listed class (required), plus extra instances if room."""
     unit = [_UNIT_SHAPES[s] for s in SHAPES]
     wanted = [(c, True) for c in classes]
     for c in classes:
         wanted += [(c, False)] * (_instances(rng, max_instances) - 1)
-    wanted = wanted[:_MAX_OBJECTS]
+    wanted = wanted[:max_objects]
     sizes = np.exp(rng.uniform(math.log(smin), math.log(smax), size=len(wanted)))
     # required objects first, big ones first, so they always fit
     order = sorted(range(len(wanted)), key=lambda i: (not wanted[i][1], -sizes[i]))
@@ -386,8 +418,10 @@ def _paint(
     poly: np.ndarray,
     rgb: Tuple[int, int, int],
     texture: str,
+    jitter: float = 1.0,
 ) -> None:
-    """Composite one object onto ``canvas`` (H, W, 3 float), anti-aliased by supersampling."""
+    """Composite one object onto ``canvas`` (H, W, 3 float), anti-aliased by supersampling.
+    ``jitter`` scales the per-object colour variation (gain range and additive noise)."""
     size = canvas.shape[0]
     x0, y0 = np.floor(poly.min(0)).astype(int)
     x1, y1 = np.minimum(np.ceil(poly.max(0)).astype(int), size)
@@ -397,7 +431,8 @@ def _paint(
     pts = (poly - (x0, y0)) * s
     ImageDraw.Draw(mask).polygon([tuple(p) for p in pts], fill=255)
     alpha = np.asarray(mask, dtype=np.float32).reshape(ch, s, cw, s).mean((1, 3)) / 255.0
-    colour = np.clip(np.asarray(rgb) * rng.uniform(0.82, 1.12) + rng.normal(0, 8, 3), 0, 255)
+    lo, hi = (0.82, 1.12) if jitter == 1.0 else (1 - 0.18 * jitter, 1 + 0.12 * jitter)
+    colour = np.clip(np.asarray(rgb) * rng.uniform(lo, hi) + rng.normal(0, 8 * jitter, 3), 0, 255)
     layer = np.broadcast_to(colour, (ch, cw, 3)).astype(np.float32)
     if texture != "solid":
         period = max(3, int(round(max(cw, ch) / 5)))
@@ -419,10 +454,11 @@ def _render(
     size: int,
     colour_of: np.ndarray,
     texture_of: np.ndarray,
+    jitter: float = 1.0,
 ) -> np.ndarray:
     canvas = np.asarray(_background(rng, size), dtype=np.float32).copy()
     for c, poly in objs:
-        _paint(canvas, rng, poly, COLOURS[colour_of[c]][1], TEXTURES[texture_of[c]])
+        _paint(canvas, rng, poly, COLOURS[colour_of[c]][1], TEXTURES[texture_of[c]], jitter)
     canvas *= rng.uniform(0.92, 1.08, size=3).astype(np.float32)  # colour cast of the "camera"
     canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(3, 9)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
@@ -456,6 +492,11 @@ def _resolve(preset: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
             "object_size must be (min, max) fractions of image_size with 0 < min <= max <= 0.5",
         ),
         (p["count_profile"] in COUNT_PROFILES, f"count_profile must be one of {COUNT_PROFILES}"),
+        (p["max_objects"] >= p["max_classes_per_image"],
+         "max_objects must be >= max_classes_per_image"),
+        (p["val_profile"] in VAL_PROFILES, f"val_profile must be one of {VAL_PROFILES}"),
+        (0 < p["val_fraction"] <= 1, "val_fraction must be in (0, 1]"),
+        (0 <= p["appearance_jitter"] <= 5, "appearance_jitter must be in [0, 5]"),
     ]
     bad = [msg for ok, msg in checks if not ok]
     if bad:
@@ -501,6 +542,10 @@ def generate_synthetic_lvis(
     max_instances_per_class: Optional[int] = None,
     neg_per_image: Optional[int] = None,
     object_size: Optional[Tuple[float, float]] = None,
+    max_objects: Optional[int] = None,
+    val_profile: Optional[str] = None,
+    val_fraction: Optional[float] = None,
+    appearance_jitter: Optional[float] = None,
     overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Write a long-tailed LVIS v1-format dataset (train + val) of coloured shapes.
@@ -530,6 +575,15 @@ def generate_synthetic_lvis(
         neg_per_image: 8 [2] absent classes listed in an image's ``neg_category_ids``.
         object_size: (1/6, 1/2) [same] min and max object side as fractions of ``image_size``
             (16-48 px at 96 px), log-uniform.
+        max_objects: 6 [6] objects per image, all classes together (required ones first).
+        val_profile: "per_class" ["per_class"]: ``val_images_per_class`` images per class, the
+            secondary classes uniform; "train": class c is the main class of
+            max(1, round(val_fraction * m_c)) images (m_c = training images with c as main class)
+            and secondary classes are drawn in proportion to training image counts, so val
+            follows the training distribution (as LVIS val does) while every class is scored.
+        val_fraction: 0.2 [0.2] with ``val_profile="train"`` (LVIS v1: 19,809 / 100,170 images).
+        appearance_jitter: 1.0 [1.0] scale of the per-object colour variation (gain
+            1 - 0.18 j .. 1 + 0.12 j, additive N(0, 8 j) per channel).
         overwrite: replace the dataset files (the two jsons, ``train/``, ``val/``) in a non-empty
             ``out_dir``; other files there are left alone.
 
@@ -554,8 +608,18 @@ def generate_synthetic_lvis(
         max_instances_per_class=max_instances_per_class,
         neg_per_image=neg_per_image,
         object_size=object_size,
+        max_objects=max_objects,
+        val_profile=val_profile,
+        val_fraction=val_fraction,
+        appearance_jitter=appearance_jitter,
     )
     p = _resolve(preset, knobs)
+    if count_source is None:
+        count_source = p["count_source"]
+    if count_source == "lvis_v1":
+        from .lvis_v1_stats import default_cat_info_path
+
+        count_source = default_cat_info_path()
     size = int(p["image_size"])
     smin, smax = (float(f) * size for f in p["object_size"])
     combos = list(
@@ -580,7 +644,13 @@ def generate_synthetic_lvis(
         rng, counts, float(p["co_occurrence"]), int(p["max_classes_per_image"])
     )
     extras_pool = np.array([len(c) - 1 for c in train_plan], dtype=np.int64)
-    val_plan = _plan_val(rng, k, int(p["val_images_per_class"]), extras_pool)
+    if p["val_profile"] == "train":
+        mains = np.bincount([c[0] for c in train_plan], minlength=k)  # images led by class c
+        val_counts = np.maximum(1, np.round(float(p["val_fraction"]) * mains)).astype(np.int64)
+        val_plan = _plan_val(rng, k, val_counts, extras_pool, weights=counts.astype(np.float64))
+    else:
+        val_counts = np.full(k, int(p["val_images_per_class"]), dtype=np.int64)
+        val_plan = _plan_val(rng, k, val_counts, extras_pool)
 
     _prepare_out_dir(out_dir, overwrite)
     categories = []
@@ -607,9 +677,12 @@ def generate_synthetic_lvis(
             image_id += 1
             img_rng = np.random.default_rng([seed, 1 + split_index, index])
             objs = _layout(
-                img_rng, classes, shape_of, size, smin, smax, int(p["max_instances_per_class"])
+                img_rng, classes, shape_of, size, smin, smax, int(p["max_instances_per_class"]),
+                int(p["max_objects"]),
             )
-            pixels = _render(img_rng, objs, size, colour_of, texture_of)
+            pixels = _render(
+                img_rng, objs, size, colour_of, texture_of, float(p["appearance_jitter"])
+            )
             file_name = f"{image_id:06d}.png"
             # noisy pixels barely compress: level 1 is as small as the default and 3x faster
             Image.fromarray(pixels, "RGB").save(

@@ -1,0 +1,58 @@
+"""Two stages in one command (MODEL.DECOUPLE.STAGE1_CONFIG): the argument plan, without training
+(tests/test_train_net.py trains both stages on tiny data)."""
+import os
+from argparse import Namespace
+
+import pytest
+
+from lt_det.engine.stages import stage1_finished, two_stage_args
+from lt_det.errors import LTDetError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+
+def _args(config, out, **kw):
+    base = dict(config_file=config, opts=["OUTPUT_DIR", str(out)], eval_only=False,
+                resume=False, overwrite_output=False)
+    base.update(kw)
+    return Namespace(**base)
+
+
+def test_flagship_config_is_rfs_then_balms(tmp_path):
+    out = tmp_path / "o"
+    plan = two_stage_args(_args(os.path.join(CONFIGS, "lvis_balanced.yaml"), out))
+    assert plan.stage1.config_file == os.path.join(CONFIGS, "lvis_rfs.yaml")
+    assert plan.stage1_dir == str(out / "stage1")
+    assert plan.stage1.opts[-2:] == ["OUTPUT_DIR", str(out / "stage1")]
+    weights = plan.stage2.opts[plan.stage2.opts.index("MODEL.WEIGHTS") + 1]
+    assert weights == str(out / "stage1" / "model_final.pth")
+    assert plan.stage2.config_file.endswith("lvis_balanced.yaml")
+    # the stage-2 run does not plan a stage 1 again
+    assert plan.stage2.opts[-2:] == ["MODEL.DECOUPLE.STAGE1_CONFIG", ""]
+    # --eval-only and single-stage configs run as they are
+    assert two_stage_args(_args(os.path.join(CONFIGS, "lvis_balanced.yaml"), out,
+                                eval_only=True)) is None
+    assert two_stage_args(_args(os.path.join(CONFIGS, "lvis_balanced_e2e.yaml"), out)) is None
+    assert not stage1_finished(str(out / "stage1"))
+
+
+def test_bad_stage1_config_and_earlier_run(tmp_path):
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(f'_BASE_: "{os.path.join(CONFIGS, "synthetic", "stage2_balms.yaml")}"\n'
+                   'MODEL:\n  DECOUPLE:\n    STAGE1_CONFIG: "missing.yaml"\n')
+    with pytest.raises(LTDetError, match="missing.yaml', which does not exist"):
+        two_stage_args(_args(str(cfg), tmp_path / "o"))
+    cfg.write_text(f'_BASE_: "{os.path.join(CONFIGS, "synthetic", "stage2_balms.yaml")}"\n'
+                   'MODEL:\n  DECOUPLE:\n    STAGE1_CONFIG: "two.yaml"\n')
+    with pytest.raises(LTDetError, match="sets MODEL.DECOUPLE.STAGE1_CONFIG itself"):
+        two_stage_args(_args(str(cfg), tmp_path / "o"))
+    # a finished stage 1 in OUTPUT_DIR/stage1: refused without --resume, skipped with it
+    done = tmp_path / "o" / "stage1"
+    done.mkdir(parents=True)
+    (done / "model_final.pth").write_bytes(b"x")
+    flagship = os.path.join(CONFIGS, "synthetic", "rfs_then_balms.yaml")
+    with pytest.raises(LTDetError, match="already holds a finished run"):
+        two_stage_args(_args(flagship, tmp_path / "o"))
+    plan = two_stage_args(_args(flagship, tmp_path / "o", resume=True))
+    assert stage1_finished(plan.stage1_dir)
