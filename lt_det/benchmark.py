@@ -106,6 +106,19 @@ for _spec in (
     MethodSpec("balanced_softmax_unshifted", "synthetic/stage2_balanced_softmax.yaml", stage=2,
                opts=("MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG", "unshifted"),
                label="Balanced Softmax, background unshifted", default=False),
+    # The methods users pick instead (docs/peers.md), measured on demand: stage-1 losses as their
+    # papers train them, BAGS as a decoupled stage 2, calibration eval-only on the stage-1 model.
+    MethodSpec("eql", "synthetic/eql.yaml", label="EQL (stage 1)", default=False),
+    MethodSpec("eqlv2", "synthetic/eqlv2.yaml", label="EQLv2 (stage 1)", default=False),
+    MethodSpec("seesaw", "synthetic/seesaw.yaml", label="Seesaw + cosine classifier (stage 1)",
+               default=False),
+    MethodSpec("federated", "synthetic/federated.yaml", label="federated loss + RFS (stage 1)",
+               default=False),
+    MethodSpec("bags", "synthetic/stage2_bags.yaml", stage=2, label="BAGS", default=False),
+    MethodSpec("norcal", "synthetic/norcal.yaml", stage=2, eval_only=True,
+               label="NorCal (post-hoc)", default=False),
+    MethodSpec("logit_adjustment", "synthetic/logit_adjustment.yaml", stage=2, eval_only=True,
+               label="logit adjustment (post-hoc)", default=False),
 ):
     register_method(_spec)
 

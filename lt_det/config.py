@@ -27,7 +27,8 @@ def add_lt_config(cfg: CN) -> CN:
 
     # ---------------------------------------------------------------- box classification head
     # Classification loss of the Fast R-CNN box predictor (registry LT_CLS_LOSS_REGISTRY).
-    # Choices: "softmax_ce" | "sigmoid_ce" | "balanced_softmax" | "balanced_sigmoid".
+    # Choices: "softmax_ce" | "sigmoid_ce" | "balanced_softmax" | "balanced_sigmoid"
+    #          | "eql" | "eqlv2" | "seesaw" | "federated" | "bags" (docs/peers.md).
     _C.MODEL.ROI_BOX_HEAD.CLS_LOSS = "softmax_ce"
     # Sigmoid-family losses: classifier bias initialised to -log((1 - p) / p) with this p
     # (0 disables the special init and keeps detectron2's zero bias).
@@ -40,6 +41,66 @@ def add_lt_config(cfg: CN) -> CN:
     #            with equal foreground logits the background vs foreground odds are not moved;
     #            measured better on the synthetic benchmark, docs/heads.md).
     _C.MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG = "fg_mass"
+
+    # ---------------------------------------------------------------- peer methods (losses,
+    # classifier layer, post-hoc calibration); CLS_LOSS also takes "eql" | "eqlv2" | "seesaw"
+    # | "federated" | "bags" (lt_det/modeling/losses/, docs/peers.md).
+    # Box classifier layer. Choices: "linear" (detectron2's nn.Linear)
+    #   | "normed_linear" (cosine classifier: temperature * <x/|x|, w/|w|> + b, Seesaw's head).
+    _C.MODEL.ROI_BOX_HEAD.CLS_SCORE = "linear"
+    # Temperature of "normed_linear" (> 0; 20 in the Seesaw paper's configs).
+    _C.MODEL.ROI_BOX_HEAD.NORMED_LINEAR_TEMPERATURE = 20.0
+    _C.MODEL.ROI_BOX_HEAD.EQL = CN()
+    # EQL: classes whose prior (PRIOR.SOURCE, image fractions by default) is below LAMBDA are
+    # "tail"; their negative terms on foreground ROIs get weight 0. >= 0; 1.76e-3 (LVIS v0.5).
+    _C.MODEL.ROI_BOX_HEAD.EQL.LAMBDA = 1.76e-3
+    _C.MODEL.ROI_BOX_HEAD.EQLV2 = CN()
+    # EQLv2: negative weight f(g) = sigmoid(GAMMA * (g - MU)), positive 1 + ALPHA * (1 - f(g)),
+    # g the accumulated positive/negative gradient ratio. Paper defaults: GAMMA 12 (>= 0) ...
+    _C.MODEL.ROI_BOX_HEAD.EQLV2.GAMMA = 12.0
+    # ... MU 0.8 ...
+    _C.MODEL.ROI_BOX_HEAD.EQLV2.MU = 0.8
+    # ... ALPHA 4 (>= 0).
+    _C.MODEL.ROI_BOX_HEAD.EQLV2.ALPHA = 4.0
+    _C.MODEL.ROI_BOX_HEAD.SEESAW = CN()
+    # Seesaw: mitigation exponent (>= 0; 0.8 in the paper).
+    _C.MODEL.ROI_BOX_HEAD.SEESAW.P = 0.8
+    # Seesaw: compensation exponent (>= 0; 2 in the paper).
+    _C.MODEL.ROI_BOX_HEAD.SEESAW.Q = 2.0
+    # Seesaw: floor of the ground-truth probability in the compensation ratio, in (0, 1].
+    _C.MODEL.ROI_BOX_HEAD.SEESAW.EPS = 0.01
+    # Federated loss: |S|, classes per set (>= 1). detectron2's key name; newer detectron2 defines
+    # it (and the next key) already, and add_lt_config then keeps its value.
+    _C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = _C.MODEL.ROI_BOX_HEAD.get(
+        "FED_LOSS_NUM_CLASSES", 50
+    )
+    # Federated loss: negatives drawn with probability proportional to image_count ** this (>= 0).
+    _C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = _C.MODEL.ROI_BOX_HEAD.get(
+        "FED_LOSS_FREQ_WEIGHT_POWER", 0.5
+    )
+    # Federated loss: which ROIs share a class set. Choices: "image" (one set per image: its
+    # classes + negatives) | "batch" (one set per batch, as detectron2 / CenterNet2 implement it).
+    _C.MODEL.ROI_BOX_HEAD.FED_LOSS_CLASS_SETS = "image"
+    _C.MODEL.ROI_BOX_HEAD.BAGS = CN()
+    # BAGS: ascending group edges on training instance counts: [0, 10), [10, 100), [100, 1000),
+    # [1000, inf) by default; empty groups are dropped.
+    _C.MODEL.ROI_BOX_HEAD.BAGS.BINS = [10, 100, 1000]
+    # BAGS: "others" ROIs kept per ROI of a group, in expectation (> 0; 8 in the paper).
+    _C.MODEL.ROI_BOX_HEAD.BAGS.OTHERS_RATIO = 8.0
+    # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
+    # Choices: "none"
+    #   | "norcal" (Pan et al. 2021: foreground scores divided by n_j ** GAMMA, n_j training
+    #     instances of class j, background kept, renormalised per ROI; for sigmoid heads per class
+    #     against its complement)
+    #   | "logit_adjustment" (Menon et al. 2021: foreground logits z_j - TAU * log pi_j, pi the
+    #     class prior of PRIOR.SOURCE; background logit unchanged).
+    # Both act on the foreground logits before the loss's own activation (predict_probs).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD = "none"
+    # NorCal strength gamma (>= 0; 0 changes nothing; pick it with tools/calibration_sweep.py).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.GAMMA = 0.0
+    # Logit-adjustment strength tau (>= 0; 0 changes nothing; tools/calibration_sweep.py).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.TAU = 0.0
 
     # Class prior used by the balanced losses (and reported by tools).
     _C.MODEL.ROI_BOX_HEAD.PRIOR = CN()
@@ -130,6 +191,9 @@ def add_lt_config(cfg: CN) -> CN:
     _C.TEST.LVIS.BACKEND = "fast"
     # AP-fixed protocol (Dave et al. 2021): no per-image cap, top 10,000 detections per class.
     _C.TEST.LVIS.AP_FIXED = False
+    # AP-pool (Dave et al. 2021) next to the per-class metrics, bbox only: detections of all
+    # classes (and of each r/c/f group) in one precision-recall curve. True | False.
+    _C.TEST.LVIS.AP_POOL = False
     # Evaluate at most this many classes at a time (bounds memory, same numbers; 0 = all at once).
     # 100 measured faster and lighter than 0 at LVIS scale (docs/evaluation.md).
     _C.TEST.LVIS.CLASS_CHUNK = 100

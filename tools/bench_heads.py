@@ -151,10 +151,15 @@ def main() -> None:
 
     base, gt, prior = make_inputs(args.rois, args.classes, args.device, dtype)
     names = ["softmax_ce"] + sorted(n for n, _ in LT_CLS_LOSS_REGISTRY if n != "softmax_ce")
+    # Loss-specific inputs: BAGS groups by instance counts (LVIS-like: the image fractions times
+    # 100k images), the federated loss gets the batch's images (16 x 512 ROIs by default).
+    extra_kwargs = {"bags": {"instance_counts": (prior * 100_000).round().tolist()}}
     losses = {
-        n: build_cls_loss(n, num_classes=args.classes, class_prior=prior).to(args.device)
+        n: build_cls_loss(n, num_classes=args.classes, class_prior=prior,
+                          **extra_kwargs.get(n, {})).to(args.device)
         for n in names
     }
+    rois_per_image = [512] * (args.rois // 512) + ([args.rois % 512] if args.rois % 512 else [])
     # Unfused references (textbook forms), for comparison only.
     shift = balanced_softmax_shift(prior.to(args.device))
     log_odds = (prior / (1 - prior)).log().to(args.device)
@@ -174,6 +179,11 @@ def main() -> None:
     losses["balanced_sigmoid (unfused)"] = unfused_sigmoid
     names += ["balanced_softmax (unfused)", "balanced_sigmoid (unfused)"]
     logits = {n: base.clone().requires_grad_(True) for n in names}
+    for n in names:  # a loss with extra logits (BAGS's group logits) gets wider inputs
+        extra = getattr(losses[n], "num_extra_logits", 0)
+        if extra:
+            wide = torch.cat([base, base[:, :extra]], dim=1)
+            logits[n] = wide.clone().requires_grad_(True)
 
     def step(n: str) -> Callable[[], None]:
         def fn() -> None:
@@ -181,7 +191,10 @@ def main() -> None:
             # bf16 logits are timed as in mixed-precision training: the loss under autocast
             # (where detectron2's F.cross_entropy also runs in float32).
             with torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=amp):
-                loss = losses[n](logits[n], gt)
+                if getattr(losses[n], "needs_rois_per_image", False):
+                    loss = losses[n](logits[n], gt, rois_per_image)
+                else:
+                    loss = losses[n](logits[n], gt)
             loss.backward()
 
         return fn

@@ -3,7 +3,7 @@ r"""Evaluate an LVIS results file offline and print the LVIS metrics (percent).
 
     python tools/lvis_eval.py --gt lvis_v1_val.json \
         --results lvis_instances_results.json \
-        --iou-type bbox [--backend fast|lvis] [--ap-fixed] [--class-chunk 100] \
+        --iou-type bbox [--backend fast|lvis] [--ap-fixed] [--ap-pool] [--class-chunk 100] \
         [--max-dets-per-image 300] [--output metrics.json] [--per-class-dir DIR]
 
 Prints the metrics (AP ... AR@300; AR@-1 under --ap-fixed, which has no per-image cap) and,
@@ -51,6 +51,11 @@ def main() -> int:
         help="AP-fixed protocol: top --max-dets-per-class per class, no image cap",
     )
     p.add_argument(
+        "--ap-pool",
+        action="store_true",
+        help="also AP-pool (all, r, c, f; bbox only): one precision-recall curve per pool",
+    )
+    p.add_argument(
         "--max-dets-per-image",
         type=int,
         default=300,
@@ -82,6 +87,7 @@ def main() -> int:
             iou_type=args.iou_type,
             backend=args.backend,
             ap_fixed=args.ap_fixed,
+            ap_pool=args.ap_pool,
             max_dets_per_image=args.max_dets_per_image,
             max_dets_per_class=args.max_dets_per_class,
             class_chunk=args.class_chunk,

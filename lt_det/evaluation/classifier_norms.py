@@ -62,7 +62,7 @@ def classifier_norms(state: Dict, num_classes: int, key: str, tau: float) -> np.
         near = [k for k in state if k.endswith("cls_score.weight")]
         raise LTDetError(f"no '{wkey}' in the checkpoint; classifier weights found: {near}.")
     w = state[wkey].float()
-    if w.shape[0] not in (num_classes, num_classes + 1):
+    if w.shape[0] < num_classes:  # more rows: background and a loss's extra logits (BAGS)
         raise LTDetError(
             f"'{wkey}' has {w.shape[0]} rows, the dataset has {num_classes} classes (+1 bg)."
         )

@@ -182,6 +182,7 @@ def evaluate_lvis(
     class_chunk: int = 0,
     frequency: Optional[Mapping[int, str]] = None,
     image_count: Optional[Mapping[int, int]] = None,
+    ap_pool: bool = False,
     progress: bool = False,
 ) -> LVISEvalResult:
     """Evaluate LVIS results against LVIS ground truth.
@@ -199,6 +200,9 @@ def evaluate_lvis(
             memory; does not change any number.
         frequency / image_count: optional {category id: r/c/f group / training image count}
             overriding the ground truth's (see :class:`LVISGroundTruth`).
+        ap_pool: also compute AP-pool over all classes and per frequency group (``APpool``,
+            ``APpool_r/c/f``; bbox only, :mod:`lt_det.evaluation.ap_pool`) on the same
+            detections.
         progress: show a progress bar with ETA over the class chunks on stderr (tqdm), and log
             the loading times; only useful with ``class_chunk`` > 0.
     """
@@ -259,9 +263,16 @@ def evaluate_lvis(
     recall = np.concatenate(recalls, axis=1)
     label = -1 if ap_fixed else (max_dets_per_image if max_dets_per_image >= 0 else 300)
     metrics = summarize_lvis(precision, recall, gt.frequency, label)
+    if ap_pool:
+        if iou_type != "bbox":
+            raise LTDetError("AP-pool is computed for bbox only (iou_type='bbox').")
+        from .ap_pool import ap_pool_metrics
+
+        metrics.update(ap_pool_metrics(gt, dets))
     info = {
         "backend": backend,
         "ap_fixed": ap_fixed,
+        "ap_pool": ap_pool,
         "max_dets_per_image": None if ap_fixed else max_dets_per_image,
         "max_dets_per_class": max_dets_per_class if ap_fixed else None,
         "class_chunk": class_chunk,

@@ -23,6 +23,7 @@ from pycocotools import mask as mask_util
 
 from ..class_stats import class_stats_from_metadata, union_class_stats
 from ..errors import LTDetError
+from .ap_pool import AP_POOL_NAMES
 from .backends import get_lvis_backend
 from .detections import DetectionTable
 from .ground_truth import LVISGroundTruth
@@ -80,6 +81,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         output_dir: Optional[str] = None,
         backend: str = "fast",
         ap_fixed: bool = False,
+        ap_pool: bool = False,
         class_chunk: int = 0,
         max_dets_per_image: int = 300,
         distributed: bool = True,
@@ -95,6 +97,7 @@ class LTLVISEvaluator(DatasetEvaluator):
             output_dir: where results and per-class reports are written (None = nowhere).
             backend: "fast" (faster-coco-eval) | "lvis" (lvis-api).
             ap_fixed: AP-fixed protocol (no per-image cap, top 10,000 per class).
+            ap_pool: also report AP-pool (all, r, c, f) for bbox (Dave et al. 2021).
             class_chunk: classes evaluated at a time (0 = all); bounds memory only.
             max_dets_per_image: per-image cap of the standard protocol (LVIS: 300).
             distributed: gather predictions from all ranks (only when world size > 1).
@@ -116,6 +119,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._backend = backend
         self._ap_fixed = ap_fixed
+        self._ap_pool = ap_pool
         self._class_chunk = class_chunk
         self._max_dets = max_dets_per_image
         self._distributed = distributed
@@ -231,10 +235,13 @@ class LTLVISEvaluator(DatasetEvaluator):
                 iou_type=task,
                 backend=self._backend,
                 ap_fixed=self._ap_fixed,
+                ap_pool=self._ap_pool and task == "bbox",
                 max_dets_per_image=self._max_dets,
                 class_chunk=self._class_chunk,
             )
             names = METRIC_NAMES + [recall_key(self._ap_fixed, self._max_dets)]
+            if self._ap_pool and task == "bbox":
+                names += AP_POOL_NAMES
             results[task] = dict(res.metrics_percent(names))
             protocol = "AP-fixed" if self._ap_fixed else f"{self._max_dets} dets/image"
             logger.info(
@@ -275,6 +282,7 @@ def build_lvis_evaluator(
         output_dir=output_dir,
         backend=cfg.TEST.LVIS.BACKEND,
         ap_fixed=cfg.TEST.LVIS.AP_FIXED,
+        ap_pool=cfg.TEST.LVIS.AP_POOL,
         class_chunk=cfg.TEST.LVIS.CLASS_CHUNK,
         max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         train_dataset_name=train_name,

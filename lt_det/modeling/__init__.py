@@ -7,6 +7,7 @@ backbones of ``lt_det.modeling.backbone`` (detectron2's BACKBONE_REGISTRY).
 from . import backbone as _backbone  # registration (build_mnv2_fpn_backbone)  # noqa: F401
 from . import roi_heads as _  # registration  # noqa: F401
 from .box_predictor import LTFastRCNNOutputLayers
+from .calibration import CALIBRATION_METHODS, PosthocCalibration, calibration_from_cfg
 from .losses import (
     LT_CLS_LOSS_REGISTRY,
     BalancedSigmoidLoss,
@@ -14,6 +15,16 @@ from .losses import (
     ClsLoss,
     SigmoidCELoss,
     SoftmaxCELoss,
+    EQLLoss,
+    EQLv2Loss,
+    SeesawLoss,
+    FederatedLoss,
+    BAGSLoss,
+    eql_loss,
+    eqlv2_loss,
+    seesaw_loss,
+    federated_loss,
+    bags_loss,
     balanced_sigmoid_loss,
     balanced_softmax_loss,
     build_cls_loss,
@@ -22,6 +33,7 @@ from .losses import (
     sigmoid_ce_loss,
     softmax_ce_loss,
 )
+from .normed_linear import NormedLinear
 from .priors import class_prior_from_cfg, class_prior_from_counts
 from .roi_heads import LTCascadeROIHeads, LTStandardROIHeads
 from .torchvision_adapter import (
@@ -41,6 +53,20 @@ __all__ = [
     "sigmoid_ce_loss",
     "balanced_softmax_loss",
     "balanced_sigmoid_loss",
+    "EQLLoss",
+    "EQLv2Loss",
+    "SeesawLoss",
+    "FederatedLoss",
+    "BAGSLoss",
+    "eql_loss",
+    "eqlv2_loss",
+    "seesaw_loss",
+    "federated_loss",
+    "bags_loss",
+    "NormedLinear",
+    "PosthocCalibration",
+    "calibration_from_cfg",
+    "CALIBRATION_METHODS",
     "build_cls_loss",
     "build_cls_loss_from_cfg",
     "register_cls_loss",

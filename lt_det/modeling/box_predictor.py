@@ -12,7 +12,9 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from torch import nn
 
+from .calibration import PosthocCalibration, calibration_from_cfg
 from .losses import build_cls_loss, build_cls_loss_from_cfg
+from .normed_linear import NormedLinear
 
 try:  # present in detectron2 0.6 and later; logging only
     from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
@@ -46,6 +48,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         cls_loss: Union[str, nn.Module] = "softmax_ce",
         class_prior: Optional[torch.Tensor] = None,
         cls_loss_kwargs: Optional[Dict] = None,
+        cls_score: str = "linear",
+        normed_linear_temperature: float = 20.0,
+        calibration: Optional[PosthocCalibration] = None,
         **kwargs,
     ):
         """
@@ -56,6 +61,12 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             class_prior: (K,) prior; only with a loss name (a module carries its own prior).
             cls_loss_kwargs: extra options for a loss given by name, e.g.
                 ``{"background": "fg_mass"}``.
+            cls_score: the classifier layer, "linear" (detectron2's) | "normed_linear" (cosine
+                classifier, :class:`lt_det.modeling.normed_linear.NormedLinear`). It has
+                K + 1 outputs plus the loss's ``num_extra_logits`` (BAGS's group logits).
+            normed_linear_temperature: temperature of "normed_linear".
+            calibration: post-hoc calibration applied to the logits in :meth:`predict_probs`
+                only (inference), e.g. from :func:`lt_det.modeling.calibration_from_cfg`.
             kwargs: every argument of detectron2's :class:`FastRCNNOutputLayers`
                 (``box2box_transform``, ``num_classes``, ``test_score_thresh``, ...).
         """
@@ -78,7 +89,24 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
                 f"num_classes={self.num_classes}."
             )
         self.cls_loss = cls_loss
+        extra = int(getattr(cls_loss, "num_extra_logits", 0))
+        if cls_score not in ("linear", "normed_linear"):
+            raise ValueError(
+                f"Unknown MODEL.ROI_BOX_HEAD.CLS_SCORE {cls_score!r}; choices: "
+                "['linear', 'normed_linear']."
+            )
+        if cls_score == "normed_linear":
+            self.cls_score = NormedLinear(
+                self.cls_score.in_features,
+                self.num_classes + 1 + extra,
+                temperature=normed_linear_temperature,
+            )
+        elif extra:
+            self.cls_score = nn.Linear(self.cls_score.in_features, self.num_classes + 1 + extra)
+            nn.init.normal_(self.cls_score.weight, std=0.01)
+            nn.init.constant_(self.cls_score.bias, 0.0)
         self.cls_loss.init_cls_bias_(self.cls_score.bias)
+        self.calibration = calibration
 
     @classmethod
     def from_config(
@@ -104,6 +132,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         ret = super().from_config(cfg, input_shape)
         ret["cls_loss"] = build_cls_loss_from_cfg(cfg, class_prior=class_prior)
+        ret["cls_score"] = head.CLS_SCORE
+        ret["normed_linear_temperature"] = head.NORMED_LINEAR_TEMPERATURE
+        ret["calibration"] = calibration_from_cfg(cfg)
         return ret
 
     def losses(
@@ -138,8 +169,12 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         else:
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
 
+        if getattr(self.cls_loss, "needs_rois_per_image", False):  # e.g. the federated loss
+            loss_cls = self.cls_loss(scores, gt_classes, [len(p) for p in proposals])
+        else:
+            loss_cls = self.cls_loss(scores, gt_classes)
         losses = {
-            "loss_cls": self.cls_loss(scores, gt_classes),
+            "loss_cls": loss_cls,
             "loss_box_reg": self.box_reg_loss(
                 proposal_boxes, gt_boxes, proposal_deltas, gt_classes
             ),
@@ -149,7 +184,10 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
     ) -> List[torch.Tensor]:
-        """Per-image (Ri, K + 1) scores from the loss's activation (no prior applied)."""
+        """Per-image (Ri, K + 1) scores from the loss's activation (no prior applied), after the
+        post-hoc calibration when one is set."""
         scores, _ = predictions
+        if self.calibration is not None:
+            scores = self.calibration(scores)
         num_inst_per_image = [len(p) for p in proposals]
         return self.cls_loss.predict_probs(scores).split(num_inst_per_image, dim=0)

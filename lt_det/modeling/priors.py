@@ -268,3 +268,4 @@ def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
     return class_prior_from_counts(
         counts, _num_train_images(train), zero_count_floor=floor, class_names=names, source=desc
     )
+

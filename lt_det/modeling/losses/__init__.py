@@ -1,7 +1,11 @@
 """Box-classification losses. Importing this package registers every loss."""
 from .balanced_sigmoid import BalancedSigmoidLoss, balanced_sigmoid_loss
 from .balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss, balanced_softmax_shift
+from .bags import BAGSLoss, bags_groups, bags_loss, bags_probs
 from .base import ClsLoss
+from .eql import EQLLoss, eql_loss
+from .eqlv2 import EQLv2Loss, eqlv2_loss, eqlv2_weights
+from .federated import FederatedLoss, federated_class_mask, federated_loss
 from .registry import (
     LT_CLS_LOSS_REGISTRY,
     build_cls_loss,
@@ -9,6 +13,7 @@ from .registry import (
     cls_loss_class,
     register_cls_loss,
 )
+from .seesaw import SeesawLoss, seesaw_loss, seesaw_shift
 from .sigmoid_ce import SigmoidCELoss, sigmoid_ce_loss
 from .softmax_ce import SoftmaxCELoss, softmax_ce_loss
 
