@@ -16,7 +16,7 @@ import torch
 from detectron2.config import CfgNode
 
 from ._fused import ShiftedSigmoidCE
-from .base import check_reduction, empty_loss, reduce_per_roi
+from .base import check_reduction, empty_loss
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss
 
@@ -50,8 +50,7 @@ def balanced_sigmoid_loss(
     dtype = torch.promote_types(logits.dtype, torch.float32)
     prior = class_prior.to(dtype).clamp(EPS, 1 - EPS)
     log_odds = torch.log(prior) - torch.log1p(-prior)  # (K,)
-    per_roi = ShiftedSigmoidCE.apply(logits.to(dtype), gt_classes, log_odds)
-    return reduce_per_roi(per_roi, reduction)
+    return ShiftedSigmoidCE.apply(logits, gt_classes, log_odds, reduction)
 
 
 @register_cls_loss("balanced_sigmoid")
