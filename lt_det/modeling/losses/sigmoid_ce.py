@@ -58,6 +58,8 @@ def sigmoid_probs(logits: torch.Tensor) -> torch.Tensor:
 class SigmoidCELoss(ClsLoss):
     """Module form of :func:`sigmoid_ce_loss`; scores are per-class sigmoids."""
 
+    activation = "sigmoid"
+
     def __init__(
         self,
         *,
