@@ -22,7 +22,7 @@ Returns:
 """
 from typing import Callable
 
-from detectron2.utils.registry import Registry
+from fvcore.common.registry import Registry  # detectron2's Registry, without torch
 
 from ...errors import LTDetError
 
