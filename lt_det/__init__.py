@@ -8,12 +8,7 @@ registers lt_det's losses, ROI heads, backbones and stage-2 methods in their reg
 from ``lt_det.config`` directly.
 """
 import importlib
-import warnings
 from typing import Any
-
-# detectron2 0.6 scripts a few helpers with torch.jit at import time; torch 2.14 warns about it on
-# every import. The warning is about detectron2's code, not the user's: keep logs readable.
-warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
 __version__ = "0.1.0"
 

@@ -16,9 +16,9 @@ import math
 import sys
 
 # The offline evaluator imports neither torch nor detectron2: this tool starts in well under a
-# second (tests/test_evaluation.py checks that neither is imported).
-from lt_det.errors import LTDetError
-from lt_det.evaluation import evaluate_lvis, write_per_class
+# second (tests/test_import_weight.py checks that neither is imported).
+from lt_det.errors import LTDetError, report_error
+from lt_det.evaluation import LT_LVIS_EVAL_BACKEND_REGISTRY, evaluate_lvis, write_per_class
 
 
 def main() -> int:
@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--gt", required=True, help="LVIS-format ground-truth json")
     p.add_argument("--results", required=True, help="LVIS results json (list of detections)")
     p.add_argument("--iou-type", required=True, choices=["bbox", "segm"])
-    p.add_argument("--backend", default="fast", choices=["fast", "lvis"])
+    p.add_argument("--backend", default="fast", choices=LT_LVIS_EVAL_BACKEND_REGISTRY.choices())
     p.add_argument("--ap-fixed", action="store_true", help="top 10,000 per class, no image cap")
     p.add_argument("--max-dets-per-image", type=int, default=300)
     p.add_argument("--max-dets-per-class", type=int, default=10000, help="AP-fixed cap")
@@ -52,8 +52,7 @@ def main() -> int:
             class_chunk=args.class_chunk,
         )
     except LTDetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     metrics = r.metrics_percent()
     protocol = "AP-fixed" if args.ap_fixed else f"{args.max_dets_per_image} detections/image"
     print(

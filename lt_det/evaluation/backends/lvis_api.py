@@ -26,7 +26,7 @@ def _lvis_from_dict(dataset: Dict):
     return api
 
 
-@LT_LVIS_EVAL_BACKEND_REGISTRY.register()
+@LT_LVIS_EVAL_BACKEND_REGISTRY.register("lvis")
 def lvis(
     gt, dets, *, iou_type: str, cat_ids: np.ndarray, img_ids: np.ndarray, max_dets: int
 ) -> Tuple[np.ndarray, np.ndarray]:
