@@ -3,9 +3,8 @@
 Importing ``lt_det`` is light: the offline evaluator (``lt_det.evaluation``, ``tools/lvis_eval.py``)
 needs neither torch nor detectron2. The model side is loaded on first use of any name below
 (``lt_det.add_lt_config``, ``from lt_det import balanced_softmax_loss``, ...), and loading it
-registers lt_det's losses, ROI heads, backbones and stage-2 methods in their registries;
-:func:`add_lt_config`, the entry point of every config-built model, also does it when imported
-from ``lt_det.config`` directly.
+registers lt_det's losses, ROI heads, backbones and stage-2 methods in their registries, as
+``import lt_det.modeling`` (or any module that imports it, e.g. ``lt_det.engine``) does.
 """
 import importlib
 from typing import Any

@@ -12,13 +12,8 @@ __all__ = ["add_lt_config"]
 def add_lt_config(cfg: CN) -> CN:
     """Add lt_det's keys to a detectron2 config (in place) and return it.
 
-    Safe to call twice: keys that already exist keep their values. Also registers lt_det's
-    losses, ROI heads, backbones and stage-2 methods (every model built from a config with these
-    keys needs them), however lt_det was imported.
+    Safe to call twice: keys that already exist keep their values.
     """
-    from . import register_all
-
-    register_all()
     _C = cfg
     if "CLS_LOSS" in _C.MODEL.ROI_BOX_HEAD:
         return _C

@@ -110,9 +110,8 @@ REGISTERED = """
         "import lt_det\nadd = lt_det.add_lt_config",
         "from lt_det import add_lt_config",
         "from lt_det import balanced_softmax_loss",
-        # add_lt_config imported from its module still registers when it is called
-        "from detectron2.config import get_cfg\nfrom lt_det.config import add_lt_config\n"
-        "add_lt_config(get_cfg())",
+        "import lt_det.modeling",
+        "from lt_det.engine.defaults import load_config",
     ],
 )
 def test_model_side_registers_however_it_is_reached(entry):
