@@ -325,7 +325,12 @@ def run_cli(cmd: List[str], metrics_path: str, percent: bool) -> Dict:
     if percent:  # tools/lvis_eval.py --output: {"metrics": percent, null where undefined}
         metrics = {k: (-1.0 if v is None else v / 100) for k, v in metrics["metrics"].items()}
     cpu = usage.ru_utime + usage.ru_stime
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_kb / 1024.0, "metrics": metrics}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak_kb / 1024.0,
+        "metrics": metrics,
+    }
 
 
 def worker(args) -> None:
