@@ -11,10 +11,12 @@ import importlib
 from typing import Any
 
 from .backends import LT_LVIS_EVAL_BACKEND_REGISTRY, get_lvis_backend
+from .classifier_norms import classifier_norms, plot_classifier_norms
 from .detections import DetectionTable, top_k_per_group
 from .ground_truth import LVISGroundTruth
 from .lvis_eval import LVISEvalResult, evaluate_lvis, select_detections, summarize_lvis
 from .per_class import read_per_class, write_per_class
+from .plot import plot_ap_vs_frequency
 
 _DETECTRON2_SIDE = {"LTLVISEvaluator", "build_lvis_evaluator"}  # lvis_evaluator.py
 
@@ -25,8 +27,11 @@ __all__ = [
     "LVISEvalResult",
     "LVISGroundTruth",
     "build_lvis_evaluator",
+    "classifier_norms",
     "evaluate_lvis",
     "get_lvis_backend",
+    "plot_ap_vs_frequency",
+    "plot_classifier_norms",
     "read_per_class",
     "select_detections",
     "summarize_lvis",
