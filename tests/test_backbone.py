@@ -48,9 +48,12 @@ def _cfg(pretrained: str = "", **overrides):
     return cfg
 
 
-def test_registered_on_import_lt_det():
+def test_registered_when_lt_det_builds_configs():
+    """``import lt_det`` is light (the offline evaluator needs no torch); the backbone is
+    registered as soon as the model side is used, here through add_lt_config."""
     code = (
-        "import lt_det; from detectron2.modeling import BACKBONE_REGISTRY; "
+        "import lt_det; from detectron2.config import get_cfg; lt_det.add_lt_config(get_cfg()); "
+        "from detectron2.modeling import BACKBONE_REGISTRY; "
         "assert 'build_mnv2_fpn_backbone' in BACKBONE_REGISTRY._obj_map"
     )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True, cwd=ROOT)

@@ -23,7 +23,7 @@ from lt_det.evaluation import (
     read_per_class,
     top_k_per_group,
 )
-from lt_det.evaluation.backends.lvis_api import _LVISFromDict
+from lt_det.evaluation.backends.lvis_api import _lvis_from_dict
 
 BACKENDS = ["fast", "lvis"]
 H = W = 100
@@ -66,7 +66,7 @@ def _det(img, cat, box, score, segm=False):
 
 def _lvis_api(gt, results, iou_type="bbox", max_dets=300):
     """Metrics of the untouched official lvis-api."""
-    lvis_gt = _LVISFromDict(copy.deepcopy(gt))
+    lvis_gt = _lvis_from_dict(copy.deepcopy(gt))
     res = copy.deepcopy(results)
     if iou_type == "segm":
         for r in res:
@@ -288,7 +288,7 @@ def test_segm_size_ranges_use_mask_area(backend):
     dets = [fp, _det(1, 1, (10, 10, 10, 10), 0.5, segm=True)]
     r = evaluate_lvis(gt, dets, iou_type="segm", backend=backend)
     assert r.metrics["APs"] == pytest.approx(0.5, abs=1e-12)
-    lvis_gt = _LVISFromDict(copy.deepcopy(gt))
+    lvis_gt = _lvis_from_dict(copy.deepcopy(gt))
     ev = LVISEval(lvis_gt, LVISResults(lvis_gt, copy.deepcopy(dets)), "segm")
     ev.run()
     assert ev.get_results()["APs"] == pytest.approx(1.0)

@@ -3,22 +3,27 @@
 
 For each image count (default 500 and 2000) it writes a ground truth with the 1203 LVIS v1
 categories and their real training image counts (hence the real r/c/f split and long tail;
-positives and negatives per image drawn in proportion to those counts) and a results file with
-~300 detections per image (jittered copies of the gt boxes, confusions and background boxes;
-a few more than 300 so that the per-image cut matters). Then, each in its own subprocess, it runs
+positives and negatives per image drawn in proportion to those counts; rectangular polygon masks)
+and a results file with ~300 detections per image (jittered copies of the gt boxes, confusions
+and background boxes; a few more than 300 so that the per-image cut matters), with boxes for
+"bbox" and RLE masks (the boxes' rectangles, no "bbox" key, so that both sides take areas from
+the masks) for "segm". Then, for each IoU type, it runs the command line a user runs, each in
+its own process, from interpreter start to exit:
 
-  * lvis-api end to end: ``LVIS(gt)``, ``LVISResults(gt, results, max_dets=300)``,
-    ``LVISEval(...).run()``;
-  * lt_det: ``evaluate_lvis(gt, results, backend="fast", class_chunk=C)`` for each C given;
+  * lvis-api: ``python -c`` with ``LVIS(gt)``, ``LVISResults(gt, results, max_dets=300)``,
+    ``LVISEval(...).run()``, ``print_results()`` (lvis-api has no command-line tool);
+  * lt_det: ``tools/lvis_eval.py --gt ... --results ... --iou-type ...`` (``--class-chunk`` C for
+    each C given; default 100, the tool's default);
 
-and reports wall time (from reading the json files to the metrics; imports excluded), peak
-memory as the subprocess's peak resident set (``VmHWM`` in /proc/self/status; it includes the
-interpreter and its imports: lt_det imports torch/detectron2, lvis-api does not, so the RSS right
-after the imports is reported too, and the growth from there), and the largest metric
-difference to lvis-api.
+and reports wall time of the whole process (interpreter start, imports, json parsing,
+evaluation, printing), its peak resident set (``VmHWM`` of the child, polled from /proc every few
+milliseconds until it exits; Linux), and the largest metric difference to lvis-api.
+``--breakdown`` adds in-process timings (from the json files to the metrics, and from
+predictions already in memory, the detectron2 evaluator's path).
 
-    .venv/bin/python tools/bench_eval.py [--images 500 2000] [--class-chunks 0 100]
-        [--cat-info lvis_v1_train_cat_info.json] [--iou-type bbox] [--output bench.json]
+    python tools/bench_eval.py [--images 500 2000] [--iou-types bbox segm] [--class-chunks 100]
+        [--cat-info lvis_v1_train_cat_info.json] [--breakdown] [--output bench.json]
+    python tools/bench_eval.py --full-scale 19809 [--iou-types bbox segm]   # LVIS v1 val scale
 """
 import argparse
 import json
@@ -57,16 +62,29 @@ def load_cat_info(path: str) -> List[Dict]:
     if path:
         with open(path) as f:
             return sorted(json.load(f), key=lambda c: c["id"])
-    sys.path.insert(0, ROOT)
     from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info
 
     return load_lvis_v1_cat_info()
 
 
+def _rles(boxes: np.ndarray, h: int, w: int) -> List[Dict]:
+    """Compressed RLEs (json-ready: counts as str) of the rectangles of (N, 4) XYWH boxes."""
+    from pycocotools import mask as mask_util
+
+    rles = mask_util.frPyObjects(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), h, w)
+    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
 def make_lvis_like(
-    cat_info: List[Dict], num_images: int, *, dets_per_image: int = 310, seed: int = 0
+    cat_info: List[Dict],
+    num_images: int,
+    *,
+    dets_per_image: int = 310,
+    seed: int = 0,
+    masks: bool = False,
 ):
-    """(gt dict, results list) with LVIS v1's categories and long tail; see module docstring."""
+    """(gt dict, results list) with LVIS v1's categories and long tail; see module docstring.
+    ``masks``: results carry an RLE "segmentation" (the box's rectangle) instead of "bbox"."""
     rng = np.random.default_rng(seed)
     ids = np.array([c["id"] for c in cat_info])
     counts = np.array([c["image_count"] for c in cat_info], dtype=np.float64)
@@ -124,25 +142,31 @@ def make_lvis_like(
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             cls = int(rng.choice(in_image)) if rng.random() < 0.3 else int(rng.choice(ids, p=prob))
             img_dets.append((cls, [x, y, bw, bh], rng.uniform(0, 0.7)))
-        for cls, box, s in img_dets[:dets_per_image]:
-            box = np.asarray(box, dtype=np.float32)  # detectron2 writes float32 values
-            box[2:] = np.maximum(box[2:], 1)
-            results.append(
-                {
-                    "image_id": img_id,
-                    "category_id": cls,
-                    "bbox": [float(v) for v in box],
-                    "score": float(np.float32(s)),
-                }
-            )
+        kept = img_dets[:dets_per_image]
+        boxes = np.array([box for _, box, _ in kept], dtype=np.float32)  # detectron2: float32
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], 1)
+        rles = _rles(boxes, h, w) if masks else None
+        for k, (cls, _, s) in enumerate(kept):
+            r = {"image_id": img_id, "category_id": cls, "score": float(np.float32(s))}
+            if masks:
+                r["segmentation"] = rles[k]
+            else:
+                r["bbox"] = [float(v) for v in boxes[k]]
+            results.append(r)
     return {"images": images, "annotations": anns, "categories": cats}, results
 
 
 def make_lvis_like_table(
-    cat_info: List[Dict], num_images: int, *, dets_per_image: int = 300, seed: int = 0
+    cat_info: List[Dict],
+    num_images: int,
+    *,
+    dets_per_image: int = 300,
+    seed: int = 0,
+    masks: bool = False,
 ):
     """(gt dict, DetectionTable) like :func:`make_lvis_like`, detections built with vectorised
-    numpy (no dicts, no json) so that LVIS v1 val scale (19,809 images) is cheap to make."""
+    numpy (no dicts, no json) so that LVIS v1 val scale (19,809 images) is cheap to make.
+    ``masks``: gt polygons and detection RLEs (the boxes' rectangles) for "segm"."""
     from lt_det.evaluation import DetectionTable
 
     rng = np.random.default_rng(seed)
@@ -178,6 +202,9 @@ def make_lvis_like_table(
                         "area": float(bw * bh),
                     }
                 )
+                if masks:
+                    x2, y2 = x + bw, y + bh
+                    anns[-1]["segmentation"] = [[x, y, x2, y, x2, y2, x, y2]]
         rel_ids.append(chosen)
         rel_len.append(len(chosen))
     gt["images"], gt["annotations"] = images, anns
@@ -205,38 +232,111 @@ def make_lvis_like_table(
     b_score = rng.uniform(0, 0.7, len(b_img))
     box = np.concatenate([g_box, b_box]).astype(np.float32)
     box[:, 2:] = np.maximum(box[:, 2:], 1)
+    image_id = np.concatenate([g_img, b_img]).astype(np.int64)
+    segm = None
+    if masks:  # RLE of each box's rectangle, made image by image
+        from pycocotools import mask as mask_util
+
+        order = np.argsort(image_id, kind="stable")
+        cuts = np.flatnonzero(np.diff(image_id[order])) + 1
+        segm = [None] * len(image_id)
+        for rows in np.split(order, cuts):
+            rles = mask_util.frPyObjects(box[rows].astype(np.float64), 480, 640)
+            for i, rle in zip(rows.tolist(), rles):
+                segm[i] = rle
     table = DetectionTable(
-        image_id=np.concatenate([g_img, b_img]).astype(np.int64),
+        image_id=image_id,
         category_id=np.concatenate([g_cls, b_cls]).astype(np.int64),
         score=np.concatenate([g_score, b_score]).astype(np.float32).astype(np.float64),
-        bbox=box.astype(np.float64),
+        bbox=None if masks else box.astype(np.float64),
+        segmentation=segm,
     )
     return gt, table
 
 
 def full_scale(args) -> None:
     """lt_det's fast path alone at LVIS v1 val scale, detections in memory (evaluator path)."""
-    sys.path.insert(0, ROOT)
     from lt_det.evaluation import evaluate_lvis
 
     cat_info = load_cat_info(args.cat_info)
-    t0 = time.perf_counter()
-    gt, table = make_lvis_like_table(cat_info, args.full_scale, seed=args.seed)
-    print(
-        f"== full scale: {args.full_scale} images, {len(gt['annotations'])} gt, {len(table)} "
-        f"detections, made in {time.perf_counter() - t0:.0f}s; "
-        f"RSS {_mem_mb('VmRSS'):.0f} MB (peak so far {_mem_mb('VmHWM'):.0f} MB)",
-        flush=True,
-    )
-    for c in args.class_chunks:
+    for iou_type in args.iou_types:
         t0 = time.perf_counter()
-        r = evaluate_lvis(gt, table, iou_type="bbox", backend="fast", class_chunk=c)
+        gt, table = make_lvis_like_table(
+            cat_info, args.full_scale, seed=args.seed, masks=iou_type == "segm"
+        )
         print(
-            f"lt_det fast chunk={c}: {time.perf_counter() - t0:.1f}s, peak RSS of the process "
-            f"{_mem_mb('VmHWM'):.0f} MB; AP {r.metrics['AP']:.4f} APr {r.metrics['APr']:.4f} "
-            f"AR@300 {r.metrics['AR@300']:.4f}",
+            f"== full scale, {iou_type}: {args.full_scale} images, {len(gt['annotations'])} gt, "
+            f"{len(table)} detections, made in {time.perf_counter() - t0:.0f}s; RSS "
+            f"{_mem_mb('VmRSS'):.0f} MB (peak so far {_mem_mb('VmHWM'):.0f} MB); load average "
+            f"{os.getloadavg()[0]:.1f}",
             flush=True,
         )
+        for c in args.class_chunks:
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = evaluate_lvis(gt, table, iou_type=iou_type, backend="fast", class_chunk=c)
+            print(
+                f"lt_det fast {iou_type} chunk={c}: {time.perf_counter() - t0:.1f}s wall, "
+                f"{time.process_time() - c0:.1f}s CPU, peak RSS of "
+                f"the process {_mem_mb('VmHWM'):.0f} MB; AP {r.metrics['AP']:.4f} APr "
+                f"{r.metrics['APr']:.4f} AR@300 {r.metrics['AR@300']:.4f}; load average "
+                f"{os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+        del gt, table
+
+
+LVIS_API_SCRIPT = """
+import json, sys
+from lvis import LVIS, LVISEval, LVISResults
+gt = LVIS(sys.argv[1])
+ev = LVISEval(gt, LVISResults(gt, sys.argv[2], max_dets=300), sys.argv[3])
+ev.run()
+ev.print_results()
+with open(sys.argv[4], "w") as f:
+    json.dump({k: float(v) for k, v in ev.get_results().items()}, f)
+"""
+
+
+def run_cli(cmd: List[str], metrics_path: str, percent: bool) -> Dict:
+    """Run ``cmd`` as a user would. Returns the wall time of the whole process, its CPU time
+    (user + system, from ``wait4``: unlike wall time it does not count waiting for a core on a
+    loaded machine), its peak RSS (VmHWM, polled until it exits; ``ru_maxrss`` would include
+    this process's own peak, inherited through fork + exec) and the metrics it wrote (fractions,
+    -1 where undefined)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        peak_kb = 0
+        status = f"/proc/{proc.pid}/status"
+        while True:
+            pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                with open(status) as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak_kb = max(peak_kb, int(line.split()[1]))
+            except OSError:  # exited between wait4() and open()
+                pass
+            time.sleep(0.003)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(code)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read().decode()[-4000:]}")
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    if percent:  # tools/lvis_eval.py --output: {"metrics": percent, null where undefined}
+        metrics = {k: (-1.0 if v is None else v / 100) for k, v in metrics["metrics"].items()}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak_kb / 1024.0,
+        "metrics": metrics,
+    }
 
 
 def worker(args) -> None:
@@ -264,7 +364,6 @@ def worker(args) -> None:
         ev.run()
         metrics = {k: float(v) for k, v in ev.get_results().items()}
     else:
-        sys.path.insert(0, ROOT)
         from lt_det.evaluation import DetectionTable, evaluate_lvis
 
         rss0 = _mem_mb("VmRSS")
@@ -292,7 +391,7 @@ def worker(args) -> None:
     print("RESULT " + json.dumps({**line, "metrics": metrics}), flush=True)
 
 
-def run_worker(kind: str, gt: str, results: str, iou_type: str, class_chunk: int = 0) -> Dict:
+def run_worker(kind: str, gt: str, results: str, iou_type: str, class_chunk: int = 100) -> Dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--gt", gt]
     cmd += ["--results", results, "--iou-type", iou_type, "--class-chunk", str(class_chunk)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -303,17 +402,23 @@ def run_worker(kind: str, gt: str, results: str, iou_type: str, class_chunk: int
     raise RuntimeError(f"worker {kind} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
 
-def _print_rows(rows, ref, memory: bool = True) -> None:
-    head = f"{'evaluator':<36} {'seconds':>8} {'speed-up':>8}"
-    if memory:
+def _print_rows(rows, ref, memory: str = "") -> None:
+    head = f"{'evaluator':<44} {'seconds':>8} {'speed-up':>8}"
+    if memory == "cli":
+        head += f" {'CPU s':>7} {'speed-up':>8} {'peak RSS MB':>11} {'RSS vs lvis-api':>15}"
+    elif memory:
         head += f" {'peak RSS MB':>11} {'after imports':>13} {'growth MB':>9}"
     print(head + f" {'max |diff|':>10}")
     for name, r in rows:
         diff = max(abs(r["metrics"][k] - v) for k, v in ref["metrics"].items())
         r["max_abs_diff_vs_lvis_api"] = diff
         r["speedup_vs_lvis_api"] = ref["seconds"] / r["seconds"]
-        line = f"{name:<36} {r['seconds']:8.2f} {r['speedup_vs_lvis_api']:7.2f}x"
-        if memory:
+        line = f"{name:<44} {r['seconds']:8.2f} {r['speedup_vs_lvis_api']:7.2f}x"
+        if memory == "cli":
+            r["cpu_speedup_vs_lvis_api"] = ref["cpu_seconds"] / r["cpu_seconds"]
+            line += f" {r['cpu_seconds']:7.2f} {r['cpu_speedup_vs_lvis_api']:7.2f}x"
+            line += f" {r['peak_rss_mb']:11.0f} {r['peak_rss_mb'] / ref['peak_rss_mb']:14.2f}x"
+        elif memory:
             growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
             line += f" {r['peak_rss_mb']:11.0f} {r['rss_after_imports_mb']:13.0f} {growth:9.0f}"
         print(line + f" {diff:10.2e}", flush=True)
@@ -322,14 +427,18 @@ def _print_rows(rows, ref, memory: bool = True) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, nargs="+", default=[500, 2000])
-    p.add_argument("--class-chunks", type=int, nargs="+", default=[0, 100])
+    p.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
+    p.add_argument("--class-chunks", type=int, nargs="+", default=[100])
     p.add_argument("--dets-per-image", type=int, default=310)
     p.add_argument("--cat-info", default="", help="LVIS v1 *_cat_info.json (default: lt_det's)")
-    p.add_argument("--iou-type", default="bbox", choices=["bbox"])
     p.add_argument("--workdir", default="", help="keep generated files here (default: a tmp dir)")
     p.add_argument("--output", default="", help="write the report as json here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-in-memory", action="store_true", help="only the file-to-metrics runs")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time in-process runs: json files to metrics, and predictions in memory",
+    )
     p.add_argument(
         "--full-scale",
         type=int,
@@ -342,7 +451,8 @@ def main() -> None:
     )
     p.add_argument("--gt", help=argparse.SUPPRESS)
     p.add_argument("--results", help=argparse.SUPPRESS)
-    p.add_argument("--class-chunk", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--iou-type", default="bbox", help=argparse.SUPPRESS)
+    p.add_argument("--class-chunk", type=int, default=100, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -355,41 +465,73 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory() if not args.workdir else None
     workdir = args.workdir or tmp.name
     os.makedirs(workdir, exist_ok=True)
+    tool = os.path.join(ROOT, "tools", "lvis_eval.py")
     report = []
     for n in args.images:
-        gt, results = make_lvis_like(
-            cat_info, n, dets_per_image=args.dets_per_image, seed=args.seed
-        )
-        gt_path = os.path.join(workdir, f"gt_{n}.json")
-        dt_path = os.path.join(workdir, f"dt_{n}.json")
-        with open(gt_path, "w") as f:
-            json.dump(gt, f)
-        with open(dt_path, "w") as f:
-            json.dump(results, f)
-        print(
-            f"\n== {n} images, {len(gt['categories'])} classes, {len(gt['annotations'])} gt, "
-            f"{len(results)} detections ({len(results) / n:.0f}/image)",
-            flush=True,
-        )
-        del gt, results
-        ref = run_worker("lvis", gt_path, dt_path, args.iou_type)
-        rows = [("lvis-api (files)", ref)]
-        for c in args.class_chunks:
-            r = run_worker("fast", gt_path, dt_path, args.iou_type, c)
-            rows.append((f"lt_det fast chunk={c} (files)", r))
-        print("-- from the json files to the metrics (peak memory: whole process)")
-        _print_rows(rows, ref)
-        if not args.skip_in_memory:
-            ref_mem = run_worker("lvis-mem", gt_path, dt_path, args.iou_type)
-            rows_mem = [("lvis-api (in memory)", ref_mem)]
+        for iou_type in args.iou_types:
+            gt, results = make_lvis_like(
+                cat_info,
+                n,
+                dets_per_image=args.dets_per_image,
+                seed=args.seed,
+                masks=iou_type == "segm",
+            )
+            gt_path = os.path.join(workdir, f"gt_{n}.json")
+            dt_path = os.path.join(workdir, f"dt_{n}_{iou_type}.json")
+            with open(gt_path, "w") as f:
+                json.dump(gt, f)
+            with open(dt_path, "w") as f:
+                json.dump(results, f)
+            print(
+                f"\n== {n} images, {iou_type}, {len(gt['categories'])} classes, "
+                f"{len(gt['annotations'])} gt, {len(results)} detections "
+                f"({len(results) / n:.0f}/image), results json "
+                f"{os.path.getsize(dt_path) / 2 ** 20:.0f} MB; load average "
+                f"{os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            del gt, results
+            m_path = os.path.join(workdir, "metrics.json")
+            ref = run_cli(
+                [sys.executable, "-c", LVIS_API_SCRIPT, gt_path, dt_path, iou_type, m_path],
+                m_path,
+                percent=False,
+            )
+            rows = [("lvis-api (python script)", ref)]
             for c in args.class_chunks:
-                r = run_worker("fast-mem", gt_path, dt_path, args.iou_type, c)
-                rows_mem.append((f"lt_det fast chunk={c} (in memory)", r))
-            print("-- evaluator path: predictions already in memory (time only)")
-            _print_rows(rows_mem, ref_mem, memory=False)
-            rows += rows_mem
-        print("lvis-api metrics: " + "  ".join(f"{k} {v:.4f}" for k, v in ref["metrics"].items()))
-        report.append({"images": n, "rows": {name: r for name, r in rows}})
+                cmd = [sys.executable, tool, "--gt", gt_path, "--results", dt_path]
+                cmd += ["--iou-type", iou_type, "--class-chunk", str(c), "--output", m_path]
+                rows.append(
+                    (f"lt_det tools/lvis_eval.py --class-chunk {c}", run_cli(cmd, m_path, True))
+                )
+            print(
+                f"-- command line, whole process (interpreter start to exit); load average "
+                f"{os.getloadavg()[0]:.1f}"
+            )
+            _print_rows(rows, ref, memory="cli")
+            if args.breakdown:
+                ref_f = run_worker("lvis", gt_path, dt_path, iou_type)
+                rows_f = [("lvis-api (files)", ref_f)]
+                for c in args.class_chunks:
+                    r = run_worker("fast", gt_path, dt_path, iou_type, c)
+                    rows_f.append((f"lt_det fast chunk={c} (files)", r))
+                print("-- in process, from the json files to the metrics (imports excluded)")
+                _print_rows(rows_f, ref_f, memory="process")
+                ref_mem = run_worker("lvis-mem", gt_path, dt_path, iou_type)
+                rows_mem = [("lvis-api (in memory)", ref_mem)]
+                for c in args.class_chunks:
+                    r = run_worker("fast-mem", gt_path, dt_path, iou_type, c)
+                    rows_mem.append((f"lt_det fast chunk={c} (in memory)", r))
+                print("-- evaluator path: predictions already in memory (time only)")
+                _print_rows(rows_mem, ref_mem)
+                rows += rows_f + rows_mem
+            print(
+                "lvis-api metrics: "
+                + "  ".join(f"{k} {v:.4f}" for k, v in ref["metrics"].items())
+            )
+            report.append(
+                {"images": n, "iou_type": iou_type, "rows": {name: r for name, r in rows}}
+            )
     if args.output:
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)

@@ -1,14 +1,33 @@
 #!/usr/bin/env python
-"""Time forward + backward of every box-classification loss against plain softmax CE.
+"""Time forward + backward of every registered box-classification loss against the plain loss it
+extends, in every regime at once, so that no regime can flatter the result.
 
-Default scale is LVIS: 1204 columns (1203 classes + background) x 8192 ROIs (16 images x 512).
-All losses are timed in one run, interleaved round-robin so that load on a shared machine hits
-them alike; the report gives per-loss medians and the ratio to softmax_ce.
+Regimes (all measured by one run):
+  * sizes R x (K + 1): 512 x 1204 (one LVIS image's ROIs), 8192 x 1204 (16 images), 8192 x 81
+    (COCO-size classifier);
+  * logits float32, and bfloat16 with the loss under autocast (as in mixed-precision training);
+  * allocator: glibc's default (fresh buffers of > 32 MB are mmap'ed, so each pays page faults)
+    and a heap-reusing one (``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=8000000000``, as
+    caching allocators behave); each allocator is a process setting, so each runs in its own
+    child process;
+  * CPU, and CUDA when a device is available (there the caching allocator is the only one).
 
-    .venv/bin/python tools/bench_heads.py [--rois 8192] [--classes 1203] [--repeats 30]
+Every loss of ``LT_CLS_LOSS_REGISTRY`` is timed (a loss class can opt out by setting
+``bench_opt_out`` to the reason). Reference: ``F.cross_entropy`` (detectron2's softmax CE) for
+losses whose ``activation`` is "softmax", ``F.binary_cross_entropy_with_logits`` with a one-hot
+target over the K foreground columns, summed per ROI and averaged (the usual sigmoid BCE of a box
+classifier) for "sigmoid" ones. Within a regime the losses run round-robin, so machine load hits
+them alike; CPU times are the thread's CPU time (``time.thread_time``: page faults included,
+waiting for a core on a shared machine excluded), CUDA times are wall time after synchronising.
+The report gives min / median / max per loss and the ratio of medians to the reference, then the
+worst ratio of each loss over all regimes, with the load average before and after.
 
-Rows marked "unfused" are the textbook forms (``F.cross_entropy(z + shift)`` and
-``F.binary_cross_entropy_with_logits`` with a one-hot target), for reference.
+    python tools/bench_heads.py [--repeats 15] [--sizes 512x1203 8192x1203 8192x80]
+        [--dtypes float32 bfloat16] [--allocators default heap-reuse] [--devices auto]
+        [--output bench_heads.json]
+
+Rows marked "unfused" are the textbook forms (``F.cross_entropy(z + shift)``, BCE with a one-hot
+target and shifted logits), for comparison.
 
 ``--toy-bg`` instead runs a small, cheap comparison of the Balanced Softmax background treatments
 on a synthetic long-tailed "proposal classification" problem (Gaussian class clusters plus a broad
@@ -17,11 +36,15 @@ samples ranked by p_c, background samples are negatives). It is a sanity check, 
 for a detector benchmark.
 """
 import argparse
+import inspect
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 # detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
 warnings.filterwarnings(
@@ -29,10 +52,18 @@ warnings.filterwarnings(
 )
 
 import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 from lt_det.class_stats import frequency_groups  # noqa: E402
 from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss  # noqa: E402
 from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift  # noqa: E402
+
+ALLOCATOR_ENV = {
+    "default": {},
+    "heap-reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "8000000000"},
+}
+REFERENCE = {"softmax": "softmax CE (reference)", "sigmoid": "sigmoid BCE (reference)"}
+GOAL = 1.10
 
 
 def make_inputs(rois: int, classes: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -48,14 +79,185 @@ def make_inputs(rois: int, classes: int, device: str, dtype: torch.dtype, seed: 
     return logits, gt.to(device), prior
 
 
-def time_step(fn: Callable[[], None], device: str) -> float:
-    if device != "cpu":
+def _build(name: str, classes: int, prior: torch.Tensor, device: str):
+    """Build a registered loss with the inputs its constructor asks for (counts derived from the
+    prior as image fractions of 100k images)."""
+    params = inspect.signature(LT_CLS_LOSS_REGISTRY.get(name).__init__).parameters
+    kwargs = {}
+    if "num_images" in params:
+        kwargs["num_images"] = 100_000
+    if "instance_counts" in params:
+        kwargs["instance_counts"] = (prior * 100_000).round().tolist()
+    return build_cls_loss(name, num_classes=classes, class_prior=prior, **kwargs).to(device)
+
+
+def _candidates(
+    classes: int, prior: torch.Tensor, device: str
+) -> Tuple[Dict[str, Tuple[Callable, str, int]], Dict[str, str]]:
+    """{row name: (loss callable(logits, gt, rois_per_image), activation, extra logit columns)}
+    for the references, every registered loss and the unfused forms; {name: reason} skipped."""
+    k = classes
+    shift = balanced_softmax_shift(prior).to(device)
+    log_odds = (prior / (1 - prior)).log().to(device)
+
+    def softmax_ce(z, y, _):
+        return F.cross_entropy(z, y)
+
+    def sigmoid_bce(z, y, _, s: Optional[torch.Tensor] = None):
+        target = z.new_zeros(z.shape[0], k + 1)
+        target[torch.arange(z.shape[0], device=z.device), y] = 1
+        x = z[:, :k] if s is None else z[:, :k].float() + (y < k).float().view(-1, 1) * s
+        return F.binary_cross_entropy_with_logits(x, target[:, :k], reduction="sum") / z.shape[0]
+
+    rows = {
+        REFERENCE["softmax"]: (softmax_ce, "softmax", 0),
+        REFERENCE["sigmoid"]: (sigmoid_bce, "sigmoid", 0),
+    }
+    skipped = {}
+    for name in sorted(n for n, _ in LT_CLS_LOSS_REGISTRY):
+        cls = LT_CLS_LOSS_REGISTRY.get(name)
+        if getattr(cls, "bench_opt_out", None):
+            skipped[name] = cls.bench_opt_out
+            continue
+        try:
+            loss = _build(name, classes, prior, device)
+        except Exception as e:  # a loss that needs more than a prior says so here
+            skipped[name] = f"could not be built with a prior alone: {e}"
+            continue
+        if getattr(loss, "needs_rois_per_image", False):
+            fn = (lambda m: lambda z, y, rpi: m(z, y, rpi))(loss)
+        else:
+            fn = (lambda m: lambda z, y, _: m(z, y))(loss)
+        extra = int(getattr(loss, "num_extra_logits", 0))
+        rows[name] = (fn, getattr(loss, "activation", "softmax"), extra)
+    rows["balanced_softmax (unfused)"] = (
+        lambda z, y, _: F.cross_entropy(z.float() + shift, y),
+        "softmax",
+        0,
+    )
+    rows["balanced_sigmoid (unfused)"] = (
+        lambda z, y, rpi: sigmoid_bce(z, y, rpi, log_odds),
+        "sigmoid",
+        0,
+    )
+    return rows, skipped
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device != "cpu":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+
+
+def time_regime(
+    *, rois: int, classes: int, dtype: str, device: str, repeats: int, warmup: int
+) -> Dict:
+    """Time every row round-robin in one regime; returns the report dict of that regime."""
+    amp = dtype != "float32"
+    base, gt, prior = make_inputs(rois, classes, device, getattr(torch, dtype))
+    rows, skipped = _candidates(classes, prior, device)
+    rois_per_image = [512] * (rois // 512) + ([rois % 512] if rois % 512 else [])
+    logits = {}
+    for n, (_, _, extra) in rows.items():
+        z = torch.cat([base, base[:, :extra]], dim=1) if extra else base
+        logits[n] = z.clone().requires_grad_(True)
+    clock = time.thread_time if device == "cpu" else time.perf_counter
+    times: Dict[str, List[float]] = {n: [] for n in rows}
+    load_before = os.getloadavg()[0]
+    for i in range(warmup + repeats):
+        for n, (fn, _, _) in rows.items():
+            z = logits[n]
+            z.grad = None
+            _sync(device)
+            t = clock()
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+                loss = fn(z, gt, rois_per_image)
+            loss.backward()
+            _sync(device)
+            if i >= warmup:
+                times[n].append(clock() - t)
+    out = {
+        "rois": rois,
+        "columns": classes + 1,
+        "dtype": dtype + (" (autocast)" if amp else ""),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "clock": "thread CPU time" if device == "cpu" else "wall time",
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "skipped": skipped,
+        "rows": {},
+    }
+    for n, (_, activation, _) in rows.items():
+        med = statistics.median(times[n])
+        ref = statistics.median(times[REFERENCE[activation]])
+        out["rows"][n] = {
+            "activation": activation,
+            "min_ms": min(times[n]) * 1e3,
+            "median_ms": med * 1e3,
+            "max_ms": max(times[n]) * 1e3,
+            "ratio": med / ref,
+        }
+    return out
+
+
+def child(args) -> None:
+    """All regimes of one allocator in this process; one json line per regime on stdout."""
+    torch.set_num_threads(args.threads)
+    devices = ["cpu"]
+    if args.devices == "auto" and torch.cuda.is_available() and args.allocator == "default":
+        devices.append("cuda")
+    elif args.devices not in ("auto", "cpu"):
+        devices = args.devices.split(",")
+    for device in devices:
+        for size in args.sizes:
+            rois, classes = (int(v) for v in size.lower().split("x"))
+            # Small inputs are cheap: more repeats for the same confidence.
+            repeats = args.repeats * (4 if rois * classes < 2_000_000 else 1)
+            for dtype in args.dtypes:
+                r = time_regime(
+                    rois=rois,
+                    classes=classes,
+                    dtype=dtype,
+                    device=device,
+                    repeats=repeats,
+                    warmup=args.warmup,
+                )
+                r["allocator"] = args.allocator if device == "cpu" else "caching (CUDA)"
+                print("REGIME " + json.dumps(r), flush=True)
+
+
+def _print_regime(r: Dict) -> None:
+    print(
+        f"\n== {r['device']}, {r['rois']} x {r['columns']}, {r['dtype']}, allocator "
+        f"{r['allocator']}; {r['threads']} thread(s), {r['repeats']} repeats, {r['clock']}; "
+        f"load average {r['load_before']:.1f} -> {r['load_after']:.1f}"
+    )
+    print(f"{'loss':<30}{'min ms':>9}{'median ms':>11}{'max ms':>9}{'ratio':>8}  vs")
+    for n, row in r["rows"].items():
+        ref = REFERENCE[row["activation"]]
+        vs = "-" if n == ref else ref.split(" (")[0]
+        print(
+            f"{n:<30}{row['min_ms']:>9.2f}{row['median_ms']:>11.2f}{row['max_ms']:>9.2f}"
+            f"{row['ratio']:>7.2f}x  {vs}"
+        )
+    for n, why in r["skipped"].items():
+        print(f"{n:<30} not timed: {why}")
+
+
+def _print_worst(regimes: List[Dict]) -> None:
+    worst: Dict[str, Tuple[float, str]] = {}
+    for r in regimes:
+        label = f"{r['device']} {r['rois']}x{r['columns']} {r['dtype']} {r['allocator']}"
+        for n, row in r["rows"].items():
+            if n.startswith(("softmax CE", "sigmoid BCE")):
+                continue
+            if n not in worst or row["ratio"] > worst[n][0]:
+                worst[n] = (row["ratio"], label)
+    print(f"\n== worst ratio of medians over all {len(regimes)} regimes (goal <= {GOAL:.2f}x)")
+    for n, (ratio, label) in worst.items():
+        mark = "" if "unfused" in n else ("  ok" if ratio <= GOAL else "  ABOVE GOAL")
+        print(f"{n:<30}{ratio:>7.2f}x  in {label}{mark}")
 
 
 def _average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -133,89 +335,49 @@ def toy_background_comparison(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rois", type=int, default=8192)
-    ap.add_argument("--classes", type=int, default=1203, help="K (the logits get K + 1 columns)")
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--sizes", nargs="+", default=["512x1203", "8192x1203", "8192x80"],
+                    help="R x K regimes (the logits get K + 1 columns)")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "bfloat16"])
+    ap.add_argument("--allocators", nargs="+", default=list(ALLOCATOR_ENV),
+                    choices=list(ALLOCATOR_ENV))
+    ap.add_argument("--devices", default="auto",
+                    help="auto (CPU, and CUDA when available) | cpu | comma-separated devices")
+    ap.add_argument("--repeats", type=int, default=15,
+                    help="timed repeats per loss (x4 for inputs below 2M elements)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--output", default="", help="also write the report as json here")
     ap.add_argument("--toy-bg", action="store_true", help="run the background-treatment toy")
+    ap.add_argument("--allocator", choices=list(ALLOCATOR_ENV), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     if args.toy_bg:
+        torch.set_num_threads(args.threads)
         toy_background_comparison()
         return
-    dtype = getattr(torch, args.dtype)
-    amp = dtype != torch.float32
-
-    base, gt, prior = make_inputs(args.rois, args.classes, args.device, dtype)
-    names = ["softmax_ce"] + sorted(n for n, _ in LT_CLS_LOSS_REGISTRY if n != "softmax_ce")
-    # Loss-specific inputs: BAGS groups by instance counts (LVIS-like: the image fractions times
-    # 100k images), the federated loss gets the batch's images (16 x 512 ROIs by default).
-    extra_kwargs = {"bags": {"instance_counts": (prior * 100_000).round().tolist()}}
-    losses = {
-        n: build_cls_loss(n, num_classes=args.classes, class_prior=prior,
-                          **extra_kwargs.get(n, {})).to(args.device)
-        for n in names
-    }
-    rois_per_image = [512] * (args.rois // 512) + ([args.rois % 512] if args.rois % 512 else [])
-    # Unfused references (textbook forms), for comparison only.
-    shift = balanced_softmax_shift(prior.to(args.device))
-    log_odds = (prior / (1 - prior)).log().to(args.device)
-    k = args.classes
-    is_fg = (gt < k).float().view(-1, 1)
-
-    def unfused_softmax(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(z.float() + shift, y)
-
-    def unfused_sigmoid(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        target = torch.nn.functional.one_hot(y, k + 1)[:, :k].float()
-        x = z[:, :k].float() + is_fg * log_odds
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(x, target, reduction="sum")
-        return bce / y.numel()
-
-    losses["balanced_softmax (unfused)"] = unfused_softmax
-    losses["balanced_sigmoid (unfused)"] = unfused_sigmoid
-    names += ["balanced_softmax (unfused)", "balanced_sigmoid (unfused)"]
-    logits = {n: base.clone().requires_grad_(True) for n in names}
-    for n in names:  # a loss with extra logits (BAGS's group logits) gets wider inputs
-        extra = getattr(losses[n], "num_extra_logits", 0)
-        if extra:
-            wide = torch.cat([base, base[:, :extra]], dim=1)
-            logits[n] = wide.clone().requires_grad_(True)
-
-    def step(n: str) -> Callable[[], None]:
-        def fn() -> None:
-            logits[n].grad = None
-            # bf16 logits are timed as in mixed-precision training: the loss under autocast
-            # (where detectron2's F.cross_entropy also runs in float32).
-            with torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=amp):
-                if getattr(losses[n], "needs_rois_per_image", False):
-                    loss = losses[n](logits[n], gt, rois_per_image)
-                else:
-                    loss = losses[n](logits[n], gt)
-            loss.backward()
-
-        return fn
-
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    for i in range(args.warmup + args.repeats):
-        for n in names:
-            t = time_step(step(n), args.device)
-            if i >= args.warmup:
-                times[n].append(t)
-
-    ref = statistics.median(times["softmax_ce"])
-    print(
-        f"forward+backward, logits {args.rois} x {args.classes + 1} {args.dtype}"
-        f"{' (autocast)' if amp else ''} on {args.device}, {torch.get_num_threads()} thread(s), "
-        f"median of {args.repeats}"
-    )
-    print(f"{'loss':<28}{'median ms':>10}{'min ms':>10}{'ratio':>8}")
-    for n in names:
-        med = statistics.median(times[n])
-        print(f"{n:<28}{med * 1e3:>10.1f}{min(times[n]) * 1e3:>10.1f}{med / ref:>8.2f}x")
+    if args.allocator:  # child process: one allocator
+        child(args)
+        return
+    regimes = []
+    for allocator in args.allocators:
+        cmd = [sys.executable, os.path.abspath(__file__), "--allocator", allocator]
+        cmd += ["--sizes", *args.sizes, "--dtypes", *args.dtypes, "--devices", args.devices]
+        cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+        cmd += ["--threads", str(args.threads)]
+        env = dict(os.environ, **ALLOCATOR_ENV[allocator])
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        for line in proc.stdout:
+            if line.startswith("REGIME "):
+                regimes.append(json.loads(line[len("REGIME ") :]))
+                _print_regime(regimes[-1])
+            else:
+                print(line, end="")
+        if proc.wait() != 0:
+            sys.exit(f"error: the {allocator!r} allocator run failed (exit {proc.returncode}).")
+    _print_worst(regimes)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(regimes, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import LTDetError
+from ._json import load_json
 
 __all__ = ["DetectionTable", "top_k_per_group"]
 
@@ -50,8 +51,7 @@ class DetectionTable:
             source = os.fspath(results)
             if not os.path.isfile(source):
                 raise LTDetError(f"results json not found: '{source}'.")
-            with open(source) as f:
-                results = json.load(f)
+            results = load_json(source)
         if not isinstance(results, (list, tuple)):
             raise LTDetError(f"'{source}': results must be a list of dicts, got {type(results)}.")
         n = len(results)

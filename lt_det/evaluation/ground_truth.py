@@ -4,7 +4,6 @@ An LVIS-format ground truth is a json (or dict) with ``images`` (each with ``neg
 ``not_exhaustive_category_ids``), ``annotations`` and ``categories``. lvis-api refuses an image
 without the two id lists; so does :class:`LVISGroundTruth`, naming the file, the image and the key.
 """
-import json
 import logging
 import os
 from collections import defaultdict
@@ -14,6 +13,7 @@ import numpy as np
 
 from ..class_stats import frequency_group
 from ..errors import LTDetError
+from ._json import load_json
 
 __all__ = ["LVISGroundTruth"]
 
@@ -56,8 +56,7 @@ class LVISGroundTruth:
             self.source = os.fspath(gt)
             if not os.path.isfile(self.source):
                 raise LTDetError(f"LVIS ground-truth json not found: '{self.source}'.")
-            with open(self.source) as f:
-                data = json.load(f)
+            data = load_json(self.source)
         elif isinstance(gt, dict):
             self.source = "<ground-truth dict>"
             data = gt

@@ -82,7 +82,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         backend: str = "fast",
         ap_fixed: bool = False,
         ap_pool: bool = False,
-        class_chunk: int = 0,
+        class_chunk: int = 100,
         max_dets_per_image: int = 300,
         distributed: bool = True,
         train_dataset_name: Union[str, Sequence[str], None] = None,
@@ -98,7 +98,8 @@ class LTLVISEvaluator(DatasetEvaluator):
             backend: "fast" (faster-coco-eval) | "lvis" (lvis-api).
             ap_fixed: AP-fixed protocol (no per-image cap, top 10,000 per class).
             ap_pool: also report AP-pool (all, r, c, f) for bbox (Dave et al. 2021).
-            class_chunk: classes evaluated at a time (0 = all); bounds memory only.
+            class_chunk: classes evaluated at a time (0 = all; default 100, as
+                TEST.LVIS.CLASS_CHUNK); bounds memory only.
             max_dets_per_image: per-image cap of the standard protocol (LVIS: 300).
             distributed: gather predictions from all ranks (only when world size > 1).
             train_dataset_name: registered training set(s) whose ``class_image_count`` /

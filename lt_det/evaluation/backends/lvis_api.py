@@ -1,13 +1,13 @@
 """``"lvis"`` backend: the official lvis-api (``LVISEval``), the reference.
 
 lvis-api builds one Python dict per (image, class, area range); the caller bounds its memory by
-evaluating class chunks on the images where those classes are positive or negative.
+evaluating class chunks on the images where those classes are positive or negative. lvis-api
+(and the matplotlib it imports) is loaded when the backend first runs, not at registration.
 """
 import logging
 from typing import Dict, List, Tuple
 
 import numpy as np
-from lvis import LVIS, LVISEval, LVISResults
 
 from .common import empty_tables, gt_ann_copies
 from .registry import LT_LVIS_EVAL_BACKEND_REGISTRY
@@ -15,13 +15,15 @@ from .registry import LT_LVIS_EVAL_BACKEND_REGISTRY
 __all__ = ["lvis"]
 
 
-class _LVISFromDict(LVIS):
+def _lvis_from_dict(dataset: Dict):
     """An ``LVIS`` ground truth built from a dict (lvis-api's constructor only reads files)."""
+    from lvis import LVIS
 
-    def __init__(self, dataset: Dict):  # noqa: D107 (same index as LVIS.__init__ builds)
-        self.logger = logging.getLogger("lvis.lvis")
-        self.dataset = dataset
-        self._create_index()
+    api = LVIS.__new__(LVIS)  # the same index LVIS.__init__ builds, without reading a file
+    api.logger = logging.getLogger("lvis.lvis")
+    api.dataset = dataset
+    api._create_index()
+    return api
 
 
 @LT_LVIS_EVAL_BACKEND_REGISTRY.register("lvis")
@@ -34,7 +36,9 @@ def lvis(
         return empty_tables(gt, cat_ids)
     images: List[Dict] = [gt.image_by_id[i] for i in img_ids.tolist()]
     cats = [gt.categories[k] for k in np.searchsorted(gt.cat_ids, cat_ids).tolist()]
-    lvis_gt = _LVISFromDict(
+    from lvis import LVISEval, LVISResults
+
+    lvis_gt = _lvis_from_dict(
         {"images": images, "annotations": gt_ann_copies(gt, cat_ids, iou_type), "categories": cats}
     )
     res_logger = logging.getLogger("lvis.results")

@@ -16,7 +16,7 @@ import torch
 from detectron2.config import CfgNode
 
 from ._fused import ShiftedSigmoidCE
-from .base import check_reduction, empty_loss, reduce_per_roi
+from .base import check_reduction, empty_loss
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss, sigmoid_ce_per_roi
 
@@ -49,8 +49,7 @@ def balanced_sigmoid_loss(
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)
     log_odds = prior_log_odds(class_prior, dtype)  # (K,)
-    per_roi = ShiftedSigmoidCE.apply(logits.to(dtype), gt_classes, log_odds)
-    return reduce_per_roi(per_roi, reduction)
+    return ShiftedSigmoidCE.apply(logits, gt_classes, log_odds, reduction)
 
 
 def prior_log_odds(class_prior: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

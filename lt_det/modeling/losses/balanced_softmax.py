@@ -33,7 +33,7 @@ from detectron2.config import CfgNode
 from torch.nn import functional as F
 
 from ._fused import ShiftedSoftmaxCE
-from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
+from .base import ClsLoss, check_reduction, empty_loss
 from .registry import register_cls_loss
 
 __all__ = ["balanced_softmax_loss", "balanced_softmax_shift", "BalancedSoftmaxLoss"]
@@ -91,11 +91,10 @@ def balanced_softmax_loss(
     check_reduction(reduction)
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
-    # Loss math in at least float32 (bf16/fp16 logits are promoted, float64 kept).
+    # Loss math in at least float32 (bf16/fp16 logits are promoted inside, float64 kept).
     dtype = torch.promote_types(logits.dtype, torch.float32)
     shift = balanced_softmax_shift(class_prior.to(dtype), background=background)
-    per_roi = ShiftedSoftmaxCE.apply(logits.to(dtype), gt_classes, shift)
-    return reduce_per_roi(per_roi, reduction)
+    return ShiftedSoftmaxCE.apply(logits, gt_classes, shift, reduction)
 
 
 @register_cls_loss("balanced_softmax")

@@ -52,6 +52,14 @@ class ClsLoss(nn.Module):
     #: Whether the loss reads ``class_prior`` (the balanced losses do).
     needs_prior: bool = False
 
+    #: "softmax" (scores softmax over K + 1) or "sigmoid" (per-class sigmoids): names the plain
+    #: loss this one extends, which ``tools/bench_heads.py`` times it against (softmax CE or
+    #: sigmoid BCE).
+    activation: str = "softmax"
+
+    #: Why ``tools/bench_heads.py`` does not time this loss (None: every registered loss is timed).
+    bench_opt_out: Optional[str] = None
+
     def __init__(self, *, num_classes: int, class_prior: Optional[torch.Tensor] = None):
         """
         Args:

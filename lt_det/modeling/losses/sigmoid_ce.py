@@ -11,7 +11,7 @@ from detectron2.config import CfgNode
 from torch.nn import functional as F
 
 from ._fused import ShiftedSigmoidCE
-from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
+from .base import ClsLoss, check_reduction, empty_loss
 from .registry import register_cls_loss
 
 __all__ = ["sigmoid_ce_loss", "SigmoidCELoss", "sigmoid_probs", "sigmoid_ce_per_roi"]
@@ -42,9 +42,7 @@ def sigmoid_ce_loss(
     del class_prior
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    per_roi = ShiftedSigmoidCE.apply(logits.to(dtype), gt_classes, None)
-    return reduce_per_roi(per_roi, reduction)
+    return ShiftedSigmoidCE.apply(logits, gt_classes, None, reduction)
 
 
 def sigmoid_ce_per_roi(
@@ -85,6 +83,8 @@ def sigmoid_probs(logits: torch.Tensor) -> torch.Tensor:
 @register_cls_loss("sigmoid_ce")
 class SigmoidCELoss(ClsLoss):
     """Module form of :func:`sigmoid_ce_loss`; scores are per-class sigmoids."""
+
+    activation = "sigmoid"
 
     def __init__(
         self,
