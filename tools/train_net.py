@@ -16,12 +16,11 @@ import json
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from lt_det.engine import LTTrainer, launch, setup_cfg
+from lt_det.engine import LTCheckpointer, LTTrainer, launch, release_output_dir, setup_cfg
 from lt_det.engine.trainer import check_weights_file
 from lt_det.errors import LTDetError
 
@@ -46,12 +45,20 @@ def argument_parser():
 
 
 def main(args):
-    cfg = setup_cfg(args)
+    cfg = setup_cfg(args)  # checks everything, then locks OUTPUT_DIR
+    try:
+        return run(cfg, args)
+    finally:
+        release_output_dir(cfg.OUTPUT_DIR)
+
+
+def run(cfg, args):
     if args.eval_only:
         if not args.resume:
             check_weights_file(cfg.MODEL.WEIGHTS)
         model = LTTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # must_load="all": a checkpoint of another architecture or class count is refused
+        LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, must_load="all").resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = LTTrainer.test(cfg, model)

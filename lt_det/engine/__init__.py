@@ -2,7 +2,7 @@
 
 See docs/robustness.md.
 """
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, LTCheckpointer
 from .defaults import (
     check_config_values,
     check_num_classes,
@@ -12,6 +12,7 @@ from .defaults import (
     setup_cfg,
 )
 from .launch import launch
+from .lock import lock_output_dir, release_output_dir
 from .resume import ResumableSampler, SeededBatches
 from .trainer import LTTrainer, ReportUnreadableImages
 
@@ -24,7 +25,10 @@ __all__ = [
     "check_num_classes",
     "check_output_dir",
     "config_choices",
+    "lock_output_dir",
+    "release_output_dir",
     "AtomicDetectionCheckpointer",
+    "LTCheckpointer",
     "ResumableSampler",
     "SeededBatches",
     "ReportUnreadableImages",

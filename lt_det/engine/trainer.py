@@ -3,7 +3,7 @@
 Only the small ``build_*`` hooks of DefaultTrainer are overridden; the training loop is detectron2's.
 On top of DefaultTrainer (see docs/robustness.md):
 
-- checkpoints are written atomically (:class:`AtomicDetectionCheckpointer`);
+- every load goes through one guard and saves are atomic (:class:`LTCheckpointer`);
 - ``--resume`` continues the sampler stream after the images already consumed and, with
   ``SEED >= 0``, every iteration's random state is a function of (SEED, iteration, rank) (the
   loader is wrapped in :class:`SeededBatches`), so a resumed run repeats the uninterrupted one
@@ -38,7 +38,7 @@ from ..decouple import (
 )
 from ..errors import LTDetError
 from ..evaluation import build_lvis_evaluator
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import LTCheckpointer
 from .defaults import check_config_values
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 
@@ -167,7 +167,7 @@ class LTTrainer(DefaultTrainer):
         # Called by DefaultTrainer.__init__ once self.checkpointer exists: make its saves atomic
         # and let it carry the sampler's stream state, before the checkpoint hook takes it.
         old = self.checkpointer
-        self.checkpointer = AtomicDetectionCheckpointer(
+        self.checkpointer = LTCheckpointer(
             old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
         )
         sampler = self.train_sampler
@@ -201,8 +201,13 @@ class LTTrainer(DefaultTrainer):
         return apply_decoupling(super().build_model(cfg), cfg)
 
     def resume_or_load(self, resume=True):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        # The load guard: a resumed run must get back every parameter; a new stage-1 run
+        # fine-tunes from MODEL.WEIGHTS (detectron2's rule: mismatched layers stay initialised);
+        # stage 2 requires the frozen parameters (stage1_load_guard).
+        self.checkpointer.must_load = "all" if resuming else None
         if self.cfg.MODEL.DECOUPLE.METHOD == "none":
-            if not (resume and self.checkpointer.has_checkpoint()):
+            if not resuming:
                 check_weights_file(self.cfg.MODEL.WEIGHTS)
             super().resume_or_load(resume=resume)
         else:
