@@ -27,6 +27,7 @@ from lt_det.decouple import (
     tau_normalize,
 )
 from lt_det.decouple.balms import per_roi_loss_for_meta
+from lt_det.engine.checkpoint import LTCheckpointer
 from lt_det.errors import LTDetError
 from lt_det.modeling.losses import build_cls_loss
 
@@ -191,7 +192,7 @@ def _save_stage1(tmp_path, cfg):
 def _load(cfg, out_dir, resume):
     model = make_model(cfg)
     os.makedirs(str(out_dir), exist_ok=True)
-    ckpt = DetectionCheckpointer(model, save_dir=str(out_dir))
+    ckpt = LTCheckpointer(model, save_dir=str(out_dir))
     with stage1_load_guard(cfg, model, ckpt, resume):
         ckpt.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     return model, ckpt

@@ -277,6 +277,8 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
         )
     # The checkpointer's load guard (lt_det.engine.checkpoint) refuses a file that leaves any
     # frozen parameter unloaded (missing or of another shape).
+    if not hasattr(checkpointer, "must_load"):
+        raise TypeError("stage1_load_guard needs an lt_det.engine.LTCheckpointer (its load guard).")
     previous = checkpointer.must_load
     checkpointer.must_load = [n for n, p in model.named_parameters() if not p.requires_grad]
     try:

@@ -143,6 +143,29 @@ def check_weights_file(weights: str) -> None:
         )
 
 
+def _weights_health(path: str) -> str:
+    """What a checkpoint's weights look like: ``; its ...`` (empty if it cannot be read)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False).get("model", {})
+    except Exception:  # noqa: BLE001 - only a hint in an error message
+        return ""
+    tensors = [t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
+    if not tensors:
+        return ""
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        return (
+            "; its weights already hold NaN/inf, so resuming from it cannot work: point "
+            "last_checkpoint at an earlier model_*.pth, or start anew"
+        )
+    largest = max(float(t.abs().max()) for t in tensors if t.numel())
+    return (
+        f"; its largest weight magnitude is {largest:.3g} (if that is already huge the run had "
+        "diverged before it: point last_checkpoint at an earlier model_*.pth)"
+    )
+
+
 # Newer detectron2 checkpoints the inner SimpleTrainer (optimizer) itself; 0.6 does not.
 _D2_SAVES_OPTIMIZER = "state_dict" in vars(DefaultTrainer)
 
@@ -206,6 +229,7 @@ class LTTrainer(DefaultTrainer):
         # fine-tunes from MODEL.WEIGHTS (detectron2's rule: mismatched layers stay initialised);
         # stage 2 requires the frozen parameters (stage1_load_guard).
         self.checkpointer.must_load = "all" if resuming else None
+        config_lrs = list(self.scheduler.base_lrs)
         if self.cfg.MODEL.DECOUPLE.METHOD == "none":
             if not resuming:
                 check_weights_file(self.cfg.MODEL.WEIGHTS)
@@ -213,12 +237,35 @@ class LTTrainer(DefaultTrainer):
         else:
             with stage1_load_guard(self.cfg, self.model, self.checkpointer, resume):
                 super().resume_or_load(resume=resume)
+        if resuming:
+            self._apply_config_lrs(config_lrs)
         if comm.get_world_size() > 1:
             # Parameters re-initialised after loading (cRT) drew from each rank's own generator
             # (seeded SEED + rank); DDP only synchronised the model when it was wrapped.
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, src=0)
         self._continue_sampler_stream()
+
+    def _apply_config_lrs(self, config_lrs) -> None:
+        """After a resume, train at the config's SOLVER.BASE_LR (and its per-group factors).
+
+        The loaded scheduler and optimizer states carry the learning rates of the run that
+        wrote the checkpoint; without this, a resume with a lowered BASE_LR (the usual answer to
+        a diverged run) would keep training at the old one while config.yaml records the new.
+        """
+        loaded = list(self.scheduler.base_lrs)
+        if loaded == config_lrs:
+            return
+        self.scheduler.base_lrs = list(config_lrs)
+        for group, base in zip(self.optimizer.param_groups, config_lrs):
+            group["initial_lr"] = base
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+            group["lr"] = lr
+        logging.getLogger(__name__).warning(
+            f"The checkpoint was trained with base learning rates {sorted(set(loaded))}; this "
+            f"config's are {sorted(set(config_lrs))} (SOLVER.BASE_LR {self.cfg.SOLVER.BASE_LR}). "
+            "Training continues at the config's."
+        )
 
     def _continue_sampler_stream(self) -> None:
         """After a resume, start the sampler after the images the first start_iter iterations
@@ -252,14 +299,18 @@ class LTTrainer(DefaultTrainer):
     def _nan_message(self, error: FloatingPointError) -> str:
         detail = str(error).split("\n", 1)[-1].strip()
         if self.checkpointer.has_checkpoint():
-            last = self.checkpointer.get_checkpoint_file()
-            where = f"The last good checkpoint is '{last}'; --resume continues from it."
+            last = self.checkpointer.get_checkpoint_file()  # what --resume loads
+            where = (
+                f"--resume continues from '{last}' (named by last_checkpoint)"
+                f"{_weights_health(last)}."
+            )
         else:
             where = "No checkpoint was written yet (SOLVER.CHECKPOINT_PERIOD)."
         return (
             f"the training loss became NaN or infinite at iteration {self.iter} ({detail}); "
-            f"training stopped. {where} Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS "
-            "(or check the data and the class prior) before continuing."
+            f"training stopped. {where} Before continuing, lower SOLVER.BASE_LR (a resumed run "
+            "trains at the BASE_LR given then) or raise SOLVER.WARMUP_ITERS, or check the data "
+            "and the class prior."
         )
 
     @classmethod
