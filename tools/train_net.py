@@ -84,6 +84,6 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except LTDetError as e:
+    except LTDetError as e:  # bad input (exit 2) or a signal stop (exit 128 + signal number)
         print(f"lt_det: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)

@@ -8,8 +8,11 @@ On top of DefaultTrainer (see docs/robustness.md):
   ``SEED >= 0``, every iteration's random state is a function of (SEED, iteration, rank) (the
   loader is wrapped in :class:`SeededBatches`), so a resumed run repeats the uninterrupted one
   (:mod:`lt_det.engine.resume`);
-- a NaN/inf loss stops training with an :class:`LTDetError` naming the iteration and the last
-  good checkpoint; bad input met during training is reported without a training traceback.
+- a NaN/inf loss stops training with an :class:`LTDetError` naming the iteration and the
+  checkpoint ``--resume`` would load; bad input met during training is reported without a
+  training traceback;
+- SIGTERM / SIGINT save a checkpoint after the current step and stop (:class:`StopOnSignal`);
+- a resumed run trains at the config's SOLVER.BASE_LR.
 """
 import contextlib
 import logging
@@ -41,6 +44,7 @@ from ..evaluation import build_lvis_evaluator
 from .checkpoint import LTCheckpointer
 from .defaults import check_config_values
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
+from .signals import StopOnSignal
 
 __all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages", "check_weights_file"]
 
@@ -196,7 +200,18 @@ class LTTrainer(DefaultTrainer):
         sampler = self.train_sampler
         if sampler is not None:
             self.checkpointer.checkpointables["train_sampler"] = StreamCheckpoint(sampler)
-        return super().build_hooks()
+        # Last, so that a signal stop saves after the scheduler stepped and metrics were written.
+        self._stop_on_signal = StopOnSignal()
+        return super().build_hooks() + [self._stop_on_signal]
+
+    def train(self):
+        """detectron2's training loop; SIGTERM / SIGINT save a checkpoint and stop it
+        (:class:`~lt_det.engine.signals.StopOnSignal`)."""
+        self._stop_on_signal.install()
+        try:
+            return super().train()
+        finally:
+            self._stop_on_signal.uninstall()
 
     def state_dict(self) -> Dict:
         # detectron2 0.6's DefaultTrainer checkpoints only the iteration and hooks: the optimizer
