@@ -18,7 +18,7 @@ from test_bad_input import data_opts, make_data, write_json
 from test_resume import CONFIG, ROOT, TINY_OPTS
 
 DRIVER = '''
-import os, sys, importlib.util
+import os, sys, time, importlib.util
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from lt_det.engine import LTTrainer, launch
@@ -33,6 +33,9 @@ class Mark(HookBase):
             with open(path + ".tmp", "w") as f:
                 f.write(str(os.getpid()))
             os.replace(path + ".tmp", path)
+            go = os.environ.get("LT_TEST_GO_FILE")  # hold here until the test says go
+            while go and not os.path.exists(go):
+                time.sleep(0.1)
 
 
 def main(args):
@@ -59,7 +62,7 @@ if __name__ == "__main__":
 TIMEOUT = 300  # seconds; generous for a loaded 2-core machine
 
 
-def start(tmp_path, num_procs):
+def start(tmp_path, num_procs, *opts, go_file=None):
     data, root = make_data(tmp_path)
     js = write_json(tmp_path, data)
     marks = tmp_path / "marks"
@@ -70,8 +73,10 @@ def start(tmp_path, num_procs):
     cmd = [sys.executable, str(driver), str(marks), os.path.join(ROOT, "tools", "train_net.py"),
            "--config-file", CONFIG, "--num-gpus", str(num_procs), *TINY_OPTS,
            *data_opts(js, root), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out),
-           "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000"]
+           "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000", *opts]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    if go_file is not None:
+        env["LT_TEST_GO_FILE"] = str(go_file)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=str(tmp_path))
     return proc, marks, out
