@@ -14,9 +14,9 @@ On top of DefaultTrainer (see docs/robustness.md):
 - SIGTERM / SIGINT save a checkpoint after the current step and stop (:class:`StopOnSignal`);
 - a resumed run trains at the config's SOLVER.BASE_LR.
 """
-import contextlib
 import logging
 import os
+import weakref
 from typing import Callable, Dict, Optional
 
 import torch.distributed as dist
@@ -28,9 +28,16 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data.detection_utils import SizeMismatchError
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data.samplers import build_train_sampler
 from ..decouple import (
@@ -75,28 +82,15 @@ if not any(isinstance(f, _DropUserErrors) for f in _TRAIN_LOOP_LOGGER.filters):
     _TRAIN_LOOP_LOGGER.addFilter(_DropUserErrors())
 
 
-@contextlib.contextmanager
-def _ddp_on_any_device():
-    """Let DefaultTrainer wrap a CPU model in DistributedDataParallel (gloo).
+def create_ddp_model_any_device(model, **kwargs):
+    """detectron2's ``create_ddp_model``, also for a CPU model (gloo).
 
-    detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which DDP refuses
-    for a CPU module. While the trainer is built, a CPU model gets ``device_ids=None`` instead;
-    everything else is detectron2's own function.
+    detectron2 passes ``device_ids=[local_rank]``, which DistributedDataParallel refuses for a
+    module on the CPU; a CPU model gets ``device_ids=None`` instead.
     """
-    import detectron2.engine.defaults as d2_defaults
-
-    original = d2_defaults.create_ddp_model
-
-    def create_ddp_model(model, **kwargs):
-        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
-            kwargs.setdefault("device_ids", None)
-        return original(model, **kwargs)
-
-    d2_defaults.create_ddp_model = create_ddp_model
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = original
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
 
 
 class ReportUnreadableImages:
@@ -185,24 +179,33 @@ class LTTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_config_values(cfg)  # fail before building anything
         check_decoupled_training(cfg)
-        with _ddp_on_any_device():
-            super().__init__(cfg)
-        # Stage-2 iteration strategy (None: detectron2's own run_step).
-        self._decoupled_step = build_decoupled_step(cfg, self)
-
-    def build_hooks(self):
-        # Called by DefaultTrainer.__init__ once self.checkpointer exists: make its saves atomic
-        # and let it carry the sampler's stream state, before the checkpoint hook takes it.
-        old = self.checkpointer
-        self.checkpointer = LTCheckpointer(
-            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        # DefaultTrainer.__init__'s steps, through the same public build_* hooks, except that
+        # a CPU model can be wrapped for several processes (detectron2 has no hook for the
+        # DistributedDataParallel wrapping) and the checkpointer is lt_det's.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model_any_device(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
         )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = LTCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         sampler = self.train_sampler
-        if sampler is not None:
+        if sampler is not None:  # the sampler's stream state goes into every checkpoint
             self.checkpointer.checkpointables["train_sampler"] = StreamCheckpoint(sampler)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
         # Last, so that a signal stop saves after the scheduler stepped and metrics were written.
         self._stop_on_signal = StopOnSignal()
-        return super().build_hooks() + [self._stop_on_signal]
+        self.register_hooks(self.build_hooks() + [self._stop_on_signal])
+        # Stage-2 iteration strategy (None: detectron2's own run_step).
+        self._decoupled_step = build_decoupled_step(cfg, self)
 
     def train(self):
         """detectron2's training loop; SIGTERM / SIGINT save a checkpoint and stop it
