@@ -236,3 +236,15 @@ def test_cls_loss_with_detectron2_standard_roi_heads(tmp_path):
                      "MODEL.ROI_BOX_HEAD.CLS_LOSS", "balanced_softmax", out_dir=out)
     assert "'balanced_softmax'" in msg and "'StandardROIHeads'" in msg
     assert "MODEL.ROI_HEADS.NAME LTStandardROIHeads" in msg and not out.exists()
+
+
+def test_eval_only_of_a_method_that_trains_nothing_passes_the_door(tmp_path):
+    """tau-norm is evaluated with --eval-only: the stage-2 training checks do not apply."""
+    from test_checkpoints import train_net_error
+
+    data, root = make_data(tmp_path)
+    missing = str(tmp_path / "stage1.pth")
+    msg = train_net_error(tmp_path, *data_opts(write_json(tmp_path, data), root),
+                          "MODEL.DECOUPLE.METHOD", "tau_norm", "MODEL.WEIGHTS", missing,
+                          "OUTPUT_DIR", str(tmp_path / "out"), flags=["--eval-only"])
+    assert f"MODEL.WEIGHTS '{missing}' does not exist" in msg

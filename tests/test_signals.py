@@ -133,3 +133,17 @@ def test_sigterm_to_the_launcher_stops_both_workers_after_a_checkpoint(tmp_path)
     line = check_stopped_run(proc, out, signal.SIGTERM)
     assert line.startswith("lt_det: error: rank ")
     wait_for(lambda: not any(alive(p) for p in workers), "the workers to end")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_workers_of_a_killed_launcher_save_and_stop(tmp_path):
+    proc, marks, out = start(tmp_path, 2)
+    ranks = [marks / "rank0", marks / "rank1"]
+    wait_for(lambda: all(r.exists() for r in ranks), "both workers' iterations", proc)
+    workers = [int(r.read_text()) for r in ranks]
+    proc.kill()  # kill -9: the launcher cannot forward anything
+    proc.wait(timeout=TIMEOUT)
+    wait_for(lambda: not any(alive(p) for p in workers), "the orphaned workers to stop")
+    name = (out / "last_checkpoint").read_text()
+    state = torch.load(str(out / name), weights_only=False, map_location="cpu")
+    assert name == f"model_{state['iteration']:07d}.pth" and state["iteration"] >= 1

@@ -73,7 +73,8 @@ def setup_cfg(args) -> CfgNode:
 
     cfg = load_config(args.config_file, args.opts)
     check_config_values(cfg)
-    check_decoupled_training(cfg)
+    if not args.eval_only:
+        check_decoupled_training(cfg)
     check_cls_loss_heads(cfg)
     check_device(cfg)
     cfg.freeze()
