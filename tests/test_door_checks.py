@@ -128,8 +128,8 @@ def test_crowd_regions_stay_flagged_and_are_no_training_target(tmp_path):
 
 def test_crowd_regions_are_not_ground_truth_in_both_backends():
     boxes = {"A": (10, 10, 30, 30), "B": (55, 55, 30, 30)}
-    gt = {"images": [_img(1)], "annotations": [_ann(1, 1, 1, boxes["A"]), _ann(2, 1, 1, boxes["B"])],
-          "categories": _cats(1)}
+    anns = [_ann(1, 1, 1, boxes["A"]), _ann(2, 1, 1, boxes["B"])]
+    gt = {"images": [_img(1)], "annotations": anns, "categories": _cats(1)}
     gt["annotations"][1]["iscrowd"] = 1
     no_crowd = copy.deepcopy(gt)
     del no_crowd["annotations"][1]

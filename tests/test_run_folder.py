@@ -75,7 +75,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(LTDetError, match=f"is in use by another lt_det run \\(pid {holder.pid} "):
+        with pytest.raises(LTDetError, match=rf"in use by another lt_det run \(pid {holder.pid} "):
             lock_output_dir(str(out))
     finally:
         holder.kill()  # kill -9: no clean-up runs in the holder

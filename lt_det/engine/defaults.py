@@ -148,8 +148,8 @@ def check_datasets(cfg: CfgNode) -> None:
     where = (
         f"DETECTRON2_DATASETS is '{root}'" if root else "DETECTRON2_DATASETS is unset (./datasets)"
     )
-    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
-        for name in names:
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+        for name in cfg.DATASETS[key.split(".")[1]]:
             if name not in registered:
                 raise LTDetError(
                     f"{key} names dataset '{name}', which is not registered. Add [name, json_file, "

@@ -1,4 +1,4 @@
-"""Multi-process launch that also works on CPU, stops its workers with it, and says what it waits for.
+"""Multi-process launch: works on CPU, stops its workers with it, says what it waits for.
 
 Contract (detectron2's): ``main_func(*args)`` runs in each of ``num_gpus_per_machine``
 processes. The backend is NCCL when every local process gets a GPU, gloo otherwise. Newer

@@ -1,6 +1,6 @@
 """LTTrainer: detectron2's DefaultTrainer with lt_det's data loading, evaluation and model hooks.
 
-Only the small ``build_*`` hooks of DefaultTrainer are overridden; the training loop is detectron2's.
+DefaultTrainer's parts are built through its ``build_*`` hooks; the training loop is detectron2's.
 On top of DefaultTrainer (see docs/robustness.md):
 
 - every load goes through one guard and saves are atomic (:class:`LTCheckpointer`);
