@@ -1,12 +1,16 @@
 """The exception types lt_det raises for what the user must act on.
 
 Their message says what was wrong (file, key, class id, value) and what to do. Entry points
-(``tools/*.py``) print it as one line ``lt_det: error: ...`` without a traceback and exit with
-:attr:`LTDetError.exit_code`.
+(``tools/*.py``) print it without a traceback, as one line with the prefix ``lt_det: error:``
+(:func:`report_error`), and exit with :attr:`LTDetError.exit_code`.
 """
+import sys
 from typing import Optional
 
-__all__ = ["LTDetError", "RunStopped"]
+__all__ = ["LTDetError", "RunStopped", "ERROR_PREFIX", "report_error"]
+
+#: The prefix of every error line the tools print.
+ERROR_PREFIX = "lt_det: error: "
 
 
 class LTDetError(ValueError):
@@ -28,3 +32,10 @@ class RunStopped(LTDetError):
     """Training stopped on SIGTERM / SIGINT after saving a checkpoint (not an input error; it
     travels the same one-line path). ``exit_code`` is 128 + the signal number, as a shell
     reports a process killed by that signal."""
+
+
+def report_error(error: BaseException) -> int:
+    """Print ``error`` as one "lt_det: error: ..." line on stderr; return the exit status
+    (``error.exit_code``: 2 for bad input, 128 + signal number for a signal stop)."""
+    print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
+    return getattr(error, "exit_code", 2)

@@ -106,13 +106,11 @@ def test_the_configs_prior_wins_over_the_checkpoints(tmp_path, caplog):
         LTCheckpointer(model).load(path)
     assert torch.equal(model.state_dict()[key], config_prior)
     assert f"'{path}' holds another {key}" in caplog.text and "config's" in caplog.text
-    # the Meta Sampler's inner loss reads the loss module's buffer: the same tensor
-    from lt_det.decouple.balms import per_roi_loss_for_meta
-
+    # the Meta Sampler's inner step differentiates the loss module's per_roi: the same buffer
     predictor = model.roi_heads.box_predictor
     logits, gt = torch.randn(5, K + 1), torch.tensor([0, 1, 2, 3, 0])
     torch.testing.assert_close(
-        per_roi_loss_for_meta(predictor.cls_loss)(logits, gt).mean(), predictor.cls_loss(logits, gt)
+        predictor.cls_loss.per_roi(logits, gt).mean(), predictor.cls_loss(logits, gt)
     )
 
 

@@ -15,14 +15,27 @@ An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --o
 import json
 import os
 import sys
+import warnings
 
-from detectron2.engine import default_argument_parser
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
+# This program's choice (the library sets no filter): detectron2 0.6 scripts helpers with
+# torch.jit at import time, which recent torch reports on every start; it is not the user's code.
+warnings.filterwarnings(
+    "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+)
 
-from lt_det.engine import LTCheckpointer, LTTrainer, launch, release_output_dir, setup_cfg
-from lt_det.engine.trainer import check_weights_file
-from lt_det.errors import LTDetError
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from lt_det.engine import (  # noqa: E402
+    LTCheckpointer,
+    LTTrainer,
+    launch,
+    release_output_dir,
+    setup_cfg,
+)
+from lt_det.engine.trainer import check_weights_file  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def save_results(cfg, results) -> None:
@@ -84,6 +97,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except LTDetError as e:  # bad input (exit 2) or a signal stop (exit 128 + signal number)
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    except LTDetError as e:  # bad input (exit 2) or a signal stop (exit 128 + signal)
+        sys.exit(report_error(e))

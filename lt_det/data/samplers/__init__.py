@@ -3,16 +3,14 @@
 ``build_train_sampler(cfg, dataset_dicts)`` builds detectron2's "TrainingSampler" and
 "RepeatFactorTrainingSampler" (with detectron2's own repeat factors) and lt_det's
 "ClassBalancedSampler", "ClassPowerSampler" and "MetaSampler". The Meta Sampler's rates are learned
-by a :class:`MetaSamplerLearner` that the trainer drives.
+in the training loop by :class:`lt_det.decouple.balms.MetaSamplerLearner`.
 """
 from .class_index import ClassImageIndex, as_class_image_index
 from .class_power import ClassDrawSampler, ClassPowerSampler, class_power_probs
-from .feature_bank import ClassBalancedFeatureBank
-from .meta_sampler import INIT_POWERS, MetaSampler, MetaSamplerLearner, default_roi_loss
+from .meta_sampler import INIT_POWERS, MetaSampler
 from .registry import (
     LT_SAMPLER_REGISTRY,
     build_train_sampler,
-    find_train_sampler,
     register_sampler,
     registered_sampler_names,
     repeat_factors_from_cfg,
@@ -21,7 +19,6 @@ from .registry import (
 __all__ = [
     "LT_SAMPLER_REGISTRY",
     "build_train_sampler",
-    "find_train_sampler",
     "register_sampler",
     "registered_sampler_names",
     "repeat_factors_from_cfg",
@@ -30,9 +27,6 @@ __all__ = [
     "ClassDrawSampler",
     "ClassPowerSampler",
     "class_power_probs",
-    "ClassBalancedFeatureBank",
     "INIT_POWERS",
     "MetaSampler",
-    "MetaSamplerLearner",
-    "default_roi_loss",
 ]
