@@ -4,15 +4,16 @@ import functools
 import os
 from typing import Dict, List, Optional
 
+import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-import torch
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 
 from ..config import add_lt_config
 from ..data import register_datasets_from_cfg
 from ..errors import LTDetError
+from .evaluators import EVALUATOR_BUILDERS
 from .lock import lock_output_dir
 
 __all__ = [
@@ -141,8 +142,6 @@ def check_datasets(cfg: CfgNode) -> None:
     Raises:
         LTDetError: naming the key, the dataset, the missing path and what to do.
     """
-    from .trainer import EVALUATOR_BUILDERS
-
     registered = set(DatasetCatalog.list())
     root = os.environ.get("DETECTRON2_DATASETS")
     where = (

@@ -35,7 +35,7 @@ from detectron2.engine import (
     TrainerBase,
     create_ddp_model,
 )
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -47,25 +47,13 @@ from ..decouple import (
     stage1_load_guard,
 )
 from ..errors import LTDetError
-from ..evaluation import build_lvis_evaluator
 from .checkpoint import LTCheckpointer
 from .defaults import check_config_values
+from .evaluators import EVALUATOR_BUILDERS
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 from .signals import StopOnSignal
 
 __all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages", "check_weights_file"]
-
-
-def _coco_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    # The C++ fast COCO evaluation is not part of every detectron2 build (see setup_env.sh).
-    return COCOEvaluator(dataset_name, output_dir=output_dir, use_fast_impl=False)
-
-
-# evaluator_type (dataset metadata) -> builder(cfg, dataset_name, output_dir)
-EVALUATOR_BUILDERS: Dict[str, Callable[..., DatasetEvaluator]] = {
-    "lvis": build_lvis_evaluator,
-    "coco": _coco_evaluator,
-}
 
 
 class _DropUserErrors(logging.Filter):
