@@ -247,17 +247,10 @@ def build_decoupled_trainer(
             ``.sampler``). A Meta Sampler gets a :class:`MetaSamplerLearner` (the trainer's
             ``meta_learner``, to be registered with the checkpointer).
     """
+    check_decoupled_training(cfg)  # the checks made at the door (a Meta Sampler needs stage 2)
     sampler = getattr(train_sampler, "sampler", train_sampler)
     is_meta = isinstance(sampler, MetaSampler)
     if cfg.MODEL.DECOUPLE.METHOD == "none":
-        if is_meta:
-            raise LTDetError(
-                "DATALOADER.SAMPLER_TRAIN='MetaSampler' learns its class rates on the frozen box "
-                "features of a decoupled stage 2, but MODEL.DECOUPLE.METHOD is 'none', so its "
-                "rates would never change. Set MODEL.DECOUPLE.METHOD (e.g. 'finetune', as in "
-                "configs/synthetic/stage2_balms.yaml), or use 'ClassPowerSampler' for fixed "
-                "class rates in stage 1."
-            )
         return None
     model = unwrap_model(trainer.model)
     DecoupledStep.check_model(model)
