@@ -1,6 +1,7 @@
 """Config set-up shared by the command-line tools: every check made at the door, before a model
 is built or anything is written to OUTPUT_DIR."""
 import functools
+import logging
 import os
 from typing import Dict, List, Optional
 
@@ -15,6 +16,7 @@ from ..data import register_datasets_from_cfg
 from ..errors import LTDetError
 from .evaluators import EVALUATOR_BUILDERS
 from .lock import lock_output_dir
+from .log_setup import setup_lt_logging, strip_colour_from_setup_logs
 
 __all__ = [
     "load_config",
@@ -26,6 +28,9 @@ __all__ = [
     "check_config_values",
     "check_output_dir",
     "config_choices",
+    "eval_output_dir",
+    "eval_only_config",
+    "check_dataset_files",
 ]
 
 
@@ -67,8 +72,13 @@ def setup_cfg(args) -> CfgNode:
     ``default_setup`` writes anything to OUTPUT_DIR: config values, the stage-2 / sampler
     combination, the device, datasets (LVIS_FORMAT files fully, detectron2's builtin names by their
     files), NUM_CLASSES and (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would
-    be overwritten. Then the main process takes the OUTPUT_DIR lock (one run per folder; see
-    :mod:`lt_det.engine.lock`).
+    be overwritten. Then the main process takes the lock of the folder it writes to (one run per
+    folder; see :mod:`lt_det.engine.lock`).
+
+    Files: training writes ``config.yaml`` and ``log.txt`` (detectron2's and lt_det's loggers,
+    :func:`~lt_det.engine.log_setup.setup_lt_logging`) into OUTPUT_DIR. ``--eval-only`` writes
+    them into :func:`eval_output_dir` (OUTPUT_DIR/inference), so that evaluating a training
+    folder's checkpoint leaves that run's own files as they are.
     """
     from ..decouple import check_decoupled_training
 
@@ -79,6 +89,7 @@ def setup_cfg(args) -> CfgNode:
     check_cls_loss_heads(cfg)
     check_device(cfg)
     cfg.freeze()
+    check_dataset_files(cfg)
     register_datasets_from_cfg(cfg)
     check_datasets(cfg)
     check_num_classes(cfg)
@@ -89,10 +100,22 @@ def setup_cfg(args) -> CfgNode:
         overwrite=getattr(args, "overwrite_output", False),
     )
     check_run_folder()
+    # The folder this run writes to: OUTPUT_DIR, or OUTPUT_DIR/inference for --eval-only (which
+    # may evaluate a checkpoint of a training run that is still going on).
+    write_dir = eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR
     if comm.is_main_process():
-        lock_output_dir(cfg.OUTPUT_DIR)
+        lock_output_dir(write_dir)
         check_run_folder()  # again under the lock: a run that finished meanwhile
-    default_setup(cfg, args)
+    strip_colour_from_setup_logs()  # default_setup logs the config coloured, even into log.txt
+    if args.eval_only:
+        setup_dir = cfg.clone()
+        setup_dir.defrost()
+        setup_dir.OUTPUT_DIR = write_dir
+        setup_dir.freeze()
+        default_setup(setup_dir, args)
+    else:
+        default_setup(cfg, args)
+    setup_lt_logging(write_dir)
     return cfg
 
 
@@ -174,6 +197,61 @@ def check_datasets(cfg: CfgNode) -> None:
                         f"evaluates {sorted(EVALUATOR_BUILDERS)}. Register LVIS-format data with "
                         "DATASETS.LVIS_FORMAT or lt_det.data.register_lvis_format."
                     )
+
+
+def check_dataset_files(cfg: CfgNode) -> None:
+    """Every json of ``DATASETS.LVIS_FORMAT`` must exist; a missing one is named with the folder
+    relative paths are taken from and, for the synthetic data's file names, the command that
+    creates it (the data command comes before training).
+
+    Raises:
+        LTDetError: naming the dataset, the file and what to do.
+    """
+    from ..data.synthetic import TRAIN_JSON, VAL_JSON
+
+    for entry in cfg.DATASETS.LVIS_FORMAT:
+        if len(entry) != 3 or os.path.isfile(entry[1]):
+            continue  # malformed entries are reported by the registration
+        name, json_file = entry[0], entry[1]
+        hint = ""
+        if os.path.basename(json_file) in (TRAIN_JSON, VAL_JSON):
+            hint = (
+                " If it is the synthetic benchmark's data, create it first: python "
+                f"tools/make_synthetic_lvis.py --out {os.path.dirname(json_file) or '.'}"
+            )
+        raise LTDetError(
+            f"DATASETS.LVIS_FORMAT dataset '{name}': json not found: '{json_file}' (relative "
+            f"paths are taken from the current directory, '{os.getcwd()}').{hint}"
+        )
+
+
+def eval_only_config(cfg: CfgNode) -> CfgNode:
+    """The config ``--eval-only`` builds its model with: when the loss needs a class prior and
+    the ``MODEL.WEIGHTS`` checkpoint holds one, ``PRIOR.SOURCE "checkpoint"``, so that the
+    training set (~1 GB of json for LVIS) is not loaded just to count a prior the checkpoint
+    replaces anyway. Otherwise ``cfg`` unchanged."""
+    from ..modeling.losses.registry import cls_loss_class
+    from ..modeling.priors import checkpoint_class_prior
+
+    head = cfg.MODEL.ROI_BOX_HEAD
+    if head.PRIOR.SOURCE == "checkpoint" or not cls_loss_class(head.CLS_LOSS).needs_prior:
+        return cfg
+    if checkpoint_class_prior(cfg.MODEL.WEIGHTS) is None:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE = "checkpoint"
+    cfg.freeze()
+    logging.getLogger(__name__).info(
+        f"class prior read from '{cfg.MODEL.WEIGHTS}' (not recounted from DATASETS.TRAIN)"
+    )
+    return cfg
+
+
+def eval_output_dir(cfg: CfgNode) -> str:
+    """Where ``--eval-only`` writes config.yaml, log.txt and eval_results.json:
+    OUTPUT_DIR/inference (the evaluator's per-dataset folders are under it too)."""
+    return os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.OUTPUT_DIR else ""
 
 
 def config_choices() -> Dict[str, List[str]]:

@@ -50,6 +50,8 @@ from ..errors import LTDetError
 from .checkpoint import LTCheckpointer
 from .defaults import check_config_values
 from .evaluators import EVALUATOR_BUILDERS
+from .init_check import warn_frozen_bn_at_random_init
+from .log_setup import log_class_summary
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 from .signals import StopOnSignal
 
@@ -248,6 +250,7 @@ class LTTrainer(DefaultTrainer):
                 super().resume_or_load(resume=resume)
         if resuming:
             self._apply_config_lrs(config_lrs)
+        warn_frozen_bn_at_random_init(self.model, self.cfg.MODEL.WEIGHTS)
         if comm.get_world_size() > 1:
             # Parameters re-initialised after loading (cRT) drew from each rank's own generator
             # (seeded SEED + rank); DDP only synchronised the model when it was wrapped.
@@ -319,6 +322,9 @@ class LTTrainer(DefaultTrainer):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        if meta.get("thing_classes", None) is not None:  # bounded table for many classes
+            log_class_summary(dataset, meta.thing_classes, meta.get("class_frequency", None))
         sampler = ResumableSampler(build_train_sampler(cfg, dataset))
         mapper = ReportUnreadableImages(DatasetMapper(cfg, True))
         loader = build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
