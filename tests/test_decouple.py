@@ -27,6 +27,7 @@ from lt_det.decouple import (
     stage1_load_guard,
     tau_normalize,
 )
+from lt_det.engine.checkpoint import LTCheckpointer
 from lt_det.errors import LTDetError
 from lt_det.modeling.losses import build_cls_loss
 
@@ -191,7 +192,7 @@ def _save_stage1(tmp_path, cfg):
 def _load(cfg, out_dir, resume):
     model = make_model(cfg)
     os.makedirs(str(out_dir), exist_ok=True)
-    ckpt = DetectionCheckpointer(model, save_dir=str(out_dir))
+    ckpt = LTCheckpointer(model, save_dir=str(out_dir))
     with stage1_load_guard(cfg, model, ckpt, resume):
         ckpt.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     return model, ckpt
@@ -268,7 +269,8 @@ def test_stage1_values_equal_to_a_fresh_init_are_loaded_not_refused(tmp_path):
     del state["model"]["roi_heads.box_predictor.bbox_pred.bias"]
     torch.save(state, str(tmp_path / "s1" / "partial.pth"))
     cfg = tiny_cfg("crt", **{"MODEL.WEIGHTS": str(tmp_path / "s1" / "partial.pth")})
-    with pytest.raises(LTDetError, match=r"1 of \d+ frozen parameters were not loaded .*bbox_pred"):
+    with pytest.raises(LTDetError,
+                       match=r"1 of \d+ parameters that must be loaded were not .*bbox_pred"):
         _load(cfg, tmp_path / "s3", resume=False)
 
 

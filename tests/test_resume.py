@@ -16,6 +16,7 @@ from detectron2.engine import HookBase
 
 from lt_det.engine import LTTrainer
 from lt_det.engine.checkpoint import AtomicDetectionCheckpointer
+from lt_det.errors import LTDetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "softmax.yaml")
@@ -162,7 +163,7 @@ def test_checkpoint_is_never_half_written(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", crash)
     with torch.no_grad():
         model.weight.add_(1.0)
-    with pytest.raises(OSError):
+    with pytest.raises(LTDetError, match="cannot write .*model_final.pth.*disk full"):
         ckpt.save("model_final")
     monkeypatch.undo()
     assert (tmp_path / "model_final.pth").read_bytes() == good

@@ -33,7 +33,6 @@ warnings.filterwarnings(
 )
 
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import build_detection_test_loader  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
@@ -49,6 +48,7 @@ from lt_det.decouple import (  # noqa: E402
     frozen_box_batch,
 )
 from lt_det.decouple.classifiers import TAU_BIAS_MODES  # noqa: E402
+from lt_det.engine.checkpoint import LTCheckpointer  # noqa: E402
 from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
 from lt_det.engine.log_setup import setup_lt_logging  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
@@ -95,7 +95,7 @@ def sweep(cfg, args) -> List[Dict[str, float]]:
     model = apply_decoupling(build_model(cfg), cfg).eval()
     if not os.path.isfile(args.weights) and "://" not in args.weights:
         raise LTDetError(f"--weights '{args.weights}' does not exist.")
-    DetectionCheckpointer(model).load(args.weights)
+    LTCheckpointer(model, must_load="all").load(args.weights)  # the one load guard
     predictors = find_box_predictors(model)
     if len(predictors) != 1:
         raise LTDetError("tools/tau_sweep.py supports standard (not cascade) ROI heads.")

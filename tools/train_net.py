@@ -25,16 +25,17 @@ warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from lt_det.engine import (  # noqa: E402
+    LTCheckpointer,
     LTTrainer,
     eval_only_config,
     eval_output_dir,
     launch,
+    release_output_dir,
     setup_cfg,
 )
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
@@ -84,12 +85,20 @@ def main(args):
             main(stages.stage1)
         comm.synchronize()
         return main(stages.stage2)
-    cfg = setup_cfg(args)
+    cfg = setup_cfg(args)  # checks everything, then locks the folder it writes to
+    try:
+        return run(cfg, args)
+    finally:
+        release_output_dir(eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR)
+
+
+def run(cfg, args):
     if args.eval_only:
         if not args.resume:
             check_weights_file(cfg.MODEL.WEIGHTS)
         model = LTTrainer.build_model(eval_only_config(cfg))  # prior from the checkpoint
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # must_load="all": a checkpoint of another architecture or class count is refused
+        LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, must_load="all").resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = LTTrainer.test(cfg, model)
@@ -115,5 +124,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except LTDetError as e:
+    except LTDetError as e:  # bad input (exit 2) or a signal stop (exit 128 + signal)
         sys.exit(report_error(e))

@@ -28,6 +28,7 @@ from detectron2.structures import BoxMode
 
 from ..class_stats import class_stats_from_lvis_json, class_stats_to_metadata
 from ..errors import LTDetError
+from ..lvis_json import check_lvis_records
 
 __all__ = [
     "register_lvis_format",
@@ -45,7 +46,12 @@ _LAYOUT = (
 
 
 def read_lvis_json(json_file: str) -> Dict[str, Any]:
-    """Read and validate the top-level structure of an LVIS-format json."""
+    """Read an LVIS-format json and check it (:func:`lt_det.lvis_json.check_lvis_records`).
+
+    Raises:
+        LTDetError: naming the file (and the record) for a missing file, invalid JSON, missing
+            keys, or a record that breaks a rule.
+    """
     if not os.path.isfile(json_file):
         raise LTDetError(f"LVIS-format json not found: '{json_file}'. {_LAYOUT}")
     try:
@@ -67,6 +73,7 @@ def read_lvis_json(json_file: str) -> Dict[str, Any]:
         raise LTDetError(f"'{json_file}': category ids must be positive integers, got {bad}.")
     if len(set(cat_ids)) != len(cat_ids):
         raise LTDetError(f"'{json_file}': category ids are not unique.")
+    check_lvis_records(data, json_file)
     return data
 
 
@@ -115,28 +122,17 @@ def load_lvis_format_json(
             ),
         }
         objs = []
-        for ann in anns_of.get(img["id"], []):
-            x, y, w, h = ann["bbox"]
-            if w < 0 or h < 0:
-                raise LTDetError(
-                    f"'{json_file}': annotation {ann.get('id')} (image {img['id']}) has a box with "
-                    f"negative size {ann['bbox']}; boxes are [x, y, width, height]. Fix or drop it."
-                )
-            if ann["category_id"] not in id_map:
-                raise LTDetError(
-                    f"'{json_file}': annotation {ann.get('id')} has category_id "
-                    f"{ann['category_id']}, which is not in 'categories'."
-                )
+        for ann in anns_of.get(img["id"], []):  # checked by read_lvis_json
             obj = {
-                "bbox": [x, y, w, h],
+                "bbox": list(ann["bbox"]),
                 "bbox_mode": BoxMode.XYWH_ABS,
                 "category_id": id_map[ann["category_id"]],
+                # Crowd regions stay in the dicts, flagged: detectron2's DatasetMapper drops
+                # them from the training targets, as on its own COCO path.
+                "iscrowd": int(ann.get("iscrowd", 0)),
             }
             if "segmentation" in ann:
-                # Valid polygons have >= 3 points (6 coordinates); LVIS has a few degenerate ones.
-                segm = [p for p in ann["segmentation"] if len(p) % 2 == 0 and len(p) >= 6]
-                if segm:
-                    obj["segmentation"] = segm
+                obj["segmentation"] = ann["segmentation"]
             objs.append(obj)
         record["annotations"] = objs
         dicts.append(record)

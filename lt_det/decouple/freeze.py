@@ -6,8 +6,9 @@ the prefix or continues it after a ``"."``; it never matches inside a name compo
 ``"roi_heads.box_predictor.cls"`` matches nothing (and is reported as an error).
 
 Eval mode: every *maximal* module without a trainable parameter (the frozen backbone, RPN, box
-head, mask head, ...) is switched to eval mode now and again by a forward pre-hook at each of its
-forward calls. The trainer may call ``model.train()`` (detectron2's ``SimpleTrainer`` and
+head, mask head, ...) is switched to eval mode now, and every module inside it again by a forward
+pre-hook at each of its forward calls (also the cascade stages' ``box_head[k]``, held in a
+``ModuleList`` whose own forward is never called). The trainer may call ``model.train()`` (detectron2's ``SimpleTrainer`` and
 evaluation hooks do), which sets ``.training`` back to True on those modules until their next
 forward; their forward itself always runs in eval mode, so BatchNorm statistics never drift and
 dropout stays off. Modules that hold a trainable parameter follow ``model.train()/eval()``.
@@ -114,9 +115,12 @@ def keep_frozen_in_eval(model: nn.Module) -> List[str]:
     roots = frozen_module_roots(model)
     handles = []
     for name in roots:
-        module = model.get_submodule(name) if name else model
-        module.train(False)
-        handles.append(module.register_forward_pre_hook(_eval_pre_hook))
+        root = model.get_submodule(name) if name else model
+        root.train(False)
+        # On every module of the frozen part, not only its root: a container whose forward is
+        # never called (the ModuleList of cascade box heads) would not switch its children.
+        for module in root.modules():
+            handles.append(module.register_forward_pre_hook(_eval_pre_hook))
     # A plain list attribute (not a module, not in the state dict).
     object.__setattr__(model, _HANDLES_ATTR, handles)
     return roots

@@ -40,9 +40,18 @@ __all__ = [
 
 
 def check_decoupled_training(cfg: CfgNode) -> None:
-    """Fail early (before anything is built) on a stage-2 config that cannot train."""
+    """Fail early (before anything is built or written) on a stage-2 config that cannot train,
+    and on a Meta Sampler outside a decoupled stage 2."""
     method = cfg.MODEL.DECOUPLE.METHOD
     if method == "none":
+        if cfg.DATALOADER.SAMPLER_TRAIN == "MetaSampler":
+            raise LTDetError(
+                "DATALOADER.SAMPLER_TRAIN='MetaSampler' learns its class rates on the frozen box "
+                "features of a decoupled stage 2, but MODEL.DECOUPLE.METHOD is 'none', so its "
+                "rates would never change. Set MODEL.DECOUPLE.METHOD (e.g. 'finetune', as in "
+                "configs/synthetic/stage2_balms.yaml), or use 'ClassPowerSampler' for fixed "
+                "class rates in stage 1."
+            )
         return
     if not build_decouple_method(cfg).trains:
         raise LTDetError(
@@ -238,17 +247,10 @@ def build_decoupled_trainer(
             ``.sampler``). A Meta Sampler gets a :class:`MetaSamplerLearner` (the trainer's
             ``meta_learner``, to be registered with the checkpointer).
     """
+    check_decoupled_training(cfg)  # the checks made at the door (a Meta Sampler needs stage 2)
     sampler = getattr(train_sampler, "sampler", train_sampler)
     is_meta = isinstance(sampler, MetaSampler)
     if cfg.MODEL.DECOUPLE.METHOD == "none":
-        if is_meta:
-            raise LTDetError(
-                "DATALOADER.SAMPLER_TRAIN='MetaSampler' learns its class rates on the frozen box "
-                "features of a decoupled stage 2, but MODEL.DECOUPLE.METHOD is 'none', so its "
-                "rates would never change. Set MODEL.DECOUPLE.METHOD (e.g. 'finetune', as in "
-                "configs/synthetic/stage2_balms.yaml), or use 'ClassPowerSampler' for fixed "
-                "class rates in stage 1."
-            )
         return None
     model = unwrap_model(trainer.model)
     DecoupledStep.check_model(model)
@@ -276,11 +278,12 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
     """Wrap the weight loading of a stage-2 run (``LTTrainer.resume_or_load``).
 
     A new run (not resuming from OUTPUT_DIR's last checkpoint) must load stage-1 weights from
-    ``MODEL.WEIGHTS``: an empty or missing path is an error; after loading, a checkpoint that
-    left any frozen parameter unloaded (the checkpointer reports it missing or of another shape,
-    e.g. another architecture or box-regression class count) is an error; then the method's
-    ``after_stage1_load`` runs (cRT re-initialisation). A resumed run loads its own
-    checkpoint and nothing is re-initialised.
+    ``MODEL.WEIGHTS``: an empty or missing path is an error; a checkpoint that leaves any frozen
+    parameter unloaded (missing or of another shape, e.g. another architecture or box-regression
+    class count) is refused by the checkpointer's load guard (``checkpointer.must_load``, an
+    ``lt_det.engine.checkpoint.LTCheckpointer``); then the method's ``after_stage1_load`` runs
+    (cRT re-initialisation). A resumed run loads its own checkpoint and nothing is
+    re-initialised.
     """
     model = unwrap_model(model)
     if resume and checkpointer.has_checkpoint():
@@ -299,30 +302,14 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
             f"MODEL.WEIGHTS '{weights}' (stage-1 checkpoint for MODEL.DECOUPLE.METHOD="
             f"{method!r}) does not exist. Train stage 1 first or fix the path."
         )
-    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    reports = []
-    load_model = checkpointer._load_model
-
-    def _recording_load_model(checkpoint):
-        incompatible = load_model(checkpoint)
-        reports.append(incompatible)
-        return incompatible
-
-    checkpointer._load_model = _recording_load_model  # learn which keys the checkpoint lacked
+    # The checkpointer's load guard (lt_det.engine.checkpoint) refuses a file that leaves any
+    # frozen parameter unloaded (missing or of another shape).
+    if not hasattr(checkpointer, "must_load"):
+        raise TypeError("stage1_load_guard needs an lt_det.engine.LTCheckpointer (its load guard).")
+    previous = checkpointer.must_load
+    checkpointer.must_load = [n for n, p in model.named_parameters() if not p.requires_grad]
     try:
         yield
     finally:
-        del checkpointer._load_model
-    not_loaded = set()
-    for inc in reports:
-        not_loaded.update(getattr(inc, "missing_keys", ()))
-        not_loaded.update(k for k, *_ in getattr(inc, "incorrect_shapes", ()))
-    untouched = [n for n in frozen if n in not_loaded or not reports]
-    if untouched:
-        raise LTDetError(
-            f"MODEL.WEIGHTS '{weights}' does not fit this model: {len(untouched)} of "
-            f"{len(frozen)} frozen parameters were not loaded (missing or of another shape; "
-            f"e.g. {untouched[:6]}), so stage 2 would keep them at random values. Use a stage-1 "
-            "checkpoint of the same architecture (see the checkpointer's warnings above)."
-        )
+        checkpointer.must_load = previous
     build_decouple_method(cfg).after_stage1_load(model)

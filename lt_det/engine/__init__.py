@@ -2,7 +2,7 @@
 
 See docs/robustness.md.
 """
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, LTCheckpointer
 from .defaults import (
     check_config_values,
     check_num_classes,
@@ -14,6 +14,7 @@ from .defaults import (
     setup_cfg,
 )
 from .launch import launch
+from .lock import lock_output_dir, release_output_dir
 from .log_setup import setup_lt_logging
 from .resume import ResumableSampler, SeededBatches
 from .trainer import LTTrainer, ReportUnreadableImages
@@ -28,9 +29,12 @@ __all__ = [
     "check_num_classes",
     "check_output_dir",
     "config_choices",
+    "lock_output_dir",
+    "release_output_dir",
     "eval_output_dir",
     "eval_only_config",
     "AtomicDetectionCheckpointer",
+    "LTCheckpointer",
     "ResumableSampler",
     "SeededBatches",
     "ReportUnreadableImages",

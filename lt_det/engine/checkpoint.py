@@ -1,45 +1,203 @@
-"""A DetectionCheckpointer whose files are never left half-written.
+"""The checkpointer of every lt_det load and save: honest loads, atomic saves, clear failures.
 
-fvcore's ``Checkpointer.save`` streams ``torch.save`` straight into ``<name>.pth`` and rewrites
-``last_checkpoint`` in place: a run killed while saving leaves a truncated checkpoint that
-``--resume`` then fails to load. Here both are written to a temporary file in the same folder and
-moved into place with ``os.replace`` (atomic on POSIX and Windows), so the file named
-``<name>.pth`` is always either the previous complete one or the new complete one.
-Remote save folders (``://``) keep fvcore's behaviour.
+:class:`LTCheckpointer` is detectron2's ``DetectionCheckpointer`` with
+
+- **one load guard** for every load (training, ``--resume``, ``--eval-only``, stage 2): after a
+  load, the parameters named by :attr:`LTCheckpointer.must_load` must all have been loaded
+  (present in the file, same shape), else :class:`~lt_det.errors.LTDetError` names the file, the
+  parameters and what to do. ``"all"`` (evaluation, resume): every parameter and persistent
+  buffer; a list of names (stage 2: the frozen parameters); ``None`` (a new stage-1 run from a
+  pretrained model): detectron2's fine-tuning rule (mismatched layers stay initialised, with
+  detectron2's warning).
+- **one class prior**: the config's. A loaded file's ``class_prior`` buffers (a stage-1
+  checkpoint trained with another prior) are not loaded; the log says so when they differ, so
+  the loss and the Meta Sampler's inner loss read the same tensor.
+- **a file that names its path**: a missing file (also one named by ``last_checkpoint``), a
+  truncated or corrupt ``.pth``, a text file as ``.pth``/``.pkl`` give one message with the path.
+- **atomic saves**: ``<name>.pth`` and ``last_checkpoint`` are written to a temporary file of this
+  writer (unique name) in the same folder, fsynced and moved into place with ``os.replace``, so
+  the file is always the previous complete one or the new complete one. A full disk or a
+  read-only folder is reported as one line naming the file and the cause; the previous
+  checkpoint is left intact. Remote folders (``://``) keep fvcore's behaviour.
 """
+import logging
 import os
-from typing import Any
+import shutil
+import tempfile
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_torch_save"]
+from ..errors import LTDetError
+
+__all__ = ["LTCheckpointer", "AtomicDetectionCheckpointer", "atomic_torch_save", "PRIOR_BUFFER"]
+
+logger = logging.getLogger(__name__)
+
+# Name of the class-prior buffer of lt_det's loss modules (see lt_det/modeling/losses/base.py).
+PRIOR_BUFFER = "class_prior"
+
+
+def _write_error(path: str, error: BaseException) -> LTDetError:
+    """One line for a failed write: the file, the cause, what to do."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if isinstance(error, OSError) and error.errno is not None:
+        cause = os.strerror(error.errno)
+    else:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        cause = f"{type(error).__name__}: {first[:200]}"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 2**20:
+        cause += f"; the disk holding it has {free / 2**20:.1f} MiB free"
+    return LTDetError(
+        f"cannot write '{path}' ({cause}). Nothing older was lost: the previous checkpoint and "
+        "last_checkpoint are intact. Free disk space or make the folder writable, then continue "
+        "with --resume (or choose another OUTPUT_DIR)."
+    )
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` through ``path + ".tmp"`` and ``os.replace``."""
-    tmp = f"{path}.tmp"
+    """``torch.save(obj, path)`` through a temporary file of this writer and ``os.replace``.
+
+    Raises:
+        LTDetError: the file cannot be written (disk full, read-only folder, ...).
+    """
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = None
     try:
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
+    except (OSError, RuntimeError) as e:  # torch reports ENOSPC as a RuntimeError
+        raise _write_error(path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise _write_error(path, e) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
 
-class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with an atomic :meth:`save` (same arguments, same contents)."""
+class LTCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with the load guard, the prior rule, path-naming load errors and
+    atomic saves described in the module docstring.
 
+    Args:
+        model, save_dir, save_to_disk, **checkpointables: as ``DetectionCheckpointer``.
+        must_load: "all" | sequence of parameter names | None (see the module docstring); may
+            be changed before each load.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        must_load: Union[str, Sequence[str], None] = "all",
+        **checkpointables: Any,
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.must_load = must_load
+        #: Names of the model entries the last load did not set (missing or of another shape).
+        self.not_loaded: List[str] = []
+        self._loading: Optional[str] = None
+
+    # ------------------------------------------------------------------ load
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        if not path:
+            return super().load(path, checkpointables)
+        if "://" not in path and not os.path.isfile(path):
+            raise LTDetError(
+                f"checkpoint '{path}' does not exist. Fix MODEL.WEIGHTS, or (for --resume) the "
+                f"name in '{os.path.join(self.save_dir, 'last_checkpoint')}'."
+            )
+        self._loading = path
+        self.not_loaded = []
+        try:
+            ret = super().load(path, checkpointables)
+            self._guard(set(self.not_loaded))  # after detectron2's warnings are logged
+            return ret
+        finally:
+            self._loading = None
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # noqa: BLE001 - unpickling garbage fails in many ways
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise LTDetError(
+                f"checkpoint '{filename}' cannot be read: it is truncated, corrupt or not a "
+                f"checkpoint ({type(e).__name__}: {first}). Use a complete .pth written by "
+                "lt_det/detectron2 (or a detectron2 .pkl), e.g. an earlier model_*.pth."
+            ) from None
+
+    def _load_model(self, checkpoint: Any):
+        model_state = checkpoint.get("model", {}) if isinstance(checkpoint, dict) else {}
+        self._keep_config_prior(model_state)
+        incompatible = super()._load_model(checkpoint)
+        not_loaded = set(incompatible.missing_keys)
+        not_loaded.update(k for k, *_ in incompatible.incorrect_shapes)
+        self.not_loaded = sorted(not_loaded)
+        return incompatible
+
+    def _keep_config_prior(self, model_state: Dict[str, Any]) -> None:
+        """Drop the file's class-prior buffers: the config's prior (already in the model) wins."""
+        own = dict(self.model.state_dict())
+        for key in [k for k in model_state if k.split(".")[-1] == PRIOR_BUFFER and k in own]:
+            theirs, mine = model_state.pop(key), own[key]
+            theirs = torch.as_tensor(theirs)
+            if theirs.shape != mine.shape or not torch.allclose(
+                theirs.float().cpu(), mine.float().cpu(), rtol=1e-5, atol=0
+            ):
+                logger.warning(
+                    f"'{self._loading}' holds another {key} than this config's; the config's "
+                    "(MODEL.ROI_BOX_HEAD.PRIOR) is used by the loss and the Meta Sampler."
+                )
+
+    def _required(self) -> Iterable[str]:
+        if self.must_load is None:
+            return ()
+        if self.must_load == "all":
+            return [
+                k for k in self.model.state_dict() if k.split(".")[-1] != PRIOR_BUFFER
+            ]
+        return list(self.must_load)
+
+    def _guard(self, not_loaded: set) -> None:
+        required = list(self._required())
+        missed = [k for k in required if k in not_loaded]
+        if missed:
+            raise LTDetError(
+                f"checkpoint '{self._loading}' does not fit this model: {len(missed)} of "
+                f"{len(required)} parameters that must be loaded were not (missing or of another "
+                f"shape, e.g. {missed[:6]}), so they would keep random values. Use a checkpoint "
+                "of the same architecture and MODEL.ROI_HEADS.NUM_CLASSES (the checkpointer's "
+                "warnings above list the shapes)."
+            )
+
+    # ------------------------------------------------------------------ save
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -59,3 +217,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if "://" in self.save_dir:
             return super().tag_last_checkpoint(last_filename_basename)
         _atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+
+# The former name (atomic saves only); the same class.
+AtomicDetectionCheckpointer = LTCheckpointer

@@ -1,21 +1,30 @@
-"""Config set-up shared by the command-line tools."""
+"""Config set-up shared by the command-line tools: every check made at the door, before a model
+is built or anything is written to OUTPUT_DIR."""
+import functools
 import logging
 import os
 from typing import Dict, List, Optional
 
+import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
+from detectron2.utils import comm
 
 from ..config import add_lt_config
 from ..data import register_datasets_from_cfg
 from ..errors import LTDetError
+from .evaluators import EVALUATOR_BUILDERS
+from .lock import lock_output_dir
 from .log_setup import setup_lt_logging, strip_colour_from_setup_logs
 
 __all__ = [
     "load_config",
     "setup_cfg",
     "check_num_classes",
+    "check_datasets",
+    "check_device",
+    "check_cls_loss_heads",
     "check_config_values",
     "check_output_dir",
     "config_choices",
@@ -56,40 +65,138 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
 
 
 def setup_cfg(args) -> CfgNode:
-    """Load, check, freeze and register datasets; then detectron2's ``default_setup``.
+    """Load, check, freeze and register datasets; lock OUTPUT_DIR; then detectron2's
+    ``default_setup``.
 
     Everything that can be checked before a model is built is checked here, before
-    ``default_setup`` writes anything to OUTPUT_DIR: config values, datasets, NUM_CLASSES and
-    (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would be overwritten.
+    ``default_setup`` writes anything to OUTPUT_DIR: config values, the stage-2 / sampler
+    combination, the device, datasets (LVIS_FORMAT files fully, detectron2's builtin names by their
+    files), NUM_CLASSES and (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would
+    be overwritten. Then the main process takes the lock of the folder it writes to (one run per
+    folder; see :mod:`lt_det.engine.lock`).
 
     Files: training writes ``config.yaml`` and ``log.txt`` (detectron2's and lt_det's loggers,
     :func:`~lt_det.engine.log_setup.setup_lt_logging`) into OUTPUT_DIR. ``--eval-only`` writes
     them into :func:`eval_output_dir` (OUTPUT_DIR/inference), so that evaluating a training
     folder's checkpoint leaves that run's own files as they are.
     """
+    from ..decouple import check_decoupled_training
+
     cfg = load_config(args.config_file, args.opts)
     check_config_values(cfg)
+    if not args.eval_only:
+        check_decoupled_training(cfg)
+    check_cls_loss_heads(cfg)
+    check_device(cfg)
     cfg.freeze()
     check_dataset_files(cfg)
     register_datasets_from_cfg(cfg)
+    check_datasets(cfg)
     check_num_classes(cfg)
-    if not args.eval_only:
-        check_output_dir(
-            cfg.OUTPUT_DIR,
-            resume=args.resume,
-            overwrite=getattr(args, "overwrite_output", False),
-        )
+    check_run_folder = functools.partial(
+        check_output_dir,
+        cfg.OUTPUT_DIR,
+        resume=args.resume or args.eval_only,
+        overwrite=getattr(args, "overwrite_output", False),
+    )
+    check_run_folder()
+    # The folder this run writes to: OUTPUT_DIR, or OUTPUT_DIR/inference for --eval-only (which
+    # may evaluate a checkpoint of a training run that is still going on).
+    write_dir = eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR
+    if comm.is_main_process():
+        lock_output_dir(write_dir)
+        check_run_folder()  # again under the lock: a run that finished meanwhile
     strip_colour_from_setup_logs()  # default_setup logs the config coloured, even into log.txt
     if args.eval_only:
         setup_dir = cfg.clone()
         setup_dir.defrost()
-        setup_dir.OUTPUT_DIR = eval_output_dir(cfg)
+        setup_dir.OUTPUT_DIR = write_dir
         setup_dir.freeze()
         default_setup(setup_dir, args)
     else:
         default_setup(cfg, args)
-    setup_lt_logging(eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR)
+    setup_lt_logging(write_dir)
     return cfg
+
+
+def check_device(cfg: CfgNode) -> None:
+    """``MODEL.DEVICE`` must be a device this machine has (checked before anything is built)."""
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LTDetError(
+            f"MODEL.DEVICE is '{device}' but this machine has no usable CUDA device (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda}). Add MODEL.DEVICE cpu to the "
+            "command line, or run on a machine with a GPU."
+        )
+    if device.startswith("cuda:"):
+        index = int(device.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise LTDetError(
+                f"MODEL.DEVICE is '{device}' but this machine has {torch.cuda.device_count()} "
+                "CUDA device(s). Use MODEL.DEVICE cuda (one process per GPU with --num-gpus)."
+            )
+
+
+def check_cls_loss_heads(cfg: CfgNode) -> None:
+    """``MODEL.ROI_BOX_HEAD.CLS_LOSS`` is read only by lt_det's ROI heads: refuse a non-default
+    loss with one of detectron2's own heads, which would train plain softmax cross-entropy."""
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
+
+    loss, name = cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS, cfg.MODEL.ROI_HEADS.NAME
+    if loss == "softmax_ce" or name not in ROI_HEADS_REGISTRY:
+        return
+    if ROI_HEADS_REGISTRY.get(name).__module__.startswith("detectron2."):
+        lt_name = "LTCascadeROIHeads" if "Cascade" in name else "LTStandardROIHeads"
+        raise LTDetError(
+            f"MODEL.ROI_BOX_HEAD.CLS_LOSS is '{loss}', but MODEL.ROI_HEADS.NAME '{name}' is "
+            "detectron2's own head, which ignores it and trains plain softmax cross-entropy. Set "
+            f"MODEL.ROI_HEADS.NAME {lt_name}."
+        )
+
+
+def check_datasets(cfg: CfgNode) -> None:
+    """Every name in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` must be registered and readable.
+
+    LVIS_FORMAT datasets were read and checked when registered; detectron2's builtin names
+    (``lvis_v1_train``, ``coco_2017_val``, ...) are checked for the json and image folder they
+    point at (detectron2 finds them under ``$DETECTRON2_DATASETS``). Test datasets must have an
+    evaluator lt_det can build.
+
+    Raises:
+        LTDetError: naming the key, the dataset, the missing path and what to do.
+    """
+    registered = set(DatasetCatalog.list())
+    root = os.environ.get("DETECTRON2_DATASETS")
+    where = (
+        f"DETECTRON2_DATASETS is '{root}'" if root else "DETECTRON2_DATASETS is unset (./datasets)"
+    )
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+        for name in cfg.DATASETS[key.split(".")[1]]:
+            if name not in registered:
+                raise LTDetError(
+                    f"{key} names dataset '{name}', which is not registered. Add [name, json_file, "
+                    "image_root] to DATASETS.LVIS_FORMAT, or use one of detectron2's builtin names "
+                    "(e.g. lvis_v1_train) with DETECTRON2_DATASETS set."
+                )
+            meta = MetadataCatalog.get(name)
+            for attr, isthere in (("json_file", os.path.isfile), ("image_root", os.path.isdir)):
+                path = meta.get(attr, None)
+                if path is None or "://" in str(path) or isthere(path):
+                    continue
+                raise LTDetError(
+                    f"{key} dataset '{name}' reads {attr} '{path}', which does not exist ({where}; "
+                    "detectron2's builtin datasets live under that folder, e.g. lvis/, coco/). Set "
+                    "DETECTRON2_DATASETS to the folder that holds them, or register your files "
+                    "with DATASETS.LVIS_FORMAT."
+                )
+            if key == "DATASETS.TEST":
+                kind = meta.get("evaluator_type", None)
+                if kind not in EVALUATOR_BUILDERS:
+                    raise LTDetError(
+                        f"DATASETS.TEST dataset '{name}' has evaluator_type {kind!r}; lt_det "
+                        f"evaluates {sorted(EVALUATOR_BUILDERS)}. Register LVIS-format data with "
+                        "DATASETS.LVIS_FORMAT or lt_det.data.register_lvis_format."
+                    )
 
 
 def check_dataset_files(cfg: CfgNode) -> None:

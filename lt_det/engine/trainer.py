@@ -1,19 +1,22 @@
 """LTTrainer: detectron2's DefaultTrainer with lt_det's data loading, evaluation and model hooks.
 
-Only the small ``build_*`` hooks of DefaultTrainer are overridden; the training loop is detectron2's.
+DefaultTrainer's parts are built through its ``build_*`` hooks; the training loop is detectron2's.
 On top of DefaultTrainer (see docs/robustness.md):
 
-- checkpoints are written atomically (:class:`AtomicDetectionCheckpointer`);
+- every load goes through one guard and saves are atomic (:class:`LTCheckpointer`);
 - ``--resume`` continues the sampler stream after the images already consumed and, with
   ``SEED >= 0``, every iteration's random state is a function of (SEED, iteration, rank) (the
   loader is wrapped in :class:`SeededBatches`), so a resumed run repeats the uninterrupted one
   (:mod:`lt_det.engine.resume`);
-- a NaN/inf loss stops training with an :class:`LTDetError` naming the iteration and the last
-  good checkpoint; bad input met during training is reported without a training traceback.
+- a NaN/inf loss stops training with an :class:`LTDetError` naming the iteration and the
+  checkpoint ``--resume`` would load; bad input met during training is reported without a
+  training traceback;
+- SIGTERM / SIGINT save a checkpoint after the current step and stop (:class:`StopOnSignal`);
+- a resumed run trains at the config's SOLVER.BASE_LR.
 """
-import contextlib
 import logging
 import os
+import weakref
 from typing import Callable, Dict, Optional
 
 import torch.distributed as dist
@@ -25,9 +28,16 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data.detection_utils import SizeMismatchError
-from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data.samplers import build_train_sampler
 from ..decouple import (
@@ -37,26 +47,15 @@ from ..decouple import (
     stage1_load_guard,
 )
 from ..errors import LTDetError
-from ..evaluation import build_lvis_evaluator
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import LTCheckpointer
 from .defaults import check_config_values
+from .evaluators import EVALUATOR_BUILDERS
 from .init_check import warn_frozen_bn_at_random_init
 from .log_setup import log_class_summary
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
+from .signals import StopOnSignal
 
 __all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages", "check_weights_file"]
-
-
-def _coco_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    # The C++ fast COCO evaluation is not part of every detectron2 build (see setup_env.sh).
-    return COCOEvaluator(dataset_name, output_dir=output_dir, use_fast_impl=False)
-
-
-# evaluator_type (dataset metadata) -> builder(cfg, dataset_name, output_dir)
-EVALUATOR_BUILDERS: Dict[str, Callable[..., DatasetEvaluator]] = {
-    "lvis": build_lvis_evaluator,
-    "coco": _coco_evaluator,
-}
 
 
 class _DropUserErrors(logging.Filter):
@@ -73,28 +72,15 @@ if not any(isinstance(f, _DropUserErrors) for f in _TRAIN_LOOP_LOGGER.filters):
     _TRAIN_LOOP_LOGGER.addFilter(_DropUserErrors())
 
 
-@contextlib.contextmanager
-def _ddp_on_any_device():
-    """Let DefaultTrainer wrap a CPU model in DistributedDataParallel (gloo).
+def create_ddp_model_any_device(model, **kwargs):
+    """detectron2's ``create_ddp_model``, also for a CPU model (gloo).
 
-    detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which DDP refuses
-    for a CPU module. While the trainer is built, a CPU model gets ``device_ids=None`` instead;
-    everything else is detectron2's own function.
+    detectron2 passes ``device_ids=[local_rank]``, which DistributedDataParallel refuses for a
+    module on the CPU; a CPU model gets ``device_ids=None`` instead.
     """
-    import detectron2.engine.defaults as d2_defaults
-
-    original = d2_defaults.create_ddp_model
-
-    def create_ddp_model(model, **kwargs):
-        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
-            kwargs.setdefault("device_ids", None)
-        return original(model, **kwargs)
-
-    d2_defaults.create_ddp_model = create_ddp_model
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = original
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
 
 
 class ReportUnreadableImages:
@@ -145,6 +131,29 @@ def check_weights_file(weights: str) -> None:
         )
 
 
+def _weights_health(path: str) -> str:
+    """What a checkpoint's weights look like: ``; its ...`` (empty if it cannot be read)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False).get("model", {})
+    except Exception:  # noqa: BLE001 - only a hint in an error message
+        return ""
+    tensors = [t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
+    if not tensors:
+        return ""
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        return (
+            "; its weights already hold NaN/inf, so resuming from it cannot work: point "
+            "last_checkpoint at an earlier model_*.pth, or start anew"
+        )
+    largest = max(float(t.abs().max()) for t in tensors if t.numel())
+    return (
+        f"; its largest weight magnitude is {largest:.3g} (if that is already huge the run had "
+        "diverged before it: point last_checkpoint at an earlier model_*.pth)"
+    )
+
+
 # Newer detectron2 checkpoints the inner SimpleTrainer (optimizer) itself; 0.6 does not.
 _D2_SAVES_OPTIMIZER = "state_dict" in vars(DefaultTrainer)
 
@@ -160,26 +169,46 @@ class LTTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_config_values(cfg)  # fail before building anything
         check_decoupled_training(cfg)
-        with _ddp_on_any_device():
-            super().__init__(cfg)
+        # DefaultTrainer.__init__'s steps, through the same public build_* hooks, except that
+        # a CPU model can be wrapped for several processes (detectron2 has no hook for the
+        # DistributedDataParallel wrapping) and the checkpointer is lt_det's.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model_any_device(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = LTCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        sampler = self.train_sampler
+        if sampler is not None:  # the sampler's stream state goes into every checkpoint
+            self.checkpointer.checkpointables["train_sampler"] = StreamCheckpoint(sampler)
         # Stage 2: the inner trainer's run_step is the classifier-only step.
-        decoupled = build_decoupled_trainer(cfg, self._trainer, self.train_sampler)
+        decoupled = build_decoupled_trainer(cfg, self._trainer, sampler)
         if decoupled is not None:
             self._trainer = decoupled
             if decoupled.meta_learner is not None:  # saved with every checkpoint
                 self.checkpointer.checkpointables["meta_sampler"] = decoupled.meta_learner
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        # Last, so that a signal stop saves after the scheduler stepped and metrics were written.
+        self._stop_on_signal = StopOnSignal()
+        self.register_hooks(self.build_hooks() + [self._stop_on_signal])
 
-    def build_hooks(self):
-        # Called by DefaultTrainer.__init__ once self.checkpointer exists: make its saves atomic
-        # and let it carry the sampler's stream state, before the checkpoint hook takes it.
-        old = self.checkpointer
-        self.checkpointer = AtomicDetectionCheckpointer(
-            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
-        )
-        sampler = self.train_sampler
-        if sampler is not None:
-            self.checkpointer.checkpointables["train_sampler"] = StreamCheckpoint(sampler)
-        return super().build_hooks()
+    def train(self):
+        """detectron2's training loop; SIGTERM / SIGINT save a checkpoint and stop it
+        (:class:`~lt_det.engine.signals.StopOnSignal`)."""
+        self._stop_on_signal.install()
+        try:
+            return super().train()
+        finally:
+            self._stop_on_signal.uninstall()
 
     def state_dict(self) -> Dict:
         # detectron2 0.6's DefaultTrainer checkpoints only the iteration and hooks: the optimizer
@@ -206,13 +235,21 @@ class LTTrainer(DefaultTrainer):
         return apply_decoupling(super().build_model(cfg), cfg)
 
     def resume_or_load(self, resume=True):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        # The load guard: a resumed run must get back every parameter; a new stage-1 run
+        # fine-tunes from MODEL.WEIGHTS (detectron2's rule: mismatched layers stay initialised);
+        # stage 2 requires the frozen parameters (stage1_load_guard).
+        self.checkpointer.must_load = "all" if resuming else None
+        config_lrs = list(self.scheduler.base_lrs)
         if self.cfg.MODEL.DECOUPLE.METHOD == "none":
-            if not (resume and self.checkpointer.has_checkpoint()):
+            if not resuming:
                 check_weights_file(self.cfg.MODEL.WEIGHTS)
             super().resume_or_load(resume=resume)
         else:
             with stage1_load_guard(self.cfg, self.model, self.checkpointer, resume):
                 super().resume_or_load(resume=resume)
+        if resuming:
+            self._apply_config_lrs(config_lrs)
         warn_frozen_bn_at_random_init(self.model, self.cfg.MODEL.WEIGHTS)
         if comm.get_world_size() > 1:
             # Parameters re-initialised after loading (cRT) drew from each rank's own generator
@@ -220,6 +257,27 @@ class LTTrainer(DefaultTrainer):
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, src=0)
         self._continue_sampler_stream()
+
+    def _apply_config_lrs(self, config_lrs) -> None:
+        """After a resume, train at the config's SOLVER.BASE_LR (and its per-group factors).
+
+        The loaded scheduler and optimizer states carry the learning rates of the run that
+        wrote the checkpoint; without this, a resume with a lowered BASE_LR (the usual answer to
+        a diverged run) would keep training at the old one while config.yaml records the new.
+        """
+        loaded = list(self.scheduler.base_lrs)
+        if loaded == config_lrs:
+            return
+        self.scheduler.base_lrs = list(config_lrs)
+        for group, base in zip(self.optimizer.param_groups, config_lrs):
+            group["initial_lr"] = base
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+            group["lr"] = lr
+        logging.getLogger(__name__).warning(
+            f"The checkpoint was trained with base learning rates {sorted(set(loaded))}; this "
+            f"config's are {sorted(set(config_lrs))} (SOLVER.BASE_LR {self.cfg.SOLVER.BASE_LR}). "
+            "Training continues at the config's."
+        )
 
     def _continue_sampler_stream(self) -> None:
         """After a resume, start the sampler after the images the first start_iter iterations
@@ -245,14 +303,18 @@ class LTTrainer(DefaultTrainer):
     def _nan_message(self, error: FloatingPointError) -> str:
         detail = str(error).split("\n", 1)[-1].strip()
         if self.checkpointer.has_checkpoint():
-            last = self.checkpointer.get_checkpoint_file()
-            where = f"The last good checkpoint is '{last}'; --resume continues from it."
+            last = self.checkpointer.get_checkpoint_file()  # what --resume loads
+            where = (
+                f"--resume continues from '{last}' (named by last_checkpoint)"
+                f"{_weights_health(last)}."
+            )
         else:
             where = "No checkpoint was written yet (SOLVER.CHECKPOINT_PERIOD)."
         return (
             f"the training loss became NaN or infinite at iteration {self.iter} ({detail}); "
-            f"training stopped. {where} Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS "
-            "(or check the data and the class prior) before continuing."
+            f"training stopped. {where} Before continuing, lower SOLVER.BASE_LR (a resumed run "
+            "trains at the BASE_LR given then) or raise SOLVER.WARMUP_ITERS, or check the data "
+            "and the class prior."
         )
 
     @classmethod

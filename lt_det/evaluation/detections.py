@@ -70,7 +70,52 @@ class DetectionTable:
             np.array([r["bbox"] for r in results], np.float64).reshape(-1, 4) if has_box else None
         )
         segm = [r["segmentation"] for r in results] if has_mask else None
-        return cls(image_id, category_id, score, bbox, segm)
+        table = cls(image_id, category_id, score, bbox, segm)
+        table.check(source)
+        return table
+
+    def check(self, source: str = "<detections>") -> None:
+        """The rules results must follow for either backend to score them the same way.
+
+        Scores and boxes are finite numbers; masks are compressed RLE dicts (``size`` = [height,
+        width], ``counts`` a string, as ``pycocotools.mask.encode`` writes them). Polygons and
+        uncompressed RLE (``counts`` a list) are refused: lvis-api and faster-coco-eval treat
+        them differently.
+
+        Raises:
+            LTDetError: naming ``source``, the first offending result (index) and the value.
+        """
+        bad = np.flatnonzero(~np.isfinite(self.score))
+        if bad.size:
+            i = int(bad[0])
+            raise LTDetError(
+                f"'{source}': {bad.size} results have a score that is not a finite number (e.g. "
+                f"result {i}: image {int(self.image_id[i])}, category {int(self.category_id[i])}, "
+                f"score {self.score[i]}). Scores must be finite; a model that outputs NaN has "
+                "diverged (see the training log)."
+            )
+        if self.bbox is not None:
+            bad = np.flatnonzero(~np.isfinite(self.bbox).all(axis=1))
+            if bad.size:
+                raise LTDetError(
+                    f"'{source}': {bad.size} results have a box with a non-finite coordinate "
+                    f"(e.g. result {int(bad[0])}: {self.bbox[bad[0]].tolist()})."
+                )
+        for i, m in enumerate(self.segmentation or ()):
+            ok = (
+                isinstance(m, dict)
+                and isinstance(m.get("counts"), (str, bytes))
+                and isinstance(m.get("size"), (list, tuple))
+                and len(m["size"]) == 2
+            )
+            if not ok:
+                kind = "a polygon list" if isinstance(m, list) else repr(m)[:60]
+                raise LTDetError(
+                    f"'{source}': result {i} has segmentation {kind}; results need compressed RLE "
+                    "masks {'size': [height, width], 'counts': '<string>'} (pycocotools.mask."
+                    "encode, counts decoded to str). Convert polygons / uncompressed RLE with "
+                    "pycocotools.mask.frPyObjects and mask.merge first."
+                )
 
     @classmethod
     def concatenate(cls, tables: Iterable["DetectionTable"]) -> "DetectionTable":

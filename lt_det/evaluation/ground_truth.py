@@ -14,6 +14,7 @@ import numpy as np
 from ..class_stats import frequency_group
 from ..errors import LTDetError
 from ._json import load_json
+from ..lvis_json import check_lvis_records
 
 __all__ = ["LVISGroundTruth"]
 
@@ -35,6 +36,9 @@ class LVISGroundTruth:
         pos_images / neg_images: {category id: set of image ids} where the class is
             annotated (has a gt instance) / listed in ``neg_category_ids``.
         not_exhaustive: {image id: list of category ids}.
+        num_crowd: crowd annotations (``iscrowd`` 1) left out of the ground truth: they are not
+            objects (training drops them as well), so they neither count as instances nor make
+            their class positive in the image, for both backends.
     """
 
     def __init__(
@@ -80,26 +84,26 @@ class LVISGroundTruth:
                         "every image (lvis-api refuses such ground truth too); add them, as empty "
                         "lists if the dataset is exhaustively annotated."
                     )
+        check_lvis_records(data, self.source)  # the rules training applies too
         self.img_ids = np.array(sorted(img["id"] for img in self.images), dtype=np.int64)
-        if len(np.unique(self.img_ids)) != len(self.img_ids):
-            raise LTDetError(f"'{self.source}': image ids are not unique.")
         self.image_by_id = {img["id"]: img for img in self.images}
 
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids = np.array([c["id"] for c in cats], dtype=np.int64)
         cat_set = set(self.cat_ids.tolist())
         self.anns_by_cat: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
+        self.num_crowd = 0
         for ann in data["annotations"]:
-            if ann["category_id"] not in cat_set:
-                raise LTDetError(
-                    f"'{self.source}': annotation {ann.get('id')} has category_id "
-                    f"{ann['category_id']}, which is not in 'categories'."
-                )
             if "area" not in ann:
                 raise LTDetError(
                     f"'{self.source}': annotation {ann.get('id')} has no 'area' (LVIS uses it for "
                     "the small/medium/large ranges)."
                 )
+            if ann.get("iscrowd", 0):
+                # Crowd regions are not objects (training drops them too): not ground truth,
+                # in both backends alike.
+                self.num_crowd += 1
+                continue
             self.anns_by_cat[ann["category_id"]].append(ann)
         self.pos_images = {c: {a["image_id"] for a in self.anns_by_cat.get(c, [])} for c in cat_set}
         self.neg_images: Dict[int, set] = defaultdict(set)

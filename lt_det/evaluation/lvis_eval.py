@@ -216,7 +216,9 @@ def evaluate_lvis(
     if not isinstance(gt, LVISGroundTruth):
         gt = LVISGroundTruth(gt, frequency=frequency, image_count=image_count)
     if not isinstance(results, DetectionTable):
-        results = DetectionTable.from_results(results)
+        results = DetectionTable.from_results(results)  # checked there, naming the file
+    else:
+        results.check()
     t_load = time.perf_counter() - tic
     if progress:
         logger.info(

@@ -16,7 +16,7 @@ import torch
 from detectron2.config import CfgNode
 
 from ._fused import ShiftedSigmoidCE
-from .base import check_reduction, empty_loss
+from .base import check_class_prior, check_reduction, empty_loss
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss, sigmoid_ce_per_roi
 
@@ -38,13 +38,18 @@ def balanced_sigmoid_loss(
     Args:
         logits: (R, K + 1) classifier outputs; column K is background (ignored). Not modified.
         gt_classes: (R,) int64 labels in [0, K].
-        class_prior: (K,) per-class frequencies in (0, 1) (clamped to [1e-6, 1 - 1e-6]).
+        class_prior: (K,) per-class frequencies in (0, 1] (a class in every image, n = 1, is
+            clamped to 1 - 1e-6). Counts are refused: the values themselves matter.
         reduction: "mean" (per-ROI sums averaged over R) | "sum" | "none" ((R,) per-ROI sums).
 
     Returns:
         Scalar loss, or (R,) for ``reduction="none"``. An empty batch gives ``logits.sum() * 0``.
+
+    Raises:
+        ValueError: ``class_prior`` with a value outside (0, 1] or not finite.
     """
     check_reduction(reduction)
+    check_class_prior(class_prior, owner="balanced_sigmoid_loss", fractions=True)
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)
@@ -63,6 +68,7 @@ class BalancedSigmoidLoss(SigmoidCELoss):
     """Module form of :func:`balanced_sigmoid_loss`; scores are per-class sigmoids."""
 
     needs_prior = True
+    prior_is_fraction = True
 
     def __init__(
         self, *, num_classes: int, class_prior: torch.Tensor, bias_prior_prob: float = 0.01

@@ -33,7 +33,7 @@ from detectron2.config import CfgNode
 from torch.nn import functional as F
 
 from ._fused import ShiftedSoftmaxCE
-from .base import ClsLoss, check_reduction, empty_loss
+from .base import ClsLoss, check_class_prior, check_reduction, empty_loss
 from .registry import register_cls_loss
 
 __all__ = ["balanced_softmax_loss", "balanced_softmax_shift", "BalancedSoftmaxLoss"]
@@ -80,15 +80,20 @@ def balanced_softmax_loss(
     Args:
         logits: (R, K + 1) classifier outputs; column K is background. Not modified.
         gt_classes: (R,) int64 labels in [0, K].
-        class_prior: (K,) positive per-class training frequencies.
+        class_prior: (K,) positive per-class training frequencies; counts are accepted (only
+            ratios matter).
         reduction: "mean" (over R) | "sum" | "none" ((R,) per-ROI losses).
         background: "unshifted" | "fg_mass": how the background logit sits relative to the
             shifted foreground logits.
 
     Returns:
         Scalar loss, or (R,) for ``reduction="none"``. An empty batch gives ``logits.sum() * 0``.
+
+    Raises:
+        ValueError: ``class_prior`` with a value that is not finite or not > 0.
     """
     check_reduction(reduction)
+    check_class_prior(class_prior, owner="balanced_softmax_loss", fractions=False)
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     # Loss math in at least float32 (bf16/fp16 logits are promoted inside, float64 kept).

@@ -12,7 +12,37 @@ from detectron2.config import CfgNode
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ClsLoss", "empty_loss"]
+__all__ = ["ClsLoss", "empty_loss", "check_class_prior"]
+
+
+def check_class_prior(prior: torch.Tensor, *, owner: str, fractions: bool) -> None:
+    """The range every class prior must lie in, for the pure loss functions and their modules.
+
+    Args:
+        prior: (K,) class prior.
+        owner: what reads it (named in the message).
+        fractions: True when the loss reads the values themselves (they must be frequencies in
+            (0, 1]: image fractions or instance shares; counts are refused); False when only
+            ratios matter (then any positive values, counts included, give the same loss).
+
+    Raises:
+        ValueError: for a value that is not finite, <= 0, or (``fractions``) > 1, naming the
+            classes and what to do.
+    """
+    ok = torch.isfinite(prior) & (prior > 0)
+    if fractions:
+        ok &= prior <= 1
+    if bool(ok.all()):
+        return
+    bad = torch.nonzero(~ok).flatten().tolist()
+    values = [float(prior[i]) for i in bad[:5]]
+    rng = "in (0, 1] (counts are not accepted: divide by the number of training images)" if (
+        fractions
+    ) else "finite and > 0 (counts or fractions: only ratios matter)"
+    raise ValueError(
+        f"{owner}: class_prior must be {rng}; classes {bad[:20]} are not (e.g. {values}). "
+        "Zero counts: floor them (MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR)."
+    )
 
 
 def empty_loss(logits: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -51,6 +81,8 @@ class ClsLoss(nn.Module):
 
     #: Whether the loss reads ``class_prior`` (the balanced losses do).
     needs_prior: bool = False
+    #: Whether the loss reads the prior's values (must be in (0, 1]), not only their ratios.
+    prior_is_fraction: bool = False
 
     #: "softmax" (scores softmax over K + 1) or "sigmoid" (per-class sigmoids): names the plain
     #: loss this one extends, which ``tools/bench_heads.py`` times it against (softmax CE or
@@ -83,12 +115,7 @@ class ClsLoss(nn.Module):
                 f"{type(self).__name__}: class_prior has shape {tuple(prior.shape)}, expected "
                 f"({self.num_classes},) for num_classes={self.num_classes}."
             )
-        if not bool((prior > 0).all()):
-            bad = torch.nonzero(prior <= 0).flatten().tolist()
-            raise ValueError(
-                f"{type(self).__name__}: class_prior must be > 0; classes {bad[:20]} are not "
-                "(floor zero counts, see MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR)."
-            )
+        check_class_prior(prior, owner=type(self).__name__, fractions=self.prior_is_fraction)
         self.register_buffer("class_prior", prior)
 
     @classmethod

@@ -1,0 +1,132 @@
+"""Weights are what they claim to be: one load guard for every load, files that name their path,
+one class prior, frozen modules in eval mode."""
+import logging
+
+import pytest
+import torch
+from detectron2.solver import build_optimizer
+from detectron2.utils.events import EventStorage
+from test_bad_input import data_opts, make_data, write_json
+from test_decouple import batch, make_model, tiny_cfg
+from test_resume import CONFIG, TINY_OPTS, load_train_net
+
+from lt_det.decouple import DecoupledTrainer
+from lt_det.engine import LTCheckpointer, LTTrainer, load_config
+from lt_det.errors import LTDetError
+
+K = 3
+
+
+def tiny_dataset(tmp_path):
+    data, root = make_data(tmp_path)
+    return data_opts(write_json(tmp_path, data), root)
+
+
+def train_net_error(tmp_path, *argv, flags=()):
+    train_net = load_train_net()
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", CONFIG, *flags, *TINY_OPTS, *argv]
+    )
+    with pytest.raises(LTDetError) as e:
+        train_net.main(args)
+    return str(e.value)
+
+
+def save_model(tmp_path, opts, name, num_classes=K, **extra):
+    """A checkpoint of the tiny config's model with ``num_classes`` classes."""
+    cfg = load_config(CONFIG, [*TINY_OPTS, *opts, "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes),
+                               *[x for kv in extra.items() for x in kv]])
+    model = LTTrainer.build_model(cfg)
+    path = str(tmp_path / name)
+    torch.save({"model": model.state_dict()}, path)
+    return path, model
+
+
+# ------------------------------------------------------------------ one guard for every load
+def test_eval_only_with_a_checkpoint_of_another_class_count(tmp_path):
+    opts = tiny_dataset(tmp_path)
+    other, _ = save_model(tmp_path, opts, "k5.pth", num_classes=5)
+    msg = train_net_error(tmp_path, *opts, "DATASETS.TEST", "('bad_train',)", "MODEL.WEIGHTS",
+                          other, "OUTPUT_DIR", str(tmp_path / "eval"), flags=["--eval-only"])
+    assert f"checkpoint '{other}' does not fit this model" in msg
+    assert "roi_heads.box_predictor.cls_score.weight" in msg and "NUM_CLASSES" in msg
+
+
+def test_resume_refuses_a_checkpoint_of_another_class_count(tmp_path):
+    opts = tiny_dataset(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    save_model(out, opts, "model_0000001.pth", num_classes=5)
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    msg = train_net_error(tmp_path, *opts, "OUTPUT_DIR", str(out), flags=["--resume"])
+    assert f"'{out / 'model_0000001.pth'}' does not fit this model" in msg
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text.pth", "text.pkl"])
+def test_unreadable_checkpoint_names_its_path(tmp_path, kind):
+    opts = tiny_dataset(tmp_path)
+    good, _ = save_model(tmp_path, opts, "good.pth")
+    bad = str(tmp_path / ("bad.pkl" if kind.endswith("pkl") else "bad.pth"))
+    with open(bad, "wb") as f:
+        if kind == "truncated":
+            data = open(good, "rb").read()
+            f.write(data[: len(data) // 2])
+        else:
+            f.write(b"these are not weights\n")
+    for flags in ([], ["--eval-only"]):
+        msg = train_net_error(tmp_path, *opts, "MODEL.WEIGHTS", bad, "OUTPUT_DIR",
+                              str(tmp_path / f"out{len(flags)}"), flags=flags)
+        assert f"checkpoint '{bad}' cannot be read" in msg and "truncated, corrupt" in msg
+
+
+def test_last_checkpoint_naming_a_missing_file(tmp_path):
+    opts = tiny_dataset(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    msg = train_net_error(tmp_path, *opts, "OUTPUT_DIR", str(out), flags=["--resume"])
+    assert f"checkpoint '{out / 'model_0000009.pth'}' does not exist" in msg
+    assert "last_checkpoint" in msg
+
+
+# ------------------------------------------------------------------ one class prior
+def test_the_configs_prior_wins_over_the_checkpoints(tmp_path, caplog):
+    opts = tiny_dataset(tmp_path)
+    loss = ("MODEL.ROI_BOX_HEAD.CLS_LOSS", "balanced_softmax")
+    path, stage1 = save_model(tmp_path, opts, "stage1.pth", **dict([loss]))
+    state = torch.load(path, weights_only=False)
+    key = "roi_heads.box_predictor.cls_loss.class_prior"
+    config_prior = state["model"][key].clone()
+    state["model"][key] = config_prior.flip(0) / 3  # as trained with another prior
+    torch.save(state, path)
+    cfg = load_config(CONFIG, [*TINY_OPTS, *opts, *loss, "MODEL.DECOUPLE.METHOD", "crt",
+                               "DATALOADER.SAMPLER_TRAIN", "MetaSampler"])
+    model = LTTrainer.build_model(cfg)
+    with caplog.at_level(logging.WARNING, logger="lt_det.engine.checkpoint"):
+        LTCheckpointer(model).load(path)
+    assert torch.equal(model.state_dict()[key], config_prior)
+    assert f"'{path}' holds another {key}" in caplog.text and "config's" in caplog.text
+    # the Meta Sampler's inner step differentiates the loss module's per_roi: the same buffer
+    predictor = model.roi_heads.box_predictor
+    logits, gt = torch.randn(5, K + 1), torch.tensor([0, 1, 2, 3, 0])
+    torch.testing.assert_close(
+        predictor.cls_loss.per_roi(logits, gt).mean(), predictor.cls_loss(logits, gt)
+    )
+
+
+# ------------------------------------------------------------------ frozen means eval mode
+def test_frozen_cascade_box_heads_run_in_eval_mode():
+    names = [f"roi_heads.box_predictor.{i}.cls_score" for i in range(3)]
+    cfg = tiny_cfg("crt", **{"MODEL.DECOUPLE.TRAINABLE": names, "MODEL.DECOUPLE.REINIT": names})
+    cfg.MODEL.ROI_HEADS.NAME = "LTCascadeROIHeads"
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    model = make_model(cfg)
+    seen = []
+    for k, head in enumerate(model.roi_heads.box_head):
+        head.register_forward_hook(lambda m, i, o, k=k: seen.append((k, m.training)))
+    trainer = DecoupledTrainer(model, [batch(2)], build_optimizer(cfg, model))
+    assert model.training  # SimpleTrainer called model.train()
+    with EventStorage(0):
+        trainer.run_step()
+    assert sorted({k for k, _ in seen}) == [0, 1, 2]
+    assert not any(training for _, training in seen), seen

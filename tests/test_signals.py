@@ -1,0 +1,149 @@
+"""SIGTERM / SIGINT: a checkpoint is saved after the current step, the run stops with one line,
+and the launcher stops its workers (none is left running).
+
+Each case runs tools/train_net.py's ``main`` in a subprocess (through a small driver that marks,
+once per process, that training iterations are running). The test waits for those marks (files),
+sends the signal, and waits for the processes to end: no timing assumption beyond generous
+timeouts.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_bad_input import data_opts, make_data, write_json
+from test_resume import CONFIG, ROOT, TINY_OPTS
+
+DRIVER = '''
+import os, sys, time, importlib.util
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from lt_det.engine import LTTrainer, launch
+
+MARKS = sys.argv[1]
+
+
+class Mark(HookBase):
+    def after_step(self):
+        if self.trainer.iter == 1:
+            path = os.path.join(MARKS, f"rank{comm.get_rank()}")
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(path + ".tmp", path)
+            go = os.environ.get("LT_TEST_GO_FILE")  # hold here until the test says go
+            while go and not os.path.exists(go):
+                time.sleep(0.1)
+
+
+def main(args):
+    build_hooks = LTTrainer.build_hooks
+    LTTrainer.build_hooks = lambda self: [Mark()] + build_hooks(self)
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(sys.argv[2]))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    return train_net.main(args)
+
+
+if __name__ == "__main__":
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(sys.argv[2]))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    args = train_net.argument_parser().parse_args(sys.argv[3:])
+    try:
+        launch(main, args.num_gpus, dist_url="auto", args=(args,))
+    except Exception as e:
+        print(f"lt_det: error: {e}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 1))
+'''
+
+TIMEOUT = 300  # seconds; generous for a loaded 2-core machine
+
+
+def start(tmp_path, num_procs, *opts, go_file=None):
+    data, root = make_data(tmp_path)
+    js = write_json(tmp_path, data)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(driver), str(marks), os.path.join(ROOT, "tools", "train_net.py"),
+           "--config-file", CONFIG, "--num-gpus", str(num_procs), *TINY_OPTS,
+           *data_opts(js, root), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out),
+           "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000", *opts]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    if go_file is not None:
+        env["LT_TEST_GO_FILE"] = str(go_file)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=str(tmp_path))
+    return proc, marks, out
+
+
+def wait_for(condition, what, proc=None):
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended before {what}: {proc.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def check_stopped_run(proc, out, signum):
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stdout + stderr, (stdout + stderr)[-3000:]
+    lines = [x for x in stderr.splitlines() if x.startswith("lt_det: error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    name = (out / "last_checkpoint").read_text()
+    assert f"stopped by {signal.Signals(signum).name} at iteration" in lines[0]
+    assert f"checkpoint '{out / name}' was saved" in lines[0] and "--resume" in lines[0]
+    state = torch.load(str(out / name), weights_only=False, map_location="cpu")
+    assert name == f"model_{state['iteration']:07d}.pth" and state["iteration"] >= 1
+    assert "model" in state and "trainer" in state  # what a periodic checkpoint holds
+    return lines[0]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_sigint_saves_a_checkpoint_and_stops(tmp_path):
+    proc, marks, out = start(tmp_path, 1)
+    wait_for(lambda: (marks / "rank0").exists(), "training iterations", proc)
+    proc.send_signal(signal.SIGINT)
+    check_stopped_run(proc, out, signal.SIGINT)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_sigterm_to_the_launcher_stops_both_workers_after_a_checkpoint(tmp_path):
+    proc, marks, out = start(tmp_path, 2)
+    ranks = [marks / "rank0", marks / "rank1"]
+    wait_for(lambda: all(r.exists() for r in ranks), "both workers' iterations", proc)
+    workers = [int(r.read_text()) for r in ranks]
+    assert proc.pid not in workers and all(alive(p) for p in workers)
+    proc.send_signal(signal.SIGTERM)
+    line = check_stopped_run(proc, out, signal.SIGTERM)
+    assert line.startswith("lt_det: error: rank ")
+    wait_for(lambda: not any(alive(p) for p in workers), "the workers to end")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_workers_of_a_killed_launcher_save_and_stop(tmp_path):
+    proc, marks, out = start(tmp_path, 2)
+    ranks = [marks / "rank0", marks / "rank1"]
+    wait_for(lambda: all(r.exists() for r in ranks), "both workers' iterations", proc)
+    workers = [int(r.read_text()) for r in ranks]
+    proc.kill()  # kill -9: the launcher cannot forward anything
+    proc.wait(timeout=TIMEOUT)
+    wait_for(lambda: not any(alive(p) for p in workers), "the orphaned workers to stop")
+    name = (out / "last_checkpoint").read_text()
+    state = torch.load(str(out / name), weights_only=False, map_location="cpu")
+    assert name == f"model_{state['iteration']:07d}.pth" and state["iteration"] >= 1
