@@ -13,6 +13,7 @@ from detectron2.structures import Instances
 from torch import nn
 
 from .losses import build_cls_loss, build_cls_loss_from_cfg
+from .whitening import ChannelWhitening
 
 try:  # present in detectron2 0.6 and later; logging only
     from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
@@ -46,6 +47,7 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         cls_loss: Union[str, nn.Module] = "softmax_ce",
         class_prior: Optional[torch.Tensor] = None,
         cls_loss_kwargs: Optional[Dict] = None,
+        whitening: Optional[nn.Module] = None,
         **kwargs,
     ):
         """
@@ -56,6 +58,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             class_prior: (K,) prior; only with a loss name (a module carries its own prior).
             cls_loss_kwargs: extra options for a loss given by name, e.g.
                 ``{"background": "fg_mass"}``.
+            whitening: optional module applied to the (R, D) features before ``cls_score``
+                only (e.g. :class:`~lt_det.modeling.whitening.ChannelWhitening`); box
+                regression reads the features as they come.
             kwargs: every argument of detectron2's :class:`FastRCNNOutputLayers`
                 (``box2box_transform``, ``num_classes``, ``test_score_thresh``, ...).
         """
@@ -79,6 +84,21 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         self.cls_loss = cls_loss
         self.cls_loss.init_cls_bias_(self.cls_score.bias)
+        self.whitening = whitening
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: (R, D) per-ROI features (or (R, C, H, W), flattened).
+
+        Returns:
+            (scores (R, K + 1), proposal_deltas (R, 4 or 4K)): scores from the (whitened, when
+            ``whitening`` is set) features, deltas from the features as given.
+        """
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        cls_in = x if self.whitening is None else self.whitening(x)
+        return self.cls_score(cls_in), self.bbox_pred(x)
 
     @classmethod
     def from_config(
@@ -104,6 +124,12 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         ret = super().from_config(cfg, input_shape)
         ret["cls_loss"] = build_cls_loss_from_cfg(cfg, class_prior=class_prior)
+        w = head.WHITENING
+        if w.ENABLED:
+            features = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+            ret["whitening"] = ChannelWhitening(
+                features, group_size=w.GROUP_SIZE, eps=w.EPS, momentum=w.MOMENTUM
+            )
         return ret
 
     def losses(

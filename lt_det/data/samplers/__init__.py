@@ -2,12 +2,16 @@
 
 ``build_train_sampler(cfg, dataset_dicts)`` builds detectron2's "TrainingSampler" and
 "RepeatFactorTrainingSampler" (with detectron2's own repeat factors) and lt_det's
-"ClassBalancedSampler", "ClassPowerSampler" and "MetaSampler". The Meta Sampler's rates are learned
+"ClassBalancedSampler", "ClassPowerSampler", "MetaSampler", "GroupBalancedSampler" (GRBS + BET) and
+"ProgressiveBalancedSampler". The Meta Sampler's rates are learned
 by a :class:`MetaSamplerLearner` that the trainer drives.
 """
 from .class_index import ClassImageIndex, as_class_image_index
 from .class_power import ClassDrawSampler, ClassPowerSampler, class_power_probs
+from .batch_stream import BatchStreamSampler
 from .feature_bank import ClassBalancedFeatureBank
+from .group_balanced import GroupBalancedSampler, frequency_groups, group_probabilities
+from .progressive import ProgressiveBalancedSampler
 from .meta_sampler import INIT_POWERS, MetaSampler, MetaSamplerLearner, default_roi_loss
 from .registry import (
     LT_SAMPLER_REGISTRY,
@@ -31,6 +35,11 @@ __all__ = [
     "ClassPowerSampler",
     "class_power_probs",
     "ClassBalancedFeatureBank",
+    "BatchStreamSampler",
+    "GroupBalancedSampler",
+    "ProgressiveBalancedSampler",
+    "frequency_groups",
+    "group_probabilities",
     "INIT_POWERS",
     "MetaSampler",
     "MetaSamplerLearner",
