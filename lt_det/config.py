@@ -132,8 +132,9 @@ def add_lt_config(cfg: CN) -> CN:
     # beta of the DRW weights, in [0, 1).
     _C.MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA = 0.9999
     # Logit-adjusted softmax (Menon et al. 2021): CE(z + TAU * shift), shift = Balanced Softmax's
-    # (its background choice: BALANCED_SOFTMAX_BG). TAU >= 0; 1 = Balanced Softmax, 0 = plain CE.
+    # (its background choice: BALANCED_SOFTMAX_BG).
     _C.MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED = CN()
+    # TAU >= 0; 1 = Balanced Softmax, 0 = plain CE.
     _C.MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.TAU = 1.0
     # Post-hoc correction of the "logit_adjusted" loss's scores: softmax(z - POSTHOC_TAU * shift).
     # >= 0; 0 = none (plain softmax scores).
