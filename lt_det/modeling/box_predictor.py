@@ -12,6 +12,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from torch import nn
 
+from ..errors import LTDetError
 from .losses import build_cls_loss, build_cls_loss_from_cfg
 from .whitening import ChannelWhitening
 
@@ -125,6 +126,12 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret = super().from_config(cfg, input_shape)
         ret["cls_loss"] = build_cls_loss_from_cfg(cfg, class_prior=class_prior)
         w = head.WHITENING
+        if w.ENABLED and cfg.DATALOADER.SAMPLER_TRAIN == "MetaSampler":
+            # The Meta Sampler's learner re-evaluates cls_score on the raw box features.
+            raise LTDetError(
+                "MODEL.ROI_BOX_HEAD.WHITENING.ENABLED cannot be combined with DATALOADER."
+                "SAMPLER_TRAIN MetaSampler (its learner scores unwhitened features); turn one off."
+            )
         if w.ENABLED:
             features = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
             ret["whitening"] = ChannelWhitening(
