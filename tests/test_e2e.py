@@ -505,3 +505,16 @@ def test_grbs_rejects_bad_values():
         GroupBalancedSampler(lists, batch_size=4, bet_fraction=-0.1)
     with pytest.raises(LTDetError, match="NUM_GROUPS"):
         GroupBalancedSampler(lists, batch_size=4, num_groups=0)
+
+
+def test_whitening_is_refused_with_the_meta_sampler():
+    from detectron2.layers import ShapeSpec
+
+    from lt_det.modeling import LTFastRCNNOutputLayers
+
+    cfg = add_lt_config(get_cfg())
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = K
+    cfg.MODEL.ROI_BOX_HEAD.WHITENING.ENABLED = True
+    cfg.DATALOADER.SAMPLER_TRAIN = "MetaSampler"
+    with pytest.raises(LTDetError, match="MetaSampler"):
+        LTFastRCNNOutputLayers(cfg, ShapeSpec(channels=16))
