@@ -49,7 +49,9 @@ def _inputs(r=9, k=K, dtype=torch.float64, seed=0):
 
 
 def _ce_rows(z, y):
-    return [math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in zip(z.tolist(), y.tolist())]
+    return [
+        math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in zip(z.tolist(), y.tolist())
+    ]
 
 
 # ------------------------------------------------------------------------------ whitening
@@ -67,12 +69,10 @@ def test_whitened_batch_has_identity_covariance(group_size):
     w = ChannelWhitening(8, group_size=group_size, eps=1e-9).double().train()
     y = w(x)
     torch.testing.assert_close(y.mean(0), torch.zeros(8, dtype=y.dtype), atol=1e-9, rtol=0)
-    cov = (y.T @ y / y.shape[0]).view(8 // (group_size or 8), group_size or 8, -1, group_size or 8)
     d = group_size or 8
     for g in range(8 // d):  # within every group: identity (across groups: not constrained)
         block = (y[:, g * d : (g + 1) * d].T @ y[:, g * d : (g + 1) * d]) / y.shape[0]
         torch.testing.assert_close(block, torch.eye(d, dtype=y.dtype), atol=1e-6, rtol=0)
-    del cov
 
 
 def test_zca_is_the_symmetric_inverse_square_root():
@@ -158,8 +158,11 @@ def test_predictor_whitens_the_classifier_input_only():
 
     w = ChannelWhitening(8)
     p = LTFastRCNNOutputLayers(
-        ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
-        num_classes=K, cls_loss="softmax_ce", whitening=w,
+        ShapeSpec(channels=8),
+        box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
+        num_classes=K,
+        cls_loss="softmax_ce",
+        whitening=w,
     ).eval()
     x = torch.randn(5, 8)
     scores, deltas = p(x)
@@ -189,8 +192,7 @@ def test_ldam_equals_hand_derived_values():
     z, y, prior = _inputs()
     max_m, s = 0.5, 2.0
     n = prior.tolist()
-    margins = [max_m * (min(n) / nj) ** -0.25 * (min(n) ** -0.25 / min(n) ** -0.25) for nj in n]
-    margins = [max_m * (nj ** -0.25) / (min(n) ** -0.25) for nj in n]
+    margins = [max_m * nj ** -0.25 / min(n) ** -0.25 for nj in n]
     expected = []
     for row, t in zip(z.tolist(), y.tolist()):
         adj = [s * (v - (margins[j] if j == t and t < K else 0.0)) for j, v in enumerate(row)]
@@ -211,8 +213,9 @@ def test_ldam_with_zero_margin_and_unit_scale_is_plain_ce():
 
 def test_ldam_drw_weights_apply_from_drw_start_while_training():
     z, y, prior = _inputs(dtype=torch.float32)
-    m = build_cls_loss("ldam", num_classes=K, class_prior=prior, drw_start=5, drw_beta=0.99,
-                       num_images=1000).train()
+    m = build_cls_loss(
+        "ldam", num_classes=K, class_prior=prior, drw_start=5, drw_beta=0.99, num_images=1000
+    ).train()
     plain = ldam_loss(z, y, prior, reduction="none")
     w = effective_number_weights(prior.double() * 1000, 0.99).float()
     with EventStorage(4):
@@ -245,9 +248,11 @@ def test_logit_adjusted_reduces_to_ce_and_matches_closed_form():
     torch.testing.assert_close(logit_adjusted_loss(z, y, torch.full_like(prior, 0.3), tau=2.0), ce)
     tau, mean_n = 0.5, sum(prior.tolist()) / K
     shift = [tau * math.log(n / mean_n) for n in prior.tolist()] + [0.0]
-    rows = (z + torch.tensor(shift, dtype=z.dtype))
+    rows = z + torch.tensor(shift, dtype=z.dtype)
     expected = torch.tensor(_ce_rows(rows, y), dtype=z.dtype)
-    torch.testing.assert_close(logit_adjusted_loss(z, y, prior, tau=tau, reduction="none"), expected)
+    torch.testing.assert_close(
+        logit_adjusted_loss(z, y, prior, tau=tau, reduction="none"), expected
+    )
 
 
 def test_logit_adjusted_posthoc_scores():
@@ -271,7 +276,9 @@ def test_effective_number_weights_closed_form():
         torch.testing.assert_close(
             effective_number_weights(counts, beta), torch.tensor(expected, dtype=torch.float64)
         )
-    torch.testing.assert_close(effective_number_weights(counts, 0.0), torch.ones(K + 1, dtype=torch.float64))
+    torch.testing.assert_close(
+        effective_number_weights(counts, 0.0), torch.ones(K + 1, dtype=torch.float64)
+    )
     with pytest.raises(ValueError, match="beta"):
         effective_number_weights(counts, 1.0)
 
@@ -381,8 +388,9 @@ def test_frequency_groups_split_sorted_classes():
 def test_grbs_batches_are_composed_group_by_group(balance):
     lists, image_class, sizes = _one_class_per_image_lists()
     b, n_batches = 10, 600
-    s = GroupBalancedSampler(lists, batch_size=b, num_groups=3, balance=balance,
-                             bet_fraction=1.0, seed=0)
+    s = GroupBalancedSampler(
+        lists, batch_size=b, num_groups=3, balance=balance, bet_fraction=1.0, seed=0
+    )
     groups = s.groups  # [[5, 4], [3, 2], [1, 0]] (rarest first)
     assert groups == [[5, 4], [3, 2], [1, 0]]
     mass = [sum(sizes[c] for c in g) for g in groups]
@@ -416,8 +424,7 @@ def test_bet_embeds_balanced_slots_in_uniform_batches():
     lists, image_class, sizes = _one_class_per_image_lists()
     num_images = sum(sizes)
     b, f, n_batches = 8, 0.25, 1500
-    s = GroupBalancedSampler(lists, batch_size=b, num_groups=6, balance=1.0, bet_fraction=f,
-                             seed=1)
+    s = GroupBalancedSampler(lists, batch_size=b, num_groups=6, balance=1.0, bet_fraction=f, seed=1)
     counts = [0] * len(sizes)
     for batch in _batches(s, n_batches):
         for i in batch:
@@ -442,10 +449,18 @@ def test_batch_samplers_are_seeded_and_rank_sharded(kind):
 
     def make(seed, rank=0, world=1):
         if kind == "grbs":
-            return GroupBalancedSampler(lists, batch_size=6, seed=seed, rank=rank,
-                                        world_size=world, batches_per_chunk=3)
-        return ProgressiveBalancedSampler(lists, batch_size=6, max_iter=10, seed=seed, rank=rank,
-                                          world_size=world, batches_per_chunk=3)
+            return GroupBalancedSampler(
+                lists, batch_size=6, seed=seed, rank=rank, world_size=world, batches_per_chunk=3
+            )
+        return ProgressiveBalancedSampler(
+            lists,
+            batch_size=6,
+            max_iter=10,
+            seed=seed,
+            rank=rank,
+            world_size=world,
+            batches_per_chunk=3,
+        )
 
     def take(s, n):
         it = iter(s)

@@ -61,7 +61,9 @@ class _InverseSqrtPSD(torch.autograd.Function):
         close = diff.abs() <= 1e-6 * scale
         mid = 0.5 * (evals.unsqueeze(-1) + evals.unsqueeze(-2))
         deriv = -0.5 * mid.pow(-1.5)
-        ratio = (f.unsqueeze(-1) - f.unsqueeze(-2)) / torch.where(close, torch.ones_like(diff), diff)
+        ratio = (f.unsqueeze(-1) - f.unsqueeze(-2)) / torch.where(
+            close, torch.ones_like(diff), diff
+        )
         return evecs @ (g * torch.where(close, deriv, ratio)) @ ut
 
 
@@ -142,7 +144,9 @@ class ChannelWhitening(nn.Module):
                 mean, whitening = self.batch_statistics(x)
                 with torch.no_grad():
                     m = self.momentum
-                    self.running_mean.mul_(1 - m).add_(mean.squeeze(1).to(self.running_mean), alpha=m)
+                    self.running_mean.mul_(1 - m).add_(
+                        mean.squeeze(1).to(self.running_mean), alpha=m
+                    )
                     self.running_whitening.mul_(1 - m).add_(
                         whitening.to(self.running_whitening), alpha=m
                     )

@@ -73,5 +73,7 @@ class BatchStreamSampler(Sampler):
         while True:
             draws = self.draw_batches(generator, batch, self._batches_per_chunk)
             position = batch * self._batch_size
-            yield from draws[(self._rank - position) % self._world_size :: self._world_size].tolist()
+            yield from draws[
+                (self._rank - position) % self._world_size :: self._world_size
+            ].tolist()
             batch += self._batches_per_chunk

@@ -105,9 +105,7 @@ class GroupBalancedSampler(BatchStreamSampler):
             batches_per_chunk=batches_per_chunk,
         )
         if not 0.0 <= bet_fraction <= 1.0:
-            raise LTDetError(
-                f"DATALOADER.GRBS.BET_FRACTION must be in [0, 1], got {bet_fraction}."
-            )
+            raise LTDetError(f"DATALOADER.GRBS.BET_FRACTION must be in [0, 1], got {bet_fraction}.")
         self._index = as_class_image_index(class_images, num_classes=num_classes)
         self._num_images = self._index.num_images
         self._bet_fraction = float(bet_fraction)
@@ -126,13 +124,23 @@ class GroupBalancedSampler(BatchStreamSampler):
         b = self.batch_size
         out = torch.empty(num_batches, b, dtype=torch.int64)
         balanced = (
-            self._bet_fraction * b + torch.rand(num_batches, generator=generator, dtype=torch.float64)
-        ).floor().long()
+            (
+                self._bet_fraction * b
+                + torch.rand(num_batches, generator=generator, dtype=torch.float64)
+            )
+            .floor()
+            .long()
+        )
         for i in range(num_batches):
             n = int(balanced[i])
             points = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(n)) / n
-            groups = torch.searchsorted(self._cdf, points, right=True).clamp(max=len(self.groups) - 1)
-            start, size = self._group_ptr[groups], self._group_ptr[groups + 1] - self._group_ptr[groups]
+            groups = torch.searchsorted(self._cdf, points, right=True).clamp(
+                max=len(self.groups) - 1
+            )
+            start, size = (
+                self._group_ptr[groups],
+                self._group_ptr[groups + 1] - self._group_ptr[groups],
+            )
             offsets = (torch.rand(n, generator=generator, dtype=torch.float64) * size).long()
             batch = torch.cat(
                 [

@@ -81,12 +81,13 @@ class ProgressiveBalancedSampler(BatchStreamSampler):
     ) -> torch.Tensor:
         b = self.batch_size
         n = num_batches * b
-        iters = first_batch + torch.arange(n) // b
-        alpha = torch.tensor([self.alpha(int(t)) for t in range(first_batch, first_batch + num_batches)])
-        balanced = torch.rand(n, generator=generator, dtype=torch.float64) < alpha.double()[iters - first_batch]
-        classes = self._present[
-            torch.randint(self._present.numel(), (n,), generator=generator)
-        ]
+        alpha = torch.tensor(
+            [self.alpha(t) for t in range(first_batch, first_batch + num_batches)],
+            dtype=torch.float64,
+        )
+        draw_alpha = alpha.repeat_interleave(b)  # the alpha of each draw's batch
+        balanced = torch.rand(n, generator=generator, dtype=torch.float64) < draw_alpha
+        classes = self._present[torch.randint(self._present.numel(), (n,), generator=generator)]
         size = self._counts[classes]
         offsets = torch.minimum(
             (torch.rand(n, generator=generator, dtype=torch.float64) * size).long(), size - 1

@@ -288,7 +288,11 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
         return class_balanced_focal_loss(
-            logits, gt_classes, self.class_counts, beta=self.beta, gamma=self.gamma,
+            logits,
+            gt_classes,
+            self.class_counts,
+            beta=self.beta,
+            gamma=self.gamma,
             reduction="none",
         )
 

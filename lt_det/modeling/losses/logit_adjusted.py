@@ -116,7 +116,9 @@ class LogitAdjustedLoss(ClsLoss):
             return empty_loss(logits, "mean")
         dtype = torch.promote_types(logits.dtype, torch.float32)
         # The fused form of per_roi (same values, one (R, K + 1) buffer).
-        per_roi = ShiftedSoftmaxCE.apply(logits.to(dtype), gt_classes, self.tau * self._shift(dtype))
+        per_roi = ShiftedSoftmaxCE.apply(
+            logits.to(dtype), gt_classes, self.tau * self._shift(dtype)
+        )
         return reduce_per_roi(per_roi, "mean")
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
