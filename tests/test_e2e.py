@@ -533,3 +533,22 @@ def test_whitening_is_refused_with_the_meta_sampler():
     cfg.DATALOADER.SAMPLER_TRAIN = "MetaSampler"
     with pytest.raises(LTDetError, match="MetaSampler"):
         LTFastRCNNOutputLayers(cfg, ShapeSpec(channels=16))
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("DATALOADER.GRBS.BALANCE", 1.5),
+        ("DATALOADER.GRBS.BET_FRACTION", -0.1),
+        ("MODEL.ROI_BOX_HEAD.WHITENING.EPS", 0.0),
+        ("MODEL.ROI_BOX_HEAD.LDAM.SCALE", 0.0),
+        ("MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA", 1.0),
+    ],
+)
+def test_out_of_range_values_are_refused_before_anything_is_built(key, value):
+    from lt_det.engine.defaults import check_config_values
+
+    cfg = add_lt_config(get_cfg())
+    cfg.merge_from_list([key, str(value)])
+    with pytest.raises(LTDetError, match=key.replace(".", r"\.")):
+        check_config_values(cfg)
