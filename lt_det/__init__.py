@@ -1,11 +1,5 @@
 """lt_det: long-tailed object detection and instance segmentation on Detectron2."""
-import warnings
-
-# detectron2 0.6 scripts a few helpers with torch.jit at import time; torch 2.14 warns about it on
-# every import. The warning is about detectron2's code, not the user's: keep logs readable.
-warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-
-from .config import add_lt_config  # noqa: E402
+from .config import add_lt_config
 from . import modeling as _modeling  # registration (losses, LTStandardROIHeads, LTCascadeROIHeads)
 from .modeling import (
     LTFastRCNNOutputLayers,

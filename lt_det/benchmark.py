@@ -15,14 +15,26 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import LTDetError
+from .registry import Registry
 
-__all__ = ["MethodSpec", "METHODS", "register_method", "run_benchmark", "format_table",
-           "summarize_runs"]
+__all__ = ["MethodSpec", "METHODS", "BENCHMARK_METHODS", "register_method", "run_benchmark",
+           "format_table", "summarize_runs"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def _checkout_paths(configs_dir: Optional[str], train_net: Optional[str]) -> Tuple[str, str]:
+    """The configs folder and tools/train_net.py of an lt_det checkout, resolved once against
+    the caller's working directory (defaults: ./configs and ./tools/train_net.py)."""
+    configs_dir = os.path.abspath(configs_dir or "configs")
+    train_net = os.path.abspath(train_net or os.path.join("tools", "train_net.py"))
+    for path, what, arg in ((configs_dir, "configs folder", "configs_dir"),
+                            (train_net, "training entry point", "train_net")):
+        if not os.path.exists(path):
+            raise LTDetError(f"the benchmark's {what} '{path}' does not exist; run from the root "
+                             f"of an lt_det checkout or pass {arg} (--configs-dir / --train-net).")
+    return configs_dir, train_net
 
 
 @dataclass(frozen=True)
@@ -49,15 +61,18 @@ class MethodSpec:
     default: bool = True
 
 
-METHODS: Dict[str, MethodSpec] = {}
+BENCHMARK_METHODS = Registry("LT_BENCHMARK_METHOD", config_key="--methods", what="benchmark method")
+#: Read-only ``{name: MethodSpec}`` of the registered methods, in registration (table) order.
+METHODS: Mapping[str, MethodSpec] = BENCHMARK_METHODS.mapping()
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add a method to the benchmark (name must be new)."""
-    if spec.name in METHODS:
-        raise ValueError(f"benchmark method '{spec.name}' is already registered")
-    METHODS[spec.name] = spec
-    return spec
+    """Add a method to the benchmark.
+
+    Raises:
+        LTDetError: the name is already registered.
+    """
+    return BENCHMARK_METHODS.register(spec.name)(spec)
 
 
 for _spec in (
@@ -106,6 +121,12 @@ for _spec in (
 
 
 @dataclass
+class _Paths:
+    configs_dir: str
+    train_net: str
+
+
+@dataclass
 class _Job:
     spec: MethodSpec
     out_dir: str
@@ -132,10 +153,12 @@ def _dataset_opts(data: Dict[str, str]) -> List[str]:
     return ["DATASETS.LVIS_FORMAT", repr(entries)]
 
 
-def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job]) -> List[str]:
+def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job],
+                 paths: Optional[_Paths] = None) -> List[str]:
     spec = job.spec
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"),
-           "--config-file", os.path.join(REPO, "configs", spec.config)]
+    paths = paths or _Paths("configs", os.path.join("tools", "train_net.py"))
+    cmd = [sys.executable, paths.train_net,
+           "--config-file", os.path.join(paths.configs_dir, spec.config)]
     if spec.eval_only:
         cmd.append("--eval-only")
     cmd += ["OUTPUT_DIR", job.out_dir, "SEED", str(seed), "DATALOADER.NUM_WORKERS", "0"]
@@ -181,6 +204,8 @@ def run_benchmark(
     data_dir: Optional[str] = None,
     progress_every: float = 10.0,
     overwrite: bool = False,
+    configs_dir: Optional[str] = None,
+    train_net: Optional[str] = None,
 ) -> Dict:
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
 
@@ -193,6 +218,9 @@ def run_benchmark(
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
         overwrite: replace an earlier benchmark in ``out_dir`` (its results.json and runs under
             ``runs/``); without it an earlier benchmark is an error and nothing is changed.
+        configs_dir / train_net: the ``configs`` folder and ``tools/train_net.py`` of an lt_det
+            checkout (default: ``./configs`` and ``./tools/train_net.py`` of the working
+            directory).
     """
     from .data.synthetic import TRAIN_JSON, VAL_JSON, generate_synthetic_lvis
 
@@ -207,6 +235,9 @@ def run_benchmark(
         names.insert(0, stage1)
     names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
 
+    paths = _Paths(*_checkout_paths(configs_dir, train_net))
+    out_dir = os.path.abspath(out_dir)  # the runs start in other working directories' terms
+    data_dir = os.path.abspath(data_dir) if data_dir else None
     _refuse_earlier_benchmark(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
@@ -236,7 +267,7 @@ def run_benchmark(
     pace = {1: 0.6, 2: 0.15}
     eval_cost = 20.0
     try:
-        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every)
+        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every, paths)
     finally:  # never leave runs behind when one fails or the user is interrupted
         for j in jobs.values():
             if j.proc is not None and j.proc.poll() is None:
@@ -260,7 +291,7 @@ def run_benchmark(
     table = format_table(rows)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table + "\n")
-    _plots(out_dir, data, jobs)
+    _plots(out_dir, data, jobs, paths)
     print(table, flush=True)
     print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
           f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
@@ -283,7 +314,8 @@ def _refuse_earlier_benchmark(out_dir: str, overwrite: bool) -> None:
     )
 
 
-def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every) -> None:
+def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every,
+              paths: _Paths) -> None:
     """Start runs as their stage-1 run finishes, `parallel` at a time; print progress + ETA."""
     last_print = 0.0
     while not all(j.done for j in jobs.values()):
@@ -310,7 +342,7 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             os.makedirs(j.out_dir)
             j.log_path = os.path.join(j.out_dir, "stdout.txt")  # detectron2 itself writes log.txt
             j.start = time.time()
-            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs), env=env, cwd=REPO,
+            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs, paths), env=env,
                                       stdout=open(j.log_path, "w"), stderr=subprocess.STDOUT)
         now = time.time()
         if now - last_print >= progress_every or all(j.done for j in jobs.values()):
@@ -328,18 +360,19 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
 
 def format_table(rows: List[Dict], task: str = "bbox") -> str:
     """Markdown table: AP, APr, APc, APf and wall time per method."""
-    lines = ["| method | stage | AP | APr | APc | APf | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+    from tabulate import tabulate
+
+    table = []
     for r in rows:
         m = r.get(task, {})
         cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("AP", "APr", "APc", "APf")]
         stage = f"2 (from {r['stage1']})" if r.get("stage1") else str(r["stage"])
-        lines.append(f"| {r['label']} | {stage} | " + " | ".join(cells) +
-                     f" | {r['wall_s']:.0f} |")
-    return "\n".join(lines)
+        table.append([r["label"], stage, *cells, f"{r['wall_s']:.0f}"])
+    headers = ["method", "stage", "AP", "APr", "APc", "APf", "wall (s)"]
+    return tabulate(table, headers, tablefmt="github", disable_numparse=True)
 
 
-def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
+def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job], paths: _Paths) -> None:
     """Per-class AP vs frequency and classifier norm vs frequency, all methods overlaid."""
     from .decouple.norms import plot_classifier_norms
     from .evaluation import read_per_class
@@ -356,18 +389,18 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job]) -> None:
     ckpts = {}
     for n, j in jobs.items():
         if j.spec.eval_only and j.stage1 is not None:  # tau-norm: stage-1 weights at its tau
-            tau = _cfg_value(j.spec, "MODEL.DECOUPLE.TAU")
+            tau = _cfg_value(j.spec, "MODEL.DECOUPLE.TAU", paths.configs_dir)
             ckpts[n] = os.path.join(jobs[j.stage1].out_dir, "model_final.pth") + f"@tau={tau}"
         elif os.path.isfile(os.path.join(j.out_dir, "model_final.pth")):
             ckpts[n] = os.path.join(j.out_dir, "model_final.pth")
     plot_classifier_norms(ckpts, data["train_json"], os.path.join(out_dir, "classifier_norms.png"))
 
 
-def _cfg_value(spec: MethodSpec, key: str):
+def _cfg_value(spec: MethodSpec, key: str, configs_dir: str):
     """A key's value in a method's config (after its overrides)."""
     from .engine import load_config
 
-    cfg = load_config(os.path.join(REPO, "configs", spec.config), list(spec.opts))
+    cfg = load_config(os.path.join(configs_dir, spec.config), list(spec.opts))
     for part in key.split("."):
         cfg = cfg[part]
     return cfg

@@ -86,7 +86,8 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.DECOUPLE = CN()
     # Stage-2 method (registry LT_DECOUPLE_REGISTRY).
     # Choices: "none" (ordinary training) | "crt" (re-initialise and retrain the classifier)
-    #          | "lws" (learn one scale per class) | "tau_norm" (no training; normalise weights).
+    #          | "finetune" (fine-tune the stage-1 classifier) | "lws" (learn one scale per class)
+    #          | "tau_norm" (no training; normalise weights).
     _C.MODEL.DECOUPLE.METHOD = "none"
     # Parameter-name prefixes that stay trainable in stage 2 (exact module-path prefixes,
     # matched at "." boundaries; everything else is frozen and runs in eval mode).

@@ -26,7 +26,6 @@ from lt_det.decouple import (
     stage1_load_guard,
     tau_normalize,
 )
-from lt_det.decouple.balms import per_roi_loss_for_meta
 from lt_det.errors import LTDetError
 from lt_det.modeling.losses import build_cls_loss
 
@@ -94,7 +93,7 @@ def bn_stats(model):
 
 def test_unknown_method_lists_choices():
     cfg = tiny_cfg("crtt")
-    with pytest.raises(LTDetError, match=r"'crt', 'lws', 'none', 'tau_norm'"):
+    with pytest.raises(LTDetError, match=r"METHOD.*'crt', .*'lws', 'none', 'tau_norm'"):
         build_decouple_method(cfg)
 
 
@@ -272,6 +271,20 @@ def test_stage1_values_equal_to_a_fresh_init_are_loaded_not_refused(tmp_path):
         _load(cfg, tmp_path / "s3", resume=False)
 
 
+def test_finetune_keeps_every_stage1_weight_and_trains_only_the_classifier(tmp_path):
+    stage1, path = _save_stage1(tmp_path / "s1", tiny_cfg("none"))
+    model, _ = _load(tiny_cfg("finetune", **{"MODEL.WEIGHTS": path}), tmp_path / "s2", False)
+    ref = dict(stage1.named_parameters())
+    for n, p in model.named_parameters():
+        assert torch.equal(p, ref[n]), n
+        assert p.requires_grad == n.startswith(CLS + "."), n
+
+
+def test_crt_without_reinit_points_to_finetune():
+    with pytest.raises(LTDetError, match="'finetune'"):
+        make_model(tiny_cfg("crt", **{"MODEL.DECOUPLE.REINIT": []}))
+
+
 def test_reinit_of_frozen_module_is_an_error():
     cfg = tiny_cfg("crt", **{"MODEL.DECOUPLE.REINIT": ["roi_heads.box_predictor.bbox_pred"]})
     with pytest.raises(LTDetError, match="is frozen"):
@@ -286,7 +299,7 @@ def test_meta_loss_matches_head_loss(name):
     loss = build_cls_loss(name, num_classes=K, class_prior=prior)
     logits = torch.randn(7, K + 1)
     gt = torch.tensor([0, 1, 2, 3, 4, 5, 5])
-    per_roi = per_roi_loss_for_meta(loss)(logits, gt)
+    per_roi = loss.per_roi(logits, gt)
     assert per_roi.shape == (7,)
     assert torch.allclose(per_roi.mean(), loss(logits, gt), atol=1e-5)
 
@@ -339,6 +352,8 @@ def test_lt_trainer_stage1_then_balms_stage2_and_resume(tiny_data, tmp_path):
     cfg = _trainer_cfg(tiny_data, tmp_path / "s2", "crt", **over)
     s2 = LTTrainer(cfg)
     assert "meta_sampler" in s2.checkpointer.checkpointables
+    # The learner writes the rates of the very sampler the trainer built for its loader.
+    assert s2.checkpointer.checkpointables["meta_sampler"].rates is s2.train_sampler.sampler.rates
     s2.resume_or_load(resume=False)
     reinit = s2.model.roi_heads.box_predictor.cls_score.weight.detach().clone()
     assert not torch.equal(reinit, stage1[CLS + ".weight"])

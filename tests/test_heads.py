@@ -434,9 +434,42 @@ def test_torchvision_faster_rcnn_trains_one_step(loss):
     other.train()
     other_losses = other(images, targets)
     assert torch.isfinite(other_losses["loss_classifier"]) and calls == [1]
-    # Outside an adapted forward the module-level function is torchvision's cross-entropy.
+    # torchvision's module-level function is torchvision's own cross-entropy.
+    assert tv_roi_heads.fastrcnn_loss.__module__ == "torchvision.models.detection.roi_heads"
     y_tv = torch.tensor([0, 2])
     logits = torch.randn(2, K + 1)
     box_regression, reg_targets = torch.zeros(2, 4 * (K + 1)), [torch.zeros(2, 4)]
     cls, _ = tv_roi_heads.fastrcnn_loss(logits, box_regression, [y_tv], reg_targets)
     torch.testing.assert_close(cls, F.cross_entropy(logits, y_tv))
+
+
+def test_two_torchvision_models_train_with_different_losses_in_one_process():
+    torch.manual_seed(0)
+    prior = torch.tensor([0.5, 0.1, 0.01])
+    images = [torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([2])}]
+    losses = {"balanced_softmax": balanced_softmax_loss, "balanced_sigmoid": balanced_sigmoid_loss}
+    models, seen = {}, {}
+    for name in losses:
+        model = _tiny_torchvision_frcnn(K + 1).train()
+        use_cls_loss_in_torchvision(model, build_cls_loss(name, num_classes=K, class_prior=prior))
+        model.roi_heads.box_predictor.register_forward_hook(
+            lambda m, a, o, name=name: seen[name].append(o[0].detach())
+        )
+        real_select = model.roi_heads.select_training_samples
+
+        def select(*args, name=name, real_select=real_select):
+            out = real_select(*args)
+            seen[name].append(torch.cat(out[2]))
+            return out
+
+        model.roi_heads.select_training_samples = select
+        models[name] = model
+    # Interleaved forwards: each model's classification term is its own loss.
+    for name in list(losses) + list(losses):
+        seen[name] = []
+        value = models[name](images, targets)["loss_classifier"]
+        labels, tv_logits = seen[name]
+        z = torch.cat([tv_logits[:, 1:], tv_logits[:, :1]], dim=1)
+        y = torch.where(labels == 0, torch.tensor(K), labels - 1)
+        torch.testing.assert_close(value, losses[name](z, y, prior))

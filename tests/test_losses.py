@@ -252,3 +252,78 @@ def test_backward_twice_through_retained_graph(name):
     (g1,) = torch.autograd.grad(loss, z, retain_graph=True)
     (g2,) = torch.autograd.grad(loss, z)
     torch.testing.assert_close(g1, g2)
+
+
+# Every registered loss (also the ones added later) must honour the per-ROI contract.
+REGISTERED = sorted(n for n, _ in LT_CLS_LOSS_REGISTRY)
+
+
+def _registered(name, prior):
+    return build_cls_loss(name, num_classes=K, class_prior=prior.float())
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_per_roi_equals_forward_without_reduction(name):
+    z, y, prior = _inputs()
+    loss = _registered(name, prior)
+    per_roi = loss.per_roi(z, y)
+    assert per_roi.shape == (z.shape[0],)
+    torch.testing.assert_close(per_roi, loss(z, y, reduction="none"))
+    torch.testing.assert_close(per_roi.mean(), loss(z, y))
+    state = {k: v.clone() for k, v in loss.state_dict().items()}
+    loss.per_roi(z, y)
+    assert all(torch.equal(v, loss.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_per_roi_is_twice_differentiable(name):
+    # Hessian-vector product by torch.func (grad of grad) against central differences of the
+    # first gradient (float64).
+    z, y, prior = _inputs()
+    loss = _registered(name, prior)
+    v = torch.randn(z.shape, generator=torch.Generator().manual_seed(1), dtype=z.dtype)
+
+    def grad_of(t):
+        return torch.func.grad(lambda u: loss.per_roi(u, y).sum())(t)
+
+    hvp = torch.func.grad(lambda t: (grad_of(t) * v).sum())(z)
+    eps = 1e-5
+    expected = (grad_of(z + eps * v) - grad_of(z - eps * v)) / (2 * eps)
+    torch.testing.assert_close(hvp, expected, atol=1e-6, rtol=1e-5)
+    assert hvp.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_plain_per_roi_is_nll_of_inference_scores(name):
+    # The Meta Sampler's meta loss: -log of the scores the head predicts, with no prior. A
+    # softmax head's K + 1 scores sum to 1 (categorical likelihood); a sigmoid head's K scores
+    # are independent Bernoulli likelihoods and its (zero) background column is never read.
+    z, y, prior = _inputs()
+    loss = _registered(name, prior)
+    probs = loss.predict_probs(z)
+    if torch.allclose(probs.sum(dim=1), torch.ones(z.shape[0], dtype=z.dtype)):
+        expected = -probs.gather(1, y[:, None]).squeeze(1).log()
+    else:
+        target = F.one_hot(y, K + 1)[:, :K].to(z.dtype)
+        p = probs[:, :K]
+        expected = -(target * p.log() + (1 - target) * (1 - p).log()).sum(dim=1)
+        z_bg = z.clone()
+        z_bg[:, K] += 10.0
+        torch.testing.assert_close(loss.plain_per_roi(z_bg, y), loss.plain_per_roi(z, y))
+    torch.testing.assert_close(loss.plain_per_roi(z, y), expected)
+
+
+def test_loss_without_plain_form_names_itself():
+    from lt_det.modeling.losses import ClsLoss
+
+    class Unfinished(ClsLoss):
+        loss_name = "unfinished"
+
+        def predict_probs(self, logits):
+            return torch.sigmoid(logits)
+
+    z, y, _ = _inputs()
+    with pytest.raises(NotImplementedError, match="'unfinished'.*per_roi"):
+        Unfinished(num_classes=K).per_roi(z, y)
+    with pytest.raises(NotImplementedError, match="'unfinished'.*plain_per_roi"):
+        Unfinished(num_classes=K).plain_per_roi(z, y)

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from lt_det.data import load_lvis_format_json, register_lvis_format
-from lt_det.data.lvis_format import frequency_group
+from lt_det.class_stats import frequency_group
 from lt_det.errors import LTDetError
 
 

@@ -7,22 +7,20 @@ import math
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_train_loader
 from detectron2.data.common import ToIterableDataset
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
 from lt_det import add_lt_config
 from lt_det.data.samplers import (
-    ClassBalancedFeatureBank,
     ClassImageIndex,
     ClassPowerSampler,
     MetaSampler,
-    MetaSamplerLearner,
     build_train_sampler,
-    find_train_sampler,
     registered_sampler_names,
     repeat_factors_from_cfg,
 )
+from lt_det.decouple.balms import MetaSamplerLearner
+from lt_det.decouple.feature_bank import ClassBalancedFeatureBank
 from lt_det.errors import LTDetError
 
 OURS = ["ClassBalancedSampler", "ClassPowerSampler", "MetaSampler"]
@@ -340,16 +338,6 @@ def test_feature_bank_keeps_the_last_features_of_each_class():
     assert abs(share - 0.5) < 0.05  # class-balanced: classes 0 and 1 equally often
 
 
-def test_find_train_sampler_in_a_detectron2_loader():
-    sampler = _meta_sampler()
-    dicts = [{"width": 8, "height": 8, "i": i} for i in range(6)]
-    loader = build_detection_train_loader(
-        dicts, mapper=lambda d: d, sampler=sampler, total_batch_size=2
-    )
-    assert find_train_sampler(loader, MetaSampler) is sampler
-    assert find_train_sampler(loader, ClassPowerSampler) is None
-
-
 def _distributed_worker(rank, init_file, queue):
     import torch.distributed as dist
 
@@ -385,3 +373,28 @@ def test_meta_rates_stay_identical_across_ranks(tmp_path):
     assert results[0][0] == results[1][0]  # the same rates on both ranks
     assert results[0][0] != pytest.approx([1 / K] * K)  # and they were updated
     assert results[1][1][0] == []  # rank 1 had no meta batch in its first step
+
+
+@pytest.mark.parametrize("loss", ["balanced_softmax", "balanced_sigmoid"])
+def test_learner_from_config_steps_through_the_heads_own_loss(loss):
+    # Inner loss = the head loss's per_roi; meta loss = its plain form: softmax CE for a softmax
+    # head, sigmoid CE for a sigmoid head (which never reads the background column).
+    from lt_det.modeling.losses import build_cls_loss
+
+    prior = torch.tensor([0.5, 0.2, 0.1])
+    cls_loss = build_cls_loss(loss, num_classes=3, class_prior=prior)
+    learner = MetaSamplerLearner(_cfg("MetaSampler", 3), _meta_sampler(), cls_loss=cls_loss)
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 3])
+    torch.testing.assert_close(learner.loss_fn(z, y), cls_loss(z, y, reduction="none"))
+    if loss == "balanced_softmax":
+        expected = torch.nn.functional.cross_entropy(z, y)
+    else:
+        target = torch.nn.functional.one_hot(y, 4)[:, :3].float()
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(
+            z[:, :3], target, reduction="sum"
+        ) / 6
+        z_bg = z.clone()
+        z_bg[:, 3] += 5.0
+        torch.testing.assert_close(learner.meta_loss_fn(z_bg, y), expected)
+    torch.testing.assert_close(learner.meta_loss_fn(z, y), expected)

@@ -17,7 +17,6 @@ samples ranked by p_c, background samples are negatives). It is a sanity check, 
 for a detector benchmark.
 """
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -25,9 +24,8 @@ from typing import Callable, Dict, List
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss  # noqa: E402
-from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift  # noqa: E402
+from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss
+from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift
 
 
 def make_inputs(rois: int, classes: int, device: str, dtype: torch.dtype, seed: int = 0):

@@ -14,7 +14,6 @@ Usage::
     python tools/bench_samplers.py [--cat-info PATH] [--images 100000] [--rois 2048]
 """
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -25,11 +24,11 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-from lt_det import add_lt_config  # noqa: E402
-from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info  # noqa: E402
-from lt_det.data.samplers import MetaSampler, MetaSamplerLearner, build_train_sampler  # noqa: E402
-from lt_det.errors import LTDetError  # noqa: E402
+from lt_det import add_lt_config
+from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info
+from lt_det.data.samplers import MetaSampler, build_train_sampler
+from lt_det.decouple.balms import MetaSamplerLearner
+from lt_det.errors import LTDetError, report_error
 
 
 def synthesise_dataset_dicts(cat_info: List[Dict], num_images: int, seed: int) -> List[Dict]:
@@ -202,8 +201,7 @@ def main(argv=None) -> int:
     try:
         cat_info = load_lvis_v1_cat_info(args.cat_info)
     except LTDetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return report_error(e)
     num_classes = len(cat_info)
     if not args.skip_build:
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from lt_det.benchmark import summarize_runs
-from lt_det.errors import LTDetError
+from lt_det.errors import LTDetError, report_error
 
 
 def main(argv=None) -> int:
@@ -20,8 +20,7 @@ def main(argv=None) -> int:
     try:
         print(summarize_runs(args.outs))
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

@@ -3,23 +3,27 @@
 
     python tools/lt_benchmark.py --out output/demo                 # what `make demo` runs
     python tools/lt_benchmark.py --seed 1 --out output/seed1 --methods softmax rfs balms
-    python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out /tmp/smoke
+    python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out output/smoke
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
 OUT/classifier_norms.png; every run's log, metrics and checkpoint are under OUT/runs/<method>/.
 """
 import argparse
+import os
 import sys
 
-from lt_det.benchmark import METHODS, run_benchmark
-from lt_det.errors import LTDetError
+from lt_det.benchmark import BENCHMARK_METHODS, METHODS, run_benchmark
+from lt_det.errors import LTDetError, report_error
+
+# This tool lives in an lt_det checkout: the configs and the training entry point beside it.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (must be new or empty, or --force)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
-    p.add_argument("--methods", nargs="+", choices=sorted(METHODS),
+    p.add_argument("--methods", nargs="+", choices=BENCHMARK_METHODS.choices(),
                    help="default: the methods registered with default=True")
     p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
     p.add_argument("--stage2-iters", type=int, default=200, help="stage-2 iterations")
@@ -29,6 +33,10 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="default", help="synthetic data preset (default | tiny)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
+    p.add_argument("--configs-dir", default=os.path.join(CHECKOUT, "configs"),
+                   help="configs folder of the checkout (default: beside this tool)")
+    p.add_argument("--train-net", default=os.path.join(CHECKOUT, "tools", "train_net.py"),
+                   help="training entry point each run starts (default: beside this tool)")
     p.add_argument("--force", action="store_true",
                    help="replace the results and runs an earlier benchmark left in OUT")
     args = p.parse_args(argv)
@@ -36,10 +44,10 @@ def main(argv=None) -> int:
         run_benchmark(args.out, seed=args.seed, methods=args.methods, iters=args.iters,
                       stage2_iters=args.stage2_iters, preset=args.preset,
                       parallel=args.parallel, stage1=args.stage1, data_dir=args.data_dir,
-                      overwrite=args.force)
+                      overwrite=args.force, configs_dir=args.configs_dir,
+                      train_net=args.train_net)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

@@ -13,12 +13,10 @@ frequency group and the training image count stored in the gt categories), the i
 import argparse
 import json
 import math
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-from lt_det.errors import LTDetError  # noqa: E402
-from lt_det.evaluation import evaluate_lvis, write_per_class  # noqa: E402
+from lt_det.errors import LTDetError, report_error
+from lt_det.evaluation import LT_LVIS_EVAL_BACKEND_REGISTRY, evaluate_lvis, write_per_class
 
 
 def main() -> int:
@@ -26,7 +24,7 @@ def main() -> int:
     p.add_argument("--gt", required=True, help="LVIS-format ground-truth json")
     p.add_argument("--results", required=True, help="LVIS results json (list of detections)")
     p.add_argument("--iou-type", required=True, choices=["bbox", "segm"])
-    p.add_argument("--backend", default="fast", choices=["fast", "lvis"])
+    p.add_argument("--backend", default="fast", choices=LT_LVIS_EVAL_BACKEND_REGISTRY.choices())
     p.add_argument("--ap-fixed", action="store_true", help="top 10,000 per class, no image cap")
     p.add_argument("--max-dets-per-image", type=int, default=300)
     p.add_argument("--max-dets-per-class", type=int, default=10000, help="AP-fixed cap")
@@ -46,8 +44,7 @@ def main() -> int:
             class_chunk=args.class_chunk,
         )
     except LTDetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     metrics = r.metrics_percent()
     protocol = "AP-fixed" if args.ap_fixed else f"{args.max_dets_per_image} detections/image"
     print(

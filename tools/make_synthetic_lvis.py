@@ -2,7 +2,7 @@
 """Generate the synthetic long-tailed LVIS-format dataset (coloured shapes) and print a summary.
 
     python tools/make_synthetic_lvis.py --out datasets/synthetic_lvis --seed 0
-    python tools/make_synthetic_lvis.py --out /tmp/tiny --preset tiny
+    python tools/make_synthetic_lvis.py --out output/tiny --preset tiny
     python tools/make_synthetic_lvis.py --out DIR --count-source lvis_v1   # real LVIS v1 tail shape
     python tools/make_synthetic_lvis.py --out DIR --num-textures 2 --overwrite
 
@@ -10,19 +10,17 @@ Writes DIR/lvis_v1_train.json, DIR/lvis_v1_val.json, DIR/train/*.png, DIR/val/*.
 (see docs/synthetic.md and lt_det/data/synthetic.py).
 """
 import argparse
-import os
 import sys
 from typing import List, Optional
 
 # runnable from a checkout without installing the package
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lt_det.data.synthetic import (  # noqa: E402
+from lt_det.data.synthetic import (
     COUNT_PROFILES,
     PRESETS,
     generate_synthetic_lvis,
 )
-from lt_det.errors import LTDetError  # noqa: E402
+from lt_det.errors import LTDetError, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,8 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             overwrite=args.overwrite,
         )
     except LTDetError as e:
-        print(f"make_synthetic_lvis: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(format_summary(result, args.out, args.seed, args.preset))
     return 0
 

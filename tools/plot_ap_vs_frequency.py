@@ -11,10 +11,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-from lt_det.errors import LTDetError  # noqa: E402
-from lt_det.evaluation.per_class import read_per_class  # noqa: E402
-from lt_det.evaluation.plot import plot_ap_vs_frequency  # noqa: E402
+from lt_det.errors import LTDetError, report_error
+from lt_det.evaluation.per_class import read_per_class
+from lt_det.evaluation.plot import plot_ap_vs_frequency
 
 
 def main() -> int:
@@ -29,8 +28,7 @@ def main() -> int:
         runs = [read_per_class(f) for f in args.per_class_json]
         out = plot_ap_vs_frequency(runs, labels, args.out, title=args.title)
     except LTDetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"wrote {out}")
     return 0
 

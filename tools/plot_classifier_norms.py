@@ -16,18 +16,30 @@ frequent first; the rare / common / frequent bands are shaded. Each ``NAME=PATH`
 (a registered dataset; ``--config-file`` registers DATASETS.LVIS_FORMAT).
 """
 import argparse
-import os
 import sys
+from typing import List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from detectron2.data import MetadataCatalog
 
-from lt_det.decouple.norms import (  # noqa: E402
-    DEFAULT_KEY,
-    frequencies_from_dataset,
-    parse_spec,
-    plot_classifier_norms,
-)
-from lt_det.errors import LTDetError  # noqa: E402
+from lt_det.data import register_datasets_from_cfg
+from lt_det.decouple.norms import DEFAULT_KEY, parse_spec, plot_classifier_norms
+from lt_det.engine.defaults import load_config
+from lt_det.errors import LTDetError, report_error
+
+
+def frequencies_from_dataset(name: str, config_file: Optional[str]) -> Tuple[List[int], List[str]]:
+    """(image counts, r/c/f) of a registered dataset (``--config-file`` registers its
+    DATASETS.LVIS_FORMAT first), from the metadata registration computed."""
+    if config_file:
+        register_datasets_from_cfg(load_config(config_file))
+    meta = MetadataCatalog.get(name)
+    counts = meta.get("class_image_count", None)
+    if counts is None:
+        raise LTDetError(
+            f"dataset '{name}' has no class_image_count metadata; register it with lt_det "
+            "(--config-file with DATASETS.LVIS_FORMAT) or pass --json."
+        )
+    return [int(c["image_count"]) for c in counts], list(meta.class_frequency)
 
 
 def main(argv=None) -> int:
@@ -49,8 +61,7 @@ def main(argv=None) -> int:
         freqs = args.json or frequencies_from_dataset(args.dataset, args.config_file)
         means = plot_classifier_norms(specs, freqs, args.out, key=args.key)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     for name, m in means.items():
         print(f"{name}: mean norm f {m['f']:.3f}  c {m['c']:.3f}  r {m['r']:.3f}")
     print(f"wrote {args.out}")

@@ -21,26 +21,26 @@ import sys
 import time
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader
+from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import build_detection_test_loader  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-import lt_det.modeling  # noqa: E402,F401  registration
-from lt_det.data import register_datasets_from_cfg  # noqa: E402
-from lt_det.decouple import (  # noqa: E402
+import lt_det.modeling  # noqa: F401  registration
+from lt_det.data import register_datasets_from_cfg
+from lt_det.decouple import (
     TauNormLinear,
     apply_decoupling,
     find_box_predictors,
     frozen_box_batch,
 )
-from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
-from lt_det.errors import LTDetError  # noqa: E402
-from lt_det.evaluation import build_lvis_evaluator  # noqa: E402
+from lt_det.decouple.classifiers import TAU_BIAS_MODES
+from lt_det.engine.defaults import check_num_classes, load_config
+from lt_det.errors import LTDetError, report_error
+from lt_det.evaluation import build_lvis_evaluator
 
 METRICS = ("AP", "APr", "APc", "APf")
 
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--taus", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dataset", help="evaluation dataset (default DATASETS.TEST[0])")
-    p.add_argument("--tau-bias", choices=["keep", "zero", "scale"], help="default: config's")
+    p.add_argument("--tau-bias", choices=TAU_BIAS_MODES, help="default: config's")
     p.add_argument(
         "--normalize-background",
         action="store_true",
@@ -142,12 +142,13 @@ def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
         w.writeheader()
         w.writerows(rows)
     best = max(rows, key=lambda r: r["AP"])
-    lines = ["| tau | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    for r in rows:
-        mark = " **best**" if r is best else ""
-        lines.append(f"| {r['tau']:g}{mark} | " + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
+    table = [
+        [f"{r['tau']:g}" + (" **best**" if r is best else ""), *(f"{r[m]:.2f}" for m in METRICS)]
+        for r in rows
+    ]
+    markdown = tabulate(table, ["tau", *METRICS], tablefmt="github", disable_numparse=True)
     with open(os.path.join(out, "tau_sweep.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(markdown + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,7 +166,7 @@ def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "tau_sweep.png"), dpi=120)
     plt.close(fig)
-    print("\n".join(lines))
+    print(markdown)
     return best
 
 
@@ -176,8 +177,7 @@ def main(argv=None) -> int:
         cfg = setup(args)
         rows = sweep(cfg, args)
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     best = write_outputs(rows, args.out)
     print(f"best tau = {best['tau']:g} (AP {best['AP']:.2f}, APr {best['APr']:.2f})")
     return 0

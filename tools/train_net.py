@@ -15,15 +15,22 @@ An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --o
 import json
 import os
 import sys
+import warnings
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
+# This program's choice (the library sets no filter): detectron2 0.6 scripts helpers with
+# torch.jit at import time, which recent torch reports on every start; it is not the user's code.
+warnings.filterwarnings(
+    "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+)
 
-from lt_det.engine import LTTrainer, launch, setup_cfg
-from lt_det.engine.trainer import check_weights_file
-from lt_det.errors import LTDetError
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from lt_det.engine import LTTrainer, launch, setup_cfg  # noqa: E402
+from lt_det.engine.trainer import check_weights_file  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def save_results(cfg, results) -> None:
@@ -78,5 +85,4 @@ if __name__ == "__main__":
             args=(args,),
         )
     except LTDetError as e:
-        print(f"lt_det: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_error(e))

@@ -4,6 +4,6 @@ from .lvis_format import (
     register_datasets_from_cfg,
     register_lvis_format,
 )
-from .samplers import MetaSampler, MetaSamplerLearner, build_train_sampler  # registers samplers
+from . import samplers as _samplers  # noqa: F401  (registers the samplers)
 
 __all__ = ["load_lvis_format_json", "register_datasets_from_cfg", "register_lvis_format"]

@@ -13,8 +13,10 @@ Category ids may be any distinct positive integers; they are mapped to detectron
 Metadata set on ``MetadataCatalog.get(name)`` (what lt_det's heads, samplers and evaluator read):
 ``json_file``, ``image_root``, ``evaluator_type="lvis"``, ``thing_classes``,
 ``thing_dataset_id_to_contiguous_id``, ``class_image_count`` (list of ``{"id", "image_count"}``,
-contiguous order), ``class_instance_count`` (list of int), ``class_frequency`` (list of "r"/"c"/"f") and ``num_images``.
-Counts come from the json's categories when it has them, else from its annotations.
+contiguous order), ``class_instance_count`` (list of int), ``class_frequency`` (list of
+"r"/"c"/"f") and ``num_images``, all from :func:`lt_det.class_stats.class_stats_from_lvis_json`:
+the json's own category counts when every category has them, else counted from its annotations
+(crowd annotations excluded).
 """
 import json
 import logging
@@ -24,14 +26,13 @@ from typing import Any, Dict, List, Optional, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ..class_stats import class_stats_from_lvis_json, class_stats_to_metadata
 from ..errors import LTDetError
 
 __all__ = [
     "register_lvis_format",
     "load_lvis_format_json",
     "read_lvis_json",
-    "category_stats",
-    "frequency_group",
     "register_datasets_from_cfg",
 ]
 
@@ -41,15 +42,6 @@ _LAYOUT = (
     "Expected an LVIS-format json with keys 'images', 'annotations', 'categories' and an image "
     "folder holding the files its images name (see lt_det/data/lvis_format.py)."
 )
-
-
-def frequency_group(image_count: int) -> str:
-    """LVIS frequency group of a class from its number of training images: r <= 10 < c <= 100 < f."""
-    if image_count <= 10:
-        return "r"
-    if image_count <= 100:
-        return "c"
-    return "f"
 
 
 def read_lvis_json(json_file: str) -> Dict[str, Any]:
@@ -76,31 +68,6 @@ def read_lvis_json(json_file: str) -> Dict[str, Any]:
     if len(set(cat_ids)) != len(cat_ids):
         raise LTDetError(f"'{json_file}': category ids are not unique.")
     return data
-
-
-def category_stats(data: Dict[str, Any]) -> Tuple[List[int], List[int], List[int], List[str]]:
-    """Per-category (ids, image counts, instance counts, r/c/f groups), in increasing id order.
-
-    Counts are the json's own ``image_count``/``instance_count`` when every category has them,
-    otherwise they are counted from the annotations.
-    """
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    ids = [c["id"] for c in cats]
-    if all("image_count" in c and "instance_count" in c for c in cats):
-        image_counts = [int(c["image_count"]) for c in cats]
-        instance_counts = [int(c["instance_count"]) for c in cats]
-    else:
-        index = {cid: i for i, cid in enumerate(ids)}
-        images_of = [set() for _ in ids]
-        instance_counts = [0] * len(ids)
-        for ann in data["annotations"]:
-            i = index.get(ann["category_id"])
-            if i is not None:
-                images_of[i].add(ann["image_id"])
-                instance_counts[i] += 1
-        image_counts = [len(s) for s in images_of]
-    groups = [c.get("frequency") or frequency_group(n) for c, n in zip(cats, image_counts)]
-    return ids, image_counts, instance_counts, groups
 
 
 def _image_path(image_root: str, img: Dict[str, Any]) -> str:
@@ -191,7 +158,7 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
     if not os.path.isdir(image_root):
         raise LTDetError(f"dataset '{name}': image folder not found: '{image_root}'. {_LAYOUT}")
     data = read_lvis_json(json_file)
-    ids, image_counts, instance_counts, groups = category_stats(data)
+    ids, stats, groups = class_stats_from_lvis_json(data)
     names = {c["id"]: c.get("name", str(c["id"])) for c in data["categories"]}
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
@@ -203,10 +170,8 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         evaluator_type="lvis",
         thing_classes=[names[i] for i in ids],
         thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(ids)},
-        class_image_count=[{"id": i, "image_count": n} for i, n in zip(ids, image_counts)],
-        class_instance_count=instance_counts,
         class_frequency=groups,
-        num_images=len(data["images"]),
+        **class_stats_to_metadata(ids, stats),
     )
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import LTDetError
-from .lvis_format import frequency_group
+from ..class_stats import frequency_group
 
 __all__ = [
     "SHAPES",

@@ -2,10 +2,12 @@
 
 ``MODEL.DECOUPLE.METHOD`` selects a method of :data:`LT_DECOUPLE_REGISTRY`;
 :func:`apply_decoupling` prepares a freshly built model, ``LTTrainer`` runs the classifier-only
-stage-2 step (:class:`DecoupledStep`) and re-initialises after loading stage-1 weights
-(:func:`stage1_load_guard`). See docs/decouple.md.
+stage-2 step (:class:`DecoupledTrainer`, with the Meta Sampler's :class:`MetaSamplerLearner`
+for BALMS) and re-initialises after loading stage-1 weights (:func:`stage1_load_guard`). See
+docs/decouple.md.
 """
 from . import method_crt as _crt  # registration  # noqa: F401
+from . import method_finetune as _finetune  # registration  # noqa: F401
 from . import method_lws as _lws  # registration  # noqa: F401
 from . import method_none as _none  # registration  # noqa: F401
 from . import method_tau_norm as _tau_norm  # registration  # noqa: F401
@@ -22,9 +24,9 @@ from .freeze import (
     frozen_module_roots,
     keep_frozen_in_eval,
     prefix_matches,
-    trainable_parameter_names,
 )
 from .method_crt import ClassifierRetraining
+from .method_finetune import ClassifierFineTuning
 from .method_lws import LearnableWeightScaling
 from .method_none import NoDecoupling
 from .method_tau_norm import TauNormalization
@@ -36,10 +38,12 @@ from .registry import (
     build_decouple_method,
     register_decouple_method,
 )
+from .balms import MetaSamplerLearner
+from .feature_bank import ClassBalancedFeatureBank
 from .trainer import (
     DecoupledStep,
     DecoupledTrainer,
-    build_decoupled_step,
+    build_decoupled_trainer,
     check_decoupled_training,
     stage1_load_guard,
 )
@@ -52,6 +56,7 @@ __all__ = [
     "apply_decoupling",
     "NoDecoupling",
     "ClassifierRetraining",
+    "ClassifierFineTuning",
     "LearnableWeightScaling",
     "TauNormalization",
     "LWSLinear",
@@ -63,13 +68,14 @@ __all__ = [
     "keep_frozen_in_eval",
     "frozen_module_roots",
     "prefix_matches",
-    "trainable_parameter_names",
     "FrozenBoxBatch",
     "frozen_box_batch",
     "unwrap_model",
     "DecoupledStep",
     "DecoupledTrainer",
-    "build_decoupled_step",
+    "build_decoupled_trainer",
+    "MetaSamplerLearner",
+    "ClassBalancedFeatureBank",
     "check_decoupled_training",
     "stage1_load_guard",
     "classifier_norms",

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import LTDetError
+from ..modeling.losses.base import ClsLoss
 
 __all__ = [
     "find_box_predictors",
@@ -206,19 +207,6 @@ class TauNormLinear(nn.Linear):
         )
 
 
-def _init_cls_bias_hook(predictor: nn.Module):
-    """The predictor's own classifier-bias init (the loss module's ``init_cls_bias_``), if any."""
-    for attr in ("init_cls_bias_", "init_cls_score_bias_"):
-        fn = getattr(predictor, attr, None)
-        if callable(fn):
-            return fn
-    for module in predictor.children():
-        fn = getattr(module, "init_cls_bias_", None)
-        if callable(fn):
-            return fn
-    return None
-
-
 @torch.no_grad()
 def reinit_classifier_(predictor: nn.Module) -> None:
     """Re-initialise ``predictor.cls_score`` as detectron2 does at construction.
@@ -231,9 +219,9 @@ def reinit_classifier_(predictor: nn.Module) -> None:
     nn.init.normal_(cls_score.weight, std=0.01)
     if cls_score.bias is not None:
         nn.init.constant_(cls_score.bias, 0.0)
-        init_bias = _init_cls_bias_hook(predictor)
-        if init_bias is not None:
-            init_bias(cls_score.bias)
+        cls_loss = getattr(predictor, "cls_loss", None)  # lt_det's predictor owns its loss
+        if isinstance(cls_loss, ClsLoss):
+            cls_loss.init_cls_bias_(cls_score.bias)
     if isinstance(cls_score, LWSLinear):
         cls_score.scale.fill_(1.0)
 

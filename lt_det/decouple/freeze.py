@@ -24,7 +24,6 @@ __all__ = [
     "freeze_all_but",
     "keep_frozen_in_eval",
     "frozen_module_roots",
-    "trainable_parameter_names",
 ]
 
 # Attribute of the model holding the hook handles installed by keep_frozen_in_eval.
@@ -76,11 +75,6 @@ def freeze_all_but(
         if keep:
             trainable.append(name)
     return trainable
-
-
-def trainable_parameter_names(model: nn.Module) -> List[str]:
-    """Names of the parameters with ``requires_grad``."""
-    return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def frozen_module_roots(model: nn.Module) -> List[str]:

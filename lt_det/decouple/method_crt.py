@@ -24,6 +24,12 @@ class ClassifierRetraining(DecoupleMethod):
                 (``MODEL.DECOUPLE.REINIT``), e.g. ``roi_heads.box_predictor.cls_score``.
         """
         super().__init__(trainable=trainable)
+        if not reinit:
+            raise LTDetError(
+                "MODEL.DECOUPLE.METHOD 'crt' re-initialises the modules in MODEL.DECOUPLE.REINIT, "
+                "which is empty. To fine-tune the stage-1 classifier instead, use METHOD "
+                "'finetune'."
+            )
         self.reinit = list(reinit)
 
     @classmethod

@@ -11,13 +11,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..class_stats import class_stats_from_lvis_json
 from ..errors import LTDetError
 
 __all__ = [
     "load_state_dict",
     "classifier_norms",
     "frequencies_from_json",
-    "frequencies_from_dataset",
     "parse_spec",
     "plot_norms",
     "plot_classifier_norms",
@@ -57,46 +57,16 @@ def classifier_norms(state: Dict[str, torch.Tensor], num_classes: int, key: str,
 
 
 def frequencies_from_json(path: str) -> Tuple[List[int], List[str]]:
-    """(image counts, r/c/f) in contiguous order (categories sorted by id)."""
+    """(image counts, r/c/f) in contiguous order (categories sorted by id) of an LVIS json or a
+    ``*_cat_info.json`` list (:func:`lt_det.class_stats.class_stats_from_lvis_json`)."""
     with open(path) as f:
         data = json.load(f)
-    cats = data["categories"] if isinstance(data, dict) else data
-    cats = sorted(cats, key=lambda c: c["id"])
-    if all("image_count" in c for c in cats):
-        counts = [int(c["image_count"]) for c in cats]
-    elif isinstance(data, dict) and "annotations" in data:
-        seen = {c["id"]: set() for c in cats}
-        for a in data["annotations"]:
-            seen[a["category_id"]].add(a["image_id"])
-        counts = [len(seen[c["id"]]) for c in cats]
-    else:
+    if not isinstance(data, dict):
+        data = {"categories": data}
+    if not all("image_count" in c for c in data["categories"]) and "annotations" not in data:
         raise LTDetError(f"'{path}' has neither image_count per category nor annotations.")
-    freq = [c.get("frequency") or _lvis_frequency(n) for c, n in zip(cats, counts)]
-    return counts, freq
-
-
-def _lvis_frequency(n: int) -> str:
-    return "r" if n <= 10 else ("c" if n <= 100 else "f")
-
-
-def frequencies_from_dataset(name: str, config_file: Optional[str]) -> Tuple[List[int], List[str]]:
-    from detectron2.data import MetadataCatalog
-
-    if config_file:
-        from ..data import register_datasets_from_cfg
-        from ..engine.defaults import load_config
-
-        register_datasets_from_cfg(load_config(config_file))
-    meta = MetadataCatalog.get(name)
-    counts = meta.get("class_image_count", None)
-    if counts is None:
-        raise LTDetError(
-            f"dataset '{name}' has no class_image_count metadata; register it with lt_det "
-            "(--config-file with DATASETS.LVIS_FORMAT) or pass --json."
-        )
-    counts = [int(c["image_count"]) for c in counts]
-    freq = meta.get("class_frequency", None) or [_lvis_frequency(n) for n in counts]
-    return counts, list(freq)
+    _, stats, groups = class_stats_from_lvis_json(data)
+    return list(stats.image_counts), groups
 
 
 def parse_spec(spec: str) -> Tuple[str, str, float]:

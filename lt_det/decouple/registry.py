@@ -14,10 +14,9 @@ Adding a method is one new module plus one registration.
 from typing import Callable, List
 
 from detectron2.config import CfgNode
-from detectron2.utils.registry import Registry
 from torch import nn
 
-from ..errors import LTDetError
+from ..registry import Registry
 from .freeze import freeze_all_but, keep_frozen_in_eval
 
 __all__ = [
@@ -28,11 +27,11 @@ __all__ = [
     "apply_decoupling",
 ]
 
-LT_DECOUPLE_REGISTRY = Registry("LT_DECOUPLE")
-LT_DECOUPLE_REGISTRY.__doc__ = """
-Stage-2 methods of decoupled training (Kang et al. 2020), keyed by MODEL.DECOUPLE.METHOD.
-Each entry is a DecoupleMethod subclass with ``from_config(cfg)``.
-"""
+#: Stage-2 methods of decoupled training (Kang et al. 2020), keyed by MODEL.DECOUPLE.METHOD.
+#: Each entry is a DecoupleMethod subclass with ``from_config(cfg)``.
+LT_DECOUPLE_REGISTRY = Registry(
+    "LT_DECOUPLE", config_key="MODEL.DECOUPLE.METHOD", what="stage-2 method"
+)
 
 
 class DecoupleMethod:
@@ -71,27 +70,19 @@ class DecoupleMethod:
 
 
 def register_decouple_method(name: str) -> Callable[[type], type]:
-    """Class decorator: register a :class:`DecoupleMethod` as a MODEL.DECOUPLE.METHOD name."""
-
-    def deco(cls: type) -> type:
-        LT_DECOUPLE_REGISTRY._do_register(name, cls)
-        cls.name = name
-        return cls
-
-    return deco
+    """Class decorator: register a :class:`DecoupleMethod` as a MODEL.DECOUPLE.METHOD name
+    (also set as its ``name``)."""
+    return LT_DECOUPLE_REGISTRY.register(name, name_attr="name")
 
 
 def build_decouple_method(cfg: CfgNode) -> DecoupleMethod:
     """The method named by ``MODEL.DECOUPLE.METHOD``.
 
     Raises:
-        LTDetError: for an unknown name; the message lists the registered ones.
+        lt_det.registry.UnknownChoiceError: for an unknown name; the message lists the
+            registered ones.
     """
-    name = cfg.MODEL.DECOUPLE.METHOD
-    if name not in LT_DECOUPLE_REGISTRY:
-        valid = sorted(k for k, _ in LT_DECOUPLE_REGISTRY)
-        raise LTDetError(f"Unknown MODEL.DECOUPLE.METHOD {name!r}. Valid names: {valid}.")
-    return LT_DECOUPLE_REGISTRY.get(name).from_config(cfg)
+    return LT_DECOUPLE_REGISTRY.get(cfg.MODEL.DECOUPLE.METHOD).from_config(cfg)
 
 
 def apply_decoupling(model: nn.Module, cfg: CfgNode) -> nn.Module:

@@ -1,6 +1,7 @@
 """Stage-2 training: classifier-only steps, the Meta Sampler, and loading stage-1 weights.
 
-The decoupled step replaces ``SimpleTrainer.run_step``: the frozen detector (backbone, RPN, box
+The decoupled step (:class:`DecoupledTrainer`, a ``SimpleTrainer`` subclass) replaces
+``SimpleTrainer.run_step``: the frozen detector (backbone, RPN, box
 pooler and box head; eval mode) runs under ``torch.no_grad()`` and only the box predictor's
 forward and losses build a graph, so backward touches the trainable classifier parameters alone.
 The mask head is not run (no mask loss in stage 2).
@@ -13,14 +14,17 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.engine import SimpleTrainer
 from detectron2.layers import cat
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..data.samplers import MetaSampler
+from ..data.train_stats import train_class_frequency
 from ..errors import LTDetError
+from ..modeling.roi_heads import LTCascadeROIHeads
+from .balms import MetaSamplerLearner
 from .classifiers import find_box_predictors
 from .features import frozen_box_batch, unwrap_model
 from .freeze import prefix_matches
@@ -29,7 +33,7 @@ from .registry import build_decouple_method
 __all__ = [
     "DecoupledStep",
     "DecoupledTrainer",
-    "build_decoupled_step",
+    "build_decoupled_trainer",
     "check_decoupled_training",
     "stage1_load_guard",
 ]
@@ -62,23 +66,23 @@ class MetaInputs(NamedTuple):
 
 
 class DecoupledStep:
-    """One stage-2 iteration on a detectron2 ``SimpleTrainer`` (or ``AMPTrainer``).
+    """The classifier-only update of one stage-2 batch (see the module docstring).
 
-    Uses the trainer's model, optimizer, data iterator and metric writer; see the module
-    docstring. With a Meta Sampler learner, the same box features and labels then update the
-    sampling rates (BALMS), and the rate statistics go to the event storage.
+    With a Meta Sampler learner, the same box features and labels then update the sampling rates
+    (BALMS), and the rate statistics go to the event storage.
     """
 
     def __init__(
         self,
         *,
-        meta_learner=None,
+        meta_learner: Optional[MetaSamplerLearner] = None,
         class_frequency: Optional[Sequence[str]] = None,
         amp: bool = False,
     ):
         """
         Args:
-            meta_learner: a ``lt_det.data.samplers.MetaSamplerLearner`` or None.
+            meta_learner: the Meta Sampler's :class:`~lt_det.decouple.balms.MetaSamplerLearner`
+                or None.
             class_frequency: K strings in {"r", "c", "f"} for the rate statistics.
             amp: run the frozen part under autocast (the classifier stays in float32).
         """
@@ -123,38 +127,43 @@ class DecoupledStep:
         model = unwrap_model(model)
         roi_heads = model.roi_heads
         cascade = isinstance(roi_heads.box_predictor, (nn.ModuleList, list, tuple))
+        if cascade and not isinstance(roi_heads, LTCascadeROIHeads):
+            raise LTDetError(
+                f"stage 2 of a cascade model needs MODEL.ROI_HEADS.NAME 'LTCascadeROIHeads', "
+                f"got {type(roi_heads).__name__}."
+            )
         with self._autocast(model.device):
             batch = frozen_box_batch(model, data, sample=True, box_features=not cascade)
         if cascade:
             # Cascade stages pool the boxes of the previous stage; detectron2's own loop runs
             # them. Features do not require grad and the frozen box heads build no graph.
             features = {k: v.float() for k, v in batch.features.items()}
-            return roi_heads._forward_box(features, batch.proposals, batch.gt_instances), None
+            return roi_heads.box_losses(features, batch.proposals, batch.gt_instances), None
         predictor = roi_heads.box_predictor
         box_features = batch.box_features.float()
         loss_dict = predictor.losses(predictor(box_features), batch.proposals)
         gt_classes = cat([p.gt_classes for p in batch.proposals], dim=0)
         return loss_dict, MetaInputs(predictor.cls_score, box_features, gt_classes)
 
-    def __call__(self, trainer: SimpleTrainer) -> None:
-        """Run one iteration on ``trainer`` (in place of ``trainer.run_step()``)."""
-        assert trainer.model.training, "[DecoupledStep] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(trainer._data_loader_iter)
-        data_time = time.perf_counter() - start
+    def __call__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, data: List[Dict], iteration: int
+    ) -> Dict[str, torch.Tensor]:
+        """Losses and gradients of one batch, then the Meta Sampler's update (when due).
 
-        loss_dict, meta_inputs = self.losses(trainer.model, data)
+        Leaves the gradients in the trainable parameters (averaged over ranks); the caller takes
+        the optimizer step. Returns the loss dict (for the metrics).
+        """
+        loss_dict, meta_inputs = self.losses(model, data)
         trained = [v for v in loss_dict.values() if v.requires_grad]
         if not trained:
             raise LTDetError(
                 "no stage-2 loss depends on a trainable parameter; check "
                 "MODEL.DECOUPLE.TRAINABLE (e.g. roi_heads.box_predictor.cls_score)."
             )
-        trainer.optimizer.zero_grad()
+        optimizer.zero_grad()
         sum(trained).backward()
-        _all_reduce_grads(trainer.optimizer)
-        trainer._write_metrics(loss_dict, data_time)
-        if self.meta_learner is not None and self.meta_learner.should_update(trainer.iter):
+        _all_reduce_grads(optimizer)
+        if self.meta_learner is not None and self.meta_learner.should_update(iteration):
             if meta_inputs is None:
                 raise LTDetError("the Meta Sampler needs standard (not cascade) ROI heads.")
             # Before the classifier step, on the same (detached) features and labels. The
@@ -162,7 +171,7 @@ class DecoupledStep:
             # over spares the learner recomputing them (same result, ~2x cheaper update).
             params = dict(meta_inputs.classifier.named_parameters())
             grads = {n: p.grad for n, p in params.items() if p.requires_grad}
-            weight = getattr(unwrap_model(trainer.model).roi_heads.box_predictor, "loss_weight", {})
+            weight = getattr(unwrap_model(model).roi_heads.box_predictor, "loss_weight", {})
             if not grads or any(g is None for g in grads.values()) or (
                 isinstance(weight, dict) and weight.get("loss_cls", 1.0) != 1.0
             ):
@@ -173,7 +182,7 @@ class DecoupledStep:
             )
             stats.update(self.meta_learner.log_stats(self.class_frequency))
             get_event_storage().put_scalars(**stats, smoothing_hint=False)
-        trainer.optimizer.step()
+        return loss_dict
 
 
 def _all_reduce_grads(optimizer: torch.optim.Optimizer) -> None:
@@ -190,30 +199,53 @@ def _all_reduce_grads(optimizer: torch.optim.Optimizer) -> None:
 
 
 class DecoupledTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose ``run_step`` is a :class:`DecoupledStep` (for custom loops)."""
+    """``SimpleTrainer`` whose ``run_step`` is a classifier-only :class:`DecoupledStep`.
+
+    ``LTTrainer`` uses it as its inner trainer in stage 2; it also serves custom loops.
+    """
 
     def __init__(self, model, data_loader, optimizer, *, step: Optional[DecoupledStep] = None):
         super().__init__(model, data_loader, optimizer)
         self.step = step or DecoupledStep()
         DecoupledStep.check_model(model)
 
+    @property
+    def meta_learner(self) -> Optional[MetaSamplerLearner]:
+        return self.step.meta_learner
+
     def run_step(self) -> None:
-        self.step(self)
+        assert self.model.training, "[DecoupledTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        loss_dict = self.step(self.model, self.optimizer, data, self.iter)
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
 
 
-def build_decoupled_step(cfg: CfgNode, trainer) -> Optional[DecoupledStep]:
-    """The stage-2 step for an ``LTTrainer`` (None when ``MODEL.DECOUPLE.METHOD`` is "none").
+def build_decoupled_trainer(
+    cfg: CfgNode, trainer: SimpleTrainer, train_sampler=None
+) -> Optional[DecoupledTrainer]:
+    """The stage-2 inner trainer replacing ``trainer`` (None when ``MODEL.DECOUPLE.METHOD`` is
+    "none").
 
-    With ``DATALOADER.SAMPLER_TRAIN == "MetaSampler"`` it builds the Meta Sampler learner on the
-    loader's sampler and registers it in ``trainer.checkpointer`` as "meta_sampler", so its state
-    is saved with every checkpoint and restored on resume.
+    Args:
+        cfg: the run's config.
+        trainer: the inner trainer ``DefaultTrainer`` built (its model, loader and optimizer are
+            taken over).
+        train_sampler: the sampler the trainer built for its loader (a
+            :class:`~lt_det.data.samplers.MetaSampler`, possibly inside a wrapper exposing it as
+            ``.sampler``). A Meta Sampler gets a :class:`MetaSamplerLearner` (the trainer's
+            ``meta_learner``, to be registered with the checkpointer).
     """
+    sampler = getattr(train_sampler, "sampler", train_sampler)
+    is_meta = isinstance(sampler, MetaSampler)
     if cfg.MODEL.DECOUPLE.METHOD == "none":
-        if cfg.DATALOADER.SAMPLER_TRAIN == "MetaSampler":
+        if is_meta:
             raise LTDetError(
                 "DATALOADER.SAMPLER_TRAIN='MetaSampler' learns its class rates on the frozen box "
                 "features of a decoupled stage 2, but MODEL.DECOUPLE.METHOD is 'none', so its "
-                "rates would never change. Set MODEL.DECOUPLE.METHOD (e.g. 'crt', as in "
+                "rates would never change. Set MODEL.DECOUPLE.METHOD (e.g. 'finetune', as in "
                 "configs/synthetic/stage2_balms.yaml), or use 'ClassPowerSampler' for fixed "
                 "class rates in stage 1."
             )
@@ -221,23 +253,18 @@ def build_decoupled_step(cfg: CfgNode, trainer) -> Optional[DecoupledStep]:
     model = unwrap_model(trainer.model)
     DecoupledStep.check_model(model)
     meta_learner, class_frequency = None, None
-    if cfg.DATALOADER.SAMPLER_TRAIN == "MetaSampler":
-        from ..data.samplers import MetaSampler, MetaSamplerLearner, find_train_sampler
-        from .balms import per_roi_loss_for_meta
-
-        sampler = find_train_sampler(trainer.data_loader, MetaSampler)
-        if sampler is None:
-            raise LTDetError("DATALOADER.SAMPLER_TRAIN is MetaSampler but the loader has none.")
+    if is_meta:
         predictor = model.roi_heads.box_predictor
         if isinstance(predictor, (nn.ModuleList, list, tuple)):
             raise LTDetError("the Meta Sampler needs standard (not cascade) ROI heads.")
-        loss_fn = per_roi_loss_for_meta(predictor.cls_loss)
-        meta_learner = MetaSamplerLearner(cfg, sampler, loss_fn=loss_fn)
-        trainer.checkpointer.checkpointables["meta_sampler"] = meta_learner
-        class_frequency = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("class_frequency", None)
-    return DecoupledStep(
+        meta_learner = MetaSamplerLearner(cfg, sampler, cls_loss=predictor.cls_loss)
+        class_frequency = train_class_frequency(
+            cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        )
+    step = DecoupledStep(
         meta_learner=meta_learner, class_frequency=class_frequency, amp=cfg.SOLVER.AMP.ENABLED
     )
+    return DecoupledTrainer(trainer.model, trainer.data_loader, trainer.optimizer, step=step)
 
 
 def _is_remote(path: str) -> bool:

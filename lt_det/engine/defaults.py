@@ -74,7 +74,7 @@ def setup_cfg(args) -> CfgNode:
 
 def config_choices() -> Dict[str, List[str]]:
     """The values each lt_det method-selecting key takes (read from the registries)."""
-    from ..data.samplers import registered_sampler_names
+    from ..data.samplers import LT_SAMPLER_REGISTRY
     from ..data.samplers.meta_sampler import INIT_POWERS
     from ..decouple import LT_DECOUPLE_REGISTRY
     from ..decouple.classifiers import TAU_BIAS_MODES
@@ -84,14 +84,14 @@ def config_choices() -> Dict[str, List[str]]:
     from ..modeling.priors import PRIOR_SOURCES
 
     return {
-        "MODEL.ROI_BOX_HEAD.CLS_LOSS": sorted(k for k, _ in LT_CLS_LOSS_REGISTRY),
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS": LT_CLS_LOSS_REGISTRY.choices(),
         "MODEL.ROI_BOX_HEAD.PRIOR.SOURCE": list(PRIOR_SOURCES),
         "MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG": list(BACKGROUND_CHOICES),
-        "DATALOADER.SAMPLER_TRAIN": registered_sampler_names(),
+        "DATALOADER.SAMPLER_TRAIN": LT_SAMPLER_REGISTRY.choices(),
         "DATALOADER.META_SAMPLER.INIT": sorted(INIT_POWERS),
-        "MODEL.DECOUPLE.METHOD": sorted(k for k, _ in LT_DECOUPLE_REGISTRY),
+        "MODEL.DECOUPLE.METHOD": LT_DECOUPLE_REGISTRY.choices(),
         "MODEL.DECOUPLE.TAU_BIAS": list(TAU_BIAS_MODES),
-        "TEST.LVIS.BACKEND": sorted(k for k, _ in LT_LVIS_EVAL_BACKEND_REGISTRY),
+        "TEST.LVIS.BACKEND": LT_LVIS_EVAL_BACKEND_REGISTRY.choices(),
     }
 
 

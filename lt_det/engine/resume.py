@@ -42,8 +42,7 @@ class ResumableSampler(Sampler):
     """A training sampler whose (infinite) stream can start at a given position.
 
     Args:
-        sampler: the sampler to wrap (reachable as ``.sampler``, so ``find_train_sampler`` sees
-            through the wrapper).
+        sampler: the sampler to wrap (``.sampler``).
     """
 
     def __init__(self, sampler: Sampler):
@@ -108,32 +107,50 @@ def seed_all(seed: int) -> None:
 
 
 class SeededBatches:
-    """A training data loader that reseeds the global generators around every batch it hands out.
+    """The training data loader LTTrainer hands to detectron2: it keeps the sampler it was built
+    with and, with a seed, reseeds the global generators around every batch it hands out.
 
-    Before batch ``i`` is fetched the generators get ``iteration_seed(seed, i, rank, 0)``
-    (augmentations drawn in this process), after it ``iteration_seed(seed, i, rank, 1)`` (the
-    model's random choices: anchor and proposal sampling). So iteration ``i`` draws the same random
-    numbers whether the run started at 0 or was resumed at ``i``, whatever the loader consumed
-    on its own (e.g. the one-time worker seed when its iterator is created).
+    With ``seed`` set, before batch ``i`` is fetched the generators get
+    ``iteration_seed(seed, i, rank, 0)`` (augmentations drawn in this process), after it
+    ``iteration_seed(seed, i, rank, 1)`` (the model's random choices: anchor and proposal
+    sampling). So iteration ``i`` draws the same random numbers whether the run started at 0 or
+    was resumed at ``i``, whatever the loader consumed on its own (e.g. the one-time worker seed
+    when its iterator is created). Without a seed, batches pass through unchanged.
+
+    The underlying loader's iterator is created at the first batch (so a resume that moved the
+    sampler's start before training began is seen) and again after :meth:`restart`.
 
     Args:
-        loader: the detectron2 training loader (reachable as ``.dataset``, where
-            ``find_train_sampler`` looks).
-        seed: ``cfg.SEED`` (>= 0).
+        loader: the detectron2 training loader (``.dataset``).
+        seed: ``cfg.SEED`` (>= 0), or None for no reseeding.
+        sampler: the :class:`ResumableSampler` the loader draws from (``.train_sampler``).
     """
 
-    def __init__(self, loader, seed: int):
+    def __init__(self, loader, seed: Optional[int], *, sampler: Optional[ResumableSampler] = None):
         self.dataset = loader
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
+        self.train_sampler = sampler
         self.next_iter = 0  # iteration of the next batch; set by the trainer on resume
+        self._restart = False
+
+    def restart(self, next_iter: int) -> None:
+        """Re-create the loader's iterator before the next batch (e.g. after the sampler's start
+        moved on resume); the next batch is iteration ``next_iter``."""
+        self.next_iter = int(next_iter)
+        self._restart = True
 
     def __iter__(self) -> Iterator:
-        stream = iter(self.dataset)
+        stream = None
         rank = comm.get_rank()
         while True:
-            seed_all(iteration_seed(self.seed, self.next_iter, rank, 0))
-            batch = next(stream)
-            seed_all(iteration_seed(self.seed, self.next_iter, rank, 1))
+            if stream is None or self._restart:
+                stream, self._restart = iter(self.dataset), False
+            if self.seed is None:
+                batch = next(stream)
+            else:
+                seed_all(iteration_seed(self.seed, self.next_iter, rank, 0))
+                batch = next(stream)
+                seed_all(iteration_seed(self.seed, self.next_iter, rank, 1))
             self.next_iter += 1
             yield batch
 

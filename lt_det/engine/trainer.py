@@ -32,7 +32,7 @@ from detectron2.utils import comm
 from ..data.samplers import build_train_sampler
 from ..decouple import (
     apply_decoupling,
-    build_decoupled_step,
+    build_decoupled_trainer,
     check_decoupled_training,
     stage1_load_guard,
 )
@@ -152,7 +152,7 @@ class LTTrainer(DefaultTrainer):
 
     With ``MODEL.DECOUPLE.METHOD != "none"`` (stage 2, see lt_det/decouple): the model is frozen
     and adapted when built, stage-1 weights are checked and re-initialised after loading, and
-    each iteration is a classifier-only :class:`~lt_det.decouple.DecoupledStep`.
+    each iteration is a classifier-only step (:class:`~lt_det.decouple.DecoupledTrainer`).
     """
 
     def __init__(self, cfg):
@@ -160,8 +160,12 @@ class LTTrainer(DefaultTrainer):
         check_decoupled_training(cfg)
         with _ddp_on_any_device():
             super().__init__(cfg)
-        # Stage-2 iteration strategy (None: detectron2's own run_step).
-        self._decoupled_step = build_decoupled_step(cfg, self)
+        # Stage 2: the inner trainer's run_step is the classifier-only step.
+        decoupled = build_decoupled_trainer(cfg, self._trainer, self.train_sampler)
+        if decoupled is not None:
+            self._trainer = decoupled
+            if decoupled.meta_learner is not None:  # saved with every checkpoint
+                self.checkpointer.checkpointables["meta_sampler"] = decoupled.meta_learner
 
     def build_hooks(self):
         # Called by DefaultTrainer.__init__ once self.checkpointer exists: make its saves atomic
@@ -191,10 +195,9 @@ class LTTrainer(DefaultTrainer):
 
     @property
     def train_sampler(self) -> Optional[ResumableSampler]:
-        """The resumable wrapper around the training sampler (None for a custom loader)."""
-        from ..data.samplers import find_train_sampler
-
-        return find_train_sampler(self.data_loader, ResumableSampler)
+        """The resumable wrapper around the training sampler :meth:`build_train_loader` built
+        (None for a custom loader)."""
+        return getattr(self.data_loader, "train_sampler", None)
 
     @classmethod
     def build_model(cls, cfg):
@@ -226,19 +229,11 @@ class LTTrainer(DefaultTrainer):
             stream = self.checkpointer.checkpointables.get("train_sampler")
             sampler.set_start(self.start_iter * per_rank, stream.loaded if stream else None)
         if isinstance(self.data_loader, SeededBatches):
-            self.data_loader.next_iter = self.start_iter
-        trainer = self._trainer
-        if hasattr(trainer, "_data_loader_iter_obj"):  # newer detectron2: lazy iterator
-            trainer._data_loader_iter_obj = None
-        else:
-            trainer._data_loader_iter = iter(trainer.data_loader)
+            self.data_loader.restart(self.start_iter)
 
     def run_step(self):
         try:
-            if self._decoupled_step is None:
-                return super().run_step()
-            self._trainer.iter = self.iter
-            self._decoupled_step(self._trainer)
+            super().run_step()
         except FloatingPointError as e:
             raise LTDetError(self._nan_message(e)) from None
         except LTDetError as e:
@@ -265,7 +260,7 @@ class LTTrainer(DefaultTrainer):
         sampler = ResumableSampler(build_train_sampler(cfg, dataset))
         mapper = ReportUnreadableImages(DatasetMapper(cfg, True))
         loader = build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
-        return SeededBatches(loader, cfg.SEED) if cfg.SEED >= 0 else loader
+        return SeededBatches(loader, cfg.SEED if cfg.SEED >= 0 else None, sampler=sampler)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):

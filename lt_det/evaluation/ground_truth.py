@@ -12,18 +12,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..class_stats import frequency_group
 from ..errors import LTDetError
 
-__all__ = ["LVISGroundTruth", "frequency_of_image_count"]
+__all__ = ["LVISGroundTruth"]
 
 logger = logging.getLogger(__name__)
 
 _REQUIRED_IMAGE_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
-
-
-def frequency_of_image_count(image_count: int) -> str:
-    """LVIS frequency group from the number of training images: r <= 10 < c <= 100 < f."""
-    return "r" if image_count <= 10 else ("c" if image_count <= 100 else "f")
 
 
 class LVISGroundTruth:
@@ -127,7 +123,7 @@ class LVISGroundTruth:
                 if n is None:
                     n = len(self.pos_images[cid])
                     derived.append(cid)
-                group = frequency_of_image_count(n)
+                group = frequency_group(n)
             if group not in ("r", "c", "f"):
                 raise LTDetError(
                     f"'{self.source}': category {cid} has frequency {group!r}; expected 'r', 'c' "

@@ -18,7 +18,6 @@ tables exactly as lvis-api does, so chunking changes no number.
 Shape shorthand: T = 10 IoU thresholds, R = 101 recall points, K = classes, A = 4 area ranges.
 """
 import logging
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -261,11 +260,3 @@ def evaluate_lvis(
     }
     num_gt = np.array([gt.num_gt(c) for c in gt.cat_ids.tolist()])
     return LVISEvalResult(iou_type, metrics, precision, recall, gt.categories, num_gt, info)
-
-
-def format_metrics(metrics: Mapping[str, float]) -> str:
-    """One-line ``name value`` table in percent (NaN shown as 'nan')."""
-    return "  ".join(
-        f"{k} {v:.3f}" if not (isinstance(v, float) and math.isnan(v)) else f"{k} nan"
-        for k, v in metrics.items()
-    )

@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 from pycocotools import mask as mask_util
 
+from ..class_stats import class_stats_from_metadata, union_class_stats
 from ..errors import LTDetError
 from .backends import get_lvis_backend
 from .detections import DetectionTable
@@ -46,6 +47,23 @@ def _class_stats(metadata) -> Dict[str, Dict[int, object]]:
     return out
 
 
+def _union_class_stats(names: Sequence[str]) -> Dict[str, Dict[int, object]]:
+    """:func:`_class_stats` of one training set, or of the union of several ({} if one lacks
+    the registration's statistics)."""
+    metas = [MetadataCatalog.get(n) for n in names]
+    if len(metas) == 1:
+        return _class_stats(metas[0])
+    parts = [class_stats_from_metadata(m) for m in metas]
+    if any(p is None for p in parts):
+        return {}
+    union = union_class_stats(parts, names=names)
+    ids = [int(c["id"]) for c in metas[0].class_image_count]
+    return {
+        "image_count": dict(zip(ids, union.image_counts)),
+        "frequency": dict(zip(ids, union.frequency)),
+    }
+
+
 class LTLVISEvaluator(DatasetEvaluator):
     """LVIS AP (AP, AP50, AP75, APs/m/l, APr/c/f, AR@N) for detectron2 ``Instances`` outputs.
 
@@ -65,7 +83,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         class_chunk: int = 0,
         max_dets_per_image: int = 300,
         distributed: bool = True,
-        train_dataset_name: Optional[str] = None,
+        train_dataset_name: Union[str, Sequence[str], None] = None,
         dump_results: bool = True,
     ):
         """
@@ -79,9 +97,10 @@ class LTLVISEvaluator(DatasetEvaluator):
             class_chunk: classes evaluated at a time (0 = all); bounds memory only.
             max_dets_per_image: per-image cap of the standard protocol (LVIS: 300).
             distributed: gather predictions from all ranks (only when world size > 1).
-            train_dataset_name: registered training set whose ``class_image_count`` /
-                ``class_frequency`` give the per-class training frequency and the r/c/f groups;
-                None = the evaluated dataset's metadata (for LVIS the json's own groups).
+            train_dataset_name: registered training set(s) whose ``class_image_count`` /
+                ``class_frequency`` give the per-class training frequency and the r/c/f groups
+                (several: their union, grouped by :mod:`lt_det.class_stats`'s rule); None = the
+                evaluated dataset's metadata (for LVIS the json's own groups).
             dump_results: write ``lvis_instances_results.json`` to ``output_dir``.
         """
         get_lvis_backend(backend)  # fail early on a bad name
@@ -113,11 +132,13 @@ class LTLVISEvaluator(DatasetEvaluator):
             self._to_dataset_id = None
         stats = _class_stats(self._metadata)
         if train_dataset_name is not None:
-            train_stats = _class_stats(MetadataCatalog.get(train_dataset_name))
+            names = train_dataset_name
+            names = [names] if isinstance(names, str) else list(names)
+            train_stats = _union_class_stats(names)
             if not train_stats:
                 raise LTDetError(
-                    f"training dataset '{train_dataset_name}' has no 'class_image_count' "
-                    "metadata; register it with lt_det.data.register_lvis_format."
+                    f"training dataset(s) {names} have no 'class_image_count' "
+                    "metadata; register them with lt_det.data.register_lvis_format."
                 )
             if stats and set(train_stats["image_count"]) != set(stats["image_count"]):
                 raise LTDetError(
@@ -219,17 +240,19 @@ def build_lvis_evaluator(
     """An :class:`LTLVISEvaluator` configured by ``TEST.LVIS.*`` and ``TEST.DETECTIONS_PER_IMAGE``.
 
     Tasks are bbox (+ segm when ``MODEL.MASK_ON``). Per-class training frequencies come from
-    ``DATASETS.TRAIN[0]`` when it is a registered lt_det dataset with the same classes.
+    ``DATASETS.TRAIN`` (their union) when every one is a registered lt_det dataset with the
+    evaluated dataset's classes.
     """
-    train_name = None
-    if len(cfg.DATASETS.TRAIN):
-        name = cfg.DATASETS.TRAIN[0]
+    test_ids = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", None)
+
+    def same_classes(name: str) -> bool:
         meta = MetadataCatalog.get(name)
-        test_meta = MetadataCatalog.get(dataset_name)
-        same = meta.get("class_image_count", None) is not None and meta.get(
+        return meta.get("class_image_count", None) is not None and meta.get(
             "thing_dataset_id_to_contiguous_id", None
-        ) == test_meta.get("thing_dataset_id_to_contiguous_id", None)
-        train_name = name if same else None
+        ) == test_ids
+
+    train = list(cfg.DATASETS.TRAIN)
+    train_name = train if train and all(same_classes(n) for n in train) else None
     return LTLVISEvaluator(
         dataset_name,
         tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),

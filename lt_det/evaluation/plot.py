@@ -4,15 +4,16 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..class_stats import COMMON_MAX_IMAGES, RARE_MAX_IMAGES
 from ..errors import LTDetError
 
 __all__ = ["plot_ap_vs_frequency"]
 
-# LVIS groups by training image count: rare <= 10 < common <= 100 < frequent.
+# LVIS groups by training image count (lt_det.class_stats): rare <= 10 < common <= 100 < frequent.
 _BANDS = [
-    ("rare", 0.5, 10.5, "#f4cccc"),
-    ("common", 10.5, 100.5, "#fff2cc"),
-    ("frequent", 100.5, None, "#d9ead3"),
+    ("rare", 0.5, RARE_MAX_IMAGES + 0.5, "#f4cccc"),
+    ("common", RARE_MAX_IMAGES + 0.5, COMMON_MAX_IMAGES + 0.5, "#fff2cc"),
+    ("frequent", COMMON_MAX_IMAGES + 0.5, None, "#d9ead3"),
 ]
 
 

@@ -22,7 +22,7 @@ from .losses import (
     sigmoid_ce_loss,
     softmax_ce_loss,
 )
-from .priors import class_prior_from_cfg, class_prior_from_counts, count_classes
+from .priors import class_prior_from_cfg, class_prior_from_counts
 from .roi_heads import LTCascadeROIHeads, LTStandardROIHeads
 from .torchvision_adapter import (
     torchvision_labels_to_lt,
@@ -46,7 +46,6 @@ __all__ = [
     "register_cls_loss",
     "class_prior_from_cfg",
     "class_prior_from_counts",
-    "count_classes",
     "LTFastRCNNOutputLayers",
     "LTStandardROIHeads",
     "LTCascadeROIHeads",

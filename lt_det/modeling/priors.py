@@ -3,15 +3,18 @@
 A prior is a (K,) float tensor in contiguous class order. Sources (``PRIOR.SOURCE``):
 
 - ``image_count``: fraction of training images that contain the class,
-  (#images with at least one instance of c) / (#images), counted from ``DatasetCatalog.get(n)``
-  for n in ``DATASETS.TRAIN`` (images without annotations count in the denominator).
-- ``instance_count``: the class's share of all training instances.
+  (#images with at least one instance of c) / (#images), over the union of ``DATASETS.TRAIN``
+  (images without annotations count in the denominator). The counts are those registration stored
+  in the metadata (:func:`lt_det.data.register_lvis_format`); datasets registered otherwise are
+  counted from their dataset dicts (:mod:`lt_det.class_stats`; crowd annotations excluded).
+- ``instance_count``: the class's share of all (non-crowd) training instances, same sources.
 - ``cat_info``: ``image_count`` of each entry of the json at ``PRIOR.CAT_INFO_PATH`` (a list of
   ``{"id", "image_count", "instance_count"}``, LVIS category ids mapped to contiguous ids through
   the train dataset's ``thing_dataset_id_to_contiguous_id`` when present, else by sorted id),
   divided by the number of training images.
-- ``metadata``: ``MetadataCatalog.get(DATASETS.TRAIN[0]).class_image_count`` (a list of
-  ``{"id", "image_count"}`` in contiguous order) divided by the number of training images.
+- ``metadata``: the sum over ``DATASETS.TRAIN`` of ``MetadataCatalog.get(n).class_image_count``
+  (a list of ``{"id", "image_count"}`` in contiguous order) divided by the number of training
+  images; an error when a training dataset has no such metadata.
 
 For ``cat_info`` and ``metadata`` the number of training images is the sum of the train datasets'
 ``num_images`` metadata when every one has it, else the length of their dataset dicts.
@@ -22,60 +25,24 @@ clamps them); fractions never exceed 1.
 """
 import json
 import logging
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..data.train_stats import train_class_stats
 from ..errors import LTDetError  # a ValueError: bad user input, reported without traceback
 
 __all__ = [
     "class_prior_from_cfg",
     "class_prior_from_counts",
-    "count_classes",
     "PRIOR_SOURCES",
 ]
 
 logger = logging.getLogger(__name__)
 
 PRIOR_SOURCES = ("image_count", "instance_count", "cat_info", "metadata")
-
-
-def count_classes(
-    dataset_dicts: Iterable[dict], num_classes: int, *, dataset_name: str = "<dicts>"
-) -> Tuple[List[int], List[int], int]:
-    """Count images and instances per class in detectron2 dataset dicts.
-
-    Args:
-        dataset_dicts: standard detectron2 dicts with contiguous ``category_id`` in [0, K).
-        num_classes: K.
-        dataset_name: used in error messages.
-
-    Returns:
-        (image_counts (K,), instance_counts (K,), number of images).
-    """
-    image_counts = [0] * num_classes
-    instance_counts = [0] * num_classes
-    num_images = 0
-    for d in dataset_dicts:
-        num_images += 1
-        present = set()
-        for ann in d.get("annotations", []):
-            if ann.get("iscrowd", 0):
-                continue
-            c = int(ann["category_id"])
-            if not 0 <= c < num_classes:
-                raise LTDetError(
-                    f"Dataset {dataset_name!r}, image {d.get('image_id', d.get('file_name'))}: "
-                    f"category_id {c} is outside [0, {num_classes}) (MODEL.ROI_HEADS.NUM_CLASSES="
-                    f"{num_classes}); dataset dicts must use contiguous ids."
-                )
-            instance_counts[c] += 1
-            present.add(c)
-        for c in present:
-            image_counts[c] += 1
-    return image_counts, instance_counts, num_images
 
 
 def class_prior_from_counts(
@@ -136,9 +103,28 @@ def _thing_classes(name: str) -> Optional[List[str]]:
 
 def _num_train_images(train_names: Sequence[str]) -> int:
     metas = [MetadataCatalog.get(n) for n in train_names]
-    if all(hasattr(m, "num_images") for m in metas):
-        return int(sum(m.num_images for m in metas))
-    return int(sum(len(DatasetCatalog.get(n)) for n in train_names))
+    return int(
+        sum(
+            m.num_images if hasattr(m, "num_images") else len(DatasetCatalog.get(n))
+            for n, m in zip(train_names, metas)
+        )
+    )
+
+
+def _metadata_image_counts(train_names: Sequence[str], num_classes: int) -> Tuple[List[int], str]:
+    """Sum over the training datasets of their ``class_image_count`` metadata."""
+    counts = [0] * num_classes
+    for n in train_names:
+        meta = MetadataCatalog.get(n)
+        desc = f"MetadataCatalog[{n!r}].class_image_count"
+        if not hasattr(meta, "class_image_count"):
+            raise LTDetError(
+                f'PRIOR.SOURCE="metadata" but {desc} is not set; register the dataset with '
+                "lt_det.data.register_lvis_format or choose another PRIOR.SOURCE."
+            )
+        _check_length(len(meta.class_image_count), num_classes, desc)
+        counts = [a + int(e["image_count"]) for a, e in zip(counts, meta.class_image_count)]
+    return counts, f"the class_image_count metadata of DATASETS.TRAIN {list(train_names)}"
 
 
 def _cat_info_counts(
@@ -220,38 +206,20 @@ def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
     floor = pcfg.ZERO_COUNT_FLOOR
 
     if source in ("image_count", "instance_count"):
-        image_counts = [0] * num_classes
-        instance_counts = [0] * num_classes
-        num_images = 0
-        for n in train:
-            ic, nc, ni = count_classes(DatasetCatalog.get(n), num_classes, dataset_name=n)
-            image_counts = [a + b for a, b in zip(image_counts, ic)]
-            instance_counts = [a + b for a, b in zip(instance_counts, nc)]
-            num_images += ni
+        stats = train_class_stats(train, num_classes)
         desc = f"{source} of DATASETS.TRAIN {train}"
         if source == "image_count":
-            return class_prior_from_counts(
-                image_counts, num_images, zero_count_floor=floor, class_names=names, source=desc
-            )
+            counts, total = stats.image_counts, stats.num_images
+        else:
+            counts, total = stats.instance_counts, sum(stats.instance_counts)
         return class_prior_from_counts(
-            instance_counts,
-            sum(instance_counts),
-            zero_count_floor=floor,
-            class_names=names,
-            source=desc,
+            counts, total, zero_count_floor=floor, class_names=names, source=desc
         )
 
     if source == "cat_info":
         counts, desc = _cat_info_counts(pcfg.CAT_INFO_PATH, train[0])
     else:  # metadata
-        meta = MetadataCatalog.get(train[0])
-        desc = f"MetadataCatalog[{train[0]!r}].class_image_count"
-        if not hasattr(meta, "class_image_count"):
-            raise LTDetError(
-                f'PRIOR.SOURCE="metadata" but {desc} is not set; register the dataset with '
-                "lt_det.data.register_lvis_format or choose another PRIOR.SOURCE."
-            )
-        counts = [int(e["image_count"]) for e in meta.class_image_count]
+        counts, desc = _metadata_image_counts(train, num_classes)
     _check_length(len(counts), num_classes, desc)
     return class_prior_from_counts(
         counts, _num_train_images(train), zero_count_floor=floor, class_names=names, source=desc

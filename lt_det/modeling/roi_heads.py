@@ -6,10 +6,11 @@ heads as usual and the predictor(s) are swapped for :class:`LTFastRCNNOutputLaye
 stage, each keeping its own box2box_transform). The class prior, when the loss needs one, is
 computed once per model build and shared by all stages.
 """
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.structures import Instances
 from detectron2.modeling.roi_heads import (
     ROI_HEADS_REGISTRY,
     CascadeROIHeads,
@@ -62,3 +63,14 @@ class LTCascadeROIHeads(CascadeROIHeads):
             for head, old in zip(ret["box_heads"], ret["box_predictors"])
         ]
         return ret
+
+    def box_losses(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: List[Instances],
+    ) -> Dict[str, torch.Tensor]:
+        """The box losses of every cascade stage for already sampled ``proposals`` (training
+        mode): detectron2's own cascade loop, without the proposal sampling and mask head of
+        ``forward``. Used by the classifier-only stage 2 (lt_det.decouple)."""
+        return self._forward_box(features, proposals, targets)

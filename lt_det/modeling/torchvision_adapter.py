@@ -1,11 +1,14 @@
 """Use an lt_det classification loss in torchvision's Faster R-CNN / Mask R-CNN.
 
 torchvision's ``RoIHeads`` computes its training loss with the module-level function
-``torchvision.models.detection.roi_heads.fastrcnn_loss``. :func:`use_cls_loss_in_torchvision`
-attaches a loss module to one model's ``roi_heads`` and, once per process, wraps that function
-with a dispatcher: while *that* ``roi_heads`` runs its forward, the classification term is
-computed by the attached loss; every other model (and every call outside such a forward) gets
-torchvision's original function unchanged. The box-regression term is always torchvision's.
+``torchvision.models.detection.roi_heads.fastrcnn_loss``, which is left untouched.
+:func:`use_cls_loss_in_torchvision` turns one model's ``roi_heads`` into a subclass of its own
+class (as ``torch.nn.utils.parametrize`` does) whose hooks record what the classification term
+needs: the sampled labels (``select_training_samples``) and the box predictor's class logits (a
+forward hook), during that model's forward only. After torchvision's forward, its
+``loss_classifier`` is replaced by the attached lt_det loss of those logits and labels; the
+box-regression term is torchvision's. Every model keeps its own loss, so two models in one
+process can train with different losses; models that were not adapted are unchanged.
 
 Column order. torchvision puts background in column 0 and class c (1..K) in column c; lt_det
 (like detectron2) puts class j (0..K-1) in column j and background in column K. The adapter
@@ -21,18 +24,22 @@ activation for ``softmax_ce`` / ``balanced_softmax``. For the sigmoid losses com
 ``cls_loss.predict_probs(torchvision_logits_to_lt(class_logits))`` instead.
 """
 import contextvars
-from typing import List, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from .losses.base import ClsLoss
 
-__all__ = ["use_cls_loss_in_torchvision", "torchvision_logits_to_lt", "torchvision_labels_to_lt"]
+__all__ = [
+    "use_cls_loss_in_torchvision",
+    "torchvision_logits_to_lt",
+    "torchvision_labels_to_lt",
+    "LTRoIHeadsMixin",
+]
 
-# The loss of the roi_heads whose forward is running (None outside such a forward).
-_ACTIVE_LOSS: contextvars.ContextVar = contextvars.ContextVar("lt_det_tv_cls_loss", default=None)
-_ORIGINAL_FASTRCNN_LOSS = None
+# What the running forward of an adapted roi_heads recorded (None outside such a forward).
+_RECORD: contextvars.ContextVar = contextvars.ContextVar("lt_det_tv_record", default=None)
 
 
 def torchvision_logits_to_lt(class_logits: torch.Tensor) -> torch.Tensor:
@@ -45,31 +52,53 @@ def torchvision_labels_to_lt(labels: torch.Tensor, num_classes: int) -> torch.Te
     return torch.where(labels == 0, torch.full_like(labels, num_classes), labels - 1)
 
 
-def _dispatching_fastrcnn_loss(
-    class_logits: torch.Tensor,
-    box_regression: torch.Tensor,
-    labels: List[torch.Tensor],
-    regression_targets: List[torch.Tensor],
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    loss_module = _ACTIVE_LOSS.get()
-    # torchvision's own function computes the box term (and a cross-entropy we discard).
-    loss_cls, loss_box = _ORIGINAL_FASTRCNN_LOSS(
-        class_logits, box_regression, labels, regression_targets
-    )
-    if loss_module is None:
-        return loss_cls, loss_box
-    num_classes = class_logits.shape[1] - 1
-    gt = torchvision_labels_to_lt(torch.cat(labels, dim=0), num_classes)
-    return loss_module(torchvision_logits_to_lt(class_logits), gt), loss_box
+class LTRoIHeadsMixin:
+    """Mixed into a torchvision ``RoIHeads`` class: the classification loss is ``lt_cls_loss``.
+
+    Needs the submodule ``lt_cls_loss`` (a :class:`ClsLoss`) and the forward hook
+    :func:`_record_logits` on ``box_predictor``; :func:`use_cls_loss_in_torchvision` sets both.
+    """
+
+    lt_cls_loss: ClsLoss
+
+    def select_training_samples(self, proposals, targets):
+        out = super().select_training_samples(proposals, targets)
+        record = _RECORD.get()
+        if record is not None:
+            record["labels"] = out[2]  # (image-wise) sampled labels, 0 = background
+        return out
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        record: Dict[str, object] = {}
+        token = _RECORD.set(record)
+        try:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
+        finally:
+            _RECORD.reset(token)
+        if "loss_classifier" in losses:
+            class_logits = record["logits"]
+            num_classes = class_logits.shape[1] - 1
+            gt = torchvision_labels_to_lt(torch.cat(record["labels"], dim=0), num_classes)
+            losses["loss_classifier"] = self.lt_cls_loss(torchvision_logits_to_lt(class_logits), gt)
+        return result, losses
 
 
-def _install_dispatcher() -> None:
-    global _ORIGINAL_FASTRCNN_LOSS
-    from torchvision.models.detection import roi_heads as tv_roi_heads
+def _record_logits(module: nn.Module, args, output) -> None:
+    record: Optional[Dict[str, object]] = _RECORD.get()
+    if record is not None:
+        record["logits"] = output[0]
 
-    if _ORIGINAL_FASTRCNN_LOSS is None:
-        _ORIGINAL_FASTRCNN_LOSS = tv_roi_heads.fastrcnn_loss
-        tv_roi_heads.fastrcnn_loss = _dispatching_fastrcnn_loss
+
+_SUBCLASSES: Dict[type, type] = {}
+
+
+def _lt_subclass(cls: type) -> type:
+    """``cls`` with :class:`LTRoIHeadsMixin` mixed in (one class per torchvision class)."""
+    if issubclass(cls, LTRoIHeadsMixin):
+        return cls
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"LT{cls.__name__}", (LTRoIHeadsMixin, cls), {})
+    return _SUBCLASSES[cls]
 
 
 def use_cls_loss_in_torchvision(model: nn.Module, cls_loss: ClsLoss) -> nn.Module:
@@ -78,8 +107,9 @@ def use_cls_loss_in_torchvision(model: nn.Module, cls_loss: ClsLoss) -> nn.Modul
 
     Args:
         model: the detector, or its ``roi_heads``. Modified in place: ``roi_heads.lt_cls_loss``
-            becomes a submodule (its prior buffer is saved in the state dict) and two forward
-            hooks scope the loss to this model's forward.
+            becomes a submodule (its prior buffer is saved in the state dict), the box predictor
+            gets a forward hook and ``roi_heads`` becomes an instance of its class with
+            :class:`LTRoIHeadsMixin` mixed in (parameters and state-dict keys unchanged).
         cls_loss: an lt_det loss module (e.g. ``build_cls_loss("balanced_softmax",
             num_classes=K, class_prior=prior)``) with K = torchvision ``num_classes`` - 1;
             ``class_prior[j]`` belongs to torchvision label j + 1.
@@ -96,20 +126,10 @@ def use_cls_loss_in_torchvision(model: nn.Module, cls_loss: ClsLoss) -> nn.Modul
             f"included) but cls_loss has num_classes={cls_loss.num_classes}; expected "
             f"{cls_score.out_features - 1}."
         )
-    if hasattr(roi_heads, "lt_cls_loss"):
-        roi_heads.lt_cls_loss = cls_loss  # replace; hooks are already installed
+    if isinstance(roi_heads, LTRoIHeadsMixin):
+        roi_heads.lt_cls_loss = cls_loss  # replace; the hook is already installed
         return model
-    _install_dispatcher()
     roi_heads.add_module("lt_cls_loss", cls_loss)
-    tokens: List[contextvars.Token] = []
-
-    def _enter(module: nn.Module, args) -> None:
-        tokens.append(_ACTIVE_LOSS.set(module.lt_cls_loss))
-
-    def _exit(module: nn.Module, args, output) -> None:
-        if tokens:
-            _ACTIVE_LOSS.reset(tokens.pop())
-
-    roi_heads.register_forward_pre_hook(_enter)
-    roi_heads.register_forward_hook(_exit, always_call=True)
+    roi_heads.box_predictor.register_forward_hook(_record_logits)
+    roi_heads.__class__ = _lt_subclass(type(roi_heads))
     return model

@@ -2,21 +2,19 @@
 
 ``build_train_sampler(cfg, dataset_dicts)`` builds detectron2's "TrainingSampler" and
 "RepeatFactorTrainingSampler" (with detectron2's own repeat factors) and lt_det's
-"ClassBalancedSampler", "ClassPowerSampler", "MetaSampler", "GroupBalancedSampler" (GRBS + BET) and
-"ProgressiveBalancedSampler". The Meta Sampler's rates are learned
-by a :class:`MetaSamplerLearner` that the trainer drives.
+"ClassBalancedSampler", "ClassPowerSampler", "MetaSampler", "GroupBalancedSampler" (GRBS + BET)
+and "ProgressiveBalancedSampler". The Meta Sampler's rates are learned in the training loop by
+:class:`lt_det.decouple.balms.MetaSamplerLearner`.
 """
+from .batch_stream import BatchStreamSampler
 from .class_index import ClassImageIndex, as_class_image_index
 from .class_power import ClassDrawSampler, ClassPowerSampler, class_power_probs
-from .batch_stream import BatchStreamSampler
-from .feature_bank import ClassBalancedFeatureBank
 from .group_balanced import GroupBalancedSampler, frequency_groups, group_probabilities
+from .meta_sampler import INIT_POWERS, MetaSampler
 from .progressive import ProgressiveBalancedSampler
-from .meta_sampler import INIT_POWERS, MetaSampler, MetaSamplerLearner, default_roi_loss
 from .registry import (
     LT_SAMPLER_REGISTRY,
     build_train_sampler,
-    find_train_sampler,
     register_sampler,
     registered_sampler_names,
     repeat_factors_from_cfg,
@@ -25,7 +23,6 @@ from .registry import (
 __all__ = [
     "LT_SAMPLER_REGISTRY",
     "build_train_sampler",
-    "find_train_sampler",
     "register_sampler",
     "registered_sampler_names",
     "repeat_factors_from_cfg",
@@ -34,14 +31,11 @@ __all__ = [
     "ClassDrawSampler",
     "ClassPowerSampler",
     "class_power_probs",
-    "ClassBalancedFeatureBank",
+    "INIT_POWERS",
+    "MetaSampler",
     "BatchStreamSampler",
     "GroupBalancedSampler",
     "ProgressiveBalancedSampler",
     "frequency_groups",
     "group_probabilities",
-    "INIT_POWERS",
-    "MetaSampler",
-    "MetaSamplerLearner",
-    "default_roi_loss",
 ]

@@ -4,9 +4,9 @@ Shape shorthand: I images, K classes, Z (class, image) pairs with the class pres
 
 The table is built once from detectron2 dataset dicts with vectorised numpy (no per-class Python
 loop): 100k images with LVIS v1 class statistics build in well under a second
-(``tools/bench_samplers.py``). Every annotation counts, crowd ones included, exactly as in
-detectron2's ``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency``. Images
-without annotations appear in no class list, so class-driven samplers never draw them.
+(``tools/bench_samplers.py``). Annotations count as in every lt_det class statistic
+(:func:`lt_det.class_stats.counts_as_instance`: crowd regions, ``iscrowd`` = 1, do not). Images
+without (counted) annotations appear in no class list, so class-driven samplers never draw them.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Union
@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ...class_stats import counts_as_instance
 from ...errors import LTDetError
 
 __all__ = ["ClassImageIndex", "as_class_image_index"]
@@ -61,13 +62,13 @@ class ClassImageIndex:
         num_images = len(dataset_dicts)
         if num_images == 0:
             raise LTDetError("the training dataset is empty: no dataset dicts to sample from.")
-        per_image = np.fromiter(
-            (len(d.get("annotations", ())) for d in dataset_dicts), dtype=np.int64, count=num_images
-        )
+        counted = [
+            [a["category_id"] for a in d.get("annotations", ()) if counts_as_instance(a)]
+            for d in dataset_dicts
+        ]
+        per_image = np.fromiter((len(c) for c in counted), dtype=np.int64, count=num_images)
         cats = np.fromiter(
-            (a["category_id"] for d in dataset_dicts for a in d.get("annotations", ())),
-            dtype=np.int64,
-            count=int(per_image.sum()),
+            (c for image in counted for c in image), dtype=np.int64, count=int(per_image.sum())
         )
         images = np.repeat(np.arange(num_images, dtype=np.int64), per_image)
         return cls._from_pairs(cats, images, num_images=num_images, num_classes=num_classes)

@@ -13,31 +13,29 @@ The trainer calls::
 """
 import inspect
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
-from detectron2.utils.registry import Registry
 from torch.utils.data import Sampler
 
-from ...errors import LTDetError
+from ...registry import Registry
 
 __all__ = [
     "LT_SAMPLER_REGISTRY",
     "register_sampler",
     "build_train_sampler",
-    "find_train_sampler",
     "registered_sampler_names",
     "repeat_factors_from_cfg",
 ]
 
 logger = logging.getLogger(__name__)
 
-LT_SAMPLER_REGISTRY = Registry("LT_SAMPLER")
-LT_SAMPLER_REGISTRY.__doc__ = """
-Training samplers selected by ``DATALOADER.SAMPLER_TRAIN``. Each entry is a builder
-``(cfg, dataset_dicts) -> torch.utils.data.Sampler`` yielding dataset indices forever.
-"""
+#: Training samplers selected by ``DATALOADER.SAMPLER_TRAIN``. Each entry is a builder
+#: ``(cfg, dataset_dicts) -> torch.utils.data.Sampler`` yielding dataset indices forever.
+LT_SAMPLER_REGISTRY = Registry(
+    "LT_SAMPLER", config_key="DATALOADER.SAMPLER_TRAIN", what="training sampler"
+)
 
 SamplerBuilder = Callable[[CfgNode, Sequence[Dict]], Sampler]
 
@@ -45,17 +43,13 @@ SamplerBuilder = Callable[[CfgNode, Sequence[Dict]], Sampler]
 def register_sampler(name: str) -> Callable[[SamplerBuilder], SamplerBuilder]:
     """Decorator registering a builder under the config value ``name`` ("ClassPowerSampler")."""
 
-    def deco(builder: SamplerBuilder) -> SamplerBuilder:
-        # fvcore's Registry.register() keys by __name__; config values are CamelCase class names.
-        LT_SAMPLER_REGISTRY._do_register(name, builder)
-        return builder
-
-    return deco
+    # Config values are detectron2-style CamelCase class names.
+    return LT_SAMPLER_REGISTRY.register(name)
 
 
 def registered_sampler_names() -> List[str]:
     """Sorted names accepted by ``DATALOADER.SAMPLER_TRAIN``."""
-    return sorted(k for k, _ in LT_SAMPLER_REGISTRY)
+    return LT_SAMPLER_REGISTRY.choices()
 
 
 def build_train_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
@@ -66,38 +60,13 @@ def build_train_sampler(cfg: CfgNode, dataset_dicts: Sequence[Dict]) -> Sampler:
         dataset_dicts: the training dataset dicts, in the order the data loader indexes them.
 
     Raises:
-        LTDetError: the name is not registered; the message lists the valid names.
+        lt_det.registry.UnknownChoiceError: the name is not registered; the message lists the
+            valid names.
     """
     name = cfg.DATALOADER.SAMPLER_TRAIN
-    if name not in LT_SAMPLER_REGISTRY:
-        raise LTDetError(
-            f"Unknown training sampler {name!r} (DATALOADER.SAMPLER_TRAIN). "
-            f"Valid names: {registered_sampler_names()}."
-        )
+    builder = LT_SAMPLER_REGISTRY.get(name)
     logger.info(f"Using training sampler {name}")
-    return LT_SAMPLER_REGISTRY.get(name)(cfg, dataset_dicts)
-
-
-def find_train_sampler(
-    data_loader, kind: type = Sampler, *, max_depth: int = 8
-) -> Optional[Sampler]:
-    """The sampler of kind ``kind`` inside a loader built by ``build_detection_train_loader``.
-
-    Follows ``.dataset`` / ``.sampler`` / ``._dataset`` links (DataLoader, ToIterableDataset,
-    AspectRatioGroupedDataset, MapDataset); returns None when there is none. Lets a trainer
-    reach e.g. the :class:`MetaSampler` of its loader without keeping extra state.
-    """
-    todo, seen = [(data_loader, 0)], set()
-    while todo:
-        obj, depth = todo.pop(0)
-        if obj is None or id(obj) in seen or depth > max_depth:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, kind):
-            return obj
-        for attr in ("sampler", "dataset", "_dataset"):
-            todo.append((getattr(obj, attr, None), depth + 1))
-    return None
+    return builder(cfg, dataset_dicts)
 
 
 def repeat_factors_from_cfg(cfg: CfgNode, dataset_dicts: Sequence[Dict]):

@@ -93,7 +93,7 @@ def _evaluate_sparse(ev: COCOeval_faster) -> None:
     )
 
 
-@LT_LVIS_EVAL_BACKEND_REGISTRY.register()
+@LT_LVIS_EVAL_BACKEND_REGISTRY.register("fast")
 def fast(
     gt, dets, *, iou_type: str, cat_ids: np.ndarray, img_ids: np.ndarray, max_dets: int
 ) -> Tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ class _LVISFromDict(LVIS):
         self._create_index()
 
 
-@LT_LVIS_EVAL_BACKEND_REGISTRY.register()
+@LT_LVIS_EVAL_BACKEND_REGISTRY.register("lvis")
 def lvis(
     gt, dets, *, iou_type: str, cat_ids: np.ndarray, img_ids: np.ndarray, max_dets: int
 ) -> Tuple[np.ndarray, np.ndarray]:

@@ -22,21 +22,15 @@ Returns:
 """
 from typing import Callable
 
-from detectron2.utils.registry import Registry
-
-from ...errors import LTDetError
+from ...registry import Registry
 
 __all__ = ["LT_LVIS_EVAL_BACKEND_REGISTRY", "get_lvis_backend"]
 
-LT_LVIS_EVAL_BACKEND_REGISTRY = Registry("LT_LVIS_EVAL_BACKEND")
-LT_LVIS_EVAL_BACKEND_REGISTRY.__doc__ = __doc__
+LT_LVIS_EVAL_BACKEND_REGISTRY = Registry(
+    "LT_LVIS_EVAL_BACKEND", config_key="TEST.LVIS.BACKEND", what="LVIS evaluation backend"
+)
 
 
 def get_lvis_backend(name: str) -> Callable:
     """The backend registered as ``name``; an error listing the choices if there is none."""
-    names = sorted(k for k, _ in LT_LVIS_EVAL_BACKEND_REGISTRY)
-    if name not in names:
-        raise LTDetError(
-            f"Unknown LVIS evaluation backend {name!r} (TEST.LVIS.BACKEND). Choices: {names}."
-        )
     return LT_LVIS_EVAL_BACKEND_REGISTRY.get(name)

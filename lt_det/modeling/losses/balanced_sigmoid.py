@@ -18,7 +18,7 @@ from detectron2.config import CfgNode
 from ._fused import ShiftedSigmoidCE
 from .base import check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
-from .sigmoid_ce import SigmoidCELoss
+from .sigmoid_ce import SigmoidCELoss, sigmoid_ce_per_roi
 
 __all__ = ["balanced_sigmoid_loss", "BalancedSigmoidLoss"]
 
@@ -48,10 +48,15 @@ def balanced_sigmoid_loss(
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    prior = class_prior.to(dtype).clamp(EPS, 1 - EPS)
-    log_odds = torch.log(prior) - torch.log1p(-prior)  # (K,)
+    log_odds = prior_log_odds(class_prior, dtype)  # (K,)
     per_roi = ShiftedSigmoidCE.apply(logits.to(dtype), gt_classes, log_odds)
     return reduce_per_roi(per_roi, reduction)
+
+
+def prior_log_odds(class_prior: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(K,) ``log(n / (1 - n))`` of the prior clamped to [EPS, 1 - EPS], in ``dtype``."""
+    prior = class_prior.to(dtype).clamp(EPS, 1 - EPS)
+    return torch.log(prior) - torch.log1p(-prior)
 
 
 @register_cls_loss("balanced_sigmoid")
@@ -77,5 +82,11 @@ class BalancedSigmoidLoss(SigmoidCELoss):
     def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
         return super().kwargs_from_cfg(cfg)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        return balanced_sigmoid_loss(logits, gt_classes, self.class_prior)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return balanced_sigmoid_loss(logits, gt_classes, self.class_prior, reduction=reduction)
+
+    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        return sigmoid_ce_per_roi(logits, gt_classes, prior_log_odds(self.class_prior, dtype))

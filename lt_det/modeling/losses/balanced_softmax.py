@@ -127,10 +127,17 @@ class BalancedSoftmaxLoss(ClsLoss):
         ret["background"] = cfg.MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG
         return ret
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
         return balanced_softmax_loss(
-            logits, gt_classes, self.class_prior, background=self.background
+            logits, gt_classes, self.class_prior, reduction=reduction, background=self.background
         )
+
+    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        shift = balanced_softmax_shift(self.class_prior.to(dtype), background=self.background)
+        return F.cross_entropy(logits.to(dtype) + shift, gt_classes, reduction="none")
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, background={self.background!r}"

@@ -43,9 +43,10 @@ class ClsLoss(nn.Module):
     """A box-classification loss: a pure loss function plus the prior it needs.
 
     Subclasses set :attr:`needs_prior`, implement :meth:`forward` (calling their pure
-    function) and, when the activation is not softmax over K + 1, :meth:`predict_probs` and
-    :meth:`init_cls_bias_`. The prior is a buffer, so it is saved in checkpoints and follows
-    ``.to(device)``. No batch state is kept on the module.
+    function) and :meth:`per_roi` (the same loss in plain differentiable ops, for the Meta
+    Sampler), and, when the activation is not softmax over K + 1, :meth:`predict_probs`,
+    :meth:`plain_per_roi` and :meth:`init_cls_bias_`. The prior is a buffer, so it is saved in
+    checkpoints and follows ``.to(device)``. No batch state is kept on the module.
     """
 
     #: Whether the loss reads ``class_prior`` (the balanced losses do).
@@ -87,8 +88,65 @@ class ClsLoss(nn.Module):
         """Constructor keyword arguments read from a config (except ``class_prior``)."""
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """The training loss.
+
+        Args:
+            logits: (R, K + 1) classifier outputs.
+            gt_classes: (R,) int64 labels in [0, K].
+            reduction: "mean" (over R) | "sum" | "none" ((R,) per-ROI losses).
+        """
         raise NotImplementedError
+
+    def _no_plain_form(self, what: str) -> NotImplementedError:
+        name = getattr(self, "loss_name", type(self).__name__)
+        return NotImplementedError(
+            f"the box-classification loss {name!r} ({type(self).__name__}) does not implement "
+            f"{what}, which the Meta Sampler (BALMS) differentiates twice; implement it in the "
+            "loss's module with plain torch ops (see lt_det/modeling/losses/base.py)."
+        )
+
+    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """The training loss of every ROI, written with plain differentiable torch ops.
+
+        Equal to ``forward(logits, gt_classes, reduction="none")``, but differentiable twice by
+        ``torch.func`` (the fused autograd Functions of the forward pass are not); reads the
+        module's buffers and changes no state. The Meta Sampler's inner step uses it.
+
+        Args:
+            logits: (R, K + 1) classifier outputs.
+            gt_classes: (R,) int64 labels in [0, K].
+
+        Returns:
+            (R,) per-ROI losses.
+
+        Raises:
+            NotImplementedError: naming the loss, when a subclass does not provide it.
+        """
+        raise self._no_plain_form("per_roi")
+
+    def plain_per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """Per-ROI negative log-likelihood of the inference scores (:meth:`predict_probs`):
+        the head's loss with no prior or reweighting; the Meta Sampler's meta objective.
+
+        Default: softmax cross-entropy over K + 1 columns, the loss of the default
+        :meth:`predict_probs`. A loss with another activation must override it.
+
+        Args:
+            logits: (R, K + 1) classifier outputs.
+            gt_classes: (R,) int64 labels in [0, K].
+
+        Returns:
+            (R,) per-ROI losses (plain ops, twice differentiable).
+
+        Raises:
+            NotImplementedError: when :meth:`predict_probs` is overridden but this is not.
+        """
+        if type(self).predict_probs is not ClsLoss.predict_probs:
+            raise self._no_plain_form("plain_per_roi")
+        return F.cross_entropy(logits, gt_classes, reduction="none")
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Inference scores (no prior applied).

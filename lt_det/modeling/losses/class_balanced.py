@@ -22,7 +22,7 @@ Per-ROI losses, with w_y the weight of the ROI's label (w_K = 1):
 so that it equals the mean of the per-ROI losses. Inference applies no weight: softmax over
 K + 1 (softmax form) or per-class sigmoids (sigmoid and focal forms).
 """
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from detectron2.config import CfgNode
@@ -171,15 +171,19 @@ class _CountsMixin:
 
     needs_prior = True
 
-    def _init_counts(self, num_images: int, beta: float) -> None:
+    def _init_counts(self, num_images: Optional[int], beta: float) -> None:
         if not 0.0 <= beta < 1.0:
             raise ValueError(
                 f"MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA must be in [0, 1), got {beta}"
             )
         self.beta = float(beta)
-        self.num_images = int(num_images)
-        counts = class_counts_from_prior(self.class_prior, self.num_images).float()
-        self.register_buffer("class_counts", counts)
+        if num_images is None:  # keyword use without the dataset size: rarest class = 1 image
+            counts = self.class_prior.double() / self.class_prior.double().min()
+            self.num_images = None
+        else:
+            self.num_images = int(num_images)
+            counts = class_counts_from_prior(self.class_prior, self.num_images)
+        self.register_buffer("class_counts", counts.float())
 
     @staticmethod
     def _cfg_counts_kwargs(cfg: CfgNode) -> Dict[str, Any]:
@@ -212,13 +216,19 @@ class ClassBalancedSoftmaxLoss(_CountsMixin, ClsLoss):
     """Module form of :func:`class_balanced_softmax_loss`; scores are softmax over K + 1."""
 
     def __init__(
-        self, *, num_classes: int, class_prior: torch.Tensor, num_images: int, beta: float = 0.999
+        self,
+        *,
+        num_classes: int,
+        class_prior: torch.Tensor,
+        num_images: Optional[int] = None,
+        beta: float = 0.999,
     ):
         """
         Args:
             num_classes: K.
             class_prior: (K,) image fractions n_j / num_images (saved as a buffer).
-            num_images: number of training images (class_counts = class_prior * num_images).
+            num_images: number of training images (class_counts = class_prior * num_images; the
+                config passes it). None: counts relative to the rarest class, taken as 1 image.
             beta: MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA, in [0, 1).
         """
         super().__init__(num_classes=num_classes, class_prior=class_prior)
@@ -228,8 +238,12 @@ class ClassBalancedSoftmaxLoss(_CountsMixin, ClsLoss):
     def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
         return {**super().kwargs_from_cfg(cfg), **cls._cfg_counts_kwargs(cfg)}
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        return class_balanced_softmax_loss(logits, gt_classes, self.class_counts, beta=self.beta)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return class_balanced_softmax_loss(
+            logits, gt_classes, self.class_counts, beta=self.beta, reduction=reduction
+        )
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
@@ -250,7 +264,7 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
         *,
         num_classes: int,
         class_prior: torch.Tensor,
-        num_images: int,
+        num_images: Optional[int] = None,
         beta: float = 0.999,
         gamma: float = 2.0,
         bias_prior_prob: float = 0.01,
@@ -259,7 +273,8 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
         Args:
             num_classes: K.
             class_prior: (K,) image fractions n_j / num_images (saved as a buffer).
-            num_images: number of training images (class_counts = class_prior * num_images).
+            num_images: number of training images (class_counts = class_prior * num_images; the
+                config passes it). None: counts relative to the rarest class, taken as 1 image.
             beta: MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA, in [0, 1).
             gamma: MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA, >= 0.
             bias_prior_prob: initial foreground score p (SIGMOID_BIAS_PRIOR_PROB); 0 disables.
@@ -280,9 +295,16 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
         ret["gamma"] = cfg.MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA
         return ret
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
         return class_balanced_focal_loss(
-            logits, gt_classes, self.class_counts, beta=self.beta, gamma=self.gamma
+            logits,
+            gt_classes,
+            self.class_counts,
+            beta=self.beta,
+            gamma=self.gamma,
+            reduction=reduction,
         )
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
@@ -309,7 +331,7 @@ class ClassBalancedSigmoidLoss(ClassBalancedFocalLoss):
         *,
         num_classes: int,
         class_prior: torch.Tensor,
-        num_images: int,
+        num_images: Optional[int] = None,
         beta: float = 0.999,
         bias_prior_prob: float = 0.01,
     ):

@@ -162,8 +162,18 @@ class LDAMLoss(ClsLoss):
         it = _current_iteration()
         return self.drw_weights if it is not None and it >= self.drw_start else None
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        return self.per_roi(logits, gt_classes).sum() / max(gt_classes.numel(), 1)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return ldam_loss(
+            logits,
+            gt_classes,
+            self.class_prior,
+            max_margin=self.max_margin,
+            scale=self.scale,
+            roi_weights=self._weights(),
+            reduction=reduction,
+        )
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
@@ -179,6 +189,10 @@ class LDAMLoss(ClsLoss):
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(self.scale * logits, dim=-1)
+
+    def plain_per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """(R,) negative log-likelihood of :meth:`predict_probs` (no margin, no weights)."""
+        return F.cross_entropy(self.scale * logits, gt_classes, reduction="none")
 
     def extra_repr(self) -> str:
         return (

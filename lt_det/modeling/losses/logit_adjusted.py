@@ -111,15 +111,18 @@ class LogitAdjustedLoss(ClsLoss):
     def _shift(self, dtype: torch.dtype) -> torch.Tensor:
         return balanced_softmax_shift(self.class_prior.to(dtype), background=self.background)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        check_reduction(reduction)
         if gt_classes.numel() == 0:
-            return empty_loss(logits, "mean")
+            return empty_loss(logits, reduction)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         # The fused form of per_roi (same values, one (R, K + 1) buffer).
         per_roi = ShiftedSoftmaxCE.apply(
             logits.to(dtype), gt_classes, self.tau * self._shift(dtype)
         )
-        return reduce_per_roi(per_roi, "mean")
+        return reduce_per_roi(per_roi, reduction)
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
@@ -132,11 +135,18 @@ class LogitAdjustedLoss(ClsLoss):
             reduction="none",
         )
 
-    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+    def _scored_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.posthoc_tau == 0:
-            return F.softmax(logits, dim=-1)
+            return logits
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        return F.softmax(logits.to(dtype) - self.posthoc_tau * self._shift(dtype), dim=-1)
+        return logits.to(dtype) - self.posthoc_tau * self._shift(dtype)
+
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self._scored_logits(logits), dim=-1)
+
+    def plain_per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """(R,) negative log-likelihood of :meth:`predict_probs`."""
+        return F.cross_entropy(self._scored_logits(logits), gt_classes, reduction="none")
 
     def extra_repr(self) -> str:
         return (

@@ -8,7 +8,8 @@ from typing import Callable, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.utils.registry import Registry
+
+from ...registry import Registry
 
 __all__ = [
     "LT_CLS_LOSS_REGISTRY",
@@ -18,38 +19,27 @@ __all__ = [
     "cls_loss_class",
 ]
 
-LT_CLS_LOSS_REGISTRY = Registry("LT_CLS_LOSS")
-LT_CLS_LOSS_REGISTRY.__doc__ = """
-Box-classification losses of the Fast R-CNN box predictor. Each entry is a ``ClsLoss`` subclass
-constructed with keyword arguments (``num_classes``, ``class_prior``, loss-specific options) and
-exposing ``forward(logits, gt_classes)`` and ``predict_probs(logits)``.
-"""
+#: Box-classification losses of the Fast R-CNN box predictor. Each entry is a ``ClsLoss``
+#: subclass constructed with keyword arguments (``num_classes``, ``class_prior``, loss-specific
+#: options) and exposing ``forward``, ``per_roi``, ``plain_per_roi`` and ``predict_probs``.
+LT_CLS_LOSS_REGISTRY = Registry(
+    "LT_CLS_LOSS", config_key="MODEL.ROI_BOX_HEAD.CLS_LOSS", what="box-classification loss"
+)
 
 
 def register_cls_loss(name: str) -> Callable[[type], type]:
-    """Class decorator registering a loss under the config name ``name`` (e.g. "softmax_ce")."""
-
-    def deco(cls: type) -> type:
-        # fvcore's Registry.register() only uses __name__; config names are snake_case.
-        LT_CLS_LOSS_REGISTRY._do_register(name, cls)
-        cls.loss_name = name
-        return cls
-
-    return deco
+    """Class decorator registering a loss under the config name ``name`` (e.g. "softmax_ce"),
+    also set as its ``loss_name``."""
+    return LT_CLS_LOSS_REGISTRY.register(name, name_attr="loss_name")
 
 
 def cls_loss_class(name: str) -> type:
     """Return the registered loss class called ``name``.
 
     Raises:
-        KeyError: if no loss of that name is registered; the message lists the valid names.
+        lt_det.registry.UnknownChoiceError: (an ``LTDetError`` and a ``KeyError``) if no loss
+            of that name is registered; the message lists the valid names.
     """
-    if name not in LT_CLS_LOSS_REGISTRY:
-        valid = sorted(k for k, _ in LT_CLS_LOSS_REGISTRY)
-        raise KeyError(
-            f"Unknown box-classification loss {name!r} (MODEL.ROI_BOX_HEAD.CLS_LOSS). "
-            f"Valid names: {valid}."
-        )
     return LT_CLS_LOSS_REGISTRY.get(name)
 
 

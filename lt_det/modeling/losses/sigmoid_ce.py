@@ -8,12 +8,13 @@ from typing import Any, Dict, Optional
 
 import torch
 from detectron2.config import CfgNode
+from torch.nn import functional as F
 
 from ._fused import ShiftedSigmoidCE
 from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 
-__all__ = ["sigmoid_ce_loss", "SigmoidCELoss", "sigmoid_probs"]
+__all__ = ["sigmoid_ce_loss", "SigmoidCELoss", "sigmoid_probs", "sigmoid_ce_per_roi"]
 
 
 def sigmoid_ce_loss(
@@ -44,6 +45,31 @@ def sigmoid_ce_loss(
     dtype = torch.promote_types(logits.dtype, torch.float32)
     per_roi = ShiftedSigmoidCE.apply(logits.to(dtype), gt_classes, None)
     return reduce_per_roi(per_roi, reduction)
+
+
+def sigmoid_ce_per_roi(
+    logits: torch.Tensor, gt_classes: torch.Tensor, fg_shift: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Per-ROI sigmoid CE in plain differentiable ops (twice differentiable; no fused kernel).
+
+    Args:
+        logits: (R, K + 1) classifier outputs; column K is background (ignored).
+        gt_classes: (R,) int64 labels in [0, K].
+        fg_shift: optional (K,) shift added to the foreground logits of foreground ROIs
+            (Balanced Sigmoid's log-odds); None for plain sigmoid CE.
+
+    Returns:
+        (R,) ``sum_j BCE(sigmoid(z_j + [y < K] * s_j), [y == j])`` over the K foreground columns,
+        in at least float32.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    k = logits.shape[1] - 1
+    x = logits[:, :k].to(dtype)
+    if fg_shift is not None:
+        is_fg = (gt_classes < k).to(dtype)[:, None]
+        x = x + is_fg * fg_shift.to(dtype)
+    targets = F.one_hot(gt_classes, k + 1)[:, :k].to(dtype)
+    return F.binary_cross_entropy_with_logits(x, targets, reduction="none").sum(dim=1)
 
 
 def sigmoid_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -88,11 +114,20 @@ class SigmoidCELoss(ClsLoss):
         ret["bias_prior_prob"] = cfg.MODEL.ROI_BOX_HEAD.SIGMOID_BIAS_PRIOR_PROB
         return ret
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        return sigmoid_ce_loss(logits, gt_classes)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return sigmoid_ce_loss(logits, gt_classes, reduction=reduction)
+
+    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        return sigmoid_ce_per_roi(logits, gt_classes)
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return sigmoid_probs(logits)
+
+    def plain_per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        # The K per-class Bernoulli likelihoods of sigmoid_probs; no background column.
+        return sigmoid_ce_per_roi(logits, gt_classes)
 
     @torch.no_grad()
     def init_cls_bias_(self, bias: torch.Tensor) -> None:

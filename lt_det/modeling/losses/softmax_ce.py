@@ -43,6 +43,11 @@ def softmax_ce_loss(
 class SoftmaxCELoss(ClsLoss):
     """Module form of :func:`softmax_ce_loss`; scores are softmax over K + 1 columns."""
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        return softmax_ce_loss(logits, gt_classes)
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return softmax_ce_loss(logits, gt_classes, reduction=reduction)
+
+    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, gt_classes, reduction="none")
 

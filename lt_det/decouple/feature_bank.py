@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ...errors import LTDetError
+from ..errors import LTDetError
 
 __all__ = ["ClassBalancedFeatureBank"]
 
