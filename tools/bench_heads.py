@@ -17,6 +17,7 @@ samples ranked by p_c, background samples are negatives). It is a sanity check, 
 for a detector benchmark.
 """
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -131,13 +132,20 @@ def _init_args(name: str):
 
 
 def bench_whitening(
-    *, rois: int, features: int, classes: int, group_sizes, repeats: int, warmup: int
+    *,
+    rois: int,
+    features: int,
+    classes: int,
+    group_sizes,
+    repeats: int,
+    warmup: int,
+    agnostic_box: bool = False,
 ) -> None:
-    """Forward + backward of the box predictor (cls_score + class-specific bbox_pred + softmax CE
-    on (rois, features) box features) without and with Channel Whitening before cls_score.
+    """Forward + backward of the box predictor (cls_score + bbox_pred + softmax CE on (rois,
+    features) box features) without and with Channel Whitening before cls_score.
 
-    The box head's FC layers are left out, so the ratio is an upper bound on the cost whitening
-    adds to the whole box head.
+    The box head's FC layers are left out (and with ``agnostic_box`` bbox_pred has 4 outputs
+    instead of 4 K), so the ratio is an upper bound on the cost whitening adds to the box head.
     """
     from lt_det.modeling.whitening import ChannelWhitening
 
@@ -145,7 +153,7 @@ def bench_whitening(
     x0 = torch.relu(torch.randn(rois, features, generator=g))
     gt = torch.randint(0, classes + 1, (rois,), generator=g)
     cls_score = torch.nn.Linear(features, classes + 1)
-    bbox_pred = torch.nn.Linear(features, 4 * classes)
+    bbox_pred = torch.nn.Linear(features, 4 if agnostic_box else 4 * classes)
     variants = {"plain head": None}
     for gs in group_sizes:
         label = f"whitening, {'1 group' if gs == 0 else f'groups of {gs}'}"
@@ -170,7 +178,8 @@ def bench_whitening(
     ref = statistics.median(times["plain head"])
     print(
         f"box predictor forward+backward, {rois} ROIs x {features} features, {classes + 1} "
-        f"classes (bbox_pred {4 * classes}), {torch.get_num_threads()} thread(s), median of "
+        f"classes (bbox_pred {bbox_pred.out_features}), {torch.get_num_threads()} thread(s), "
+        f"median of "
         f"{repeats}, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'variant':<28}{'median ms':>10}{'min ms':>10}{'ratio':>8}")
@@ -194,6 +203,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=1024, help="box feature size (--whitening)")
     ap.add_argument("--group-sizes", type=int, nargs="+", default=[0, 64],
                     help="whitening group sizes to time (0 = one group) (--whitening)")
+    ap.add_argument("--agnostic-box", action="store_true",
+                    help="class-agnostic bbox_pred (4 outputs): a cheaper reference (--whitening)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.toy_bg:
@@ -201,7 +212,8 @@ def main() -> None:
         return
     if args.whitening:
         bench_whitening(rois=args.rois, features=args.features, classes=args.classes,
-                        group_sizes=args.group_sizes, repeats=args.repeats, warmup=args.warmup)
+                        group_sizes=args.group_sizes, repeats=args.repeats, warmup=args.warmup,
+                        agnostic_box=args.agnostic_box)
         return
     dtype = getattr(torch, args.dtype)
     amp = dtype != torch.float32
