@@ -10,5 +10,7 @@ setup(
     python_requires=">=3.8",
     # torch, torchvision and detectron2 are installed by tools/setup_env.sh (detectron2 is not on
     # PyPI under its own name); the rest is pinned in requirements.txt.
-    install_requires=["numpy", "lvis", "pycocotools", "faster-coco-eval", "matplotlib", "tabulate"],
+    install_requires=[
+        "numpy", "lvis", "pycocotools", "faster-coco-eval", "matplotlib", "tabulate", "tqdm"
+    ],
 )

@@ -210,6 +210,8 @@ def run_benchmark(
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
 
     Args:
+        out_dir: output folder; it and ``data_dir`` are resolved against the current working
+            directory once, before anything runs.
         methods: names from :data:`METHODS` (default: those with ``default=True``).
         iters / stage2_iters: training iterations of stage-1 / stage-2 methods.
         preset: synthetic data preset (see :func:`lt_det.data.synthetic.generate_synthetic_lvis`).
@@ -330,7 +332,9 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
                 tail = open(j.log_path).read()[-1500:]
                 raise LTDetError(f"benchmark run '{j.spec.name}' failed (exit {rc}); log "
                                  f"{j.log_path}:\n{tail}")
-            with open(os.path.join(j.out_dir, "eval_results.json")) as f:
+            # --eval-only runs write their results under inference/ (tools/train_net.py)
+            folder = os.path.join(j.out_dir, "inference") if j.spec.eval_only else j.out_dir
+            with open(os.path.join(folder, "eval_results.json")) as f:
                 j.results = json.load(f)
             if j.iters:
                 pace[j.spec.stage] = max(1e-3, (j.wall - eval_cost) / j.iters)
@@ -374,9 +378,7 @@ def format_table(rows: List[Dict], task: str = "bbox") -> str:
 
 def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job], paths: _Paths) -> None:
     """Per-class AP vs frequency and classifier norm vs frequency, all methods overlaid."""
-    from .decouple.norms import plot_classifier_norms
-    from .evaluation import read_per_class
-    from .evaluation.plot import plot_ap_vs_frequency
+    from .evaluation import plot_ap_vs_frequency, plot_classifier_norms, read_per_class
 
     runs, labels = [], []
     for n, j in jobs.items():
@@ -385,7 +387,7 @@ def _plots(out_dir: str, data: Dict[str, str], jobs: Dict[str, _Job], paths: _Pa
             runs.append(read_per_class(path))
             labels.append(n)
     plot_ap_vs_frequency(runs, labels, os.path.join(out_dir, "ap_vs_frequency.png"),
-                         title="per-class box AP vs training images (synthetic LVIS)")
+                         title="synthetic LVIS")
     ckpts = {}
     for n, j in jobs.items():
         if j.spec.eval_only and j.stage1 is not None:  # tau-norm: stage-1 weights at its tau
@@ -406,9 +408,25 @@ def _cfg_value(spec: MethodSpec, key: str, configs_dir: str):
     return cfg
 
 
-def summarize_runs(out_dirs: Sequence[str], task: str = "bbox") -> str:
+#: results.json keys that must agree for runs to be averaged (the seed may differ).
+SUMMARY_SETTINGS = ("preset", "iters", "stage2_iters", "stage1")
+
+
+def _settings(run: Dict) -> Tuple:
+    return tuple(run.get(k) for k in SUMMARY_SETTINGS)
+
+
+def summarize_runs(out_dirs: Sequence[str], task: str = "bbox", *, group: bool = False) -> str:
     """Markdown: per method the mean (min-max) of AP, APr, APc, APf over benchmark outputs, then
-    per run the best stage-2 method by APr and its margins over softmax CE and RFS."""
+    per run the best stage-2 method by APr and its margins over softmax CE and RFS.
+
+    Only runs with the same :data:`SUMMARY_SETTINGS` (data preset, stage-1 / stage-2 iterations,
+    stage-1 method) are averaged: runs that differ raise an error naming each folder's settings,
+    or, with ``group``, get one table per group of equal settings.
+
+    Raises:
+        LTDetError: a folder has no results.json, or settings differ and ``group`` is False.
+    """
     runs = []
     for d in out_dirs:
         path = os.path.join(d, "results.json")
@@ -416,6 +434,28 @@ def summarize_runs(out_dirs: Sequence[str], task: str = "bbox") -> str:
             raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py")
         with open(path) as f:
             runs.append(json.load(f))
+    groups: Dict[Tuple, List[Dict]] = {}
+    for r in runs:
+        groups.setdefault(_settings(r), []).append(r)
+    if len(groups) > 1 and not group:
+        listed = "; ".join(
+            f"{d}: " + ", ".join(f"{k}={v}" for k, v in zip(SUMMARY_SETTINGS, _settings(r)))
+            for d, r in zip(out_dirs, runs)
+        )
+        raise LTDetError(
+            f"the runs were made with different settings ({listed}); their mean would mix them. "
+            "Pass runs of one setting, or --group for one table per setting."
+        )
+    if len(groups) == 1:
+        return _summarize_group(runs, task)
+    parts = []
+    for settings, members in groups.items():
+        head = ", ".join(f"{k}={v}" for k, v in zip(SUMMARY_SETTINGS, settings))
+        parts.append(f"### {head}\n\n" + _summarize_group(members, task))
+    return "\n\n".join(parts)
+
+
+def _summarize_group(runs: List[Dict], task: str) -> str:
     keys = ("AP", "APr", "APc", "APf")
     order: List[str] = []
     for r in runs:

@@ -49,6 +49,8 @@ def add_lt_config(cfg: CN) -> CN:
     #          | "instance_count" (class share of all training instances, counted from DATASETS.TRAIN)
     #          | "cat_info"     (LVIS *_cat_info.json at PRIOR.CAT_INFO_PATH; uses image_count)
     #          | "metadata"     (MetadataCatalog[DATASETS.TRAIN[0]].class_image_count)
+    #          | "checkpoint"   (the prior buffer saved in the MODEL.WEIGHTS checkpoint; what
+    #                            tools/train_net.py --eval-only uses when the checkpoint has one)
     _C.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE = "image_count"
     # Path of a LVIS-style cat_info json (list of {"id", "image_count", "instance_count"}).
     _C.MODEL.ROI_BOX_HEAD.PRIOR.CAT_INFO_PATH = ""

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny generated LVIS-format dataset, registered once per test session."""
 import json
+import logging
 
 import pytest
 import torch
@@ -8,6 +9,29 @@ from lt_det.data import register_lvis_format
 from lt_det.data.synthetic import generate_synthetic_lvis
 
 torch.set_num_threads(1)  # CI machines are small and shared; tests must not oversubscribe
+
+
+@pytest.fixture(autouse=True)
+def _lt_det_records_reach_caplog(request):
+    """Running a tool in-process sets up the "lt_det" logger, which (as detectron2's
+    setup_logger does) stops propagation to the root logger, where caplog listens: forward
+    lt_det's records to caplog while propagation is off."""
+    lt_logger = logging.getLogger("lt_det")
+    lt_logger.propagate = True
+    if "caplog" not in request.fixturenames:
+        yield
+        return
+    caplog = request.getfixturevalue("caplog")
+
+    class ToCaplog(logging.Handler):
+        def emit(self, record):
+            if not lt_logger.propagate:
+                caplog.handler.handle(record)
+
+    forward = ToCaplog()
+    lt_logger.addHandler(forward)
+    yield
+    lt_logger.removeHandler(forward)
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_benchmark_end_to_end_tiny(tmp_path):
+    # Run from a folder other than the repo, with a relative --out: paths resolve against it.
     out = tmp_path / "bench"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "lt_benchmark.py"), "--preset", "tiny",
-           "--iters", "4", "--stage2-iters", "2", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+           "--iters", "4", "--stage2-iters", "2", "--out", "bench"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "ETA" in proc.stdout
     for name in ("results.json", "results.md", "ap_vs_frequency.png", "classifier_norms.png"):
@@ -32,7 +36,8 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     table = (out / "results.md").read_text()
     assert all(METHODS[m].label in table for m in defaults)
     # a finished benchmark is never silently overwritten
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=120)
     assert again.returncode == 2 and "already holds a benchmark" in again.stderr
 
 
@@ -92,3 +97,27 @@ def test_summarize_runs_means_and_margins(tmp_path):
            "+15.0 AP; vs RFS +10.0 APr +5.0 AP" in text
     assert "seed 2: best stage 2 by APr = crt (53.0 AP / 23.0 APr): vs softmax CE +11.0 APr " \
            "+11.0 AP; vs RFS +1.0 APr +1.0 AP" in text
+
+
+def test_summarize_runs_refuses_or_groups_different_settings(tmp_path):
+    import pytest
+
+    from lt_det.benchmark import summarize_runs
+    from lt_det.errors import LTDetError
+
+    def run(name, iters, ap):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"method": "rfs", "label": "rfs", "stage": 1, "bbox": {"AP": ap, "APr": ap}}]
+        (d / "results.json").write_text(json.dumps(
+            {"seed": 0, "preset": "default", "iters": iters, "stage2_iters": 200,
+             "stage1": "rfs", "methods": rows}))
+        return str(d)
+
+    short, long_ = run("short", 20, 0.1), run("long", 500, 63.7)
+    with pytest.raises(LTDetError, match="different settings.*iters=20.*iters=500"):
+        summarize_runs([short, long_])
+    text = summarize_runs([short, long_], group=True)
+    assert "### preset=default, iters=20" in text and "### preset=default, iters=500" in text
+    assert "| rfs | 0.1 (0.1-0.1) |" in text and "| rfs | 63.7 (63.7-63.7) |" in text
+    assert "0.1-63.7" not in text

@@ -2,6 +2,7 @@
 
 Tiny GeneralizedRCNN (ResNet-18-FPN with BatchNorm, 5 classes) on 64 x 64 random images, CPU.
 """
+import json
 import math
 import os
 
@@ -385,7 +386,7 @@ def test_tau_norm_cannot_train():
 def test_tau_sweep_and_norm_plot_tools(tiny_data, tmp_path):
     import importlib.util
 
-    from lt_det.decouple import plot_classifier_norms
+    from lt_det.evaluation import plot_classifier_norms
 
     def tool(name):
         path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", name + ".py")
@@ -412,6 +413,10 @@ def test_tau_sweep_and_norm_plot_tools(tiny_data, tmp_path):
     lines = (out / "tau_sweep.csv").read_text().splitlines()
     assert lines[0] == "tau,AP,APr,APc,APf" and len(lines) == 3
     assert (out / "tau_sweep.png").is_file() and (out / "tau_sweep.md").is_file()
+    # --max-images 4 is scored against the ground truth of those 4 images, not the whole set
+    per_class = json.loads((out / "tau_0" / "per_class_ap_bbox.json").read_text())
+    assert per_class["info"]["num_images"] == 4
+    assert "frozen detector" in (out / "log.txt").read_text()
 
     png = tmp_path / "norms.png"
     means = plot_classifier_norms(

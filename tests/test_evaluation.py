@@ -205,7 +205,10 @@ def test_ap_fixed_caps_per_class_not_per_image(backend):
     ]
     kw = dict(backend=backend, ap_fixed=True, max_dets_per_image=1)
     assert _ap(evaluate_lvis(gt, dets, max_dets_per_class=2, **kw), 1) == 0.0
-    assert _ap(evaluate_lvis(gt, dets, max_dets_per_class=3, **kw), 1) == pytest.approx(1 / 3)
+    fixed = evaluate_lvis(gt, dets, max_dets_per_class=3, **kw)
+    assert _ap(fixed, 1) == pytest.approx(1 / 3)
+    # No per-image cap: the recall key is AR@-1, as the AP-fixed reference names it.
+    assert "AR@-1" in fixed.metrics and "AR@1" not in fixed.metrics
     # The standard protocol with the same per-image cap keeps one det per image.
     std = evaluate_lvis(gt, dets, backend=backend, max_dets_per_image=1)
     assert _ap(std, 1) == pytest.approx(0.5)

@@ -29,3 +29,25 @@ def test_train_net_trains_and_prints_lvis_metrics(tiny_lvis, tmp_path):
         assert math.isfinite(results["bbox"][key])
     assert (out / "model_final.pth").is_file()
     assert (out / "inference" / tiny_lvis["val"] / "per_class_ap_bbox.csv").is_file()
+    # Everything the user reads after the run is in log.txt, including lt_det's own logger
+    # (the sampler in use, the evaluator's table); nothing is coloured off a terminal; the
+    # torch.jit deprecation of detectron2's imports is not shown.
+    text = (out / "log.txt").read_text()
+    assert "Using training sampler" in text and "lt_det.data.samplers" in text
+    assert "LVIS bbox (fast backend" in text
+    assert "\x1b[" not in text and "\x1b[" not in log
+    assert "torch.jit.script" not in proc.stderr
+
+    # --eval-only into the training folder leaves that run's files as they are and writes its
+    # own config, log and results under inference/.
+    before = {n: (out / n).read_bytes() for n in ("config.yaml", "eval_results.json", "log.txt")}
+    cmd_eval = cmd + ["MODEL.WEIGHTS", str(out / "model_final.pth")]
+    cmd_eval.insert(cmd_eval.index("--config-file"), "--eval-only")
+    proc = subprocess.run(cmd_eval, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data, name
+    again = json.loads((out / "inference" / "eval_results.json").read_text())
+    assert again["bbox"]["AP"] == results["bbox"]["AP"]
+    assert "LVIS bbox (fast backend" in (out / "inference" / "log.txt").read_text()
+    assert (out / "inference" / "config.yaml").is_file()

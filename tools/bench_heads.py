@@ -21,12 +21,19 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List
 
-import torch
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss
-from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift
+import torch  # noqa: E402
+
+from lt_det.class_stats import frequency_groups  # noqa: E402
+from lt_det.modeling.losses import LT_CLS_LOSS_REGISTRY, build_cls_loss  # noqa: E402
+from lt_det.modeling.losses.balanced_softmax import balanced_softmax_shift  # noqa: E402
 
 
 def make_inputs(rois: int, classes: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -71,10 +78,10 @@ def toy_background_comparison(
         ("balanced_softmax", {"background": "unshifted"}),
     ]
     counts = [max(2, int(round(600 * (c + 1) ** -1.6))) for c in range(classes)]
+    freq = frequency_groups(counts)  # LVIS rule: r <= 10 < c <= 100 < f
     groups = {
-        "rare(<=10)": [c for c in range(classes) if counts[c] <= 10],
-        "common": [c for c in range(classes) if 10 < counts[c] <= 100],
-        "freq(>100)": [c for c in range(classes) if counts[c] > 100],
+        label: [c for c in range(classes) if freq[c] == g]
+        for label, g in (("rare(<=10)", "r"), ("common", "c"), ("freq(>100)", "f"))
     }
     results: Dict[str, List[Dict[str, float]]] = {}
     for seed in range(seeds):

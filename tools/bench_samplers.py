@@ -17,18 +17,24 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from typing import Dict, List
 
-import numpy as np
-import torch
-from detectron2.config import get_cfg
-from detectron2.data.samplers import RepeatFactorTrainingSampler
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-from lt_det import add_lt_config
-from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info
-from lt_det.data.samplers import MetaSampler, build_train_sampler
-from lt_det.decouple.balms import MetaSamplerLearner
-from lt_det.errors import LTDetError, report_error
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data.samplers import RepeatFactorTrainingSampler  # noqa: E402
+
+from lt_det import add_lt_config  # noqa: E402
+from lt_det.data.lvis_v1_stats import load_lvis_v1_cat_info  # noqa: E402
+from lt_det.data.samplers import MetaSampler, build_train_sampler  # noqa: E402
+from lt_det.decouple.balms import MetaSamplerLearner  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def synthesise_dataset_dicts(cat_info: List[Dict], num_images: int, seed: int) -> List[Dict]:

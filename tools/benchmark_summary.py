@@ -4,21 +4,35 @@
     python tools/benchmark_summary.py output/demo output/seed1 output/seed2
 
 Prints a Markdown table (box AP, APr, APc, APf: mean and min-max over the runs) and, per run,
-the best stage-2 method by APr against softmax CE and repeat-factor sampling.
+the best stage-2 method by APr against softmax CE and repeat-factor sampling; writes nothing.
+Runs made with different settings (data preset, iterations, stage-1 method) are refused, or with
+--group get one table per setting.
 """
 import argparse
 import sys
+import warnings
 
-from lt_det.benchmark import summarize_runs
-from lt_det.errors import LTDetError, report_error
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
+from lt_det.benchmark import summarize_runs  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("outs", nargs="+", help="lt_benchmark.py --out folders (each has results.json)")
+    p.add_argument(
+        "--group",
+        action="store_true",
+        help="runs made with different settings (preset, iterations, stage-1 method): one table "
+        "per setting instead of an error",
+    )
     args = p.parse_args(argv)
     try:
-        print(summarize_runs(args.outs))
+        print(summarize_runs(args.outs, group=args.group))
     except LTDetError as e:
         return report_error(e)
     return 0

@@ -6,32 +6,51 @@
     python tools/lt_benchmark.py --preset tiny --iters 4 --stage2-iters 2 --out output/smoke
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/ap_vs_frequency.png and
-OUT/classifier_norms.png; every run's log, metrics and checkpoint are under OUT/runs/<method>/.
+OUT/classifier_norms.png; the generated dataset under OUT/data/ (or --data-dir); every run's
+stdout.txt, log.txt, config.yaml, metrics.json, checkpoint and eval_results.json under
+OUT/runs/<method>/ (an evaluation-only run, tau-norm, writes its files under
+OUT/runs/<method>/inference/). Relative paths are taken from the current directory. Progress
+with ETA is printed every 10 s.
 """
 import argparse
 import os
 import sys
+import warnings
 
-from lt_det.benchmark import BENCHMARK_METHODS, METHODS, run_benchmark
-from lt_det.errors import LTDetError, report_error
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
+from lt_det.benchmark import BENCHMARK_METHODS, METHODS, run_benchmark  # noqa: E402
+from lt_det.data.synthetic import PRESETS  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 # This tool lives in an lt_det checkout: the configs and the training entry point beside it.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="output folder (must be new or empty, or --force)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
-    p.add_argument("--methods", nargs="+", choices=BENCHMARK_METHODS.choices(),
-                   help="default: the methods registered with default=True")
-    p.add_argument("--iters", type=int, default=500, help="stage-1 iterations")
-    p.add_argument("--stage2-iters", type=int, default=200, help="stage-2 iterations")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data and of every run (default %(default)s)")
+    p.add_argument("--methods", nargs="+", choices=BENCHMARK_METHODS.choices(), metavar="NAME",
+                   help=f"methods to run, of: {' '.join(sorted(METHODS))} (default: "
+                   + " ".join(n for n, m in METHODS.items() if m.default) + ")")
+    p.add_argument("--iters", type=int, default=500,
+                   help="stage-1 iterations (default %(default)s)")
+    p.add_argument("--stage2-iters", type=int, default=200,
+                   help="stage-2 iterations (default %(default)s)")
     p.add_argument("--stage1", default="rfs",
                    choices=sorted(n for n, m in METHODS.items() if m.stage == 1),
-                   help="stage-1 model every stage-2 method starts from (default rfs)")
-    p.add_argument("--preset", default="default", help="synthetic data preset (default | tiny)")
-    p.add_argument("--parallel", type=int, default=2, help="runs at a time (1 thread each)")
+                   help="stage-1 model every stage-2 method starts from (default %(default)s)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="synthetic data preset (default %(default)s)")
+    p.add_argument("--parallel", type=int, default=2,
+                   help="runs at a time, 1 thread each (default %(default)s)")
     p.add_argument("--data-dir", help="dataset folder (default OUT/data; reused if present)")
     p.add_argument("--configs-dir", default=os.path.join(CHECKOUT, "configs"),
                    help="configs folder of the checkout (default: beside this tool)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Generate the synthetic long-tailed LVIS-format dataset (coloured shapes) and print a summary.
 
-    python tools/make_synthetic_lvis.py --out datasets/synthetic_lvis --seed 0
+    python tools/make_synthetic_lvis.py --out datasets/lt_synth --seed 0
     python tools/make_synthetic_lvis.py --out output/tiny --preset tiny
     python tools/make_synthetic_lvis.py --out DIR --count-source lvis_v1   # real LVIS v1 tail shape
     python tools/make_synthetic_lvis.py --out DIR --num-textures 2 --overwrite
@@ -11,16 +11,20 @@ Writes DIR/lvis_v1_train.json, DIR/lvis_v1_val.json, DIR/train/*.png, DIR/val/*.
 """
 import argparse
 import sys
+import warnings
 from typing import List, Optional
 
-# runnable from a checkout without installing the package
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-from lt_det.data.synthetic import (
+from lt_det.data.synthetic import (  # noqa: E402
     COUNT_PROFILES,
     PRESETS,
     generate_synthetic_lvis,
 )
-from lt_det.errors import LTDetError, report_error
+from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Plot per-class AP against training frequency (log x) with r/c/f bands, one or several runs.
+r"""Plot per-class AP against training frequency (log x) with r/c/f bands, one or several runs.
 
-    .venv/bin/python tools/plot_ap_vs_frequency.py output/per_class_ap_bbox.json \
+    python tools/plot_ap_vs_frequency.py output/per_class_ap_bbox.json \
         other_run/per_class_ap_bbox.json --labels baseline balanced_softmax --out ap_vs_freq.png
 
 Inputs are the ``per_class_ap_<task>.json`` files written by the LVIS evaluator (into
@@ -10,10 +10,16 @@ OUTPUT_DIR/inference/...) or by ``tools/lvis_eval.py --per-class-dir``.
 import argparse
 import os
 import sys
+import warnings
 
-from lt_det.errors import LTDetError, report_error
-from lt_det.evaluation.per_class import read_per_class
-from lt_det.evaluation.plot import plot_ap_vs_frequency
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
+
+from lt_det.errors import LTDetError, report_error  # noqa: E402
+from lt_det.evaluation.per_class import read_per_class  # noqa: E402
+from lt_det.evaluation.plot import plot_ap_vs_frequency  # noqa: E402
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-class box-classifier weight norm against training frequency (Kang et al. 2020, Fig. 2).
+r"""Per-class box-classifier weight norm against training frequency (Kang et al. 2020, Fig. 2).
 
     python tools/plot_classifier_norms.py \
         --checkpoints joint=output/synthetic/rfs/model_final.pth \
@@ -8,46 +8,58 @@
                       "tau1=output/synthetic/rfs/model_final.pth@tau=1" \
         --json datasets/lt_synth/lvis_v1_train.json --out output/synthetic/classifier_norms.png
 
-Classes (foreground rows 0..K-1 of ``cls_score``) are sorted by training image count, most
-frequent first; the rare / common / frequent bands are shaded. Each ``NAME=PATH`` adds a curve;
-``PATH@tau=T`` plots the tau-normalised norms ``||w_c|| ** (1 - T)``; an LWS checkpoint
-(``cls_score.scale``) plots the effective norms ``|s_c| * ||w_c||``. Frequencies come from
-``--json`` (a LVIS json with categories, or a ``*_cat_info.json`` list), or from ``--dataset``
-(a registered dataset; ``--config-file`` registers DATASETS.LVIS_FORMAT).
+Classes (foreground rows 0..K-1 of ``cls_score``) are grouped frequent / common / rare (one
+shaded band each) and sorted by training image count within a group, most frequent first. Each
+``NAME=PATH`` adds a curve; ``PATH@tau=T`` plots the tau-normalised norms ``||w_c|| ** (1 - T)``;
+an LWS checkpoint (``cls_score.scale``) plots the effective norms ``|s_c| * ||w_c||``.
+
+Frequencies come from ``--json`` (a LVIS json with categories, or a ``*_cat_info.json`` list) or
+from ``--dataset``: a dataset registered by ``--config-file`` (DATASETS.LVIS_FORMAT) or one of
+detectron2's builtin names (``lvis_v1_train``: the LVIS v1 train category counts set up by
+tools/setup_env.sh, else the json under DETECTRON2_DATASETS).
+
+Writes the PNG (``--out``) only; prints each curve's mean norm per group.
 """
 import argparse
 import sys
+import warnings
 from typing import List, Optional, Tuple
 
-from detectron2.data import MetadataCatalog
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-from lt_det.data import register_datasets_from_cfg
-from lt_det.decouple.norms import DEFAULT_KEY, parse_spec, plot_classifier_norms
-from lt_det.engine.defaults import load_config
-from lt_det.errors import LTDetError, report_error
+from lt_det.data import register_datasets_from_cfg  # noqa: E402
+from lt_det.engine.defaults import load_config  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
+from lt_det.evaluation.classifier_norms import (  # noqa: E402
+    DEFAULT_KEY,
+    frequencies_from_metadata,
+    parse_spec,
+    plot_classifier_norms,
+)
 
 
 def frequencies_from_dataset(name: str, config_file: Optional[str]) -> Tuple[List[int], List[str]]:
-    """(image counts, r/c/f) of a registered dataset (``--config-file`` registers its
-    DATASETS.LVIS_FORMAT first), from the metadata registration computed."""
+    """(image counts, r/c/f) of a dataset: one that ``--config-file`` registers (its
+    DATASETS.LVIS_FORMAT), or one already registered, detectron2's builtin LVIS names included
+    (:func:`lt_det.evaluation.classifier_norms.frequencies_from_metadata`)."""
     if config_file:
         register_datasets_from_cfg(load_config(config_file))
-    meta = MetadataCatalog.get(name)
-    counts = meta.get("class_image_count", None)
-    if counts is None:
-        raise LTDetError(
-            f"dataset '{name}' has no class_image_count metadata; register it with lt_det "
-            "(--config-file with DATASETS.LVIS_FORMAT) or pass --json."
-        )
-    return [int(c["image_count"]) for c in counts], list(meta.class_frequency)
+    return frequencies_from_metadata(name)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoints", nargs="+", required=True, help="NAME=PATH[@tau=T] ...")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--json", "--cat-info", dest="json", help="LVIS json or cat_info json")
-    src.add_argument("--dataset", help="registered dataset name")
+    src.add_argument(
+        "--dataset", help="dataset name: from --config-file, or detectron2's (e.g. lvis_v1_train)"
+    )
     p.add_argument("--config-file", help="config whose DATASETS.LVIS_FORMAT to register")
     p.add_argument("--key", default=DEFAULT_KEY, help=f"classifier module (default {DEFAULT_KEY})")
     p.add_argument("--out", required=True, help="PNG path")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pick tau for tau-normalisation on a validation set from one stage-1 checkpoint.
+r"""Pick tau for tau-normalisation on a validation set from one stage-1 checkpoint.
 
     python tools/tau_sweep.py --config-file configs/synthetic/rfs.yaml \
         --weights output/synthetic/rfs/model_final.pth --taus 0 0.25 0.5 0.75 1 1.25 \
@@ -11,38 +11,51 @@ evaluator's bookkeeping run again. Every tau has its own lt_det LVIS evaluator, 
 features need to be kept in memory (LVIS val would need tens of GB). Box AP only (MASK_ON is
 turned off: masks would need the mask head once per tau).
 
-Writes OUT/tau_sweep.csv, OUT/tau_sweep.md, OUT/tau_sweep.png and OUT/tau_<t>/ (per-class AP);
-prints the table and the best tau by AP.
+``--max-images N`` runs on the first N images and scores them against the ground truth of those
+N images only (a quick look; the numbers are not those of the whole set). A progress bar with
+ETA is shown on stderr.
+
+Writes OUT/tau_sweep.csv, OUT/tau_sweep.md, OUT/tau_sweep.png, OUT/log.txt and OUT/tau_<t>/
+(per-class AP and the detections of each tau); prints the table and the best tau by AP.
 """
 import argparse
 import csv
+import logging
 import os
 import sys
 import time
+import warnings
 from typing import Dict, List
 
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader
-from detectron2.modeling import build_model
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.utils.logger import setup_logger
-from tabulate import tabulate
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
+warnings.filterwarnings(
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
+)
 
-import lt_det.modeling  # noqa: F401  registration
-from lt_det.data import register_datasets_from_cfg
-from lt_det.decouple import (
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import build_detection_test_loader  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import lt_det.modeling  # noqa: E402,F401  registration
+from lt_det.data import register_datasets_from_cfg  # noqa: E402
+from lt_det.decouple import (  # noqa: E402
     TauNormLinear,
     apply_decoupling,
     find_box_predictors,
     frozen_box_batch,
 )
-from lt_det.decouple.classifiers import TAU_BIAS_MODES
-from lt_det.engine.defaults import check_num_classes, load_config
-from lt_det.errors import LTDetError, report_error
-from lt_det.evaluation import build_lvis_evaluator
+from lt_det.decouple.classifiers import TAU_BIAS_MODES  # noqa: E402
+from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
+from lt_det.engine.log_setup import setup_lt_logging  # noqa: E402
+from lt_det.errors import LTDetError, report_error  # noqa: E402
+from lt_det.evaluation import build_lvis_evaluator  # noqa: E402
 
 METRICS = ("AP", "APr", "APc", "APf")
+logger = logging.getLogger("lt_det.tau_sweep")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,17 +107,27 @@ def sweep(cfg, args) -> List[Dict[str, float]]:
 
     evaluators = {}
     for tau in args.taus:
-        ev = build_lvis_evaluator(cfg, dataset, os.path.join(args.out, f"tau_{tau:g}"))
+        ev = build_lvis_evaluator(
+            cfg, dataset, os.path.join(args.out, f"tau_{tau:g}"), processed_images_only=True
+        )
         ev.reset()
         evaluators[tau] = ev
     loader = build_detection_test_loader(cfg, dataset)
+    total = min(len(loader.dataset), args.max_images) if args.max_images else len(loader.dataset)
     t_frozen = t_heads = 0.0
     n = 0
-    with torch.no_grad():
+    bar = tqdm(
+        total=total,
+        desc=f"tau sweep ({len(evaluators)} taus)",
+        unit="img",
+        mininterval=0.5 if sys.stderr.isatty() else 10,
+    )
+    with torch.no_grad(), bar:
         for inputs in loader:
             if args.max_images and n >= args.max_images:
                 break
             n += len(inputs)
+            bar.update(len(inputs))
             t0 = time.perf_counter()
             batch = frozen_box_batch(model, inputs, sample=False)
             t1 = time.perf_counter()
@@ -123,7 +146,7 @@ def sweep(cfg, args) -> List[Dict[str, float]]:
                 ev.process(inputs, outputs)
             t_frozen += t1 - t0
             t_heads += time.perf_counter() - t1
-    print(
+    logger.info(
         f"{n} images: frozen detector {t_frozen:.1f}s once, predictor + inference "
         f"{t_heads:.1f}s for {len(evaluators)} taus"
     )
@@ -172,8 +195,11 @@ def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="lt_det")
+    args.out = os.path.abspath(args.out)
     try:
+        if os.path.isfile(args.out):
+            raise LTDetError(f"--out '{args.out}' is a file; give a folder.")
+        setup_lt_logging(args.out)
         cfg = setup(args)
         rows = sweep(cfg, args)
     except LTDetError as e:

@@ -8,6 +8,7 @@
     python tools/train_net.py --config-file CFG --num-gpus 2 MODEL.DEVICE cpu  # 2 CPU processes, gloo
     python tools/train_net.py --config-file CFG --resume           # continue the run in OUTPUT_DIR
 
+Without a GPU add ``MODEL.DEVICE cpu`` (the LVIS configs default to CUDA). Outputs: see --help.
 Bad input (a missing file, a malformed dataset, an unknown config value, a NaN loss, ...) is
 reported as one line "lt_det: error: ..." on stderr with exit status 2; see docs/robustness.md.
 An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --overwrite-output.
@@ -17,10 +18,9 @@ import os
 import sys
 import warnings
 
-# This program's choice (the library sets no filter): detectron2 0.6 scripts helpers with
-# torch.jit at import time, which recent torch reports on every start; it is not the user's code.
+# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
 warnings.filterwarnings(
-    "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
@@ -28,21 +28,43 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from lt_det.engine import LTTrainer, launch, setup_cfg  # noqa: E402
+from lt_det.engine import (  # noqa: E402
+    LTTrainer,
+    eval_only_config,
+    eval_output_dir,
+    launch,
+    setup_cfg,
+)
 from lt_det.engine.trainer import check_weights_file  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
-def save_results(cfg, results) -> None:
-    """Write the final evaluation results to OUTPUT_DIR/eval_results.json (main process)."""
+def save_results(folder: str, results) -> None:
+    """Write the final evaluation results to folder/eval_results.json (main process)."""
     if results and comm.is_main_process():
-        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "eval_results.json"), "w") as f:
             json.dump(results, f, indent=2)
 
 
+_EPILOG = """
+lt_det:
+  Without a GPU add MODEL.DEVICE cpu (the LVIS configs default to CUDA; the synthetic configs
+  already run on CPU); --num-gpus N MODEL.DEVICE cpu runs N CPU processes over gloo.
+  MODEL.WEIGHTS must be reachable: offline, copy the weights file onto the machine and pass its
+  path (an R-50 with FrozenBN and MODEL.WEIGHTS "" trains poorly; a warning says so).
+  Training writes OUTPUT_DIR/{config.yaml,log.txt,metrics.json,model_*.pth,eval_results.json}
+  and OUTPUT_DIR/inference/<dataset>/ (detections, per-class AP); --eval-only writes its
+  config.yaml, log.txt and eval_results.json under OUTPUT_DIR/inference/ and leaves the
+  training run's own files as they are.
+"""
+
+
 def argument_parser():
-    """detectron2's ``default_argument_parser`` plus ``--overwrite-output``."""
+    """detectron2's ``default_argument_parser`` plus ``--overwrite-output`` and lt_det's notes
+    (device, weights, what is written where) in the help."""
     parser = default_argument_parser()
+    parser.epilog = (parser.epilog or "") + _EPILOG
     parser.add_argument(
         "--overwrite-output",
         action="store_true",
@@ -57,19 +79,19 @@ def main(args):
     if args.eval_only:
         if not args.resume:
             check_weights_file(cfg.MODEL.WEIGHTS)
-        model = LTTrainer.build_model(cfg)
+        model = LTTrainer.build_model(eval_only_config(cfg))  # prior from the checkpoint
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = LTTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
-        save_results(cfg, res)
+        save_results(eval_output_dir(cfg), res)
         return res
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()
-    save_results(cfg, getattr(trainer, "_last_eval_results", None))
+    save_results(cfg.OUTPUT_DIR, getattr(trainer, "_last_eval_results", None))
     return res
 
 

@@ -30,7 +30,6 @@ from .method_finetune import ClassifierFineTuning
 from .method_lws import LearnableWeightScaling
 from .method_none import NoDecoupling
 from .method_tau_norm import TauNormalization
-from .norms import classifier_norms, plot_classifier_norms
 from .registry import (
     LT_DECOUPLE_REGISTRY,
     DecoupleMethod,
@@ -78,6 +77,4 @@ __all__ = [
     "ClassBalancedFeatureBank",
     "check_decoupled_training",
     "stage1_load_guard",
-    "classifier_norms",
-    "plot_classifier_norms",
 ]

@@ -1,4 +1,5 @@
 """Config set-up shared by the command-line tools."""
+import logging
 import os
 from typing import Dict, List, Optional
 
@@ -9,6 +10,7 @@ from detectron2.engine import default_setup
 from ..config import add_lt_config
 from ..data import register_datasets_from_cfg
 from ..errors import LTDetError
+from .log_setup import setup_lt_logging, strip_colour_from_setup_logs
 
 __all__ = [
     "load_config",
@@ -17,6 +19,9 @@ __all__ = [
     "check_config_values",
     "check_output_dir",
     "config_choices",
+    "eval_output_dir",
+    "eval_only_config",
+    "check_dataset_files",
 ]
 
 
@@ -56,10 +61,16 @@ def setup_cfg(args) -> CfgNode:
     Everything that can be checked before a model is built is checked here, before
     ``default_setup`` writes anything to OUTPUT_DIR: config values, datasets, NUM_CLASSES and
     (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would be overwritten.
+
+    Files: training writes ``config.yaml`` and ``log.txt`` (detectron2's and lt_det's loggers,
+    :func:`~lt_det.engine.log_setup.setup_lt_logging`) into OUTPUT_DIR. ``--eval-only`` writes
+    them into :func:`eval_output_dir` (OUTPUT_DIR/inference), so that evaluating a training
+    folder's checkpoint leaves that run's own files as they are.
     """
     cfg = load_config(args.config_file, args.opts)
     check_config_values(cfg)
     cfg.freeze()
+    check_dataset_files(cfg)
     register_datasets_from_cfg(cfg)
     check_num_classes(cfg)
     if not args.eval_only:
@@ -68,8 +79,72 @@ def setup_cfg(args) -> CfgNode:
             resume=args.resume,
             overwrite=getattr(args, "overwrite_output", False),
         )
-    default_setup(cfg, args)
+    strip_colour_from_setup_logs()  # default_setup logs the config coloured, even into log.txt
+    if args.eval_only:
+        setup_dir = cfg.clone()
+        setup_dir.defrost()
+        setup_dir.OUTPUT_DIR = eval_output_dir(cfg)
+        setup_dir.freeze()
+        default_setup(setup_dir, args)
+    else:
+        default_setup(cfg, args)
+    setup_lt_logging(eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR)
     return cfg
+
+
+def check_dataset_files(cfg: CfgNode) -> None:
+    """Every json of ``DATASETS.LVIS_FORMAT`` must exist; a missing one is named with the folder
+    relative paths are taken from and, for the synthetic data's file names, the command that
+    creates it (the data command comes before training).
+
+    Raises:
+        LTDetError: naming the dataset, the file and what to do.
+    """
+    from ..data.synthetic import TRAIN_JSON, VAL_JSON
+
+    for entry in cfg.DATASETS.LVIS_FORMAT:
+        if len(entry) != 3 or os.path.isfile(entry[1]):
+            continue  # malformed entries are reported by the registration
+        name, json_file = entry[0], entry[1]
+        hint = ""
+        if os.path.basename(json_file) in (TRAIN_JSON, VAL_JSON):
+            hint = (
+                " If it is the synthetic benchmark's data, create it first: python "
+                f"tools/make_synthetic_lvis.py --out {os.path.dirname(json_file) or '.'}"
+            )
+        raise LTDetError(
+            f"DATASETS.LVIS_FORMAT dataset '{name}': json not found: '{json_file}' (relative "
+            f"paths are taken from the current directory, '{os.getcwd()}').{hint}"
+        )
+
+
+def eval_only_config(cfg: CfgNode) -> CfgNode:
+    """The config ``--eval-only`` builds its model with: when the loss needs a class prior and
+    the ``MODEL.WEIGHTS`` checkpoint holds one, ``PRIOR.SOURCE "checkpoint"``, so that the
+    training set (~1 GB of json for LVIS) is not loaded just to count a prior the checkpoint
+    replaces anyway. Otherwise ``cfg`` unchanged."""
+    from ..modeling.losses.registry import cls_loss_class
+    from ..modeling.priors import checkpoint_class_prior
+
+    head = cfg.MODEL.ROI_BOX_HEAD
+    if head.PRIOR.SOURCE == "checkpoint" or not cls_loss_class(head.CLS_LOSS).needs_prior:
+        return cfg
+    if checkpoint_class_prior(cfg.MODEL.WEIGHTS) is None:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_BOX_HEAD.PRIOR.SOURCE = "checkpoint"
+    cfg.freeze()
+    logging.getLogger(__name__).info(
+        f"class prior read from '{cfg.MODEL.WEIGHTS}' (not recounted from DATASETS.TRAIN)"
+    )
+    return cfg
+
+
+def eval_output_dir(cfg: CfgNode) -> str:
+    """Where ``--eval-only`` writes config.yaml, log.txt and eval_results.json:
+    OUTPUT_DIR/inference (the evaluator's per-dataset folders are under it too)."""
+    return os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.OUTPUT_DIR else ""
 
 
 def config_choices() -> Dict[str, List[str]]:

@@ -40,6 +40,8 @@ from ..errors import LTDetError
 from ..evaluation import build_lvis_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .defaults import check_config_values
+from .init_check import warn_frozen_bn_at_random_init
+from .log_setup import log_class_summary
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 
 __all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages", "check_weights_file"]
@@ -211,6 +213,7 @@ class LTTrainer(DefaultTrainer):
         else:
             with stage1_load_guard(self.cfg, self.model, self.checkpointer, resume):
                 super().resume_or_load(resume=resume)
+        warn_frozen_bn_at_random_init(self.model, self.cfg.MODEL.WEIGHTS)
         if comm.get_world_size() > 1:
             # Parameters re-initialised after loading (cRT) drew from each rank's own generator
             # (seeded SEED + rank); DDP only synchronised the model when it was wrapped.
@@ -257,6 +260,9 @@ class LTTrainer(DefaultTrainer):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        if meta.get("thing_classes", None) is not None:  # bounded table for many classes
+            log_class_summary(dataset, meta.thing_classes, meta.get("class_frequency", None))
         sampler = ResumableSampler(build_train_sampler(cfg, dataset))
         mapper = ReportUnreadableImages(DatasetMapper(cfg, True))
         loader = build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)

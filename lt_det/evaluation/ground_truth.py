@@ -169,3 +169,26 @@ class LVISGroundTruth:
     def num_gt(self, cat_id: int) -> int:
         """Number of gt instances of a class."""
         return len(self.anns_by_cat.get(int(cat_id), []))
+
+    def subset(self, img_ids: Sequence[int]) -> "LVISGroundTruth":
+        """The ground truth of ``img_ids`` only (their images and annotations; every category,
+        with its r/c/f group and image count kept): what a run that predicted on those images
+        is scored against.
+
+        Raises:
+            LTDetError: an id is not an image of this ground truth.
+        """
+        keep = {int(i) for i in img_ids}
+        unknown = sorted(keep - set(self.image_by_id))
+        if unknown:
+            raise LTDetError(f"image ids {unknown[:5]} are not in '{self.source}'.")
+        data = {
+            "images": [img for img in self.images if img["id"] in keep],
+            "annotations": [
+                a for anns in self.anns_by_cat.values() for a in anns if a["image_id"] in keep
+            ],
+            "categories": self.categories,
+        }
+        sub = LVISGroundTruth(data)
+        sub.source = f"{self.source} ({len(keep)} of {len(self.img_ids)} images)"
+        return sub

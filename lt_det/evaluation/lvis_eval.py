@@ -37,6 +37,7 @@ __all__ = [
     "select_detections",
     "summarize_lvis",
     "METRIC_NAMES",
+    "recall_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def summarize_lvis(
         precision: (T, R, K, A) table.
         recall: (T, K, A) table.
         frequency: K strings "r"/"c"/"f".
-        max_dets: only names the AR keys (``AR@300`` etc.), as lvis-api does.
+        max_dets: only names the AR keys (``AR@300`` etc.), as lvis-api does; -1 under AP-fixed
+            (no per-image cap: ``AR@-1``, the reference implementation's name).
     """
     frequency = np.asarray(frequency)
     t50 = np.where(IOU_THRS == 0.50)[0]
@@ -84,8 +86,8 @@ class LVISEvalResult:
 
     Attributes:
         metrics: LVIS summary (fractions, -1 = undefined): AP, AP50, AP75, APs/m/l, APr/c/f,
-            AR@N, ARs/m/l@N (N = max detections per image, 300; kept as the name under AP-fixed,
-            as the reference implementation does).
+            AR@N, ARs/m/l@N (N = max detections per image, 300; -1 under AP-fixed, which has
+            no per-image cap, as the reference implementation names it).
         precision: (T, R, K, A); recall: (T, K, A) in sorted category id order.
         categories: K dicts {"id", "name", "frequency", "image_count"}.
         num_gt: (K,) gt instances per class in the evaluated set.
@@ -180,6 +182,7 @@ def evaluate_lvis(
     class_chunk: int = 0,
     frequency: Optional[Mapping[int, str]] = None,
     image_count: Optional[Mapping[int, int]] = None,
+    progress: bool = False,
 ) -> LVISEvalResult:
     """Evaluate LVIS results against LVIS ground truth.
 
@@ -196,6 +199,8 @@ def evaluate_lvis(
             memory; does not change any number.
         frequency / image_count: optional {category id: r/c/f group / training image count}
             overriding the ground truth's (see :class:`LVISGroundTruth`).
+        progress: show a progress bar with ETA over the class chunks on stderr (tqdm), and log
+            the loading times; only useful with ``class_chunk`` > 0.
     """
     if iou_type not in ("bbox", "segm"):
         raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
@@ -208,6 +213,11 @@ def evaluate_lvis(
     if not isinstance(results, DetectionTable):
         results = DetectionTable.from_results(results)
     t_load = time.perf_counter() - tic
+    if progress:
+        logger.info(
+            f"loaded {len(gt.img_ids)} images / {len(gt.cat_ids)} classes of ground truth and "
+            f"{len(results)} detections in {t_load:.1f}s"
+        )
     dets = select_detections(
         results,
         gt,
@@ -228,7 +238,10 @@ def evaluate_lvis(
     bounds = np.searchsorted(cat_idx[order], np.arange(K + 1))
     chunk = K if class_chunk == 0 else class_chunk
     precisions, recalls = [], []
-    for lo in range(0, K, chunk):
+    starts = range(0, K, chunk)
+    if progress and len(starts) > 1:
+        starts = _progress_bar(starts, f"LVIS {iou_type}", chunk, K)
+    for lo in starts:
         hi = min(K, lo + chunk)
         rows = np.sort(order[bounds[lo] : bounds[hi]])  # original result order
         cat_ids = gt.cat_ids[lo:hi]
@@ -244,7 +257,7 @@ def evaluate_lvis(
         recalls.append(r)
     precision = np.concatenate(precisions, axis=2)
     recall = np.concatenate(recalls, axis=1)
-    label = max_dets_per_image if max_dets_per_image >= 0 else 300
+    label = -1 if ap_fixed else (max_dets_per_image if max_dets_per_image >= 0 else 300)
     metrics = summarize_lvis(precision, recall, gt.frequency, label)
     info = {
         "backend": backend,
@@ -260,3 +273,23 @@ def evaluate_lvis(
     }
     num_gt = np.array([gt.num_gt(c) for c in gt.cat_ids.tolist()])
     return LVISEvalResult(iou_type, metrics, precision, recall, gt.categories, num_gt, info)
+
+
+def _progress_bar(starts: range, desc: str, chunk: int, num_classes: int):
+    """tqdm over class chunks, counted in classes, with ETA (stderr; sparse off a terminal)."""
+    import sys
+
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=num_classes, desc=desc, unit="class", mininterval=0.5 if tty else 10)
+    with bar:
+        for lo in starts:
+            yield lo
+            bar.update(min(chunk, num_classes - lo))
+
+
+def recall_key(ap_fixed: bool, max_dets_per_image: int) -> str:
+    """Name of the overall recall metric: ``AR@300`` (standard), ``AR@-1`` (AP-fixed)."""
+    return f"AR@{-1 if ap_fixed else (max_dets_per_image if max_dets_per_image >= 0 else 300)}"
+

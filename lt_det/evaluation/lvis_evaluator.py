@@ -26,7 +26,7 @@ from ..errors import LTDetError
 from .backends import get_lvis_backend
 from .detections import DetectionTable
 from .ground_truth import LVISGroundTruth
-from .lvis_eval import METRIC_NAMES, evaluate_lvis
+from .lvis_eval import METRIC_NAMES, evaluate_lvis, recall_key
 from .per_class import write_per_class
 
 __all__ = ["LTLVISEvaluator", "build_lvis_evaluator"]
@@ -85,6 +85,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         distributed: bool = True,
         train_dataset_name: Union[str, Sequence[str], None] = None,
         dump_results: bool = True,
+        processed_images_only: bool = False,
     ):
         """
         Args:
@@ -102,6 +103,9 @@ class LTLVISEvaluator(DatasetEvaluator):
                 (several: their union, grouped by :mod:`lt_det.class_stats`'s rule); None = the
                 evaluated dataset's metadata (for LVIS the json's own groups).
             dump_results: write ``lvis_instances_results.json`` to ``output_dir``.
+            processed_images_only: score against the ground truth of the images passed to
+                :meth:`process` only (e.g. a run over the first N images), instead of the whole
+                dataset, where every image not processed would count as missed.
         """
         get_lvis_backend(backend)  # fail early on a bad name
         for t in tasks or ():
@@ -116,6 +120,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         self._max_dets = max_dets_per_image
         self._distributed = distributed
         self._dump = dump_results
+        self._processed_only = processed_images_only
         self._metadata = MetadataCatalog.get(dataset_name)
         if not hasattr(self._metadata, "json_file"):
             raise LTDetError(
@@ -152,6 +157,7 @@ class LTLVISEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._predictions: List[DetectionTable] = []
+        self._image_ids: List[int] = []
 
     def _dataset_ids(self, classes: np.ndarray) -> np.ndarray:
         if self._to_dataset_id is None:
@@ -162,6 +168,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         """Store each image's ``instances`` compactly (boxes XYWH float32 values, scores,
         dataset category ids, mask RLEs), as detectron2's ``instances_to_coco_json`` would."""
         for inp, out in zip(inputs, outputs):
+            self._image_ids.append(int(inp["image_id"]))
             if "instances" not in out:
                 continue
             inst = out["instances"].to(torch.device("cpu"))
@@ -187,12 +194,13 @@ class LTLVISEvaluator(DatasetEvaluator):
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
         if self._distributed and comm.get_world_size() > 1:
             comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
+            gathered = comm.gather((self._predictions, self._image_ids), dst=0)
             if not comm.is_main_process():
                 return OrderedDict()
-            predictions = list(itertools.chain(*gathered))
+            predictions = list(itertools.chain(*(p for p, _ in gathered)))
+            image_ids = list(itertools.chain(*(i for _, i in gathered)))
         else:
-            predictions = self._predictions
+            predictions, image_ids = self._predictions, self._image_ids
         if not predictions:
             logger.warning(f"[LTLVISEvaluator] no predictions for '{self._dataset_name}'.")
             return OrderedDict()
@@ -208,13 +216,17 @@ class LTLVISEvaluator(DatasetEvaluator):
                 frequency=self._class_stats.get("frequency"),
                 image_count=self._class_stats.get("image_count"),
             )
-        if sum(len(v) for v in self._gt.anns_by_cat.values()) == 0:
+        gt = self._gt
+        if self._processed_only and set(image_ids) != set(gt.img_ids.tolist()):
+            gt = gt.subset(image_ids)
+            logger.info(f"scoring the {len(gt.img_ids)} processed images only ({gt.source})")
+        if sum(len(v) for v in gt.anns_by_cat.values()) == 0:
             logger.info(f"'{self._metadata.json_file}' has no annotations; nothing to evaluate.")
             return OrderedDict()
         results = OrderedDict()
         for task in sorted(tasks):
             res = evaluate_lvis(
-                self._gt,
+                gt,
                 table,
                 iou_type=task,
                 backend=self._backend,
@@ -222,7 +234,7 @@ class LTLVISEvaluator(DatasetEvaluator):
                 max_dets_per_image=self._max_dets,
                 class_chunk=self._class_chunk,
             )
-            names = METRIC_NAMES + [f"AR@{self._max_dets if self._max_dets >= 0 else 300}"]
+            names = METRIC_NAMES + [recall_key(self._ap_fixed, self._max_dets)]
             results[task] = dict(res.metrics_percent(names))
             protocol = "AP-fixed" if self._ap_fixed else f"{self._max_dets} dets/image"
             logger.info(
@@ -235,13 +247,17 @@ class LTLVISEvaluator(DatasetEvaluator):
 
 
 def build_lvis_evaluator(
-    cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
+    cfg: CfgNode,
+    dataset_name: str,
+    output_dir: Optional[str] = None,
+    *,
+    processed_images_only: bool = False,
 ) -> LTLVISEvaluator:
     """An :class:`LTLVISEvaluator` configured by ``TEST.LVIS.*`` and ``TEST.DETECTIONS_PER_IMAGE``.
 
     Tasks are bbox (+ segm when ``MODEL.MASK_ON``). Per-class training frequencies come from
     ``DATASETS.TRAIN`` (their union) when every one is a registered lt_det dataset with the
-    evaluated dataset's classes.
+    evaluated dataset's classes. ``processed_images_only``: see :class:`LTLVISEvaluator`.
     """
     test_ids = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", None)
 
@@ -262,4 +278,5 @@ def build_lvis_evaluator(
         class_chunk=cfg.TEST.LVIS.CLASS_CHUNK,
         max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         train_dataset_name=train_name,
+        processed_images_only=processed_images_only,
     )

@@ -15,6 +15,9 @@ A prior is a (K,) float tensor in contiguous class order. Sources (``PRIOR.SOURC
 - ``metadata``: the sum over ``DATASETS.TRAIN`` of ``MetadataCatalog.get(n).class_image_count``
   (a list of ``{"id", "image_count"}`` in contiguous order) divided by the number of training
   images; an error when a training dataset has no such metadata.
+- ``checkpoint``: the prior buffer (``...cls_loss.class_prior``) saved in the ``MODEL.WEIGHTS``
+  checkpoint, as it was when that model was trained; nothing is counted (evaluation of a trained
+  model does not need the training set).
 
 For ``cat_info`` and ``metadata`` the number of training images is the sum of the train datasets'
 ``num_images`` metadata when every one has it, else the length of their dataset dicts.
@@ -25,6 +28,7 @@ clamps them); fractions never exceed 1.
 """
 import json
 import logging
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -38,11 +42,13 @@ __all__ = [
     "class_prior_from_cfg",
     "class_prior_from_counts",
     "PRIOR_SOURCES",
+    "checkpoint_class_prior",
+    "class_prior_from_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
 
-PRIOR_SOURCES = ("image_count", "instance_count", "cat_info", "metadata")
+PRIOR_SOURCES = ("image_count", "instance_count", "cat_info", "metadata", "checkpoint")
 
 
 def class_prior_from_counts(
@@ -180,6 +186,42 @@ def _cat_info_counts(
     return counts, source
 
 
+PRIOR_BUFFER_SUFFIX = "cls_loss.class_prior"
+
+
+def checkpoint_class_prior(path: str) -> Optional[torch.Tensor]:
+    """The (K,) prior buffer saved in a local ``.pth`` checkpoint, or None when the file is not
+    a local torch checkpoint or holds no prior (e.g. a model-zoo ``.pkl``, a softmax model).
+
+    The checkpoint is memory-mapped where torch can, so only the prior is read from disk.
+    """
+    if not path or "://" in path or not path.endswith(".pth") or not os.path.isfile(path):
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except (RuntimeError, ValueError):  # not a zip-format checkpoint: read it whole
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    state = data.get("model", data) if isinstance(data, dict) else {}
+    keys = sorted(k for k in state if k.endswith(PRIOR_BUFFER_SUFFIX))
+    return state[keys[0]].detach().clone().float() if keys else None
+
+
+def class_prior_from_checkpoint(path: str, num_classes: int) -> torch.Tensor:
+    """``PRIOR.SOURCE "checkpoint"``: the prior saved in ``path`` (``MODEL.WEIGHTS``).
+
+    Raises:
+        LTDetError: the file holds no prior, or one of another length than ``num_classes``.
+    """
+    prior = checkpoint_class_prior(path)
+    if prior is None:
+        raise LTDetError(
+            f'PRIOR.SOURCE is "checkpoint" but MODEL.WEIGHTS {path!r} is not a local .pth '
+            f"checkpoint holding a '*.{PRIOR_BUFFER_SUFFIX}' buffer; choose another PRIOR.SOURCE."
+        )
+    _check_length(len(prior), num_classes, f"the checkpoint '{path}'")
+    return prior
+
+
 def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
     """The (K,) class prior selected by ``MODEL.ROI_BOX_HEAD.PRIOR`` (see the module docstring).
 
@@ -198,6 +240,8 @@ def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
         raise LTDetError(
             f"Unknown MODEL.ROI_BOX_HEAD.PRIOR.SOURCE {source!r}; choices: {list(PRIOR_SOURCES)}."
         )
+    if source == "checkpoint":
+        return class_prior_from_checkpoint(cfg.MODEL.WEIGHTS, num_classes)
     if not train:
         raise LTDetError(f"PRIOR.SOURCE={source!r} needs DATASETS.TRAIN, which is empty.")
     names = _thing_classes(train[0])

@@ -1,0 +1,168 @@
+"""Logs that hold what happened: lt_det's logger into OUTPUT_DIR/log.txt, plain text off a terminal,
+and a bounded class table for large vocabularies.
+
+detectron2's ``default_setup`` sets up the "detectron2" and "fvcore" loggers only; lt_det's own
+messages (the evaluator's tables, the sampler in use, prior warnings) go to the "lt_det" logger,
+which :func:`setup_lt_logging` sends to the same ``log.txt`` (detectron2's ``setup_logger``).
+"""
+import logging
+import re
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
+
+__all__ = [
+    "setup_lt_logging",
+    "PlainFormatter",
+    "StripColour",
+    "strip_colour_from_setup_logs",
+    "BoundedClassHistogram",
+    "log_class_summary",
+    "MAX_CLASS_TABLE",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Above this many classes detectron2's per-class instance table (one row per 3 classes) is
+#: replaced by :func:`log_class_summary` (per-group totals and the extremes).
+MAX_CLASS_TABLE = 100
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HISTOGRAM = re.compile(r"Distribution of instances among all (\d+) categories")
+
+
+class PlainFormatter(logging.Formatter):
+    """detectron2's plain log line, with any ANSI colour codes removed from the message."""
+
+    def __init__(self):
+        super().__init__("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI.sub("", super().format(record))
+
+
+class StripColour(logging.Filter):
+    """Remove ANSI colour codes from a record's message (detectron2's ``default_setup`` colours
+    the config it logs with pygments, whatever the handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "\x1b[" in record.msg:
+            record.msg = _ANSI.sub("", record.msg)
+        return True
+
+
+def strip_colour_from_setup_logs() -> None:
+    """Attach :class:`StripColour` to the "detectron2" and "fvcore" loggers (their own records,
+    e.g. the config dump of ``default_setup``); call before ``default_setup``."""
+    for name in ("detectron2", "fvcore"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, StripColour) for f in log.filters):
+            log.addFilter(StripColour())
+
+
+class BoundedClassHistogram(logging.Filter):
+    """Drop detectron2's per-class instance table when the dataset has more than ``max_classes``
+    classes (LVIS: ~400 table rows per dataset); :func:`log_class_summary` logs a bounded one."""
+
+    def __init__(self, max_classes: int = MAX_CLASS_TABLE):
+        super().__init__()
+        self.max_classes = max_classes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = _HISTOGRAM.match(str(record.msg))
+        return not (m and int(m.group(1)) > self.max_classes)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
+def setup_lt_logging(output_dir: Optional[str], *, rank: Optional[int] = None) -> logging.Logger:
+    """Send the "lt_det" logger to the console (main process) and ``output_dir/log.txt``.
+
+    Call after detectron2's ``default_setup`` (or alone in a tool). Also, for the "detectron2",
+    "fvcore" and "lt_det" loggers: file handlers and, when stdout is not a terminal, console
+    handlers write plain lines without ANSI colour codes; detectron2's per-class instance table
+    is bounded (:class:`BoundedClassHistogram`); records of the "detectron2" and "fvcore"
+    loggers themselves lose their colour codes (:class:`StripColour`). Calling it again with the
+    same arguments adds nothing.
+
+    Args:
+        output_dir: folder of ``log.txt`` (None / "" = console only).
+        rank: process rank (default: detectron2's ``comm.get_rank()``); ranks > 0 log to
+            ``log.txt.rank<r>`` only, as detectron2 does.
+
+    Returns:
+        the "lt_det" logger.
+    """
+    rank = comm.get_rank() if rank is None else rank
+    strip_colour_from_setup_logs()
+    colour = _is_terminal(sys.stdout)
+    lt_logger = setup_logger(output_dir or None, distributed_rank=rank, name="lt_det", color=colour)
+    for name in ("detectron2", "fvcore", "lt_det"):
+        for h in logging.getLogger(name).handlers:
+            console = isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+            if isinstance(h, logging.StreamHandler) and (not console or not colour):
+                if not isinstance(h.formatter, PlainFormatter):
+                    h.setFormatter(PlainFormatter())
+    build_logger = logging.getLogger("detectron2.data.build")
+    if not any(isinstance(f, BoundedClassHistogram) for f in build_logger.filters):
+        build_logger.addFilter(BoundedClassHistogram())
+    return lt_logger
+
+
+def log_class_summary(
+    dataset_dicts: Sequence[Dict],
+    class_names: Sequence[str],
+    groups: Optional[Sequence[str]] = None,
+    *,
+    extremes: int = 5,
+    max_classes: int = MAX_CLASS_TABLE,
+) -> Optional[str]:
+    """Log a bounded summary of the training instances per class, when there are more than
+    ``max_classes`` classes (below that detectron2's own table is kept).
+
+    The table has one row per frequency group (classes, classes without instances, instances)
+    and the ``extremes`` most and least frequent classes; at most ``5 + 2 * extremes`` rows.
+
+    Args:
+        dataset_dicts: detectron2 dataset dicts (contiguous ``category_id``; crowd excluded).
+        class_names: K names.
+        groups: K "r"/"c"/"f" (None: no per-group rows).
+
+    Returns:
+        the logged text, or None when nothing was logged.
+    """
+    k = len(class_names)
+    if k <= max_classes:
+        return None
+    counts: List[int] = [0] * k
+    for d in dataset_dicts:
+        for a in d.get("annotations", ()):
+            if not a.get("iscrowd", 0):
+                counts[a["category_id"]] += 1
+    rows = []
+    for g, label in (("f", "frequent"), ("c", "common"), ("r", "rare")):
+        idx = [i for i in range(k) if groups is not None and groups[i] == g]
+        if idx:
+            n0 = sum(1 for i in idx if counts[i] == 0)
+            rows.append([f"{label} classes", len(idx), n0, sum(counts[i] for i in idx)])
+    rows.append(["all classes", k, sum(1 for c in counts if c == 0), sum(counts)])
+    order = sorted(range(k), key=lambda i: (-counts[i], i))
+    most = ", ".join(f"{class_names[i]} {counts[i]}" for i in order[:extremes])
+    least = ", ".join(f"{class_names[i]} {counts[i]}" for i in order[::-1][:extremes])
+    table = tabulate(
+        rows, headers=["", "classes", "without instances", "instances"], tablefmt="pipe"
+    )
+    text = (
+        f"Instances among {k} categories (per-class table omitted above {max_classes} "
+        f"classes):\n{table}\nmost: {most}\nleast: {least}"
+    )
+    logger.info(text)
+    return text
