@@ -119,6 +119,25 @@ for _spec in (
                label="NorCal (post-hoc)", default=False),
     MethodSpec("logit_adjustment", "synthetic/logit_adjustment.yaml", stage=2, eval_only=True,
                label="logit adjustment (post-hoc)", default=False),
+    # End-to-end long-tail training (docs/e2e.md): stage-1 rows from the same initialisation,
+    # measured on demand.
+    MethodSpec("e2e_whitening", "synthetic/e2e_whitening.yaml",
+               label="end-to-end: whitening + LDAM-DRW + GRBS/BET (stage 1)", default=False),
+    MethodSpec("e2e_no_whitening", "synthetic/e2e_no_whitening.yaml",
+               label="end-to-end without whitening: LDAM-DRW + GRBS/BET (stage 1)", default=False),
+    MethodSpec("whitening", "synthetic/whitening.yaml",
+               label="Channel Whitening, softmax CE (stage 1)", default=False),
+    MethodSpec("ldam_drw", "synthetic/ldam_drw.yaml", label="LDAM-DRW (stage 1)", default=False),
+    MethodSpec("logit_adjusted", "synthetic/logit_adjusted.yaml",
+               label="logit-adjusted softmax, tau 1 (stage 1)", default=False),
+    MethodSpec("class_balanced_softmax", "synthetic/class_balanced_softmax.yaml",
+               label="class-balanced softmax, beta 0.999 (stage 1)", default=False),
+    MethodSpec("class_balanced_focal", "synthetic/class_balanced_focal.yaml",
+               label="class-balanced focal, beta 0.999 (stage 1)", default=False),
+    MethodSpec("grbs", "synthetic/grbs.yaml", label="GRBS + BET sampling (stage 1)",
+               default=False),
+    MethodSpec("progressive", "synthetic/progressive.yaml",
+               label="progressively-balanced sampling (stage 1)", default=False),
 ):
     register_method(_spec)
 

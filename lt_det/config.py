@@ -185,6 +185,64 @@ def add_lt_config(cfg: CN) -> CN:
     # (strides 2, 4, 8, 16, 32; channels 16, 24, 32, 96, 320).
     _C.MODEL.MNV2.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
+    # ---------------------------------------------------------------- end-to-end long-tail training
+    # (docs/e2e.md) Channel Whitening, margin / logit-adjusted / class-balanced losses and the
+    # group-balanced (GRBS + BET) and progressively-balanced samplers.
+    # MODEL.ROI_BOX_HEAD.CLS_LOSS also takes "ldam" | "logit_adjusted" | "class_balanced_softmax"
+    # | "class_balanced_sigmoid" | "class_balanced_focal".
+    # LDAM (Cao et al. 2019): margin C / n_j^(1/4) on the true-class logit of foreground ROIs.
+    _C.MODEL.ROI_BOX_HEAD.LDAM = CN()
+    # Margin of the rarest class (sets C); >= 0. 0 with SCALE 1 = plain softmax CE.
+    _C.MODEL.ROI_BOX_HEAD.LDAM.MAX_MARGIN = 0.5
+    # s > 0: the loss is CE(s * (z - margin)); scores are softmax(s * z).
+    _C.MODEL.ROI_BOX_HEAD.LDAM.SCALE = 1.0
+    # Deferred re-weighting: from this iteration on, ROIs are weighted by the class-balanced
+    # weight of their label (effective number, DRW_BETA). -1 = never (LDAM alone).
+    _C.MODEL.ROI_BOX_HEAD.LDAM.DRW_START = -1
+    # beta of the DRW weights, in [0, 1).
+    _C.MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA = 0.9999
+    # Logit-adjusted softmax (Menon et al. 2021): CE(z + TAU * shift), shift = Balanced Softmax's
+    # (its background choice: BALANCED_SOFTMAX_BG).
+    _C.MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED = CN()
+    # TAU >= 0; 1 = Balanced Softmax, 0 = plain CE.
+    _C.MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.TAU = 1.0
+    # Post-hoc correction of the "logit_adjusted" loss's scores: softmax(z - POSTHOC_TAU * shift).
+    # >= 0; 0 = none (plain softmax scores).
+    _C.MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.POSTHOC_TAU = 0.0
+    # Class-balanced losses (Cui et al. 2019): ROI weight (1 - BETA) / (1 - BETA ** n_y).
+    _C.MODEL.ROI_BOX_HEAD.CLASS_BALANCED = CN()
+    # BETA in [0, 1); 0 = unweighted, -> 1 = inverse image count.
+    _C.MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA = 0.999
+    # gamma >= 0 of "class_balanced_focal" (0 = the sigmoid form).
+    _C.MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA = 2.0
+    # Channel Whitening (Whitening-Net): ZCA whitening of the box head's output features before
+    # cls_score (not before bbox_pred), in float32, statistics from all sampled training ROIs.
+    _C.MODEL.ROI_BOX_HEAD.WHITENING = CN()
+    # Choices: False (off) | True.
+    _C.MODEL.ROI_BOX_HEAD.WHITENING.ENABLED = False
+    # Channels per whitening group (must divide the feature size); 0 = one group (all channels).
+    _C.MODEL.ROI_BOX_HEAD.WHITENING.GROUP_SIZE = 0
+    # Covariance regulariser: Sigma + EPS * (trace(Sigma) / d + 1e-5) * I; > 0. Keeps rank-
+    # deficient batches (fewer ROIs than channels, duplicate ROIs) finite.
+    _C.MODEL.ROI_BOX_HEAD.WHITENING.EPS = 1e-3
+    # Running mean / whitening matrix used at inference: r <- (1 - MOMENTUM) r + MOMENTUM batch.
+    _C.MODEL.ROI_BOX_HEAD.WHITENING.MOMENTUM = 0.1
+    # DATALOADER.SAMPLER_TRAIN also takes "GroupBalancedSampler" (GRBS + BET) and
+    # "ProgressiveBalancedSampler".
+    # GroupBalancedSampler: classes sorted by training image count split into NUM_GROUPS groups
+    # (as equal in class count as possible); each batch is composed group by group.
+    _C.DATALOADER.GRBS = CN()
+    # Number of frequency groups, >= 1.
+    _C.DATALOADER.GRBS.NUM_GROUPS = 4
+    # Balance strength s in [0, 1]: group g is drawn with probability ∝ M_g ** (1 - s), M_g = sum
+    # of the group's image counts. 0 = instance-proportional, 1 = every group equally often.
+    _C.DATALOADER.GRBS.BALANCE = 1.0
+    # BET (batch embedded training): fraction f in [0, 1] of every batch drawn group-balanced;
+    # the rest is drawn uniformly over all images (instance-balanced). 1 = pure GRBS.
+    _C.DATALOADER.GRBS.BET_FRACTION = 0.5
+    # ProgressiveBalancedSampler (Kang et al. 2020): at iteration t each image is drawn
+    # class-balanced with probability t / (SOLVER.MAX_ITER - 1), else uniformly; no key.
+
     # ---------------------------------------------------------------- evaluation
     _C.TEST.LVIS = CN()
     # Evaluation backend. Choices: "fast" (faster-coco-eval, LVIS mode) | "lvis" (official lvis-api).

@@ -333,6 +333,73 @@ def toy_background_comparison(
         print(f"{label:<30}" + "".join(f"{m:>13.4f}" for m in means))
 
 
+def time_step(fn: Callable[[], None], device: str) -> float:
+    """Seconds one call of ``fn`` takes (thread CPU time on CPU, wall time on CUDA)."""
+    clock = time.thread_time if device == "cpu" else time.perf_counter
+    _sync(device)
+    t0 = clock()
+    fn()
+    _sync(device)
+    return clock() - t0
+
+
+def bench_whitening(
+    *,
+    rois: int,
+    features: int,
+    classes: int,
+    group_sizes,
+    repeats: int,
+    warmup: int,
+    agnostic_box: bool = False,
+) -> None:
+    """Forward + backward of the box predictor (cls_score + bbox_pred + softmax CE on (rois,
+    features) box features) without and with Channel Whitening before cls_score.
+
+    The box head's FC layers are left out (and with ``agnostic_box`` bbox_pred has 4 outputs
+    instead of 4 K), so the ratio is an upper bound on the cost whitening adds to the box head.
+    """
+    from lt_det.modeling.whitening import ChannelWhitening
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.relu(torch.randn(rois, features, generator=g))
+    gt = torch.randint(0, classes + 1, (rois,), generator=g)
+    cls_score = torch.nn.Linear(features, classes + 1)
+    bbox_pred = torch.nn.Linear(features, 4 if agnostic_box else 4 * classes)
+    variants = {"plain head": None}
+    for gs in group_sizes:
+        label = f"whitening, {'1 group' if gs == 0 else f'groups of {gs}'}"
+        variants[label] = ChannelWhitening(features, group_size=gs)
+
+    def step(w) -> Callable[[], None]:
+        def fn() -> None:
+            x = x0.clone().requires_grad_(True)
+            cls_in = x if w is None else w(x)
+            loss = torch.nn.functional.cross_entropy(cls_score(cls_in), gt)
+            loss = loss + bbox_pred(x).square().mean()
+            loss.backward()
+
+        return fn
+
+    times: Dict[str, List[float]] = {n: [] for n in variants}
+    for i in range(warmup + repeats):
+        for n, w in variants.items():  # round-robin: load hits every variant alike
+            t = time_step(step(w), "cpu")
+            if i >= warmup:
+                times[n].append(t)
+    ref = statistics.median(times["plain head"])
+    print(
+        f"box predictor forward+backward, {rois} ROIs x {features} features, {classes + 1} "
+        f"classes (bbox_pred {bbox_pred.out_features}), {torch.get_num_threads()} thread(s), "
+        f"median of "
+        f"{repeats}, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'variant':<28}{'median ms':>10}{'min ms':>10}{'ratio':>8}")
+    for n in variants:
+        med = statistics.median(times[n])
+        print(f"{n:<28}{med * 1e3:>10.1f}{min(times[n]) * 1e3:>10.1f}{med / ref:>8.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["512x1203", "8192x1203", "8192x80"],
@@ -350,10 +417,24 @@ def main() -> None:
     ap.add_argument("--output", default="", help="also write the report as json here")
     ap.add_argument("--toy-bg", action="store_true", help="run the background-treatment toy")
     ap.add_argument("--allocator", choices=list(ALLOCATOR_ENV), help=argparse.SUPPRESS)
+    ap.add_argument("--whitening", action="store_true",
+                    help="time Channel Whitening in the box predictor instead of the losses")
+    ap.add_argument("--features", type=int, default=1024, help="box feature size (--whitening)")
+    ap.add_argument("--group-sizes", type=int, nargs="+", default=[0, 64],
+                    help="whitening group sizes to time (0 = one group) (--whitening)")
+    ap.add_argument("--agnostic-box", action="store_true",
+                    help="class-agnostic bbox_pred (4 outputs): a cheaper reference (--whitening)")
+    ap.add_argument("--rois", type=int, default=8192, help="ROIs (--whitening)")
+    ap.add_argument("--classes", type=int, default=1203, help="K (--whitening)")
     args = ap.parse_args()
     if args.toy_bg:
         torch.set_num_threads(args.threads)
         toy_background_comparison()
+        return
+    if args.whitening:
+        bench_whitening(rois=args.rois, features=args.features, classes=args.classes,
+                        group_sizes=args.group_sizes, repeats=args.repeats, warmup=args.warmup,
+                        agnostic_box=args.agnostic_box)
         return
     if args.allocator:  # child process: one allocator
         child(args)

@@ -289,6 +289,64 @@ def check_config_values(cfg: CfgNode) -> None:
             node = node[part]
         if node not in valid:
             raise LTDetError(f"{key} is {node!r}, which is not one of the valid values {valid}.")
+    check_e2e_ranges(cfg)
+
+
+def check_e2e_ranges(cfg: CfgNode) -> None:
+    """Range checks of the end-to-end keys (docs/e2e.md), before anything is built or written.
+
+    Raises:
+        LTDetError: naming the key, its value and the valid range.
+    """
+    head, grbs = cfg.MODEL.ROI_BOX_HEAD, cfg.DATALOADER.GRBS
+    checks = [
+        ("MODEL.ROI_BOX_HEAD.LDAM.MAX_MARGIN", head.LDAM.MAX_MARGIN, ">= 0", lambda v: v >= 0),
+        ("MODEL.ROI_BOX_HEAD.LDAM.SCALE", head.LDAM.SCALE, "> 0", lambda v: v > 0),
+        ("MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA", head.LDAM.DRW_BETA, "in [0, 1)", lambda v: 0 <= v < 1),
+        (
+            "MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.TAU",
+            head.LOGIT_ADJUSTED.TAU,
+            ">= 0",
+            lambda v: v >= 0,
+        ),
+        (
+            "MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.POSTHOC_TAU",
+            head.LOGIT_ADJUSTED.POSTHOC_TAU,
+            ">= 0",
+            lambda v: v >= 0,
+        ),
+        (
+            "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA",
+            head.CLASS_BALANCED.BETA,
+            "in [0, 1)",
+            lambda v: 0 <= v < 1,
+        ),
+        (
+            "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA",
+            head.CLASS_BALANCED.FOCAL_GAMMA,
+            ">= 0",
+            lambda v: v >= 0,
+        ),
+        (
+            "MODEL.ROI_BOX_HEAD.WHITENING.GROUP_SIZE",
+            head.WHITENING.GROUP_SIZE,
+            ">= 0",
+            lambda v: v >= 0,
+        ),
+        ("MODEL.ROI_BOX_HEAD.WHITENING.EPS", head.WHITENING.EPS, "> 0", lambda v: v > 0),
+        (
+            "MODEL.ROI_BOX_HEAD.WHITENING.MOMENTUM",
+            head.WHITENING.MOMENTUM,
+            "in (0, 1]",
+            lambda v: 0 < v <= 1,
+        ),
+        ("DATALOADER.GRBS.NUM_GROUPS", grbs.NUM_GROUPS, ">= 1", lambda v: v >= 1),
+        ("DATALOADER.GRBS.BALANCE", grbs.BALANCE, "in [0, 1]", lambda v: 0 <= v <= 1),
+        ("DATALOADER.GRBS.BET_FRACTION", grbs.BET_FRACTION, "in [0, 1]", lambda v: 0 <= v <= 1),
+    ]
+    for key, value, valid, ok in checks:
+        if not ok(value):
+            raise LTDetError(f"{key} is {value!r}; it must be {valid}.")
 
 
 # Files that mark OUTPUT_DIR as holding a (finished or interrupted) training run.

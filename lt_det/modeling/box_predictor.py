@@ -12,9 +12,11 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from torch import nn
 
+from ..errors import LTDetError
 from .calibration import PosthocCalibration, calibration_from_cfg
 from .losses import build_cls_loss, build_cls_loss_from_cfg
 from .normed_linear import NormedLinear
+from .whitening import ChannelWhitening
 
 try:  # present in detectron2 0.6 and later; logging only
     from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
@@ -51,6 +53,7 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         cls_score: str = "linear",
         normed_linear_temperature: float = 20.0,
         calibration: Optional[PosthocCalibration] = None,
+        whitening: Optional[nn.Module] = None,
         **kwargs,
     ):
         """
@@ -67,6 +70,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             normed_linear_temperature: temperature of "normed_linear".
             calibration: post-hoc calibration applied to the logits in :meth:`predict_probs`
                 only (inference), e.g. from :func:`lt_det.modeling.calibration_from_cfg`.
+            whitening: optional module applied to the (R, D) features before ``cls_score``
+                only (e.g. :class:`~lt_det.modeling.whitening.ChannelWhitening`); box
+                regression reads the features as they come.
             kwargs: every argument of detectron2's :class:`FastRCNNOutputLayers`
                 (``box2box_transform``, ``num_classes``, ``test_score_thresh``, ...).
         """
@@ -107,6 +113,21 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             nn.init.constant_(self.cls_score.bias, 0.0)
         self.cls_loss.init_cls_bias_(self.cls_score.bias)
         self.calibration = calibration
+        self.whitening = whitening
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: (R, D) per-ROI features (or (R, C, H, W), flattened).
+
+        Returns:
+            (scores (R, K + 1), proposal_deltas (R, 4 or 4K)): scores from the (whitened, when
+            ``whitening`` is set) features, deltas from the features as given.
+        """
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        cls_in = x if self.whitening is None else self.whitening(x)
+        return self.cls_score(cls_in), self.bbox_pred(x)
 
     @classmethod
     def from_config(
@@ -135,6 +156,18 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret["cls_score"] = head.CLS_SCORE
         ret["normed_linear_temperature"] = head.NORMED_LINEAR_TEMPERATURE
         ret["calibration"] = calibration_from_cfg(cfg)
+        w = head.WHITENING
+        if w.ENABLED and cfg.DATALOADER.SAMPLER_TRAIN == "MetaSampler":
+            # The Meta Sampler's learner re-evaluates cls_score on the raw box features.
+            raise LTDetError(
+                "MODEL.ROI_BOX_HEAD.WHITENING.ENABLED cannot be combined with DATALOADER."
+                "SAMPLER_TRAIN MetaSampler (its learner scores unwhitened features); turn one off."
+            )
+        if w.ENABLED:
+            features = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+            ret["whitening"] = ChannelWhitening(
+                features, group_size=w.GROUP_SIZE, eps=w.EPS, momentum=w.MOMENTUM
+            )
         return ret
 
     def losses(

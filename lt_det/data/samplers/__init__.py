@@ -2,12 +2,16 @@
 
 ``build_train_sampler(cfg, dataset_dicts)`` builds detectron2's "TrainingSampler" and
 "RepeatFactorTrainingSampler" (with detectron2's own repeat factors) and lt_det's
-"ClassBalancedSampler", "ClassPowerSampler" and "MetaSampler". The Meta Sampler's rates are learned
-in the training loop by :class:`lt_det.decouple.balms.MetaSamplerLearner`.
+"ClassBalancedSampler", "ClassPowerSampler", "MetaSampler", "GroupBalancedSampler" (GRBS + BET)
+and "ProgressiveBalancedSampler". The Meta Sampler's rates are learned in the training loop by
+:class:`lt_det.decouple.balms.MetaSamplerLearner`.
 """
+from .batch_stream import BatchStreamSampler
 from .class_index import ClassImageIndex, as_class_image_index
 from .class_power import ClassDrawSampler, ClassPowerSampler, class_power_probs
+from .group_balanced import GroupBalancedSampler, frequency_groups, group_probabilities
 from .meta_sampler import INIT_POWERS, MetaSampler
+from .progressive import ProgressiveBalancedSampler
 from .registry import (
     LT_SAMPLER_REGISTRY,
     build_train_sampler,
@@ -29,4 +33,9 @@ __all__ = [
     "class_power_probs",
     "INIT_POWERS",
     "MetaSampler",
+    "BatchStreamSampler",
+    "GroupBalancedSampler",
+    "ProgressiveBalancedSampler",
+    "frequency_groups",
+    "group_probabilities",
 ]

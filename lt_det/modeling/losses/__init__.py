@@ -3,9 +3,20 @@ from .balanced_sigmoid import BalancedSigmoidLoss, balanced_sigmoid_loss
 from .balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss, balanced_softmax_shift
 from .bags import BAGSLoss, bags_groups, bags_loss, bags_probs
 from .base import ClsLoss
+from .class_balanced import (
+    ClassBalancedFocalLoss,
+    ClassBalancedSigmoidLoss,
+    ClassBalancedSoftmaxLoss,
+    class_balanced_focal_loss,
+    class_balanced_sigmoid_loss,
+    class_balanced_softmax_loss,
+    effective_number_weights,
+)
 from .eql import EQLLoss, eql_loss
 from .eqlv2 import EQLv2Loss, eqlv2_loss, eqlv2_weights
 from .federated import FederatedLoss, federated_class_mask, federated_loss
+from .ldam import LDAMLoss, ldam_loss, ldam_margins
+from .logit_adjusted import LogitAdjustedLoss, logit_adjusted_loss
 from .registry import (
     LT_CLS_LOSS_REGISTRY,
     build_cls_loss,
