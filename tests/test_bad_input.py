@@ -28,7 +28,7 @@ K = 3
 
 # ------------------------------------------------------------------ hand-made data and runners
 def make_data(tmp_path, *, images=2, missing_files=(), garbage_files=()):
-    """``images`` 48 x 48 images, categories 1..3 (each image: one box of class 1 and 2)."""
+    """``images`` 48 x 48 images, categories 1..3 (each image: a box + polygon of class 1, 2)."""
     root = tmp_path / "images"
     root.mkdir(exist_ok=True)
     recs, anns = [], []
@@ -42,9 +42,10 @@ def make_data(tmp_path, *, images=2, missing_files=(), garbage_files=()):
             Image.fromarray(img).save(root / name)
         recs.append({"id": i, "file_name": name, "height": 48, "width": 48})
         anns += [
-            {"id": 2 * i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400},
+            {"id": 2 * i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400,
+             "segmentation": [[5, 5, 25, 5, 25, 25, 5, 25]]},
             {"id": 2 * i + 1, "image_id": i, "category_id": 2, "bbox": [28, 26, 15, 18],
-             "area": 270},
+             "area": 270, "segmentation": [[28, 26, 43, 26, 43, 44, 28, 44]]},
         ]
     cats = [{"id": c, "name": f"class{c}"} for c in (1, 2, 3)]
     return {"images": recs, "annotations": anns, "categories": cats}, str(root)
