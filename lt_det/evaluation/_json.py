@@ -1,5 +1,8 @@
 """JSON reading for the evaluators: orjson when it is installed (several times faster on result
-files of millions of detections), the standard library's json otherwise; same values either way."""
+files of millions of detections), the standard library's json otherwise; same values either way.
+
+Python's json writes non-finite floats as the tokens NaN / Infinity, which orjson refuses; such a file
+is parsed again with the standard library so that the result validator can name the bad value."""
 import json
 from typing import Any
 
@@ -25,6 +28,10 @@ def load_json(path: str) -> Any:
     """
     if orjson is not None:
         with open(path, "rb") as f:
-            return orjson.loads(f.read())
+            data = f.read()
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)  # NaN / Infinity tokens, or a real error json reports
     with open(path) as f:
         return json.load(f)
