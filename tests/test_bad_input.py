@@ -63,7 +63,7 @@ def data_opts(json_file, image_root, num_classes=K, name="bad_train"):
             "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
 
 
-def cli(tmp_path, *argv, flags=(), timeout=300):
+def cli(tmp_path, *argv, flags=(), timeout=1800):
     """Run tools/train_net.py with ``KEY VALUE`` overrides ``argv``; return (status, out, err)."""
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG,
            *flags, *TINY_OPTS, *argv]

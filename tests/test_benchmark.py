@@ -41,7 +41,7 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     assert header[2:9] == ["mask AP", "APr", "APc", "APf", "AP-fixed", "box AP", "APr"]
     # a finished benchmark is never silently overwritten
     again = subprocess.run(cmd + ["--out", "bench"], capture_output=True, text=True,
-                           cwd=tmp_path, env=env, timeout=300)
+                           cwd=tmp_path, env=env, timeout=1800)
     assert again.returncode == 2 and "already holds a benchmark" in again.stderr
     # another benchmark on the same data and settings reuses the stage-1 run from the cache
     other = tmp_path / "bench2"
