@@ -33,6 +33,7 @@ def test_benchmark_end_to_end_tiny(tmp_path):
         for task in ("segm", "bbox", "segm-fixed", "bbox-fixed"):
             for key in ("AP", "APr", "APc"):
                 assert math.isfinite(row[task][key]), (name, task, key)
+        assert math.isfinite(row["bbox-fixed"]["APpool"]), name  # box AP-pool beside AP-fixed
         assert row["wall_s"] > 0 and row["cached"] is False
         assert row["stage1"] == ("rfs" if METHODS[name].stage == 2 else None)
     table = (out / "results.md").read_text()
@@ -70,6 +71,13 @@ def test_format_table_columns():
                      "-", "3 (cached)"]
     box_only = [{k: v for k, v in rows[0].items() if not k.startswith("segm")}]
     assert "mask AP" not in format_table(box_only)
+    # AP-pool (bbox) follows the box AP-fixed column when the runs have it
+    pooled = [dict(rows[0], **{"bbox-fixed": {"AP": 21.0, "APpool": 17.5}})]
+    lines = format_table(pooled).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header[-3:] == ["AP-fixed", "AP-pool", "wall (s)"]
+    assert cells[-3:] == ["21.0", "17.5", "3 (cached)"]
 
 
 def test_seeds_are_checked_before_anything_runs(tmp_path):
@@ -140,6 +148,15 @@ def test_summarize_runs_means_and_margins(tmp_path):
 
     text = summarize_runs([run(1, (40, 10), (50, 20), (55, 30)), run(2, (42, 12), (52, 22),
                                                                         (53, 23))])
+    # AP-fixed and AP-pool columns: mean (min-max) of what the runs hold
+    one = json.loads((tmp_path / "s1" / "results.json").read_text())
+    for i, m in enumerate(one["methods"]):
+        m["bbox-fixed"] = {"AP": 30.0 + i, "APpool": 20.0 + i}
+    (tmp_path / "s1" / "results.json").write_text(json.dumps(one))
+    pooled = summarize_runs([str(tmp_path / "s1")])
+    assert "| AP | APr | APc | APf | AP-fixed | AP-pool |" in pooled
+    assert "| crt | 55.0 (55.0-55.0) | 30.0 (30.0-30.0) | - | - | 32.0 (32.0-32.0) | " \
+           "22.0 (22.0-22.0) |" in pooled
     assert "| crt | 54.0 (53.0-55.0) | 26.5 (23.0-30.0) | - | - |" in text
     assert "seeds 1, 2; box AP" in text
     assert "seed 1: best stage 2 by APr = crt (55.0 AP / 30.0 APr): vs softmax CE +20.0 APr " \

@@ -20,6 +20,7 @@ from lt_det.modeling.calibration import PosthocCalibration, calibrate_logits
 from lt_det.modeling.losses import (
     bags_groups,
     bags_loss,
+    bags_per_roi,
     bags_probs,
     build_cls_loss,
     eql_loss,
@@ -275,6 +276,26 @@ def test_bags_others_weights_and_scores():
     sm_a = F.softmax(z[:, [K + 2, 0, 2]], dim=1)
     torch.testing.assert_close(probs[:, 2], p_fg * sm_a[:, 2])
     torch.testing.assert_close(probs[:, K], 1 - p_fg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bags_fused_path_matches_plain_ops_when_a_group_would_underflow(dtype):
+    # Rows 0-2: group B's logits sit 200 below the row maximum, so exp(z - max_row) underflows
+    # there and the fused loss must fall back to each group's own maximum; rows 3-5 do not.
+    groups = [[0, 2], [1, 3, 4]]
+    z, _, _ = _inputs(r=6, extra=3, dtype=dtype)
+    z[:3, [1, 3, 4, K + 3]] -= 200.0
+    y = torch.tensor([1, 5, 0, 3, 5, 2])
+    a = z.clone().requires_grad_()
+    b = z.clone().requires_grad_()
+    fused = bags_loss(a, y, groups, others_ratio=2.0)
+    plain = bags_per_roi(b, y, groups, others_ratio=2.0).mean()
+    assert torch.isfinite(fused)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=0, atol=1e-12)
+    torch.testing.assert_close(fused, plain, **tol)
+    fused.backward()
+    plain.backward()
+    torch.testing.assert_close(a.grad, b.grad, **tol)
 
 
 # ---------------------------------------------------------------- the loss contract

@@ -178,4 +178,4 @@ def test_tool_help_names_outputs_and_defaults(tool, tmp_path):
     if tool == "train_net.py":
         assert "MODEL.DEVICE cpu" in out and "inference/" in out
     if tool == "lt_benchmark.py":
-        assert "(default 500)" in out and "(default rfs)" in out
+        assert "(default 400)" in out and "(default rfs)" in out

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                    help=f"methods to run, of: {' '.join(sorted(METHODS))} (default: "
                    + " ".join(n for n, m in METHODS.items() if m.default) + ")")
     p.add_argument("--all-methods", action="store_true", help="every registered method")
-    p.add_argument("--iters", type=int, default=500,
+    p.add_argument("--iters", type=int, default=400,
                    help="stage-1 iterations (default %(default)s)")
     p.add_argument("--stage2-iters", type=int, default=200,
                    help="stage-2 iterations (default %(default)s)")

@@ -1,7 +1,7 @@
 """Box-classification losses. Importing this package registers every loss."""
 from .balanced_sigmoid import BalancedSigmoidLoss, balanced_sigmoid_loss
 from .balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss, balanced_softmax_shift
-from .bags import BAGSLoss, bags_groups, bags_loss, bags_probs
+from .bags import BAGSLoss, bags_groups, bags_loss, bags_per_roi, bags_probs
 from .base import ClsLoss
 from .class_balanced import (
     ClassBalancedFocalLoss,

@@ -98,37 +98,84 @@ def _group_inputs(
     return order, sizes, targets, factors
 
 
+def _column_groups(groups: List[List[int]], num_classes: int, device) -> torch.Tensor:
+    """(C,) group index of every logit column: 0 for background and "foreground", g for the
+    "others" column and the classes of foreground group g (1-based)."""
+    k = num_classes
+    col_group = torch.zeros(k + 2 + len(groups), dtype=torch.long)
+    for gi, classes in enumerate(groups):
+        col_group[classes] = gi + 1
+        col_group[k + 2 + gi] = gi + 1
+    return col_group.to(device)
+
+
+def _target_columns(gt_classes: torch.Tensor, groups: List[List[int]], num_classes: int):
+    """(R, 1 + G) logit column of each ROI's target in every group (group 0 first)."""
+    k = num_classes
+    device = gt_classes.device
+    lookup = torch.empty(k + 1, 1 + len(groups), dtype=torch.long, device=device)
+    lookup[:, 0] = k + 1
+    lookup[k, 0] = k
+    for gi, classes in enumerate(groups):
+        lookup[:, gi + 1] = k + 2 + gi  # "others"
+        ids = torch.tensor(classes, dtype=torch.long, device=device)
+        lookup[ids, gi + 1] = ids
+    return lookup[gt_classes]
+
+
+# A group whose largest logit is this far below the row's largest would underflow exp().
+_SHARED_MAX_MIN_SUM = 1e-30
+
+
 class _GroupSoftmaxCE(torch.autograd.Function):
-    """Per-ROI ``sum_g f_ig * CE_g(i)`` over column groups, with one gathered (R, C) buffer that
-    holds the group log-softmaxes and becomes the gradient (differentiable once)."""
+    """Per-ROI ``sum_g f_ig * CE_g(i)``: one ``exp(z - max_row z)`` buffer for all groups, group
+    sums by one (R, C) x (C, 1 + G) product, and the buffer becomes the gradient in place
+    (differentiable once). Rows in which some group would underflow are recomputed with the
+    group's own maximum (:func:`_group_log_softmax_rows`)."""
 
     @staticmethod
-    def forward(ctx, logits, order, sizes, targets, factors):
-        buf = logits.index_select(1, order)
-        per_roi = logits.new_zeros(logits.shape[0])
-        for z_g, t, f in zip(buf.split(sizes, 1), targets, factors):
-            z_g.copy_(torch.log_softmax(z_g, dim=1))
-            per_roi -= f * z_g.gather(1, t.view(-1, 1)).squeeze(1)
-        ctx.save_for_backward(order, *targets, *factors)
-        ctx.sizes, ctx.shape, ctx.buffer = sizes, logits.shape, buf
+    def forward(ctx, logits, col_group, onehot, target_cols, factors):
+        m = logits.amax(dim=1, keepdim=True)
+        e = torch.sub(logits, m).exp_()
+        sums = e @ onehot  # (R, 1 + G)
+        lse = sums.log() + m
+        low = (sums < _SHARED_MAX_MIN_SUM).any(dim=1)
+        if bool(low.any()):  # rare: exact group-wise values for the rows at risk
+            rows = low.nonzero().squeeze(1)
+            sub = logits.index_select(0, rows)
+            glse, gexp = _group_lse_and_exp(sub, col_group, onehot.shape[1])
+            lse.index_copy_(0, rows, glse)
+            e.index_copy_(0, rows, gexp)
+            sums.index_copy_(0, rows, torch.ones_like(glse))
+        per_roi = (factors * (lse - logits.gather(1, target_cols))).sum(dim=1)
+        ctx.save_for_backward(col_group, target_cols, factors, sums)
+        ctx.buffer = e
         return per_roi
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        order, *rest = ctx.saved_tensors
-        n = len(ctx.sizes)
-        targets, factors = rest[:n], rest[n:]
+        col_group, target_cols, factors, sums = ctx.saved_tensors
         if ctx.buffer is None:
             raise RuntimeError("bags_loss: the graph was already backpropagated once.")
-        buf, ctx.buffer = ctx.buffer.exp_(), None
-        for z_g, t, f in zip(buf.split(ctx.sizes, 1), targets, factors):
-            idx = t.view(-1, 1)
-            z_g.scatter_(1, idx, z_g.gather(1, idx) - 1.0)
-            z_g.mul_((f * grad_out).view(-1, 1))
-        grad = buf.new_empty(ctx.shape)
-        grad.index_copy_(1, order, buf)
-        return grad, None, None, None, None
+        e, ctx.buffer = ctx.buffer, None
+        w = factors * grad_out.view(-1, 1)  # (R, 1 + G)
+        e.mul_((w / sums).index_select(1, col_group))
+        e.scatter_add_(1, target_cols, -w)
+        return e, None, None, None, None
+
+
+def _group_lse_and_exp(logits: torch.Tensor, col_group: torch.Tensor, n_groups: int):
+    """(R, 1 + G) per-group logsumexp and (R, C) ``exp(z - lse_group)`` (softmax within each
+    group), each group with its own maximum."""
+    lse = logits.new_empty(logits.shape[0], n_groups)
+    probs = torch.empty_like(logits)
+    for g in range(n_groups):
+        cols = (col_group == g).nonzero().squeeze(1)
+        z = logits.index_select(1, cols)
+        lse[:, g] = torch.logsumexp(z, dim=1)
+        probs.index_copy_(1, cols, (z - lse[:, g : g + 1]).exp())
+    return lse, probs
 
 
 def bags_per_roi(
@@ -172,9 +219,15 @@ def bags_loss(
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    order, sizes, targets, factors = _group_inputs(logits, gt_classes, groups, others_ratio)
+    k = logits.shape[1] - 2 - len(groups)
+    _, _, _, factors = _group_inputs(logits, gt_classes, groups, others_ratio)
+    col_group = _column_groups(groups, k, logits.device)
+    onehot = F.one_hot(col_group, 1 + len(groups)).to(dtype)
+    target_cols = _target_columns(gt_classes, groups, k)
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        per_roi = _GroupSoftmaxCE.apply(logits.to(dtype), order, sizes, targets, factors)
+        per_roi = _GroupSoftmaxCE.apply(
+            logits.to(dtype), col_group, onehot, target_cols, torch.stack(factors, dim=1)
+        )
     return reduce_per_roi(per_roi, reduction)
 
 
