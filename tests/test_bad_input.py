@@ -184,6 +184,26 @@ def test_num_classes_not_matching_the_dataset(tmp_path):
     assert "'bad_train' has 3 classes" in msg and "Set MODEL.ROI_HEADS.NUM_CLASSES 3" in msg
 
 
+def test_mask_rcnn_on_annotations_without_segmentation(tmp_path):
+    data, root = make_data(tmp_path)
+    for ann in data["annotations"][1:3]:
+        del ann["segmentation"]
+    js = write_json(tmp_path, data)
+    msg = main_error(tmp_path, *data_opts(js, root), "MODEL.MASK_ON", "True")
+    assert "MODEL.MASK_ON is True" in msg and "DATASETS.TRAIN dataset 'bad_train'" in msg
+    assert js in msg and "2 annotation(s) without 'segmentation' (e.g. id 3)" in msg
+    assert "MODEL.MASK_ON False" in msg
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+    # boxes only: the same data passes the check
+    from detectron2.config import CfgNode
+
+    from lt_det.engine.defaults import check_mask_annotations
+
+    cfg = CfgNode({"MODEL": {"MASK_ON": False},
+                   "DATASETS": {"TRAIN": ("bad_train",), "TEST": ()}})
+    check_mask_annotations(cfg)
+
+
 def test_annotation_category_id_beyond_the_categories(tmp_path):
     data, root = make_data(tmp_path)
     data["annotations"][0]["category_id"] = 1204

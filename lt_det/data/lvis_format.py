@@ -156,6 +156,8 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
     data = read_lvis_json(json_file)
     ids, stats, groups = class_stats_from_lvis_json(data)
     names = {c["id"]: c.get("name", str(c["id"])) for c in data["categories"]}
+    # Mask R-CNN needs a mask for every object it trains on or scores (checked in setup_cfg).
+    no_segm = [a["id"] for a in data["annotations"] if "segmentation" not in a]
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -167,6 +169,7 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         thing_classes=[names[i] for i in ids],
         thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(ids)},
         class_frequency=groups,
+        annotations_without_segmentation=(len(no_segm), no_segm[0] if no_segm else None),
         **class_stats_to_metadata(ids, stats),
     )
 

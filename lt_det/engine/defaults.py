@@ -93,6 +93,7 @@ def setup_cfg(args) -> CfgNode:
     register_datasets_from_cfg(cfg)
     check_datasets(cfg)
     check_num_classes(cfg)
+    check_mask_annotations(cfg, eval_only=args.eval_only)
     check_run_folder = functools.partial(
         check_output_dir,
         cfg.OUTPUT_DIR,
@@ -374,6 +375,31 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool = False) 
             "changed. Continue it with --resume, choose another OUTPUT_DIR, or pass "
             "--overwrite-output to start a new run there (its checkpoints will be replaced)."
         )
+
+
+def check_mask_annotations(cfg: CfgNode, *, eval_only: bool = False) -> None:
+    """With ``MODEL.MASK_ON``, every annotation of the datasets the run trains on (unless
+    ``eval_only``) and scores must carry a ``segmentation`` (LVIS_FORMAT datasets; detectron2's
+    builtin LVIS / COCO data always does).
+
+    Raises:
+        LTDetError: naming the key, the dataset, its json, how many annotations lack a mask (one
+            id) and the two ways out.
+    """
+    if not cfg.MODEL.MASK_ON:
+        return
+    keys = ("DATASETS.TEST",) if eval_only else ("DATASETS.TRAIN", "DATASETS.TEST")
+    for key in keys:
+        for name in cfg.DATASETS[key.split(".")[1]]:
+            meta = MetadataCatalog.get(name)
+            missing, example = meta.get("annotations_without_segmentation", (0, None))
+            if missing:
+                raise LTDetError(
+                    f"MODEL.MASK_ON is True but {key} dataset '{name}' ('{meta.json_file}') has "
+                    f"{missing} annotation(s) without 'segmentation' (e.g. id {example}). Set "
+                    "MODEL.MASK_ON False to train and evaluate boxes only, or give every "
+                    "annotation a polygon 'segmentation'."
+                )
 
 
 def check_num_classes(cfg: CfgNode) -> None:
