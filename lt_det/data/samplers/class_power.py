@@ -77,8 +77,6 @@ class ClassDrawSampler(Sampler):
             chunk_size: draws generated at a time (of the common stream, all ranks together).
         """
         self._index: ClassImageIndex = as_class_image_index(class_images, num_classes=num_classes)
-        self._indptr = self._index.indptr
-        self._image_ids = self._index.image_ids
         self._counts = self._index.image_counts
         self._seed, self._rank, self._world_size = stream_shard(seed, rank, world_size)
         if chunk_size <= 0:
@@ -117,11 +115,7 @@ class ClassDrawSampler(Sampler):
         if not probs.sum() > 0:
             raise LTDetError("all class sampling rates are zero for the classes with images.")
         classes = torch.multinomial(probs, n, replacement=True, generator=generator)
-        counts = self._counts[classes]
-        # Uniform image among the n_c images of the class; clamp guards u * n rounding up to n.
-        offsets = (torch.rand(n, generator=generator, dtype=torch.float64) * counts).long()
-        offsets = torch.minimum(offsets, counts - 1)
-        return self._image_ids[self._indptr[classes] + offsets]
+        return self._index.draw_images(classes, generator)
 
     def stream_state(self) -> Optional[Dict]:
         """The chunk in progress: its first position in the common stream, the generator state

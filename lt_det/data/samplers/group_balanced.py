@@ -35,7 +35,7 @@ from torch.utils.data import Sampler
 
 from ...errors import LTDetError
 from .batch_stream import BatchStreamSampler
-from .class_index import ClassImagesLike, as_class_image_index
+from .class_index import ClassImagesLike, as_class_image_index, uniform_offsets
 from .registry import register_sampler
 
 __all__ = ["GroupBalancedSampler", "frequency_groups", "group_probabilities"]
@@ -132,10 +132,9 @@ class GroupBalancedSampler(BatchStreamSampler):
                 self._group_ptr[groups],
                 self._group_ptr[groups + 1] - self._group_ptr[groups],
             )
-            offsets = (torch.rand(n, generator=generator, dtype=torch.float64) * size).long()
             batch = torch.cat(
                 [
-                    self._pairs[start + torch.minimum(offsets, size - 1)],
+                    self._pairs[start + uniform_offsets(size, generator)],
                     torch.randint(self._num_images, (b - n,), generator=generator),
                 ]
             )

@@ -58,9 +58,7 @@ class ProgressiveBalancedSampler(BatchStreamSampler):
             raise LTDetError(f"SOLVER.MAX_ITER must be >= 1, got {max_iter}.")
         self.max_iter = int(max_iter)
         self._index = as_class_image_index(class_images, num_classes=num_classes)
-        counts = self._index.image_counts
-        self._present = torch.nonzero(counts > 0).flatten()
-        self._counts = counts
+        self._present = torch.nonzero(self._index.image_counts > 0).flatten()
 
     def alpha(self, iteration: int) -> float:
         """Probability that an image of global batch ``iteration`` is drawn class-balanced."""
@@ -80,11 +78,7 @@ class ProgressiveBalancedSampler(BatchStreamSampler):
         draw_alpha = alpha.repeat_interleave(b)  # the alpha of each draw's batch
         balanced = torch.rand(n, generator=generator, dtype=torch.float64) < draw_alpha
         classes = self._present[torch.randint(self._present.numel(), (n,), generator=generator)]
-        size = self._counts[classes]
-        offsets = torch.minimum(
-            (torch.rand(n, generator=generator, dtype=torch.float64) * size).long(), size - 1
-        )
-        cb = self._index.image_ids[self._index.indptr[classes] + offsets]
+        cb = self._index.draw_images(classes, generator)
         ib = torch.randint(self._index.num_images, (n,), generator=generator)
         return torch.where(balanced, cb, ib)
 
