@@ -430,6 +430,33 @@ def test_tau_sweep_and_norm_plot_tools(tiny_data, tmp_path):
     assert all(abs(v - 1.0) < 1e-5 for v in means["tau1"].values() if v == v)
 
 
+
+def test_sweep_table_marks_the_first_best_row_per_group(tmp_path):
+    from lt_det.decouple import write_sweep_table
+
+    def row(method, value, ap):
+        return {"method": method, "value": value, "AP": ap, "APr": 1.0, "APc": 2.0, "APf": 3.0}
+
+    rows = [row("a", 0.0, 5.0), row("a", 0.5, 7.0), row("a", 1.0, 7.0), row("b", 0.0, math.nan)]
+    markdown, best = write_sweep_table(
+        rows, str(tmp_path), "s", ["method", "value"], best_per="method"
+    )
+    assert best == [rows[1], rows[3]]  # ties: the earlier row; a NaN-only group keeps its row
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in markdown.splitlines()]
+    assert cells[0] == ["method", "value", "AP", "APr", "APc", "APf"]
+    assert [c[:3] for c in cells[2:]] == [
+        ["a", "0", "5.00"], ["a", "0.5 **best**", "7.00"], ["a", "1", "7.00"],
+        ["b", "0 **best**", "nan"],
+    ]
+    assert (tmp_path / "s.md").read_text() == markdown + "\n"
+    csv_lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert csv_lines[0] == "method,value,AP,APr,APc,APf"
+    assert csv_lines[2] == "a,0.5,7.0,1.0,2.0,3.0"
+    taus = [{"tau": r["value"], **{m: r[m] for m in ("AP", "APr", "APc", "APf")}} for r in rows]
+    _, (single,) = write_sweep_table(taus[:3], str(tmp_path), "t", ["tau"])
+    assert single is taus[1]
+
+
 def test_cascade_stage2_step_updates_only_named_classifiers():
     names = [f"roi_heads.box_predictor.{i}.cls_score" for i in range(3)]
     cfg = tiny_cfg("crt", **{"MODEL.DECOUPLE.TRAINABLE": names, "MODEL.DECOUPLE.REINIT": names})

@@ -23,16 +23,50 @@ both ranks (the meta-gradients are all-reduced). Its first chunk of 256 draws is
 initial rates, so for these 4 iterations (16 images) both runs still see the same images.
 """
 import json
-import os
 
 import pytest
 import torch
-from conftest import tiny_data_opts
 
 from lt_det.engine import launch
 from test_resume import CONFIG, load_train_net, tiny_opts
 
 ITERS, BATCH = 4, 4
+
+
+def train_one_and_two_processes(worker, tiny_lvis, tmp_path, *method_opts):
+    """Stage 1 for one iteration, then ``ITERS`` stage-2 (cRT) iterations of batch ``BATCH``
+    with ``method_opts`` and the overrides that make 1 and 2 processes see the same ROIs (see
+    the module docstring), run in 1 and in 2 gloo processes. ``worker(argv, out_json)`` trains
+    with that argv and writes ``f"{out_json}.rank{rank}"`` as json with a ``world`` entry.
+
+    Returns the records (1 process, 2 processes rank 0, 2 processes rank 1).
+    """
+    train_net = load_train_net()
+    stage1 = tmp_path / "stage1"
+    train_net.main(train_net.argument_parser().parse_args(
+        ["--config-file", CONFIG, *tiny_opts(tiny_lvis, stage1, "SOLVER.MAX_ITER", "1")]
+    ))
+
+    def argv(out):
+        return ["--config-file", CONFIG, *tiny_opts(
+            tiny_lvis, out, "SOLVER.MAX_ITER", str(ITERS), "SOLVER.IMS_PER_BATCH", str(BATCH),
+            "MODEL.WEIGHTS", str(stage1 / "model_final.pth"), "MODEL.DECOUPLE.METHOD", "crt",
+            *method_opts,
+            "DATALOADER.ASPECT_RATIO_GROUPING", "False", "INPUT.RANDOM_FLIP", "none",
+            "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "False", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+            "MODEL.ROI_HEADS.POSITIVE_FRACTION", "1.0", "SOLVER.BASE_LR", "0.5",
+        )]
+
+    one = str(tmp_path / "one.json")
+    launch(worker, 1, args=(argv(tmp_path / "one"), one))
+    two = str(tmp_path / "two.json")
+    launch(worker, 2, args=(argv(tmp_path / "two"), two), dist_url="auto")
+
+    ref = json.load(open(one + ".rank0"))
+    r0, r1 = (json.load(open(f"{two}.rank{r}")) for r in (0, 1))
+    assert (ref["world"], r0["world"], r1["world"]) == (1, 2, 2)
+    return ref, r0, r1
 
 
 def _train(argv, out_json):
@@ -59,32 +93,10 @@ def _train(argv, out_json):
 
 
 def test_two_gloo_processes_match_one(tiny_lvis, tmp_path):
-    train_net = load_train_net()
-    stage1 = tmp_path / "stage1"
-    args = train_net.argument_parser().parse_args(
-        ["--config-file", CONFIG, *tiny_opts(tiny_lvis, stage1, "SOLVER.MAX_ITER", "1")]
+    ref, r0, r1 = train_one_and_two_processes(
+        _train, tiny_lvis, tmp_path,
+        "DATALOADER.SAMPLER_TRAIN", "MetaSampler", "DATALOADER.META_SAMPLER.LR", "0.5",
     )
-    train_net.main(args)
-
-    def argv(out):
-        return ["--config-file", CONFIG, *tiny_opts(
-            tiny_lvis, out, "SOLVER.MAX_ITER", str(ITERS), "SOLVER.IMS_PER_BATCH", str(BATCH),
-            "MODEL.WEIGHTS", str(stage1 / "model_final.pth"), "MODEL.DECOUPLE.METHOD", "crt",
-            "DATALOADER.SAMPLER_TRAIN", "MetaSampler", "DATALOADER.META_SAMPLER.LR", "0.5",
-            "DATALOADER.ASPECT_RATIO_GROUPING", "False", "INPUT.RANDOM_FLIP", "none",
-            "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "False", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-            "MODEL.ROI_HEADS.POSITIVE_FRACTION", "1.0", "SOLVER.BASE_LR", "0.5",
-        )]
-
-    one = str(tmp_path / "one.json")
-    launch(_train, 1, args=(argv(tmp_path / "one"), one))
-    two = str(tmp_path / "two.json")
-    launch(_train, 2, args=(argv(tmp_path / "two"), two), dist_url="auto")
-
-    ref = json.load(open(one + ".rank0"))
-    r0, r1 = (json.load(open(f"{two}.rank{r}")) for r in (0, 1))
-    assert (ref["world"], r0["world"], r1["world"]) == (1, 2, 2)
     for key, values in ref["losses"].items():
         assert len(values) == ITERS
         rel = max(abs(a - b) / abs(b) for a, b in zip(r0["losses"][key], values))

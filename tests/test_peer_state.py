@@ -13,9 +13,8 @@ import json
 import pytest
 import torch
 
-from lt_det.engine import launch
+from test_distributed import ITERS, train_one_and_two_processes
 from test_resume import (
-    CONFIG,
     MAX_ITER,
     PERIOD,
     check_resumed_equals_uninterrupted,
@@ -23,7 +22,6 @@ from test_resume import (
     tiny_opts,
 )
 
-ITERS, BATCH = 4, 4
 PREFIX = "roi_heads.box_predictor.cls_loss."
 
 
@@ -63,31 +61,10 @@ def _train(argv, out_json):
 
 
 def test_seesaw_counts_two_gloo_processes_match_one(tiny_lvis, tmp_path):
-    train_net = load_train_net()
-    stage1 = tmp_path / "stage1"
-    train_net.main(train_net.argument_parser().parse_args(
-        ["--config-file", CONFIG, *tiny_opts(tiny_lvis, stage1, "SOLVER.MAX_ITER", "1")]
-    ))
-
-    def argv(out):
-        return ["--config-file", CONFIG, *tiny_opts(
-            tiny_lvis, out, "SOLVER.MAX_ITER", str(ITERS), "SOLVER.IMS_PER_BATCH", str(BATCH),
-            "MODEL.WEIGHTS", str(stage1 / "model_final.pth"), "MODEL.DECOUPLE.METHOD", "crt",
-            "MODEL.ROI_BOX_HEAD.CLS_LOSS", "seesaw", "DATALOADER.SAMPLER_TRAIN", "TrainingSampler",
-            "DATALOADER.ASPECT_RATIO_GROUPING", "False", "INPUT.RANDOM_FLIP", "none",
-            "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "False", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-            "MODEL.ROI_HEADS.POSITIVE_FRACTION", "1.0", "SOLVER.BASE_LR", "0.5",
-        )]
-
-    one = str(tmp_path / "one.json")
-    launch(_train, 1, args=(argv(tmp_path / "one"), one))
-    two = str(tmp_path / "two.json")
-    launch(_train, 2, args=(argv(tmp_path / "two"), two), dist_url="auto")
-
-    ref = json.load(open(one + ".rank0"))
-    r0, r1 = (json.load(open(f"{two}.rank{r}")) for r in (0, 1))
-    assert (ref["world"], r0["world"], r1["world"]) == (1, 2, 2)
+    ref, r0, r1 = train_one_and_two_processes(
+        _train, tiny_lvis, tmp_path,
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS", "seesaw", "DATALOADER.SAMPLER_TRAIN", "TrainingSampler",
+    )
     assert sum(ref["counts"]) > 0, "no foreground ROI was counted"
     assert r0["counts"] == r1["counts"] == ref["counts"]
     values = ref["losses"]["loss_cls"]

@@ -17,10 +17,8 @@ the best value by AP (ties: the smaller value). Put the winner in the config
 sweep is refused unless ``--force``.
 """
 import argparse
-import csv
 import os
 import sys
-import time
 import warnings
 from typing import Dict, List
 
@@ -29,16 +27,18 @@ warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
-import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import build_detection_test_loader  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
-from tabulate import tabulate  # noqa: E402
 
 import lt_det.modeling  # noqa: E402,F401  registration
 from lt_det.data import register_datasets_from_cfg  # noqa: E402
-from lt_det.decouple import find_box_predictors, frozen_box_batch  # noqa: E402
+from lt_det.decouple import (  # noqa: E402
+    find_box_predictors,
+    sweep_box_predictor,
+    sweep_metrics,
+    write_sweep_table,
+)
 from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
 from lt_det.engine.log_setup import setup_lt_logging  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
@@ -49,7 +49,6 @@ from lt_det.modeling.calibration import (  # noqa: E402
     calibration_log_ref,
 )
 
-METRICS = ("AP", "APr", "APc", "APf")
 OUT_FILES = ("calibration_sweep.csv", "calibration_sweep.md")
 
 
@@ -100,70 +99,39 @@ def sweep(cfg, args) -> List[Dict[str, float]]:
     if len(predictors) != 1:
         raise LTDetError("tools/calibration_sweep.py supports standard (not cascade) ROI heads.")
     predictor = next(iter(predictors.values()))
-    points = {}
+    calibrations, evaluators = {}, {}
     for method in args.methods:
         log_ref = calibration_log_ref(cfg, method)
         for v in args.values:
-            cal = PosthocCalibration(method=method, log_ref=log_ref, strength=v)
+            calibrations[(method, v)] = PosthocCalibration(
+                method=method, log_ref=log_ref, strength=v
+            )
             ev = build_lvis_evaluator(cfg, dataset, os.path.join(args.out, f"{method}_{v:g}"))
             ev.reset()
-            points[(method, v)] = (cal, ev)
-    loader = build_detection_test_loader(cfg, dataset)
-    n, t_frozen, t_heads = 0, 0.0, 0.0
-    with torch.no_grad():
-        for inputs in loader:
-            if args.max_images and n >= args.max_images:
-                break
-            n += len(inputs)
-            t0 = time.perf_counter()
-            batch = frozen_box_batch(model, inputs, sample=False)
-            t1 = time.perf_counter()
-            predictions = predictor(batch.box_features)
-            for cal, ev in points.values():
-                predictor.calibration = cal
-                results, _ = predictor.inference(predictions, batch.proposals)
-                outputs = [
-                    {"instances": detector_postprocess(r, x.get("height", s[0]),
-                                                       x.get("width", s[1]))}
-                    for r, x, s in zip(results, inputs, batch.images.image_sizes)
-                ]
-                ev.process(inputs, outputs)
-            t_frozen += t1 - t0
-            t_heads += time.perf_counter() - t1
+            evaluators[(method, v)] = ev
+    n, t_frozen, t_heads = sweep_box_predictor(
+        model,
+        predictor,
+        build_detection_test_loader(cfg, dataset),
+        evaluators,
+        lambda point: setattr(predictor, "calibration", calibrations[point]),
+        forward_per_point=False,  # the calibration changes the scores only
+        max_images=args.max_images,
+    )
     predictor.calibration = None
     print(f"{n} images: frozen detector {t_frozen:.1f}s once, inference {t_heads:.1f}s for "
-          f"{len(points)} settings")
-    rows = []
-    for (method, v), (_, ev) in points.items():
-        res = ev.evaluate().get("bbox", {})
-        rows.append({"method": method, "value": v,
-                     **{m: float(res.get(m, float("nan"))) for m in METRICS}})
-    return rows
+          f"{len(evaluators)} settings")
+    metrics = sweep_metrics(evaluators)
+    return [{"method": method, "value": v, **m} for (method, v), m in metrics.items()]
 
 
 def write_outputs(rows: List[Dict], out: str) -> Dict[str, Dict]:
     """Write csv / md; return the best row per method by AP (ties: the smaller value)."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, OUT_FILES[0]), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "value", *METRICS])
-        w.writeheader()
-        w.writerows(rows)
-    best = {}
-    for r in rows:
-        b = best.get(r["method"])
-        if b is None or r["AP"] > b["AP"]:
-            best[r["method"]] = r
-    table = [
-        [r["method"], f"{r['value']:g}" + (" **best**" if best[r["method"]] is r else "")]
-        + [f"{r[m]:.2f}" for m in METRICS]
-        for r in rows
-    ]
-    markdown = tabulate(table, ["method", "value", *METRICS], tablefmt="github",
-                        disable_numparse=True)
-    with open(os.path.join(out, OUT_FILES[1]), "w") as f:
-        f.write(markdown + "\n")
+    markdown, best = write_sweep_table(
+        rows, out, "calibration_sweep", ["method", "value"], best_per="method"
+    )
     print(markdown)
-    return best
+    return {r["method"]: r for r in best}
 
 
 def main(argv=None) -> int:

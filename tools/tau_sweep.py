@@ -19,11 +19,9 @@ Writes OUT/tau_sweep.csv, OUT/tau_sweep.md, OUT/tau_sweep.png, OUT/log.txt and O
 (per-class AP and the detections of each tau); prints the table and the best tau by AP.
 """
 import argparse
-import csv
 import logging
 import os
 import sys
-import time
 import warnings
 from typing import Dict, List
 
@@ -32,20 +30,20 @@ warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
-import torch  # noqa: E402
 from detectron2.data import build_detection_test_loader  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
-from tabulate import tabulate  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import lt_det.modeling  # noqa: E402,F401  registration
 from lt_det.data import register_datasets_from_cfg  # noqa: E402
 from lt_det.decouple import (  # noqa: E402
+    SWEEP_METRICS,
     TauNormLinear,
     apply_decoupling,
     find_box_predictors,
-    frozen_box_batch,
+    sweep_box_predictor,
+    sweep_metrics,
+    write_sweep_table,
 )
 from lt_det.decouple.classifiers import TAU_BIAS_MODES  # noqa: E402
 from lt_det.engine.checkpoint import LTCheckpointer  # noqa: E402
@@ -54,7 +52,6 @@ from lt_det.engine.log_setup import setup_lt_logging  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 from lt_det.evaluation import build_lvis_evaluator  # noqa: E402
 
-METRICS = ("AP", "APr", "APc", "APf")
 logger = logging.getLogger("lt_det.tau_sweep")
 
 
@@ -114,64 +111,33 @@ def sweep(cfg, args) -> List[Dict[str, float]]:
         evaluators[tau] = ev
     loader = build_detection_test_loader(cfg, dataset)
     total = min(len(loader.dataset), args.max_images) if args.max_images else len(loader.dataset)
-    t_frozen = t_heads = 0.0
-    n = 0
     bar = tqdm(
         total=total,
         desc=f"tau sweep ({len(evaluators)} taus)",
         unit="img",
         mininterval=0.5 if sys.stderr.isatty() else 10,
     )
-    with torch.no_grad(), bar:
-        for inputs in loader:
-            if args.max_images and n >= args.max_images:
-                break
-            n += len(inputs)
-            bar.update(len(inputs))
-            t0 = time.perf_counter()
-            batch = frozen_box_batch(model, inputs, sample=False)
-            t1 = time.perf_counter()
-            for tau, ev in evaluators.items():
-                layer.tau = tau
-                predictions = predictor(batch.box_features)
-                results, _ = predictor.inference(predictions, batch.proposals)
-                outputs = [
-                    {
-                        "instances": detector_postprocess(
-                            r, x.get("height", s[0]), x.get("width", s[1])
-                        )
-                    }
-                    for r, x, s in zip(results, inputs, batch.images.image_sizes)
-                ]
-                ev.process(inputs, outputs)
-            t_frozen += t1 - t0
-            t_heads += time.perf_counter() - t1
+    with bar:
+        n, t_frozen, t_heads = sweep_box_predictor(
+            model,
+            predictor,
+            loader,
+            evaluators,
+            lambda tau: setattr(layer, "tau", tau),
+            forward_per_point=True,  # tau changes the classifier's weights
+            max_images=args.max_images,
+            on_batch=bar.update,
+        )
     logger.info(
         f"{n} images: frozen detector {t_frozen:.1f}s once, predictor + inference "
         f"{t_heads:.1f}s for {len(evaluators)} taus"
     )
-    rows = []
-    for tau, ev in evaluators.items():
-        res = ev.evaluate().get("bbox", {})
-        rows.append({"tau": tau, **{m: float(res.get(m, float("nan"))) for m in METRICS}})
-    return rows
+    return [{"tau": tau, **m} for tau, m in sweep_metrics(evaluators).items()]
 
 
 def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
     """Write csv / md / png; return the best row by AP."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "tau_sweep.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["tau", *METRICS])
-        w.writeheader()
-        w.writerows(rows)
-    best = max(rows, key=lambda r: r["AP"])
-    table = [
-        [f"{r['tau']:g}" + (" **best**" if r is best else ""), *(f"{r[m]:.2f}" for m in METRICS)]
-        for r in rows
-    ]
-    markdown = tabulate(table, ["tau", *METRICS], tablefmt="github", disable_numparse=True)
-    with open(os.path.join(out, "tau_sweep.md"), "w") as f:
-        f.write(markdown + "\n")
+    markdown, (best,) = write_sweep_table(rows, out, "tau_sweep", ["tau"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +145,7 @@ def write_outputs(rows: List[Dict[str, float]], out: str) -> Dict[str, float]:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     taus = [r["tau"] for r in rows]
-    for m, style in zip(METRICS, ["k-o", "r-s", "g-^", "b-v"]):
+    for m, style in zip(SWEEP_METRICS, ["k-o", "r-s", "g-^", "b-v"]):
         ax.plot(taus, [r[m] for r in rows], style, label=m, markersize=4)
     ax.axvline(best["tau"], color="gray", ls=":", lw=1)
     ax.set_xlabel("tau")

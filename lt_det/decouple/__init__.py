@@ -39,6 +39,7 @@ from .registry import (
 )
 from .balms import MetaSamplerLearner
 from .feature_bank import ClassBalancedFeatureBank
+from .sweep import SWEEP_METRICS, sweep_box_predictor, sweep_metrics, write_sweep_table
 from .trainer import (
     DecoupledStep,
     DecoupledTrainer,
@@ -77,4 +78,8 @@ __all__ = [
     "ClassBalancedFeatureBank",
     "check_decoupled_training",
     "stage1_load_guard",
+    "SWEEP_METRICS",
+    "sweep_box_predictor",
+    "sweep_metrics",
+    "write_sweep_table",
 ]

@@ -11,7 +11,7 @@ single-process stream. The stream is a function of the seed alone, so a resumed 
 detectron2 may regroup neighbouring images into batches; the composition is exact per global
 batch when all images have one orientation (or ``DATALOADER.ASPECT_RATIO_GROUPING False``).
 """
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 from detectron2.utils import comm
@@ -19,7 +19,25 @@ from torch.utils.data import Sampler
 
 from ...errors import LTDetError
 
-__all__ = ["BatchStreamSampler"]
+__all__ = ["BatchStreamSampler", "stream_shard"]
+
+
+def stream_shard(
+    seed: Optional[int], rank: Optional[int], world_size: Optional[int]
+) -> Tuple[int, int, int]:
+    """``(seed, rank, world_size)`` of a rank-sharded common stream, the None ones filled in
+    from ``detectron2.utils.comm`` (the seed by ``comm.shared_random_seed()``, the same on all
+    ranks).
+
+    Raises:
+        LTDetError: rank outside [0, world_size).
+    """
+    seed = int(comm.shared_random_seed() if seed is None else seed)
+    rank = comm.get_rank() if rank is None else int(rank)
+    world_size = comm.get_world_size() if world_size is None else int(world_size)
+    if not 0 <= rank < world_size:
+        raise LTDetError(f"rank {rank} outside [0, world_size={world_size}).")
+    return seed, rank, world_size
 
 
 class BatchStreamSampler(Sampler):
@@ -48,11 +66,7 @@ class BatchStreamSampler(Sampler):
         if batch_size <= 0:
             raise LTDetError(f"SOLVER.IMS_PER_BATCH must be positive, got {batch_size}.")
         self._batch_size = int(batch_size)
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank = comm.get_rank() if rank is None else int(rank)
-        self._world_size = comm.get_world_size() if world_size is None else int(world_size)
-        if not 0 <= self._rank < self._world_size:
-            raise LTDetError(f"rank {self._rank} outside [0, world_size={self._world_size}).")
+        self._seed, self._rank, self._world_size = stream_shard(seed, rank, world_size)
         self._batches_per_chunk = max(1, int(batches_per_chunk))
 
     @property

@@ -17,7 +17,14 @@ import torch
 from ...class_stats import counts_as_instance
 from ...errors import LTDetError
 
-__all__ = ["ClassImageIndex", "as_class_image_index"]
+__all__ = ["ClassImageIndex", "as_class_image_index", "uniform_offsets"]
+
+
+def uniform_offsets(sizes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(n,) int64 offsets, offset i uniform in ``[0, sizes[i])`` (every size > 0), from n float64
+    uniforms of ``generator``."""
+    offsets = (torch.rand(sizes.numel(), generator=generator, dtype=torch.float64) * sizes).long()
+    return torch.minimum(offsets, sizes - 1)  # guards u * size rounding up to size
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,12 @@ class ClassImageIndex:
     def images_of(self, class_id: int) -> torch.Tensor:
         """Dataset indices of the images containing ``class_id``."""
         return self.image_ids[self.indptr[class_id] : self.indptr[class_id + 1]]
+
+    def draw_images(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(n,) dataset indices: for each of the (n,) ``classes`` (all with images) one of its
+        images, uniformly (:func:`uniform_offsets`)."""
+        start = self.indptr[classes]
+        return self.image_ids[start + uniform_offsets(self.indptr[classes + 1] - start, generator)]
 
     @classmethod
     def from_dataset_dicts(

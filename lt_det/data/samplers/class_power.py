@@ -15,14 +15,14 @@ draws at positions r, r + W, r + 2W, ... (W = world size). Ranks therefore see d
 of one stream, and interleaving their outputs gives back the single-process stream. Draws are
 with replacement, so the same image can still appear on two ranks, as in any i.i.d. sampler.
 """
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.utils import comm
 from torch.utils.data import Sampler
 
 from ...errors import LTDetError
+from .batch_stream import stream_shard
 from .class_index import ClassImageIndex, ClassImagesLike, as_class_image_index
 from .registry import register_sampler
 
@@ -77,14 +77,8 @@ class ClassDrawSampler(Sampler):
             chunk_size: draws generated at a time (of the common stream, all ranks together).
         """
         self._index: ClassImageIndex = as_class_image_index(class_images, num_classes=num_classes)
-        self._indptr = self._index.indptr
-        self._image_ids = self._index.image_ids
         self._counts = self._index.image_counts
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank = comm.get_rank() if rank is None else int(rank)
-        self._world_size = comm.get_world_size() if world_size is None else int(world_size)
-        if not 0 <= self._rank < self._world_size:
-            raise LTDetError(f"rank {self._rank} outside [0, world_size={self._world_size}).")
+        self._seed, self._rank, self._world_size = stream_shard(seed, rank, world_size)
         if chunk_size <= 0:
             raise LTDetError(f"chunk_size must be positive, got {chunk_size}.")
         self._chunk_size = int(chunk_size)
@@ -121,11 +115,7 @@ class ClassDrawSampler(Sampler):
         if not probs.sum() > 0:
             raise LTDetError("all class sampling rates are zero for the classes with images.")
         classes = torch.multinomial(probs, n, replacement=True, generator=generator)
-        counts = self._counts[classes]
-        # Uniform image among the n_c images of the class; clamp guards u * n rounding up to n.
-        offsets = (torch.rand(n, generator=generator, dtype=torch.float64) * counts).long()
-        offsets = torch.minimum(offsets, counts - 1)
-        return self._image_ids[self._indptr[classes] + offsets]
+        return self._index.draw_images(classes, generator)
 
     def stream_state(self) -> Optional[Dict]:
         """The chunk in progress: its first position in the common stream, the generator state
@@ -176,32 +166,16 @@ class ClassPowerSampler(ClassDrawSampler):
     """Draw class c with probability ∝ n_c ** power, then uniformly an image containing c."""
 
     @configurable
-    def __init__(
-        self,
-        class_images: ClassImagesLike,
-        *,
-        power: float,
-        num_classes: Optional[int] = None,
-        seed: Optional[int] = None,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
-        chunk_size: int = 4096,
-    ):
+    def __init__(self, class_images: ClassImagesLike, *, power: float, **kwargs: Any):
         """
         Args:
             class_images: detectron2 dataset dicts (I,), K per-class image lists, or a
                 :class:`ClassImageIndex`.
             power: exponent of n_c; 0 = class-balanced, 0.5 = square-root sampling.
-            num_classes, seed, rank, world_size, chunk_size: see :class:`ClassDrawSampler`.
+            **kwargs: num_classes, seed, rank, world_size, chunk_size of
+                :class:`ClassDrawSampler`.
         """
-        super().__init__(
-            class_images,
-            num_classes=num_classes,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            chunk_size=chunk_size,
-        )
+        super().__init__(class_images, **kwargs)
         self._power = float(power)
         self._probs = class_power_probs(self._counts, self._power)
 

@@ -26,7 +26,7 @@ Global batch b:
 With G = 1 and s anything, or f = 0, batches are instance-driven; with G = K, s = 1 and f = 1 the
 sampler is class-balanced (per slot; each batch spreads its slots evenly over the classes).
 """
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from torch.utils.data import Sampler
 
 from ...errors import LTDetError
 from .batch_stream import BatchStreamSampler
-from .class_index import ClassImagesLike, as_class_image_index
+from .class_index import ClassImagesLike, as_class_image_index, uniform_offsets
 from .registry import register_sampler
 
 __all__ = ["GroupBalancedSampler", "frequency_groups", "group_probabilities"]
@@ -81,10 +81,7 @@ class GroupBalancedSampler(BatchStreamSampler):
         balance: float = 1.0,
         bet_fraction: float = 0.5,
         num_classes: Optional[int] = None,
-        seed: Optional[int] = None,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
-        batches_per_chunk: int = 256,
+        **kwargs: Any,
     ):
         """
         Args:
@@ -95,15 +92,9 @@ class GroupBalancedSampler(BatchStreamSampler):
             balance: s in [0, 1] (DATALOADER.GRBS.BALANCE).
             bet_fraction: f in [0, 1] (DATALOADER.GRBS.BET_FRACTION).
             num_classes: K; default the largest category id + 1.
-            seed, rank, world_size, batches_per_chunk: see :class:`BatchStreamSampler`.
+            **kwargs: seed, rank, world_size, batches_per_chunk of :class:`BatchStreamSampler`.
         """
-        super().__init__(
-            batch_size=batch_size,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            batches_per_chunk=batches_per_chunk,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         if not 0.0 <= bet_fraction <= 1.0:
             raise LTDetError(f"DATALOADER.GRBS.BET_FRACTION must be in [0, 1], got {bet_fraction}.")
         self._index = as_class_image_index(class_images, num_classes=num_classes)
@@ -141,10 +132,9 @@ class GroupBalancedSampler(BatchStreamSampler):
                 self._group_ptr[groups],
                 self._group_ptr[groups + 1] - self._group_ptr[groups],
             )
-            offsets = (torch.rand(n, generator=generator, dtype=torch.float64) * size).long()
             batch = torch.cat(
                 [
-                    self._pairs[start + torch.minimum(offsets, size - 1)],
+                    self._pairs[start + uniform_offsets(size, generator)],
                     torch.randint(self._num_images, (b - n,), generator=generator),
                 ]
             )

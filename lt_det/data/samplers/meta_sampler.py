@@ -10,7 +10,7 @@ sampler that detectron2 runs inside forked data-loader workers see every update.
 in the training loop by :class:`lt_det.decouple.balms.MetaSamplerLearner` (meta-gradient through
 one step of the classifier; see there), which writes them in place.
 """
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -40,11 +40,8 @@ class MetaSampler(ClassDrawSampler):
         class_images: ClassImagesLike,
         *,
         init: str = "sqrt",
-        num_classes: Optional[int] = None,
-        seed: Optional[int] = None,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
         chunk_size: int = 256,
+        **kwargs: Any,
     ):
         """
         Args:
@@ -52,18 +49,11 @@ class MetaSampler(ClassDrawSampler):
                 :class:`~.class_index.ClassImageIndex`.
             init: initial rates, one of ``INIT_POWERS`` ("class_balanced" | "sqrt" | "instance":
                 proportional to n_c ** 0, 0.5, 1).
-            num_classes: K; must equal the number of classes of the box classifier.
-            seed, rank, world_size: see :class:`~.class_power.ClassDrawSampler`.
             chunk_size: draws per read of the rates (small, so updates reach the loader quickly).
+            **kwargs: num_classes (K; must equal the number of classes of the box classifier),
+                seed, rank, world_size of :class:`~.class_power.ClassDrawSampler`.
         """
-        super().__init__(
-            class_images,
-            num_classes=num_classes,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            chunk_size=chunk_size,
-        )
+        super().__init__(class_images, chunk_size=chunk_size, **kwargs)
         if init not in INIT_POWERS:
             raise LTDetError(
                 f"Unknown DATALOADER.META_SAMPLER.INIT {init!r}. Valid: {sorted(INIT_POWERS)}."

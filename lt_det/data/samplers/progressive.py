@@ -17,7 +17,7 @@ So iteration 0 is exactly instance-balanced and iteration T - 1 exactly class-ba
 probability at iteration t is ``(1 - alpha_t) / I + alpha_t / K' * sum_{c in i} 1 / n_c``
 (K' classes with images). Past T (a longer run) alpha stays 1.
 """
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
@@ -41,10 +41,7 @@ class ProgressiveBalancedSampler(BatchStreamSampler):
         batch_size: int,
         max_iter: int,
         num_classes: Optional[int] = None,
-        seed: Optional[int] = None,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
-        batches_per_chunk: int = 256,
+        **kwargs: Any,
     ):
         """
         Args:
@@ -52,23 +49,16 @@ class ProgressiveBalancedSampler(BatchStreamSampler):
                 :class:`ClassImageIndex`.
             batch_size: B (SOLVER.IMS_PER_BATCH, all ranks).
             max_iter: T (SOLVER.MAX_ITER), >= 1.
-            num_classes, seed, rank, world_size, batches_per_chunk: see
+            num_classes: K; default the largest category id + 1.
+            **kwargs: seed, rank, world_size, batches_per_chunk of
                 :class:`~lt_det.data.samplers.batch_stream.BatchStreamSampler`.
         """
-        super().__init__(
-            batch_size=batch_size,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            batches_per_chunk=batches_per_chunk,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         if max_iter < 1:
             raise LTDetError(f"SOLVER.MAX_ITER must be >= 1, got {max_iter}.")
         self.max_iter = int(max_iter)
         self._index = as_class_image_index(class_images, num_classes=num_classes)
-        counts = self._index.image_counts
-        self._present = torch.nonzero(counts > 0).flatten()
-        self._counts = counts
+        self._present = torch.nonzero(self._index.image_counts > 0).flatten()
 
     def alpha(self, iteration: int) -> float:
         """Probability that an image of global batch ``iteration`` is drawn class-balanced."""
@@ -88,11 +78,7 @@ class ProgressiveBalancedSampler(BatchStreamSampler):
         draw_alpha = alpha.repeat_interleave(b)  # the alpha of each draw's batch
         balanced = torch.rand(n, generator=generator, dtype=torch.float64) < draw_alpha
         classes = self._present[torch.randint(self._present.numel(), (n,), generator=generator)]
-        size = self._counts[classes]
-        offsets = torch.minimum(
-            (torch.rand(n, generator=generator, dtype=torch.float64) * size).long(), size - 1
-        )
-        cb = self._index.image_ids[self._index.indptr[classes] + offsets]
+        cb = self._index.draw_images(classes, generator)
         ib = torch.randint(self._index.num_images, (n,), generator=generator)
         return torch.where(balanced, cb, ib)
 

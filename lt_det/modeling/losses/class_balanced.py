@@ -167,7 +167,9 @@ def class_balanced_sigmoid_loss(
 
 
 class _CountsMixin:
-    """Holds ``class_counts`` = prior x number of training images as a buffer."""
+    """Holds ``class_counts`` = prior x number of training images as a buffer, reads
+    ``num_images`` and ``beta`` from the config, and gives :meth:`per_roi` as the forward pass
+    (the pure class-balanced functions are plain torch ops)."""
 
     needs_prior = True
 
@@ -185,12 +187,17 @@ class _CountsMixin:
             counts = class_counts_from_prior(self.class_prior, self.num_images)
         self.register_buffer("class_counts", counts.float())
 
-    @staticmethod
-    def _cfg_counts_kwargs(cfg: CfgNode) -> Dict[str, Any]:
+    @classmethod
+    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
         return {
+            **super().kwargs_from_cfg(cfg),
             "num_images": num_train_images_for_counts(cfg),
             "beta": cfg.MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA,
         }
+
+    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
+        return self.forward(logits, gt_classes, reduction="none")
 
 
 def num_train_images_for_counts(cfg: CfgNode) -> int:
@@ -234,21 +241,11 @@ class ClassBalancedSoftmaxLoss(_CountsMixin, ClsLoss):
         super().__init__(num_classes=num_classes, class_prior=class_prior)
         self._init_counts(num_images, beta)
 
-    @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        return {**super().kwargs_from_cfg(cfg), **cls._cfg_counts_kwargs(cfg)}
-
     def forward(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
     ) -> torch.Tensor:
         return class_balanced_softmax_loss(
             logits, gt_classes, self.class_counts, beta=self.beta, reduction=reduction
-        )
-
-    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
-        return class_balanced_softmax_loss(
-            logits, gt_classes, self.class_counts, beta=self.beta, reduction="none"
         )
 
     def extra_repr(self) -> str:
@@ -271,11 +268,7 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
     ):
         """
         Args:
-            num_classes: K.
-            class_prior: (K,) image fractions n_j / num_images (saved as a buffer).
-            num_images: number of training images (class_counts = class_prior * num_images; the
-                config passes it). None: counts relative to the rarest class, taken as 1 image.
-            beta: MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA, in [0, 1).
+            num_classes, class_prior, num_images, beta: as :class:`ClassBalancedSoftmaxLoss`.
             gamma: MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA, >= 0.
             bias_prior_prob: initial foreground score p (SIGMOID_BIAS_PRIOR_PROB); 0 disables.
         """
@@ -291,7 +284,7 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
 
     @classmethod
     def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = {**super().kwargs_from_cfg(cfg), **cls._cfg_counts_kwargs(cfg)}
+        ret = super().kwargs_from_cfg(cfg)
         ret["gamma"] = cfg.MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA
         return ret
 
@@ -305,17 +298,6 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
             beta=self.beta,
             gamma=self.gamma,
             reduction=reduction,
-        )
-
-    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
-        return class_balanced_focal_loss(
-            logits,
-            gt_classes,
-            self.class_counts,
-            beta=self.beta,
-            gamma=self.gamma,
-            reduction="none",
         )
 
     def extra_repr(self) -> str:
