@@ -279,12 +279,14 @@ def test_bags_others_weights_and_scores():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_bags_fused_path_matches_plain_ops_when_a_group_would_underflow(dtype):
-    # Rows 0-2: group B's logits sit 200 below the row maximum, so exp(z - max_row) underflows
-    # there and the fused loss must fall back to each group's own maximum; rows 3-5 do not.
+def test_bags_fused_path_matches_plain_ops_when_exp_would_underflow_or_overflow(dtype):
+    # Rows 0-1: group B's logits sit 200 below the others, so exp(z) underflows; row 2: one
+    # logit of 150 overflows float32's exp. There the fused loss must fall back to each group's
+    # own maximum; rows 3-5 take the shared path.
     groups = [[0, 2], [1, 3, 4]]
     z, _, _ = _inputs(r=6, extra=3, dtype=dtype)
-    z[:3, [1, 3, 4, K + 3]] -= 200.0
+    z[:2, [1, 3, 4, K + 3]] -= 200.0
+    z[2, 0] = 150.0
     y = torch.tensor([1, 5, 0, 3, 5, 2])
     a = z.clone().requires_grad_()
     b = z.clone().requires_grad_()

@@ -123,27 +123,29 @@ def _target_columns(gt_classes: torch.Tensor, groups: List[List[int]], num_class
     return lookup[gt_classes]
 
 
-# A group whose largest logit is this far below the row's largest would underflow exp().
-_SHARED_MAX_MIN_SUM = 1e-30
+# Group sums of exp(z) outside [_MIN_SUM, _MAX_SUM] (a group's logits all below about -69, or
+# some logit above about 69) are recomputed with the group's own maximum.
+_MIN_SUM, _MAX_SUM = 1e-30, 1e30
 
 
 class _GroupSoftmaxCE(torch.autograd.Function):
-    """Per-ROI ``sum_g f_ig * CE_g(i)``: one ``exp(z - max_row z)`` buffer for all groups, group
-    sums by one (R, C) x (C, 1 + G) product, and the buffer becomes the gradient in place
-    (differentiable once). Rows in which some group would underflow are recomputed with the
-    group's own maximum (:func:`_group_log_softmax_rows`)."""
+    """Per-ROI ``sum_g f_ig * CE_g(i)``: one ``exp(z)`` buffer for all groups, group sums by one
+    (R, C) x (C, 1 + G) product, and the buffer becomes the gradient in place (differentiable
+    once). Rows whose group sums leave [1e-30, 1e30] (where float32 would lose precision or
+    overflow) are recomputed exactly with each group's own maximum (:func:`_group_lse_and_exp`)."""
 
     @staticmethod
-    def forward(ctx, logits, col_group, onehot, target_cols, factors):
-        m = logits.amax(dim=1, keepdim=True)
-        e = torch.sub(logits, m).exp_()
-        sums = e @ onehot  # (R, 1 + G)
-        lse = sums.log() + m
-        low = (sums < _SHARED_MAX_MIN_SUM).any(dim=1)
-        if bool(low.any()):  # rare: exact group-wise values for the rows at risk
-            rows = low.nonzero().squeeze(1)
+    def forward(ctx, logits, col_group, onehot_t, target_cols, factors):
+        e = logits.exp()
+        # (R, 1 + G) group sums; (1 + G, C) x (C, R) runs about 1.8x faster on CPU than the
+        # (R, C) x (C, 1 + G) product with its 5-column output
+        sums = (onehot_t @ e.t()).t().contiguous()
+        lse = sums.log()
+        risky = ((sums < _MIN_SUM) | ~(sums <= _MAX_SUM)).any(dim=1)  # ~(<=) also catches NaN
+        if bool(risky.any()):  # rare: exact group-wise values for those rows
+            rows = risky.nonzero().squeeze(1)
             sub = logits.index_select(0, rows)
-            glse, gexp = _group_lse_and_exp(sub, col_group, onehot.shape[1])
+            glse, gexp = _group_lse_and_exp(sub, col_group, onehot_t.shape[0])
             lse.index_copy_(0, rows, glse)
             e.index_copy_(0, rows, gexp)
             sums.index_copy_(0, rows, torch.ones_like(glse))
@@ -222,11 +224,11 @@ def bags_loss(
     k = logits.shape[1] - 2 - len(groups)
     _, _, _, factors = _group_inputs(logits, gt_classes, groups, others_ratio)
     col_group = _column_groups(groups, k, logits.device)
-    onehot = F.one_hot(col_group, 1 + len(groups)).to(dtype)
+    onehot_t = F.one_hot(col_group, 1 + len(groups)).to(dtype).t().contiguous()
     target_cols = _target_columns(gt_classes, groups, k)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         per_roi = _GroupSoftmaxCE.apply(
-            logits.to(dtype), col_group, onehot, target_cols, torch.stack(factors, dim=1)
+            logits.to(dtype), col_group, onehot_t, target_cols, torch.stack(factors, dim=1)
         )
     return reduce_per_roi(per_roi, reduction)
 
