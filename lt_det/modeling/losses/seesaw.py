@@ -59,21 +59,26 @@ def seesaw_shift(
     r, c = logits.shape
     k = c - 1
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    z = logits[:, :k].to(dtype)
-    fg = gt_classes < k
-    y = gt_classes.clamp(max=k - 1).view(-1, 1)
     shift = logits.new_zeros((r, c), dtype=dtype)
+    rows = (gt_classes < k).nonzero().view(-1)  # only foreground ROIs get a shift
+    if rows.numel() == 0 or (p == 0 and q == 0):
+        return shift
+    z = logits.index_select(0, rows)[:, :k].to(dtype)
+    y = gt_classes.index_select(0, rows).view(-1, 1)
     if q > 0:
         ref = torch.maximum(z.gather(1, y), torch.logsumexp(z, dim=1, keepdim=True) + math.log(eps))
-        torch.sub(z, ref, out=shift[:, :k])
-        shift[:, :k].clamp_(min=0).mul_(q)
+        out = torch.sub(z, ref).clamp_(min=0)
+    else:
+        out = torch.zeros_like(z)
     if p > 0:
         log_n = torch.log(counts.to(device=logits.device, dtype=dtype).clamp(min=1))
-        table = (log_n.view(-1, 1) - log_n).clamp_(min=0).mul_(p)  # (K, K), row = own class
-        shift[:, :k].sub_(table.index_select(0, y.view(-1)))
-    shift.scatter_(1, y, 0.0)
-    shift[:, k] = 0.0
-    shift.mul_(fg.view(-1, 1).to(dtype))
+        table = (log_n - log_n.view(-1, 1)).clamp_(max=0).mul_(p)  # (K, K) -M, row = own class
+        # q * compensation - p * mitigation in one pass
+        out = torch.add(table.index_select(0, y.view(-1)), out, alpha=q)
+    elif q != 1:
+        out.mul_(q)
+    out.scatter_(1, y, 0.0)
+    shift[:, :k].index_copy_(0, rows, out)
     return shift
 
 
