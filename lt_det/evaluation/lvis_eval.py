@@ -198,7 +198,8 @@ def evaluate_lvis(
         max_dets_per_class: AP-fixed per-class cap (10,000 for LVIS).
         class_chunk: evaluate at most this many classes at a time (0 = all at once). Bounds
             memory; does not change any number. The default, 100, is also TEST.LVIS.CLASS_CHUNK's
-            and ``tools/lvis_eval.py``'s (all at once took 2.6-3.9x the memory, and longer).
+            and ``tools/lvis_eval.py``'s. The fast backend also groups classes inside a chunk
+            (docs/evaluation.md, Memory), so for it 0 and 100 cost about the same.
         frequency / image_count: optional {category id: r/c/f group / training image count}
             overriding the ground truth's (see :class:`LVISGroundTruth`).
         ap_pool: also compute AP-pool over all classes and per frequency group (``APpool``,
