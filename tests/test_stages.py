@@ -56,3 +56,18 @@ def test_bad_stage1_config_and_earlier_run(tmp_path):
         two_stage_args(_args(flagship, tmp_path / "o"))
     plan = two_stage_args(_args(flagship, tmp_path / "o", resume=True))
     assert stage1_finished(plan.stage1_dir)
+
+
+def test_stage1_config_from_the_command_line(tmp_path):
+    # Any stage-2 config becomes a two-stage run with STAGE1_CONFIG on the command line; the key
+    # chooses stage 1 and is not passed on to it (it would make stage 1 plan a stage 1 itself).
+    out = tmp_path / "o"
+    args = _args(os.path.join(CONFIGS, "lvis_stage2_crt.yaml"), out)
+    args.opts = ["MODEL.DECOUPLE.STAGE1_CONFIG", "lvis_rfs.yaml", "SOLVER.BASE_LR", "0.01"] + \
+        args.opts
+    plan = two_stage_args(args)
+    assert plan.stage1.config_file == os.path.join(CONFIGS, "lvis_rfs.yaml")
+    assert plan.stage1.opts == ["SOLVER.BASE_LR", "0.01", "OUTPUT_DIR", str(out),
+                                "OUTPUT_DIR", str(out / "stage1")]
+    assert plan.stage2.config_file.endswith("lvis_stage2_crt.yaml")
+    assert plan.stage2.opts[-2:] == ["MODEL.DECOUPLE.STAGE1_CONFIG", ""]

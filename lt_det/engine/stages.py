@@ -9,7 +9,7 @@ is skipped, and stage 2 resumes from its own last checkpoint or starts from stag
 """
 import copy
 import os
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 from ..errors import LTDetError
 from .defaults import check_output_dir, load_config
@@ -30,6 +30,12 @@ class TwoStages(NamedTuple):
 def stage1_finished(stage1_dir: str) -> bool:
     """Stage 1 has written its final checkpoint (written atomically at its last iteration)."""
     return os.path.isfile(os.path.join(stage1_dir, "model_final.pth"))
+
+
+def _without_key(opts: List[str], key: str) -> List[str]:
+    """``KEY VALUE`` pairs of ``opts`` without those of ``key``."""
+    pairs = [(opts[i], opts[i + 1]) for i in range(0, len(opts) - 1, 2)]
+    return [x for k, v in pairs if k != key for x in (k, v)]
 
 
 def two_stage_args(args) -> Optional[TwoStages]:
@@ -62,7 +68,10 @@ def two_stage_args(args) -> Optional[TwoStages]:
     stage1_dir = os.path.join(out, STAGE1_SUBDIR)
     s1 = copy.copy(args)
     s1.config_file = path
-    s1.opts = list(args.opts) + ["OUTPUT_DIR", stage1_dir]
+    # A STAGE1_CONFIG given on the command line chooses stage 1; it is not stage 1's own key.
+    s1.opts = _without_key(list(args.opts), "MODEL.DECOUPLE.STAGE1_CONFIG") + [
+        "OUTPUT_DIR", stage1_dir
+    ]
     if load_config(s1.config_file, s1.opts).MODEL.DECOUPLE.STAGE1_CONFIG:
         raise LTDetError(
             f"the stage-1 config '{path}' sets MODEL.DECOUPLE.STAGE1_CONFIG itself; a stage-1 "
