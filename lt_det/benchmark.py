@@ -401,11 +401,16 @@ def _evaluate_ap_fixed(run_dir: str, val_json: str, results: Dict) -> Dict[str, 
     from .evaluation import LVISGroundTruth, evaluate_lvis
 
     path = os.path.join(run_dir, AP_FIXED_FILE)
+    tasks = [t for t in TASKS if t in results]
     if os.path.isfile(path):
         with open(path) as f:
-            return json.load(f)
+            stored = json.load(f)
+        # a file of an older version (a cached stage-1 run) may lack a task or AP-pool
+        if all(f"{t}-fixed" in stored for t in tasks) and (
+            "bbox" not in tasks or "APpool" in stored["bbox-fixed"]
+        ):
+            return stored
     dets = os.path.join(run_dir, "inference", "lt_synth_val", "lvis_instances_results.json")
-    tasks = [t for t in TASKS if t in results]
     if not tasks or not os.path.isfile(dets):
         return {}
     gt = LVISGroundTruth(val_json)

@@ -187,3 +187,25 @@ def test_summarize_runs_refuses_or_groups_different_settings(tmp_path):
     assert "### preset=default, iters=20" in text and "### preset=default, iters=500" in text
     assert "| rfs | 0.1 (0.1-0.1) |" in text and "| rfs | 63.7 (63.7-63.7) |" in text
     assert "0.1-63.7" not in text
+
+
+def test_ap_fixed_file_of_an_older_version_is_recomputed(tmp_path):
+    # A cached stage-1 run may hold eval_results_ap_fixed.json from before AP-pool existed: it is
+    # recomputed from the run's detections; a complete file is reused as it is.
+    from lt_det.benchmark import AP_FIXED_FILE, _evaluate_ap_fixed
+    from test_ap_pool import DETS, GT
+
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps(GT))
+    inf = tmp_path / "run" / "inference" / "lt_synth_val"
+    inf.mkdir(parents=True)
+    (inf / "lvis_instances_results.json").write_text(json.dumps(
+        [{"image_id": i, "category_id": c, "bbox": list(b), "score": s} for i, c, b, s in DETS]))
+    stored = tmp_path / "run" / AP_FIXED_FILE
+    stored.write_text(json.dumps({"bbox-fixed": {"AP": 1.0}}))
+    got = _evaluate_ap_fixed(str(tmp_path / "run"), str(val), {"bbox": {"AP": 0.0}})
+    assert 0 <= got["bbox-fixed"]["APpool"] <= 100 and got["bbox-fixed"]["AP"] != 1.0
+    assert json.loads(stored.read_text()) == got
+    complete = {"bbox-fixed": {"AP": 2.0, "APpool": 3.0}}
+    stored.write_text(json.dumps(complete))
+    assert _evaluate_ap_fixed(str(tmp_path / "run"), str(val), {"bbox": {"AP": 0.0}}) == complete
