@@ -615,12 +615,50 @@ def _settings(run: Dict) -> Tuple:
     return tuple(run.get(k) for k in SUMMARY_SETTINGS)
 
 
+def load_runs(out_dirs: Sequence[str]) -> List[Dict]:
+    """The ``results.json`` of benchmark output folders, one run per seed and setting.
+
+    Folders of one seed made with the same :data:`SUMMARY_SETTINGS` (a benchmark split over
+    several ``--out`` folders, e.g. methods added later with ``--stage1-cache``) are merged into
+    one run: their method rows in folder order, ``"_paths"`` listing the folders. A folder may be
+    given as its ``results.json``.
+
+    Raises:
+        LTDetError: a folder has no results.json, or one method appears in two folders of the same
+            seed and settings (which row to use would be a guess).
+    """
+    merged: Dict[Tuple, Dict] = {}
+    owner: Dict[Tuple, Dict[str, str]] = {}  # per run: method -> folder it came from
+    for d in out_dirs:
+        path = d if os.path.isfile(d) else os.path.join(d, "results.json")
+        if not os.path.isfile(path):
+            raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py "
+                             "(each holds results.json)")
+        with open(path) as f:
+            run = json.load(f)
+        key = (run.get("seed"),) + _settings(run)
+        if key not in merged:
+            merged[key] = dict(run, methods=[], _paths=[])
+            owner[key] = {}
+        into = merged[key]
+        for m in run["methods"]:
+            if m["method"] in owner[key]:
+                raise LTDetError(
+                    f"method '{m['method']}' of seed {run.get('seed')} is in both "
+                    f"'{owner[key][m['method']]}' and '{path}'; pass only one of them")
+            owner[key][m["method"]] = path
+            into["methods"].append(m)
+        into["_paths"].append(path)
+    return list(merged.values())
+
+
 def summarize_runs(
     out_dirs: Sequence[str], task: Optional[str] = None, *, group: bool = False
 ) -> str:
     """Markdown: per method the mean (min-max) of AP, APr, APc, APf (and AP-fixed, and for bbox
     AP-pool, where the runs have them) over benchmark outputs, then per run the best stage-2
-    method by APr and its margins over softmax CE and RFS.
+    method by APr and its margins over softmax CE and RFS. Folders of one seed and setting are
+    one run (:func:`load_runs`).
 
     ``task``: "segm" (mask AP) or "bbox" (box AP); None = mask AP when every run has it.
 
@@ -631,13 +669,7 @@ def summarize_runs(
     Raises:
         LTDetError: a folder has no results.json, or settings differ and ``group`` is False.
     """
-    runs = []
-    for d in out_dirs:
-        path = os.path.join(d, "results.json")
-        if not os.path.isfile(path):
-            raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py")
-        with open(path) as f:
-            runs.append(json.load(f))
+    runs = load_runs(out_dirs)
     if task is None:
         has_segm = all(any("segm" in m for m in r["methods"]) for r in runs)
         task = "segm" if has_segm else "bbox"
@@ -646,8 +678,9 @@ def summarize_runs(
         groups.setdefault(_settings(r), []).append(r)
     if len(groups) > 1 and not group:
         listed = "; ".join(
-            f"{d}: " + ", ".join(f"{k}={v}" for k, v in zip(SUMMARY_SETTINGS, _settings(r)))
-            for d, r in zip(out_dirs, runs)
+            f"{os.path.dirname(r['_paths'][0]) or '.'}: "
+            + ", ".join(f"{k}={v}" for k, v in zip(SUMMARY_SETTINGS, _settings(r)))
+            for r in runs
         )
         raise LTDetError(
             f"the runs were made with different settings ({listed}); their mean would mix them. "

@@ -99,18 +99,15 @@ def load_published(path: str = PUBLISHED_LVIS) -> List[Dict]:
 
 
 def load_results(out_dirs: Sequence[str]) -> List[Dict]:
-    """``results.json`` of each benchmark output folder (``tools/lt_benchmark.py --out``)."""
-    runs = []
-    for d in out_dirs:
-        path = os.path.join(d, "results.json") if os.path.isdir(d) else d
-        if not os.path.isfile(path):
-            raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py "
-                             "(each holds results.json).")
-        with open(path) as f:
-            run = json.load(f)
-        run["_path"] = path
-        runs.append(run)
-    return runs
+    """``results.json`` of benchmark output folders (``tools/lt_benchmark.py --out``), one run
+    per seed and setting: folders of one seed are merged (:func:`lt_det.benchmark.load_runs`).
+
+    Raises:
+        LTDetError: a folder has no results.json, or one method of a seed is in two folders.
+    """
+    from .benchmark import load_runs
+
+    return load_runs(out_dirs)
 
 
 def rank_agreement(

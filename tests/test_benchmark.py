@@ -209,3 +209,37 @@ def test_ap_fixed_file_of_an_older_version_is_recomputed(tmp_path):
     complete = {"bbox-fixed": {"AP": 2.0, "APpool": 3.0}}
     stored.write_text(json.dumps(complete))
     assert _evaluate_ap_fixed(str(tmp_path / "run"), str(val), {"bbox": {"AP": 0.0}}) == complete
+
+
+def test_folders_of_one_seed_are_one_run(tmp_path):
+    # A benchmark split over several --out folders (methods added later with --stage1-cache) is
+    # one run per seed for the summary and the fidelity tool; a method in two folders is refused.
+    import pytest
+
+    from lt_det.benchmark import summarize_runs
+    from lt_det.errors import LTDetError
+    from lt_det.fidelity import load_results
+
+    def out(name, seed, rows):
+        d = tmp_path / name
+        d.mkdir()
+        methods = [{"method": n, "label": n, "stage": 1, "segm": {"AP": ap, "APr": ap / 2}}
+                   for n, ap in rows]
+        (d / "results.json").write_text(json.dumps(
+            {"seed": seed, "preset": "default", "iters": 400, "stage2_iters": 200,
+             "stage1": "rfs", "methods": methods}))
+        return str(d)
+
+    a = out("s0", 0, [("softmax", 40.0), ("rfs", 50.0)])
+    b = out("s0_more", 0, [("eql", 44.0)])
+    c = out("s1", 1, [("softmax", 42.0), ("rfs", 54.0), ("eql", 46.0)])
+    runs = load_results([a, b, c])
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert [m["method"] for m in runs[0]["methods"]] == ["softmax", "rfs", "eql"]
+    text = summarize_runs([a, b, c])
+    assert "(2 runs, seeds 0, 1; mask AP)" in text
+    assert "| eql | 45.0 (44.0-46.0) | 22.5 (22.0-23.0) |" in text
+    assert "of 2 runs" not in text
+    dup = out("s0_again", 0, [("rfs", 51.0)])
+    with pytest.raises(LTDetError, match="'rfs' of seed 0 is in both .*s0.*s0_again"):
+        summarize_runs([a, dup])

@@ -7,6 +7,7 @@ Prints a Markdown table (AP, APr, APc, APf and AP-fixed: mean and min-max over t
 when every run has it, else box AP, or --task) and, per run, the best stage-2 method by APr
 against softmax CE and repeat-factor sampling; writes nothing. Runs made with different settings
 (data preset, iterations, stage-1 method) are refused, or with --group get one table per setting.
+Folders of one seed and setting (methods added later in another --out) count as one run.
 """
 import argparse
 import sys

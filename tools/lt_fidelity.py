@@ -7,7 +7,8 @@
 
 Prints, per published table (default: the tables shipped in lt_det/data/published_lvis.json,
 sources in docs/synthetic.md), each run's Kendall tau on the metrics over the methods that the
-table and the run both have, the mean over the runs, and the published order.
+table and the run both have, the mean over the runs, and the published order. Folders of one
+seed and setting (methods added later in another --out) count as one run.
 """
 import argparse
 import sys
