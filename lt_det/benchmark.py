@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import LTDetError
+from .fidelity import SUMMARY_SETTINGS, load_runs, settings_of
 from .registry import Registry
 
 __all__ = ["MethodSpec", "METHODS", "BENCHMARK_METHODS", "register_method", "run_benchmark",
@@ -607,51 +608,6 @@ def _cfg_value(spec: MethodSpec, key: str, configs_dir: str):
     return cfg
 
 
-#: results.json keys that must agree for runs to be averaged (the seed may differ).
-SUMMARY_SETTINGS = ("preset", "iters", "stage2_iters", "stage1")
-
-
-def _settings(run: Dict) -> Tuple:
-    return tuple(run.get(k) for k in SUMMARY_SETTINGS)
-
-
-def load_runs(out_dirs: Sequence[str]) -> List[Dict]:
-    """The ``results.json`` of benchmark output folders, one run per seed and setting.
-
-    Folders of one seed made with the same :data:`SUMMARY_SETTINGS` (a benchmark split over
-    several ``--out`` folders, e.g. methods added later with ``--stage1-cache``) are merged into
-    one run: their method rows in folder order, ``"_paths"`` listing the folders. A folder may be
-    given as its ``results.json``.
-
-    Raises:
-        LTDetError: a folder has no results.json, or one method appears in two folders of the same
-            seed and settings (which row to use would be a guess).
-    """
-    merged: Dict[Tuple, Dict] = {}
-    owner: Dict[Tuple, Dict[str, str]] = {}  # per run: method -> folder it came from
-    for d in out_dirs:
-        path = d if os.path.isfile(d) else os.path.join(d, "results.json")
-        if not os.path.isfile(path):
-            raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py "
-                             "(each holds results.json)")
-        with open(path) as f:
-            run = json.load(f)
-        key = (run.get("seed"),) + _settings(run)
-        if key not in merged:
-            merged[key] = dict(run, methods=[], _paths=[])
-            owner[key] = {}
-        into = merged[key]
-        for m in run["methods"]:
-            if m["method"] in owner[key]:
-                raise LTDetError(
-                    f"method '{m['method']}' of seed {run.get('seed')} is in both "
-                    f"'{owner[key][m['method']]}' and '{path}'; pass only one of them")
-            owner[key][m["method"]] = path
-            into["methods"].append(m)
-        into["_paths"].append(path)
-    return list(merged.values())
-
-
 def summarize_runs(
     out_dirs: Sequence[str], task: Optional[str] = None, *, group: bool = False
 ) -> str:
@@ -675,11 +631,11 @@ def summarize_runs(
         task = "segm" if has_segm else "bbox"
     groups: Dict[Tuple, List[Dict]] = {}
     for r in runs:
-        groups.setdefault(_settings(r), []).append(r)
+        groups.setdefault(settings_of(r), []).append(r)
     if len(groups) > 1 and not group:
         listed = "; ".join(
             f"{os.path.dirname(r['_paths'][0]) or '.'}: "
-            + ", ".join(f"{k}={v}" for k, v in zip(SUMMARY_SETTINGS, _settings(r)))
+            + ", ".join(f"{k}={v}" for k, v in zip(SUMMARY_SETTINGS, settings_of(r)))
             for r in runs
         )
         raise LTDetError(

@@ -17,7 +17,7 @@ of 2 / n_0 (n = 3: -1, -1/3, 1/3, 1), so a table of few methods says little on i
 import json
 import math
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import LTDetError
 
@@ -25,7 +25,9 @@ __all__ = [
     "PUBLISHED_LVIS",
     "kendall_tau",
     "load_published",
-    "load_results",
+    "load_runs",
+    "settings_of",
+    "SUMMARY_SETTINGS",
     "rank_agreement",
     "format_agreement",
 ]
@@ -98,16 +100,50 @@ def load_published(path: str = PUBLISHED_LVIS) -> List[Dict]:
     return tables
 
 
-def load_results(out_dirs: Sequence[str]) -> List[Dict]:
-    """``results.json`` of benchmark output folders (``tools/lt_benchmark.py --out``), one run
-    per seed and setting: folders of one seed are merged (:func:`lt_det.benchmark.load_runs`).
+#: results.json keys that must agree for runs to be averaged (the seed may differ).
+SUMMARY_SETTINGS = ("preset", "iters", "stage2_iters", "stage1")
+
+
+def settings_of(run: Dict) -> Tuple:
+    """The :data:`SUMMARY_SETTINGS` values of one loaded ``results.json``."""
+    return tuple(run.get(k) for k in SUMMARY_SETTINGS)
+
+
+def load_runs(out_dirs: Sequence[str]) -> List[Dict]:
+    """The ``results.json`` of benchmark output folders, one run per seed and setting.
+
+    Folders of one seed made with the same :data:`SUMMARY_SETTINGS` (a benchmark split over
+    several ``--out`` folders, e.g. methods added later with ``--stage1-cache``) are merged into
+    one run: their method rows in folder order, ``"_paths"`` listing the folders. A folder may be
+    given as its ``results.json``.
 
     Raises:
-        LTDetError: a folder has no results.json, or one method of a seed is in two folders.
+        LTDetError: a folder has no results.json, or one method appears in two folders of the same
+            seed and settings (which row to use would be a guess).
     """
-    from .benchmark import load_runs
-
-    return load_runs(out_dirs)
+    merged: Dict[Tuple, Dict] = {}
+    owner: Dict[Tuple, Dict[str, str]] = {}  # per run: method -> folder it came from
+    for d in out_dirs:
+        path = d if os.path.isfile(d) else os.path.join(d, "results.json")
+        if not os.path.isfile(path):
+            raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py "
+                             "(each holds results.json)")
+        with open(path) as f:
+            run = json.load(f)
+        key = (run.get("seed"),) + settings_of(run)
+        if key not in merged:
+            merged[key] = dict(run, methods=[], _paths=[])
+            owner[key] = {}
+        into = merged[key]
+        for m in run["methods"]:
+            if m["method"] in owner[key]:
+                raise LTDetError(
+                    f"method '{m['method']}' of seed {run.get('seed')} is in both "
+                    f"'{owner[key][m['method']]}' and '{path}'; pass only one of them")
+            owner[key][m["method"]] = path
+            into["methods"].append(m)
+        into["_paths"].append(path)
+    return list(merged.values())
 
 
 def rank_agreement(

@@ -218,7 +218,7 @@ def test_folders_of_one_seed_are_one_run(tmp_path):
 
     from lt_det.benchmark import summarize_runs
     from lt_det.errors import LTDetError
-    from lt_det.fidelity import load_results
+    from lt_det.fidelity import load_runs
 
     def out(name, seed, rows):
         d = tmp_path / name
@@ -233,7 +233,7 @@ def test_folders_of_one_seed_are_one_run(tmp_path):
     a = out("s0", 0, [("softmax", 40.0), ("rfs", 50.0)])
     b = out("s0_more", 0, [("eql", 44.0)])
     c = out("s1", 1, [("softmax", 42.0), ("rfs", 54.0), ("eql", 46.0)])
-    runs = load_results([a, b, c])
+    runs = load_runs([a, b, c])
     assert [r["seed"] for r in runs] == [0, 1]
     assert [m["method"] for m in runs[0]["methods"]] == ["softmax", "rfs", "eql"]
     text = summarize_runs([a, b, c])

@@ -25,7 +25,7 @@ from lt_det.fidelity import (  # noqa: E402
     PUBLISHED_LVIS,
     format_agreement,
     load_published,
-    load_results,
+    load_runs,
 )
 
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         tables = load_published(args.published)
-        runs = load_results(args.outs)
+        runs = load_runs(args.outs)
         print(format_agreement(tables, runs, task=args.task, metrics=args.metrics))
     except LTDetError as e:
         return report_error(e)
