@@ -118,8 +118,9 @@ def load_runs(out_dirs: Sequence[str]) -> List[Dict]:
     given as its ``results.json``.
 
     Raises:
-        LTDetError: a folder has no results.json, or one method appears in two folders of the same
-            seed and settings (which row to use would be a guess).
+        LTDetError: a folder has no results.json, or one method has different results in two
+            folders of the same seed and settings (which row to use would be a guess). The same
+            results twice (a stage-1 run both folders took from ``--stage1-cache``) count once.
     """
     merged: Dict[Tuple, Dict] = {}
     owner: Dict[Tuple, Dict[str, str]] = {}  # per run: method -> folder it came from
@@ -137,13 +138,21 @@ def load_runs(out_dirs: Sequence[str]) -> List[Dict]:
         into = merged[key]
         for m in run["methods"]:
             if m["method"] in owner[key]:
+                first = next(x for x in into["methods"] if x["method"] == m["method"])
+                if _metrics(first) == _metrics(m):  # one run listed twice (a cached stage 1)
+                    continue
                 raise LTDetError(
-                    f"method '{m['method']}' of seed {run.get('seed')} is in both "
+                    f"method '{m['method']}' of seed {run.get('seed')} has different results in "
                     f"'{owner[key][m['method']]}' and '{path}'; pass only one of them")
             owner[key][m["method"]] = path
             into["methods"].append(m)
         into["_paths"].append(path)
     return list(merged.values())
+
+
+def _metrics(row: Mapping) -> Dict:
+    """A results.json method row without its run facts (wall time, whether it was cached)."""
+    return {k: v for k, v in row.items() if k not in ("wall_s", "cached")}
 
 
 def rank_agreement(

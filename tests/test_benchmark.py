@@ -240,6 +240,10 @@ def test_folders_of_one_seed_are_one_run(tmp_path):
     assert "(2 runs, seeds 0, 1; mask AP)" in text
     assert "| eql | 45.0 (44.0-46.0) | 22.5 (22.0-23.0) |" in text
     assert "of 2 runs" not in text
+    # the same stage-1 run in two folders (from --stage1-cache) counts once; a different one
+    # is refused
+    same = out("s0_cached", 0, [("rfs", 50.0)])
+    assert [m["method"] for m in load_runs([a, same])[0]["methods"]] == ["softmax", "rfs"]
     dup = out("s0_again", 0, [("rfs", 51.0)])
-    with pytest.raises(LTDetError, match="'rfs' of seed 0 is in both .*s0.*s0_again"):
+    with pytest.raises(LTDetError, match="'rfs' of seed 0 has different results in .*s0.*s0_again"):
         summarize_runs([a, dup])
