@@ -118,35 +118,40 @@ def load_runs(out_dirs: Sequence[str]) -> List[Dict]:
     given as its ``results.json``.
 
     Raises:
-        LTDetError: a folder has no results.json, or one method has different results in two
-            folders of the same seed and settings (which row to use would be a guess). The same
-            results twice (a stage-1 run both folders took from ``--stage1-cache``) count once.
+        LTDetError: a folder has no results.json or an unreadable one, or one method has
+            different results in two folders of the same seed and settings (which row to use
+            would be a guess). The same results twice (a stage-1 run both folders took from
+            ``--stage1-cache``) count once.
     """
     merged: Dict[Tuple, Dict] = {}
-    owner: Dict[Tuple, Dict[str, str]] = {}  # per run: method -> folder it came from
+    seen: Dict[Tuple, Dict[str, Tuple[Dict, str]]] = {}  # per run: method -> (row, its folder)
     for d in out_dirs:
         path = d if os.path.isfile(d) else os.path.join(d, "results.json")
         if not os.path.isfile(path):
             raise LTDetError(f"'{path}' does not exist; pass folders written by lt_benchmark.py "
                              "(each holds results.json)")
-        with open(path) as f:
-            run = json.load(f)
+        try:
+            with open(path) as f:
+                run = json.load(f)
+            rows = run["methods"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise LTDetError(f"'{path}' is not a results.json of lt_benchmark.py ({e}); rerun "
+                             "that benchmark or leave the folder out") from None
         key = (run.get("seed"),) + settings_of(run)
         if key not in merged:
             merged[key] = dict(run, methods=[], _paths=[])
-            owner[key] = {}
-        into = merged[key]
-        for m in run["methods"]:
-            if m["method"] in owner[key]:
-                first = next(x for x in into["methods"] if x["method"] == m["method"])
+            seen[key] = {}
+        for m in rows:
+            if m["method"] in seen[key]:
+                first, where = seen[key][m["method"]]
                 if _metrics(first) == _metrics(m):  # one run listed twice (a cached stage 1)
                     continue
                 raise LTDetError(
                     f"method '{m['method']}' of seed {run.get('seed')} has different results in "
-                    f"'{owner[key][m['method']]}' and '{path}'; pass only one of them")
-            owner[key][m["method"]] = path
-            into["methods"].append(m)
-        into["_paths"].append(path)
+                    f"'{where}' and '{path}'; pass only one of them")
+            seen[key][m["method"]] = (m, path)
+            merged[key]["methods"].append(m)
+        merged[key]["_paths"].append(path)
     return list(merged.values())
 
 

@@ -247,3 +247,8 @@ def test_folders_of_one_seed_are_one_run(tmp_path):
     dup = out("s0_again", 0, [("rfs", 51.0)])
     with pytest.raises(LTDetError, match="'rfs' of seed 0 has different results in .*s0.*s0_again"):
         summarize_runs([a, dup])
+    broken = tmp_path / "s0_broken"
+    broken.mkdir()
+    (broken / "results.json").write_text('{"seed": 0, "meth')
+    with pytest.raises(LTDetError, match="s0_broken.*is not a results.json of lt_benchmark"):
+        load_runs([a, str(broken)])
