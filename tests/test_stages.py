@@ -5,6 +5,7 @@ from argparse import Namespace
 
 import pytest
 
+from lt_det.engine import load_config
 from lt_det.engine.stages import stage1_finished, two_stage_args
 from lt_det.errors import LTDetError
 
@@ -19,7 +20,13 @@ def _args(config, out, **kw):
     return Namespace(**base)
 
 
-def test_flagship_config_is_rfs_then_balms(tmp_path):
+def test_flagship_config_is_rfs_then_crt(tmp_path):
+    # stage 2 of the flagship is cRT (re-initialised classifier, class-balanced sampling), as is
+    # that of its synthetic counterpart
+    for flagship in ("lvis_balanced.yaml", os.path.join("synthetic", "rfs_then_crt.yaml")):
+        cfg = load_config(os.path.join(CONFIGS, flagship))
+        assert cfg.MODEL.DECOUPLE.METHOD == "crt", flagship
+        assert cfg.DATALOADER.SAMPLER_TRAIN == "ClassBalancedSampler", flagship
     out = tmp_path / "o"
     plan = two_stage_args(_args(os.path.join(CONFIGS, "lvis_balanced.yaml"), out))
     assert plan.stage1.config_file == os.path.join(CONFIGS, "lvis_rfs.yaml")
@@ -51,7 +58,7 @@ def test_bad_stage1_config_and_earlier_run(tmp_path):
     done = tmp_path / "o" / "stage1"
     done.mkdir(parents=True)
     (done / "model_final.pth").write_bytes(b"x")
-    flagship = os.path.join(CONFIGS, "synthetic", "rfs_then_balms.yaml")
+    flagship = os.path.join(CONFIGS, "synthetic", "rfs_then_crt.yaml")
     with pytest.raises(LTDetError, match="already holds a finished run"):
         two_stage_args(_args(flagship, tmp_path / "o"))
     plan = two_stage_args(_args(flagship, tmp_path / "o", resume=True))

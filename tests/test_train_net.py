@@ -55,11 +55,11 @@ def test_train_net_trains_and_prints_lvis_metrics(tiny_lvis, tmp_path):
 
 
 def test_two_stage_config_trains_both_stages_and_resumes_across_them(tiny_lvis, tmp_path):
-    """configs/synthetic/rfs_then_balms.yaml: stage 1 (RFS) into OUTPUT_DIR/stage1, then BALMS
+    """configs/synthetic/rfs_then_crt.yaml: stage 1 (RFS) into OUTPUT_DIR/stage1, then cRT
     from its final checkpoint into OUTPUT_DIR; --resume skips a finished stage 1."""
     out = tmp_path / "two"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
-           "--config-file", os.path.join(ROOT, "configs", "synthetic", "rfs_then_balms.yaml"),
+           "--config-file", os.path.join(ROOT, "configs", "synthetic", "rfs_then_crt.yaml"),
            *tiny_data_opts(tiny_lvis), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2",
            "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -76,7 +76,7 @@ def test_two_stage_config_trains_both_stages_and_resumes_across_them(tiny_lvis, 
             assert (d / name).is_file(), (d, name)
     cfg1, cfg2 = (stage1 / "config.yaml").read_text(), (stage2 / "config.yaml").read_text()
     assert "METHOD: none" in cfg1 and "RepeatFactorTrainingSampler" in cfg1
-    assert "METHOD: finetune" in cfg2 and "MetaSampler" in cfg2
+    assert "METHOD: crt" in cfg2 and "ClassBalancedSampler" in cfg2
     assert f"WEIGHTS: {stage1 / 'model_final.pth'}" in cfg2
     # a new command in the same OUTPUT_DIR is refused before anything trains
     again = run()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate a detectron2 model with lt_det's heads, samplers, decoupling and LVIS evaluation.
 
-    python tools/train_net.py --config-file configs/lvis_balanced.yaml   # stage 1 RFS, then BALMS
+    python tools/train_net.py --config-file configs/lvis_balanced.yaml   # stage 1 RFS, then cRT
     python tools/train_net.py --config-file configs/synthetic/softmax.yaml MODEL.DEVICE cpu
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file CFG --num-gpus 8            # one process per GPU
