@@ -78,3 +78,37 @@ def test_stage1_config_from_the_command_line(tmp_path):
                                 "OUTPUT_DIR", str(out / "stage1")]
     assert plan.stage2.config_file.endswith("lvis_stage2_crt.yaml")
     assert plan.stage2.opts[-2:] == ["MODEL.DECOUPLE.STAGE1_CONFIG", ""]
+
+
+def test_runs_in_one_process_log_apart(tmp_path):
+    # The two stages run in one process: each run's records go to its own log.txt, and the
+    # console gets them once (detectron2's setup_logger never removes the handlers it adds).
+    import logging
+
+    from detectron2.utils.logger import setup_logger
+
+    from lt_det.engine.log_setup import RUN_LOGGERS, run_logging, setup_lt_logging
+
+    def handlers():
+        return {n: list(logging.getLogger(n).handlers) for n in RUN_LOGGERS}
+
+    before = handlers()
+    first, second = tmp_path / "stage1", tmp_path / "stage2"
+    with run_logging():
+        setup_logger(str(first), name="detectron2")
+        setup_lt_logging(str(first), rank=0)
+        logging.getLogger("detectron2.x").info("first run")
+        logging.getLogger("lt_det.x").info("first lt_det")
+    assert handlers() == before
+    with run_logging():
+        for _ in range(2):  # set up twice for one folder: still one handler each
+            setup_logger(str(second), name="detectron2")
+            setup_lt_logging(str(second), rank=0)
+        added = {n: len(logging.getLogger(n).handlers) - len(before[n]) for n in RUN_LOGGERS}
+        logging.getLogger("detectron2.x").info("second run")
+        logging.getLogger("lt_det.x").info("second lt_det")
+    assert added == {"detectron2": 2, "fvcore": 0, "lt_det": 2}  # console + log.txt
+    assert handlers() == before
+    one, two = (first / "log.txt").read_text(), (second / "log.txt").read_text()
+    assert "first run" in one and "first lt_det" in one and "second" not in one
+    assert "second run" in two and "second lt_det" in two and "first" not in two

@@ -78,6 +78,11 @@ def test_two_stage_config_trains_both_stages_and_resumes_across_them(tiny_lvis, 
     assert "METHOD: none" in cfg1 and "RepeatFactorTrainingSampler" in cfg1
     assert "METHOD: crt" in cfg2 and "ClassBalancedSampler" in cfg2
     assert f"WEIGHTS: {stage1 / 'model_final.pth'}" in cfg2
+    # each stage logs once to the console and only into its own log.txt
+    assert proc.stdout.count("Command line arguments:") == 2, proc.stdout[-3000:]
+    log1, log2 = (stage1 / "log.txt").read_text(), (stage2 / "log.txt").read_text()
+    assert "rfs_then_crt.yaml" not in log1 and "rfs_then_crt.yaml" in log2
+    assert log1.count("Command line arguments:") == log2.count("Command line arguments:") == 1
     # a new command in the same OUTPUT_DIR is refused before anything trains
     again = run()
     assert again.returncode == 2 and "already holds" in again.stderr

@@ -36,6 +36,7 @@ from lt_det.engine import (  # noqa: E402
     eval_output_dir,
     launch,
     release_output_dir,
+    run_logging,
     setup_cfg,
 )
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
@@ -82,7 +83,8 @@ def main(args):
     stages = two_stage_args(args)
     if stages is not None:
         if not (args.resume and stage1_finished(stages.stage1_dir)):
-            main(stages.stage1)
+            with run_logging():  # stage 1's log handlers end with it
+                main(stages.stage1)
         comm.synchronize()
         return main(stages.stage2)
     cfg = setup_cfg(args)  # checks everything, then locks the folder it writes to

@@ -15,7 +15,7 @@ from .defaults import (
 )
 from .launch import launch
 from .lock import lock_output_dir, release_output_dir
-from .log_setup import setup_lt_logging
+from .log_setup import run_logging, setup_lt_logging
 from .resume import ResumableSampler, SeededBatches
 from .trainer import LTTrainer, ReportUnreadableImages
 
@@ -23,6 +23,7 @@ __all__ = [
     "LTTrainer",
     "launch",
     "setup_lt_logging",
+    "run_logging",
     "load_config",
     "setup_cfg",
     "check_config_values",

@@ -5,6 +5,7 @@ detectron2's ``default_setup`` sets up the "detectron2" and "fvcore" loggers onl
 messages (the evaluator's tables, the sampler in use, prior warnings) go to the "lt_det" logger,
 which :func:`setup_lt_logging` sends to the same ``log.txt`` (detectron2's ``setup_logger``).
 """
+import contextlib
 import logging
 import re
 import sys
@@ -16,6 +17,7 @@ from tabulate import tabulate
 
 __all__ = [
     "setup_lt_logging",
+    "run_logging",
     "PlainFormatter",
     "StripColour",
     "strip_colour_from_setup_logs",
@@ -29,6 +31,9 @@ logger = logging.getLogger(__name__)
 #: Above this many classes detectron2's per-class instance table (one row per 3 classes) is
 #: replaced by :func:`log_class_summary` (per-group totals and the extremes).
 MAX_CLASS_TABLE = 100
+
+#: The loggers a run sets up (detectron2's ``default_setup`` and :func:`setup_lt_logging`).
+RUN_LOGGERS = ("detectron2", "fvcore", "lt_det")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _HISTOGRAM = re.compile(r"Distribution of instances among all (\d+) categories")
@@ -105,7 +110,7 @@ def setup_lt_logging(output_dir: Optional[str], *, rank: Optional[int] = None) -
     strip_colour_from_setup_logs()
     colour = _is_terminal(sys.stdout)
     lt_logger = setup_logger(output_dir or None, distributed_rank=rank, name="lt_det", color=colour)
-    for name in ("detectron2", "fvcore", "lt_det"):
+    for name in RUN_LOGGERS:
         for h in logging.getLogger(name).handlers:
             console = isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
             if isinstance(h, logging.StreamHandler) and (not console or not colour):
@@ -115,6 +120,31 @@ def setup_lt_logging(output_dir: Optional[str], *, rank: Optional[int] = None) -
     if not any(isinstance(f, BoundedClassHistogram) for f in build_logger.filters):
         build_logger.addFilter(BoundedClassHistogram())
     return lt_logger
+
+
+@contextlib.contextmanager
+def run_logging():
+    """Scope of one run's log handlers, for several runs in one process (the two stages of
+    ``MODEL.DECOUPLE.STAGE1_CONFIG``).
+
+    detectron2's ``setup_logger`` adds a console and a ``log.txt`` handler per output folder and
+    never removes them, so without this scope a second run's records would reach the first run's
+    ``log.txt`` and the console twice. On leaving, the handlers added to the
+    :data:`RUN_LOGGERS` inside the scope are flushed and removed (their files stay open, as
+    detectron2 caches them) and ``setup_logger``'s cache is cleared, so that the next run's
+    setup adds its own handlers again.
+    """
+    before = {name: list(logging.getLogger(name).handlers) for name in RUN_LOGGERS}
+    try:
+        yield
+    finally:
+        for name, kept in before.items():
+            log = logging.getLogger(name)
+            for h in list(log.handlers):
+                if h not in kept:
+                    h.flush()
+                    log.removeHandler(h)
+        setup_logger.cache_clear()
 
 
 def log_class_summary(
