@@ -62,6 +62,11 @@ lt_det:
   and OUTPUT_DIR/inference/<dataset>/ (detections, per-class AP); --eval-only writes its
   config.yaml, log.txt and eval_results.json under OUTPUT_DIR/inference/ and leaves the
   training run's own files as they are.
+  Two stages in one command: a config with MODEL.DECOUPLE.STAGE1_CONFIG (configs/lvis_balanced.yaml:
+  RFS, then cRT) trains that stage-1 config into OUTPUT_DIR/stage1/, then itself from
+  OUTPUT_DIR/stage1/model_final.pth into OUTPUT_DIR (KEY VALUE overrides reach both); --resume
+  skips a finished stage 1 and resumes the unfinished stage. Any stage-2 config does the same
+  with MODEL.DECOUPLE.STAGE1_CONFIG <stage-1 yaml> on the command line.
 """
 
 
