@@ -10,6 +10,7 @@ from test_bad_input import data_opts, make_data, write_json
 from test_decouple import batch, make_model, tiny_cfg
 from test_resume import CONFIG, TINY_OPTS, load_train_net
 
+from lt_det.data import register_datasets_from_cfg
 from lt_det.decouple import DecoupledTrainer
 from lt_det.engine import LTCheckpointer, LTTrainer, load_config
 from lt_det.errors import LTDetError
@@ -36,6 +37,7 @@ def save_model(tmp_path, opts, name, num_classes=K, **extra):
     """A checkpoint of the tiny config's model with ``num_classes`` classes."""
     cfg = load_config(CONFIG, [*TINY_OPTS, *opts, "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes),
                                *[x for kv in extra.items() for x in kv]])
+    register_datasets_from_cfg(cfg)  # the prior is counted from it (this test alone, any order)
     model = LTTrainer.build_model(cfg)
     path = str(tmp_path / name)
     torch.save({"model": model.state_dict()}, path)
@@ -112,6 +114,33 @@ def test_the_configs_prior_wins_over_the_checkpoints(tmp_path, caplog):
     torch.testing.assert_close(
         predictor.cls_loss.per_roi(logits, gt).mean(), predictor.cls_loss(logits, gt)
     )
+
+
+def test_a_checkpoint_without_a_prior_is_not_reported_as_missing_it(tmp_path):
+    # a softmax stage-1 checkpoint loaded for a Balanced Softmax stage 2: the config's prior is
+    # used, and only truly missing entries are reported by the checkpointer
+    opts = tiny_dataset(tmp_path)
+    path, _ = save_model(tmp_path, opts, "stage1.pth")
+    state = torch.load(path, weights_only=False)
+    prior_key = "roi_heads.box_predictor.cls_loss.class_prior"
+    missing_key = "roi_heads.box_predictor.bbox_pred.bias"
+    assert prior_key not in state["model"]
+    del state["model"][missing_key]
+    torch.save(state, path)
+    cfg = load_config(CONFIG, [*TINY_OPTS, *opts, "MODEL.ROI_BOX_HEAD.CLS_LOSS", "balanced_softmax"])
+    model = LTTrainer.build_model(cfg)
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    checkpointer = LTCheckpointer(model, must_load=None)
+    checkpointer.logger.addHandler(handler)
+    try:
+        checkpointer.load(path)
+    finally:
+        checkpointer.logger.removeHandler(handler)
+    text = "\n".join(r.getMessage() for r in records)
+    assert missing_key.rsplit(".", 1)[0] in text and "class_prior" not in text, text
+    assert prior_key in model.state_dict()
 
 
 # ------------------------------------------------------------------ frozen means eval mode

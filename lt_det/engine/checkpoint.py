@@ -11,7 +11,8 @@
   detectron2's warning).
 - **one class prior**: the config's. A loaded file's ``class_prior`` buffers (a stage-1
   checkpoint trained with another prior) are not loaded; the log says so when they differ, so
-  the loss and the Meta Sampler's inner loss read the same tensor.
+  the loss and the Meta Sampler's inner loss read the same tensor. A file without them (a
+  softmax stage 1) is not reported as missing them.
 - **a file that names its path**: a missing file (also one named by ``last_checkpoint``), a
   truncated or corrupt ``.pth``, a text file as ``.pth``/``.pkl`` give one message with the path.
 - **atomic saves**: ``<name>.pth`` and ``last_checkpoint`` are written to a temporary file of this
@@ -160,7 +161,11 @@ class LTCheckpointer(DetectionCheckpointer):
         not_loaded = set(incompatible.missing_keys)
         not_loaded.update(k for k, *_ in incompatible.incorrect_shapes)
         self.not_loaded = sorted(not_loaded)
-        return incompatible
+        # The prior buffers keep the config's values by design (above): not reported as missing
+        # (e.g. a stage-1 softmax checkpoint loaded for a Balanced Softmax stage 2).
+        return incompatible._replace(missing_keys=[
+            k for k in incompatible.missing_keys if k.split(".")[-1] != PRIOR_BUFFER
+        ])
 
     def _keep_config_prior(self, model_state: Dict[str, Any]) -> None:
         """Drop the file's class-prior buffers: the config's prior (already in the model) wins."""
