@@ -74,8 +74,7 @@ def test_stage1_config_from_the_command_line(tmp_path):
         args.opts
     plan = two_stage_args(args)
     assert plan.stage1.config_file == os.path.join(CONFIGS, "lvis_rfs.yaml")
-    assert plan.stage1.opts == ["SOLVER.BASE_LR", "0.01", "OUTPUT_DIR", str(out),
-                                "OUTPUT_DIR", str(out / "stage1")]
+    assert plan.stage1.opts == ["SOLVER.BASE_LR", "0.01", "OUTPUT_DIR", str(out / "stage1")]
     assert plan.stage2.config_file.endswith("lvis_stage2_crt.yaml")
     assert plan.stage2.opts[-2:] == ["MODEL.DECOUPLE.STAGE1_CONFIG", ""]
 

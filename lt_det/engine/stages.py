@@ -69,9 +69,10 @@ def two_stage_args(args) -> Optional[TwoStages]:
     s1 = copy.copy(args)
     s1.config_file = path
     # A STAGE1_CONFIG given on the command line chooses stage 1; it is not stage 1's own key.
-    s1.opts = _without_key(list(args.opts), "MODEL.DECOUPLE.STAGE1_CONFIG") + [
-        "OUTPUT_DIR", stage1_dir
-    ]
+    # The command's OUTPUT_DIR is stage 2's; stage 1 gets only its own (one value in its log).
+    s1.opts = _without_key(
+        _without_key(list(args.opts), "MODEL.DECOUPLE.STAGE1_CONFIG"), "OUTPUT_DIR"
+    ) + ["OUTPUT_DIR", stage1_dir]
     if load_config(s1.config_file, s1.opts).MODEL.DECOUPLE.STAGE1_CONFIG:
         raise LTDetError(
             f"the stage-1 config '{path}' sets MODEL.DECOUPLE.STAGE1_CONFIG itself; a stage-1 "
