@@ -93,4 +93,5 @@ def test_two_stage_config_trains_both_stages_and_resumes_across_them(tiny_lvis, 
     resumed = run("--resume")
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert (stage1 / "model_final.pth").stat().st_mtime_ns == stamp
+    assert f"stage 1 is finished ({stage1}/model_final.pth)" in resumed.stdout
     assert (stage2 / "model_final.pth").is_file() and (stage2 / "eval_results.json").is_file()

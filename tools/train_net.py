@@ -90,6 +90,9 @@ def main(args):
         if not (args.resume and stage1_finished(stages.stage1_dir)):
             with run_logging():  # stage 1's log handlers end with it
                 main(stages.stage1)
+        elif comm.is_main_process():  # before stage 2's logging is set up
+            print(f"[train_net] stage 1 is finished ({stages.stage1_dir}/model_final.pth); "
+                  "--resume goes on with stage 2", flush=True)
         comm.synchronize()
         return main(stages.stage2)
     cfg = setup_cfg(args)  # checks everything, then locks the folder it writes to
