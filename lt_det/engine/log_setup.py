@@ -144,7 +144,9 @@ def run_logging():
                 if h not in kept:
                     h.flush()
                     log.removeHandler(h)
-        setup_logger.cache_clear()
+        clear = getattr(setup_logger, "cache_clear", None)  # an lru_cache in detectron2 0.6+
+        if clear is not None:
+            clear()
 
 
 def log_class_summary(
