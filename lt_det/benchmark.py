@@ -298,7 +298,7 @@ def run_benchmark(
         for j in jobs.values():
             if j.spec.stage == 1 and not j.spec.eval_only:
                 j.cache_entry = _stage1_cache_entry(stage1_cache, j, data, seed, paths)
-                if _load_cached_stage1(j):
+                if _load_cached_stage1(j, data["val_json"]):
                     print(f"[lt_benchmark] {j.spec.name}: reusing stage-1 run {j.cache_entry}",
                           flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -419,8 +419,11 @@ def _evaluate_ap_fixed(run_dir: str, val_json: str, results: Dict) -> Dict[str, 
     for task in tasks:
         res = evaluate_lvis(gt, dets, iou_type=task, ap_fixed=True, ap_pool=task == "bbox")
         out[f"{task}-fixed"] = {k: v for k, v in res.metrics_percent().items() if math.isfinite(v)}
-    with open(path, "w") as f:
+    # a new file (temporary + rename), not a rewrite: run folders share files by hard links
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         json.dump(out, f, indent=2)
+    os.replace(tmp, path)
     return out
 
 
@@ -461,21 +464,22 @@ def _copy_run(src: str, dst: str) -> None:
     shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
-def _load_cached_stage1(job: _Job) -> bool:
-    """Reuse a finished stage-1 run from the cache (True), or leave the job to run (False)."""
+def _load_cached_stage1(job: _Job, val_json: str) -> bool:
+    """Reuse a finished stage-1 run from the cache (True), or leave the job to run (False).
+
+    The entry's AP-fixed / AP-pool file is completed first when an older version wrote it (a
+    task or AP-pool missing: recomputed from the entry's detections, as for a new run), so a
+    cached row has the same columns as a trained one."""
     entry = job.cache_entry
     info_path = os.path.join(entry, "cache_info.json") if entry else ""
     if not entry or not os.path.isfile(info_path):
         return False
     with open(info_path) as f:
         info = json.load(f)
-    _copy_run(entry, job.out_dir)
-    with open(os.path.join(job.out_dir, "eval_results.json")) as f:
+    with open(os.path.join(entry, "eval_results.json")) as f:
         job.results = json.load(f)
-    fixed = os.path.join(job.out_dir, AP_FIXED_FILE)
-    if os.path.isfile(fixed):
-        with open(fixed) as f:
-            job.results.update(json.load(f))
+    job.results.update(_evaluate_ap_fixed(entry, val_json, job.results))
+    _copy_run(entry, job.out_dir)
     job.wall, job.done, job.cached = float(info["wall_s"]), True, True
     return True
 
@@ -612,7 +616,8 @@ def summarize_runs(
     out_dirs: Sequence[str], task: Optional[str] = None, *, group: bool = False
 ) -> str:
     """Markdown: per method the mean (min-max) of AP, APr, APc, APf (and AP-fixed, and for bbox
-    AP-pool, where the runs have them) over benchmark outputs, then per run the best stage-2
+    AP-pool, where the runs have them; a cell over fewer runs than its row says "k of n runs")
+    over benchmark outputs, then per run the best stage-2
     method by APr and its margins over softmax CE and RFS. Folders of one seed and setting are
     one run (:func:`load_runs`).
 
@@ -673,7 +678,10 @@ def _summarize_group(runs: List[Dict], task: str) -> str:
                 v = [m[f"{task}-fixed"][key] for m in rows if key in m.get(f"{task}-fixed", {})]
             else:
                 v = [m[task][k] for m in rows if k in m[task]]
-            cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})" if v else "-")
+            cell = f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f}" if v else "-"
+            if v:  # a mean over fewer runs than the row's (older results lack the column)
+                cell += f"; {len(v)} of {len(rows)} runs)" if len(v) < len(rows) else ")"
+            cells.append(cell)
         label = rows[0]["label"] if rows else name
         if len(rows) < len(runs):
             label += f" ({len(rows)} of {len(runs)} runs)"

@@ -3,6 +3,7 @@ complete and finite."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -157,6 +158,10 @@ def test_summarize_runs_means_and_margins(tmp_path):
     assert "| AP | APr | APc | APf | AP-fixed | AP-pool |" in pooled
     assert "| crt | 55.0 (55.0-55.0) | 30.0 (30.0-30.0) | - | - | 32.0 (32.0-32.0) | " \
            "22.0 (22.0-22.0) |" in pooled
+    # a column only some runs hold (an older version's results) says over how many runs
+    both = summarize_runs([str(tmp_path / "s1"), str(tmp_path / "s2")])
+    assert "| crt | 54.0 (53.0-55.0) | 26.5 (23.0-30.0) | - | - | 32.0 (32.0-32.0; 1 of 2 " \
+           "runs) | 22.0 (22.0-22.0; 1 of 2 runs) |" in both
     assert "| crt | 54.0 (53.0-55.0) | 26.5 (23.0-30.0) | - | - |" in text
     assert "seeds 1, 2; box AP" in text
     assert "seed 1: best stage 2 by APr = crt (55.0 AP / 30.0 APr): vs softmax CE +20.0 APr " \
@@ -209,6 +214,39 @@ def test_ap_fixed_file_of_an_older_version_is_recomputed(tmp_path):
     complete = {"bbox-fixed": {"AP": 2.0, "APpool": 3.0}}
     stored.write_text(json.dumps(complete))
     assert _evaluate_ap_fixed(str(tmp_path / "run"), str(val), {"bbox": {"AP": 0.0}}) == complete
+
+
+def test_cached_stage1_run_of_an_older_version_gets_ap_pool(tmp_path):
+    # A stage-1 cache entry written before AP-pool existed: reusing it completes its AP-fixed
+    # file from its detections (the row has the columns of a trained one); the entry's files,
+    # hard-linked from the run that filled it, are replaced, not rewritten in place.
+    from lt_det.benchmark import AP_FIXED_FILE, METHODS, _Job, _load_cached_stage1
+    from test_ap_pool import DETS, GT
+
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps(GT))
+    origin, entry = tmp_path / "origin", tmp_path / "cache" / "softmax-seed0-key"
+    inf = origin / "inference" / "lt_synth_val"
+    inf.mkdir(parents=True)
+    (inf / "lvis_instances_results.json").write_text(json.dumps(
+        [{"image_id": i, "category_id": c, "bbox": list(b), "score": s} for i, c, b, s in DETS]))
+    (origin / "eval_results.json").write_text(json.dumps({"bbox": {"AP": 1.0}}))
+    old = {"bbox-fixed": {"AP": 1.0}}
+    (origin / AP_FIXED_FILE).write_text(json.dumps(old))
+    shutil.copytree(origin, entry, copy_function=os.link)
+    (entry / "cache_info.json").write_text(json.dumps({"method": "softmax", "wall_s": 5.0}))
+    job = _Job(spec=METHODS["softmax"], out_dir=str(tmp_path / "out"), iters=2,
+               cache_entry=str(entry))
+    assert _load_cached_stage1(job, str(val))
+    assert job.cached and job.done and job.wall == 5.0
+    assert 0 <= job.results["bbox-fixed"]["APpool"] <= 100 and job.results["bbox"]["AP"] == 1.0
+    for d in (entry, tmp_path / "out"):
+        assert json.loads((d / AP_FIXED_FILE).read_text()) == {
+            "bbox-fixed": job.results["bbox-fixed"]}
+    assert json.loads((origin / AP_FIXED_FILE).read_text()) == old
+    # no entry: the run trains
+    assert not _load_cached_stage1(_Job(spec=METHODS["softmax"], out_dir=str(tmp_path / "o2"),
+                                        iters=2, cache_entry=str(tmp_path / "none")), str(val))
 
 
 def test_folders_of_one_seed_are_one_run(tmp_path):
