@@ -381,7 +381,7 @@ def _refuse_earlier_benchmark(out_dir: str, overwrite: bool) -> None:
     held = ["results.json"] * done + ([f"it already holds runs of {runs}"] if runs else [])
     raise LTDetError(
         f"'{out_dir}' already holds a benchmark ({'; '.join(held)}); nothing was changed. Choose "
-        "another output folder or pass overwrite=True (lt_benchmark.py --force) to replace it."
+        "another output folder or pass --force (overwrite=True from Python) to replace it."
     )
 
 

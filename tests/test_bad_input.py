@@ -276,6 +276,7 @@ def test_stage2_with_missing_checkpoint(tmp_path):
     msg = main_error(tmp_path, *data_opts(js, root), "MODEL.DECOUPLE.METHOD", "crt",
                      "MODEL.WEIGHTS", missing)
     assert missing in msg and "does not exist" in msg and "Train stage 1 first" in msg
+    assert not (tmp_path / "out").exists()  # refused before OUTPUT_DIR is made
 
 
 def test_stage2_with_incompatible_checkpoint(tmp_path):
@@ -294,6 +295,7 @@ def test_missing_weights_for_training_and_eval(tmp_path):
     missing = str(tmp_path / "nope.pth")
     msg = main_error(tmp_path, *data_opts(js, root), "MODEL.WEIGHTS", missing)
     assert f"MODEL.WEIGHTS '{missing}' does not exist" in msg
+    assert not (tmp_path / "out").exists()
     train_net = load_train_net()
     args = train_net.argument_parser().parse_args(
         ["--config-file", CONFIG, "--eval-only", *TINY_OPTS, *data_opts(js, root),
@@ -301,6 +303,34 @@ def test_missing_weights_for_training_and_eval(tmp_path):
     )
     with pytest.raises(LTDetError, match="does not exist"):
         train_net.main(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_start_weights_are_not_needed_when_resume_finds_a_checkpoint(tmp_path):
+    from detectron2.config import get_cfg
+
+    from lt_det.config import add_lt_config
+    from lt_det.engine.defaults import check_start_weights
+
+    cfg = add_lt_config(get_cfg())
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "gone.pth")
+    cfg.MODEL.DECOUPLE.METHOD = "crt"
+    with pytest.raises(LTDetError, match="Train stage 1 first"):
+        check_start_weights(cfg, resume=True, eval_only=False)  # nothing to resume from yet
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    check_start_weights(cfg, resume=True, eval_only=False)  # detectron2 loads that instead
+    with pytest.raises(LTDetError, match="does not exist"):
+        check_start_weights(cfg, resume=False, eval_only=True)
+
+
+def test_cascade_head_with_class_specific_box_regression(tmp_path):
+    data, root = make_data(tmp_path)
+    js = write_json(tmp_path, data)
+    msg = main_error(tmp_path, *data_opts(js, root), "MODEL.ROI_HEADS.NAME", "LTCascadeROIHeads",
+                     "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False")
+    assert "LTCascadeROIHeads" in msg and "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True" in msg
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ training

@@ -419,6 +419,16 @@ def test_tau_sweep_and_norm_plot_tools(tiny_data, tmp_path):
     per_class = json.loads((out / "tau_0" / "per_class_ap_bbox.json").read_text())
     assert per_class["info"]["num_images"] == 4
     assert "frozen detector" in (out / "log.txt").read_text()
+    # a second sweep into the same folder is refused and leaves the first one as it was;
+    # missing weights are refused before --out is made
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    argv = ["--config-file", str(cfg_file), "--taus", "0.5", "--max-images", "4"]
+    assert tool("tau_sweep").main(argv + ["--weights", weights, "--out", str(out)]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    missing = tmp_path / "no_such.pth"
+    new = tmp_path / "new"
+    assert tool("tau_sweep").main(argv + ["--weights", str(missing), "--out", str(new)]) == 2
+    assert not new.exists()
 
     png = tmp_path / "norms.png"
     means = plot_classifier_norms(

@@ -16,7 +16,9 @@ N images only (a quick look; the numbers are not those of the whole set). A prog
 ETA is shown on stderr.
 
 Writes OUT/tau_sweep.csv, OUT/tau_sweep.md, OUT/tau_sweep.png, OUT/log.txt and OUT/tau_<t>/
-(per-class AP and the detections of each tau); prints the table and the best tau by AP.
+(per-class AP and the detections of each tau); prints the table and the best tau by AP. An --out
+that holds a finished sweep is refused (exit 2, nothing changed) unless --force; bad arguments
+are refused before --out is made.
 """
 import argparse
 import logging
@@ -53,6 +55,8 @@ from lt_det.errors import LTDetError, report_error  # noqa: E402
 from lt_det.evaluation import build_lvis_evaluator  # noqa: E402
 
 logger = logging.getLogger("lt_det.tau_sweep")
+# What a finished sweep leaves in --out (a rerun without --force refuses the folder).
+OUT_FILES = ("tau_sweep.csv", "tau_sweep.md", "tau_sweep.png")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,8 +73,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also tau-normalise the background row (default: keep it, as MODEL.DECOUPLE does)",
     )
     p.add_argument("--max-images", type=int, default=0, help="evaluate the first N images (0: all)")
+    p.add_argument("--force", action="store_true", help="replace an earlier sweep in --out")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
+
+
+def check_inputs(args) -> None:
+    """Everything that can be wrong with the arguments, before anything is written."""
+    if os.path.isfile(args.out):
+        raise LTDetError(f"--out '{args.out}' is a file; give a folder.")
+    if not os.path.isfile(args.weights) and "://" not in args.weights:
+        raise LTDetError(f"--weights '{args.weights}' does not exist.")
+    held = [f for f in OUT_FILES if os.path.isfile(os.path.join(args.out, f))]
+    if held and not args.force:
+        raise LTDetError(
+            f"'{args.out}' already holds a tau sweep ({', '.join(held)}); nothing was changed. "
+            "Choose another --out or pass --force."
+        )
 
 
 def setup(args):
@@ -90,8 +109,6 @@ def sweep(cfg, args) -> List[Dict[str, float]]:
     """Evaluate every tau in one pass over the dataset; returns one row per tau."""
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     model = apply_decoupling(build_model(cfg), cfg).eval()
-    if not os.path.isfile(args.weights) and "://" not in args.weights:
-        raise LTDetError(f"--weights '{args.weights}' does not exist.")
     LTCheckpointer(model, must_load="all").load(args.weights)  # the one load guard
     predictors = find_box_predictors(model)
     if len(predictors) != 1:
@@ -163,10 +180,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out = os.path.abspath(args.out)
     try:
-        if os.path.isfile(args.out):
-            raise LTDetError(f"--out '{args.out}' is a file; give a folder.")
+        check_inputs(args)
+        cfg = setup(args)  # config, dataset and class count checked before --out is made
         setup_lt_logging(args.out)
-        cfg = setup(args)
         rows = sweep(cfg, args)
     except LTDetError as e:
         return report_error(e)

@@ -40,7 +40,7 @@ from lt_det.engine import (  # noqa: E402
     setup_cfg,
 )
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
-from lt_det.engine.trainer import check_weights_file  # noqa: E402
+from lt_det.engine.defaults import check_weights_file  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 

@@ -509,7 +509,7 @@ def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
         if not overwrite:
             raise LTDetError(
                 f"output folder '{out_dir}' exists and is not empty; choose another folder or "
-                "pass overwrite=True (--overwrite) to replace the dataset in it."
+                "pass --overwrite (overwrite=True from Python) to replace the dataset in it."
             )
         for name in (TRAIN_JSON, VAL_JSON):
             if os.path.isfile(os.path.join(out_dir, name)):

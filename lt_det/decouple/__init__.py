@@ -45,6 +45,7 @@ from .trainer import (
     DecoupledTrainer,
     build_decoupled_trainer,
     check_decoupled_training,
+    check_stage1_weights,
     stage1_load_guard,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "MetaSamplerLearner",
     "ClassBalancedFeatureBank",
     "check_decoupled_training",
+    "check_stage1_weights",
     "stage1_load_guard",
     "SWEEP_METRICS",
     "sweep_box_predictor",

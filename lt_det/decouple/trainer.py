@@ -35,6 +35,7 @@ __all__ = [
     "DecoupledTrainer",
     "build_decoupled_trainer",
     "check_decoupled_training",
+    "check_stage1_weights",
     "stage1_load_guard",
 ]
 
@@ -273,6 +274,28 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+def check_stage1_weights(cfg: CfgNode) -> None:
+    """Stage 2 (``MODEL.DECOUPLE.METHOD`` other than none) starts from a stage-1 checkpoint: a
+    local ``MODEL.WEIGHTS`` must name an existing file (URLs are left to the checkpointer).
+
+    Raises:
+        LTDetError: MODEL.WEIGHTS is empty or a local file that does not exist.
+    """
+    weights = cfg.MODEL.WEIGHTS
+    method = cfg.MODEL.DECOUPLE.METHOD
+    if not weights:
+        raise LTDetError(
+            f"MODEL.DECOUPLE.METHOD={method!r} starts from stage-1 weights, but MODEL.WEIGHTS "
+            "is empty. Set it to a stage-1 checkpoint, e.g. "
+            "./output/synthetic/rfs/model_final.pth."
+        )
+    if not _is_remote(weights) and not os.path.isfile(weights):
+        raise LTDetError(
+            f"MODEL.WEIGHTS '{weights}' (stage-1 checkpoint for MODEL.DECOUPLE.METHOD="
+            f"{method!r}) does not exist. Train stage 1 first or fix the path."
+        )
+
+
 @contextlib.contextmanager
 def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool) -> Iterator:
     """Wrap the weight loading of a stage-2 run (``LTTrainer.resume_or_load``).
@@ -289,19 +312,7 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
     if resume and checkpointer.has_checkpoint():
         yield
         return
-    weights = cfg.MODEL.WEIGHTS
-    method = cfg.MODEL.DECOUPLE.METHOD
-    if not weights:
-        raise LTDetError(
-            f"MODEL.DECOUPLE.METHOD={method!r} starts from stage-1 weights, but MODEL.WEIGHTS "
-            "is empty. Set it to a stage-1 checkpoint, e.g. "
-            "./output/synthetic/rfs/model_final.pth."
-        )
-    if not _is_remote(weights) and not os.path.isfile(weights):
-        raise LTDetError(
-            f"MODEL.WEIGHTS '{weights}' (stage-1 checkpoint for MODEL.DECOUPLE.METHOD="
-            f"{method!r}) does not exist. Train stage 1 first or fix the path."
-        )
+    check_stage1_weights(cfg)
     # The checkpointer's load guard (lt_det.engine.checkpoint) refuses a file that leaves any
     # frozen parameter unloaded (missing or of another shape).
     if not hasattr(checkpointer, "must_load"):

@@ -25,6 +25,9 @@ __all__ = [
     "check_datasets",
     "check_device",
     "check_cls_loss_heads",
+    "check_cascade_box_reg",
+    "check_weights_file",
+    "check_start_weights",
     "check_config_values",
     "check_output_dir",
     "config_choices",
@@ -87,6 +90,7 @@ def setup_cfg(args) -> CfgNode:
     if not args.eval_only:
         check_decoupled_training(cfg)
     check_cls_loss_heads(cfg)
+    check_cascade_box_reg(cfg)
     check_device(cfg)
     cfg.freeze()
     check_dataset_files(cfg)
@@ -101,6 +105,7 @@ def setup_cfg(args) -> CfgNode:
         overwrite=getattr(args, "overwrite_output", False),
     )
     check_run_folder()
+    check_start_weights(cfg, resume=args.resume, eval_only=args.eval_only)
     # The folder this run writes to: OUTPUT_DIR, or OUTPUT_DIR/inference for --eval-only (which
     # may evaluate a checkpoint of a training run that is still going on).
     write_dir = eval_output_dir(cfg) if args.eval_only else cfg.OUTPUT_DIR
@@ -118,6 +123,38 @@ def setup_cfg(args) -> CfgNode:
         default_setup(cfg, args)
     setup_lt_logging(write_dir)
     return cfg
+
+
+def check_weights_file(weights: str) -> None:
+    """A local ``MODEL.WEIGHTS`` must exist (fvcore would fail with a bare assertion); empty
+    (the backbone's own initialisation) and URLs (``scheme://``) pass.
+
+    Raises:
+        LTDetError: a local path that is not a file.
+    """
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise LTDetError(
+            f"MODEL.WEIGHTS '{weights}' does not exist. Fix the path, or set MODEL.WEIGHTS \"\" "
+            "to start from the backbone's own initialisation."
+        )
+
+
+def check_start_weights(cfg: CfgNode, *, resume: bool, eval_only: bool) -> None:
+    """The weights a run starts from must be there before anything is written: MODEL.WEIGHTS,
+    unless ``--resume`` finds OUTPUT_DIR's ``last_checkpoint`` (detectron2 then loads that file
+    instead). Stage 2 (``MODEL.DECOUPLE.METHOD`` other than none) needs a stage-1 checkpoint.
+
+    Raises:
+        LTDetError: the file to start from is missing (or empty for stage 2).
+    """
+    from ..decouple import check_stage1_weights
+
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    if not eval_only and cfg.MODEL.DECOUPLE.METHOD != "none":
+        check_stage1_weights(cfg)
+    else:
+        check_weights_file(cfg.MODEL.WEIGHTS)
 
 
 def check_device(cfg: CfgNode) -> None:
@@ -152,6 +189,28 @@ def check_cls_loss_heads(cfg: CfgNode) -> None:
             f"MODEL.ROI_BOX_HEAD.CLS_LOSS is '{loss}', but MODEL.ROI_HEADS.NAME '{name}' is "
             "detectron2's own head, which ignores it and trains plain softmax cross-entropy. Set "
             f"MODEL.ROI_HEADS.NAME {lt_name}."
+        )
+
+
+def check_cascade_box_reg(cfg: CfgNode) -> None:
+    """Cascade R-CNN heads (detectron2's ``CascadeROIHeads`` and its subclasses, e.g.
+    ``LTCascadeROIHeads``) regress boxes class-agnostically; detectron2 asserts it when the
+    model is built. Checked here first, so the user gets the key to set instead of a traceback.
+
+    Raises:
+        LTDetError: a cascade head with ``MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG`` False.
+    """
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
+    from detectron2.modeling.roi_heads.cascade_rcnn import CascadeROIHeads
+
+    name = cfg.MODEL.ROI_HEADS.NAME
+    if name not in ROI_HEADS_REGISTRY or cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
+        return
+    if issubclass(ROI_HEADS_REGISTRY.get(name), CascadeROIHeads):
+        raise LTDetError(
+            f"MODEL.ROI_HEADS.NAME '{name}' is a Cascade R-CNN head, which needs class-agnostic "
+            "box regression. Add MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True (as "
+            "configs/lvis_cascade_balanced.yaml does)."
         )
 
 

@@ -48,7 +48,7 @@ from ..decouple import (
 )
 from ..errors import LTDetError
 from .checkpoint import LTCheckpointer
-from .defaults import check_config_values
+from .defaults import check_config_values, check_weights_file
 from .evaluators import EVALUATOR_BUILDERS
 from .init_check import warn_frozen_bn_at_random_init
 from .log_setup import log_class_summary
@@ -120,15 +120,6 @@ def _strip_worker_traceback(message: str) -> str:
         return message
     last = message.rstrip().splitlines()[-1]
     return last.split("LTDetError: ", 1)[-1]
-
-
-def check_weights_file(weights: str) -> None:
-    """A local ``MODEL.WEIGHTS`` must exist (fvcore would fail with a bare assertion)."""
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise LTDetError(
-            f"MODEL.WEIGHTS '{weights}' does not exist. Fix the path, or set MODEL.WEIGHTS \"\" "
-            "to start from the backbone's own initialisation."
-        )
 
 
 def _weights_health(path: str) -> str:
