@@ -373,6 +373,12 @@ def test_missing_config_file_and_unknown_key(tmp_path):
         load_config("nope.yaml")
     msg = main_error(tmp_path, "MODEL.ROI_BOX_HEAD.CLS_LOS", "softmax_ce")
     assert "MODEL.ROI_BOX_HEAD.CLS_LOS" in msg and "lt_det/config.py" in msg
+    assert "Did you mean MODEL.ROI_BOX_HEAD.CLS_LOSS?" in msg
+    assert "Did you mean" not in main_error(tmp_path, "FOO.BAR", "1")  # nothing close
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"_BASE_: {CONFIG}\nSOLVER:\n  MAX_ITR: 2\n")
+    with pytest.raises(LTDetError, match="Did you mean SOLVER.MAX_ITER"):
+        load_config(str(typo))
 
 
 def test_meta_sampler_outside_a_decoupled_stage2(tmp_path):

@@ -1,8 +1,10 @@
 """Config set-up shared by the command-line tools: every check made at the door, before a model
 is built or anything is written to OUTPUT_DIR."""
+import difflib
 import functools
 import logging
 import os
+import re
 from typing import Dict, List, Optional
 
 import torch
@@ -49,22 +51,42 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
         cfg.merge_from_file(config_file)
     except KeyError as e:
         raise LTDetError(
-            f"'{config_file}' sets a key detectron2 and lt_det do not have: {e.args[0]}. "
-            "Check the spelling against lt_det/config.py."
+            f"'{config_file}' sets a key detectron2 and lt_det do not have: {e.args[0]}."
+            f"{_did_you_mean(cfg, str(e.args[0]))} Check the spelling against lt_det/config.py."
         ) from None
     except (ValueError, AssertionError) as e:
         raise LTDetError(f"'{config_file}': {e}") from None
     try:
         cfg.merge_from_list(list(opts or []))
     except (KeyError, AssertionError) as e:  # yacs asserts on unknown keys and odd lists
+        message = str(e.args[0] if e.args else e)
         raise LTDetError(
-            f"command-line KEY VALUE overrides: {e.args[0] if e.args else e}. Overrides come "
+            f"command-line KEY VALUE overrides: {message}.{_did_you_mean(cfg, message)} "
+            "Overrides come "
             "in KEY VALUE pairs after the options (--num-gpus etc. go first); keys are listed "
             "in lt_det/config.py and detectron2's defaults."
         ) from None
     except ValueError as e:
         raise LTDetError(f"command-line KEY VALUE overrides: {e}") from None
     return cfg
+
+
+def _did_you_mean(cfg: CfgNode, message: str) -> str:
+    """`` Did you mean KEY?`` for the closest existing key to the unknown one a yacs error names
+    (``Non-existent key: A.B``); empty if nothing is close."""
+    match = re.search(r"Non-existent (?:config )?key: (\S+)", message)
+    if not match:
+        return ""
+
+    def keys(node: CfgNode, prefix: str = ""):
+        for name, value in node.items():
+            if isinstance(value, CfgNode):
+                yield from keys(value, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    close = difflib.get_close_matches(match.group(1).rstrip("."), list(keys(cfg)), n=1, cutoff=0.8)
+    return f" Did you mean {close[0]}?" if close else ""
 
 
 def setup_cfg(args) -> CfgNode:
