@@ -429,6 +429,13 @@ def test_tau_sweep_and_norm_plot_tools(tiny_data, tmp_path):
     new = tmp_path / "new"
     assert tool("tau_sweep").main(argv + ["--weights", str(missing), "--out", str(new)]) == 2
     assert not new.exists()
+    # the calibration sweep shares the refusal of a folder that holds its sweep
+    (new / "calibration_sweep.md").parent.mkdir()
+    (new / "calibration_sweep.md").write_text("earlier sweep")
+    argv = ["--config-file", str(cfg_file), "--weights", weights, "--out", str(new)]
+    assert tool("calibration_sweep").main(argv) == 2
+    assert os.listdir(new) == ["calibration_sweep.md"]
+    assert (new / "calibration_sweep.md").read_text() == "earlier sweep"
 
     png = tmp_path / "norms.png"
     means = plot_classifier_norms(

@@ -34,6 +34,7 @@ from detectron2.modeling import build_model  # noqa: E402
 import lt_det.modeling  # noqa: E402,F401  registration
 from lt_det.data import register_datasets_from_cfg  # noqa: E402
 from lt_det.decouple import (  # noqa: E402
+    check_sweep_out,
     find_box_predictors,
     sweep_box_predictor,
     sweep_metrics,
@@ -74,12 +75,7 @@ def setup(args):
     args.values = sorted(set(args.values))
     if any(v < 0 for v in args.values):
         raise LTDetError(f"--values must be >= 0, got {args.values}.")
-    held = [f for f in OUT_FILES if os.path.isfile(os.path.join(args.out, f))]
-    if held and not args.force:
-        raise LTDetError(
-            f"'{args.out}' already holds a sweep ({', '.join(held)}); nothing was changed. "
-            "Choose another --out or pass --force."
-        )
+    check_sweep_out(args.out, OUT_FILES, args.force)
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.MODEL.MASK_ON = False  # box AP only
@@ -138,8 +134,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out = os.path.abspath(args.out)
     try:
-        if os.path.isfile(args.out):
-            raise LTDetError(f"--out '{args.out}' is a file; give a folder.")
         cfg = setup(args)  # refuses bad input before anything is written
         setup_lt_logging(args.out)
         rows = sweep(cfg, args)

@@ -42,6 +42,7 @@ from lt_det.decouple import (  # noqa: E402
     SWEEP_METRICS,
     TauNormLinear,
     apply_decoupling,
+    check_sweep_out,
     find_box_predictors,
     sweep_box_predictor,
     sweep_metrics,
@@ -80,16 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_inputs(args) -> None:
     """Everything that can be wrong with the arguments, before anything is written."""
-    if os.path.isfile(args.out):
-        raise LTDetError(f"--out '{args.out}' is a file; give a folder.")
     if not os.path.isfile(args.weights) and "://" not in args.weights:
         raise LTDetError(f"--weights '{args.weights}' does not exist.")
-    held = [f for f in OUT_FILES if os.path.isfile(os.path.join(args.out, f))]
-    if held and not args.force:
-        raise LTDetError(
-            f"'{args.out}' already holds a tau sweep ({', '.join(held)}); nothing was changed. "
-            "Choose another --out or pass --force."
-        )
+    check_sweep_out(args.out, OUT_FILES, args.force)
 
 
 def setup(args):

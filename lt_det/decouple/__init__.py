@@ -39,7 +39,13 @@ from .registry import (
 )
 from .balms import MetaSamplerLearner
 from .feature_bank import ClassBalancedFeatureBank
-from .sweep import SWEEP_METRICS, sweep_box_predictor, sweep_metrics, write_sweep_table
+from .sweep import (
+    SWEEP_METRICS,
+    check_sweep_out,
+    sweep_box_predictor,
+    sweep_metrics,
+    write_sweep_table,
+)
 from .trainer import (
     DecoupledStep,
     DecoupledTrainer,
@@ -81,6 +87,7 @@ __all__ = [
     "check_stage1_weights",
     "stage1_load_guard",
     "SWEEP_METRICS",
+    "check_sweep_out",
     "sweep_box_predictor",
     "sweep_metrics",
     "write_sweep_table",

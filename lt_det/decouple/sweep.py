@@ -19,7 +19,13 @@ from torch import nn
 
 from .features import frozen_box_batch
 
-__all__ = ["SWEEP_METRICS", "sweep_box_predictor", "sweep_metrics", "write_sweep_table"]
+__all__ = [
+    "SWEEP_METRICS",
+    "check_sweep_out",
+    "sweep_box_predictor",
+    "sweep_metrics",
+    "write_sweep_table",
+]
 
 #: The box AP columns of a sweep row (LVIS AP over all, rare, common, frequent classes).
 SWEEP_METRICS = ("AP", "APr", "APc", "APf")
@@ -137,3 +143,22 @@ def write_sweep_table(
     with open(os.path.join(out_dir, name + ".md"), "w") as f:
         f.write(markdown + "\n")
     return markdown, list(best.values())
+
+
+def check_sweep_out(out: str, files: Sequence[str], force: bool) -> None:
+    """Refuse an output folder that already holds a sweep (any of ``files``) unless ``force``,
+    before anything is written.
+
+    Raises:
+        LTDetError: ``out`` is a file, or holds one of ``files`` and ``force`` is False.
+    """
+    from ..errors import LTDetError
+
+    if os.path.isfile(out):
+        raise LTDetError(f"--out '{out}' is a file; give a folder.")
+    held = [f for f in files if os.path.isfile(os.path.join(out, f))]
+    if held and not force:
+        raise LTDetError(
+            f"'{out}' already holds a sweep ({', '.join(held)}); nothing was changed. "
+            "Choose another --out or pass --force."
+        )
