@@ -58,10 +58,11 @@ lt_det:
   already run on CPU); --num-gpus N MODEL.DEVICE cpu runs N CPU processes over gloo.
   MODEL.WEIGHTS must be reachable: offline, copy the weights file onto the machine and pass its
   path (an R-50 with FrozenBN and MODEL.WEIGHTS "" trains poorly; a warning says so).
-  Training writes OUTPUT_DIR/{config.yaml,log.txt,metrics.json,model_*.pth,eval_results.json}
-  and OUTPUT_DIR/inference/<dataset>/ (detections, per-class AP); --eval-only writes its
-  config.yaml, log.txt and eval_results.json under OUTPUT_DIR/inference/ and leaves the
-  training run's own files as they are.
+  Training writes OUTPUT_DIR/{config.yaml,log.txt,metrics.json,events.out.tfevents.*,
+  model_*.pth,last_checkpoint,eval_results.json,.lt_det.lock} and OUTPUT_DIR/inference/<dataset>/
+  (detections, per-class AP); --eval-only writes its config.yaml, log.txt, eval_results.json and
+  .lt_det.lock under OUTPUT_DIR/inference/ and leaves the training run's own files as they are.
+  .lt_det.lock (one run per folder) is an OS lock that ends with the process; the file stays.
   Two stages in one command: a config with MODEL.DECOUPLE.STAGE1_CONFIG (configs/lvis_balanced.yaml:
   RFS, then cRT) trains that stage-1 config into OUTPUT_DIR/stage1/, then itself from
   OUTPUT_DIR/stage1/model_final.pth into OUTPUT_DIR (KEY VALUE overrides reach both); --resume
