@@ -34,7 +34,7 @@ from detectron2.modeling import build_model  # noqa: E402
 import lt_det.modeling  # noqa: E402,F401  registration
 from lt_det.data import register_datasets_from_cfg  # noqa: E402
 from lt_det.decouple import (  # noqa: E402
-    check_sweep_out,
+    check_sweep_inputs,
     find_box_predictors,
     sweep_box_predictor,
     sweep_metrics,
@@ -70,12 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup(args):
     """Config and checks; everything that can be wrong is refused before anything is written."""
-    if not os.path.isfile(args.weights) and "://" not in args.weights:
-        raise LTDetError(f"--weights '{args.weights}' does not exist.")
+    check_sweep_inputs(args.weights, args.out, OUT_FILES, args.force)
     args.values = sorted(set(args.values))
     if any(v < 0 for v in args.values):
         raise LTDetError(f"--values must be >= 0, got {args.values}.")
-    check_sweep_out(args.out, OUT_FILES, args.force)
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.MODEL.MASK_ON = False  # box AP only

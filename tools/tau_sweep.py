@@ -42,7 +42,7 @@ from lt_det.decouple import (  # noqa: E402
     SWEEP_METRICS,
     TauNormLinear,
     apply_decoupling,
-    check_sweep_out,
+    check_sweep_inputs,
     find_box_predictors,
     sweep_box_predictor,
     sweep_metrics,
@@ -77,13 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="replace an earlier sweep in --out")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
-
-
-def check_inputs(args) -> None:
-    """Everything that can be wrong with the arguments, before anything is written."""
-    if not os.path.isfile(args.weights) and "://" not in args.weights:
-        raise LTDetError(f"--weights '{args.weights}' does not exist.")
-    check_sweep_out(args.out, OUT_FILES, args.force)
 
 
 def setup(args):
@@ -174,7 +167,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out = os.path.abspath(args.out)
     try:
-        check_inputs(args)
+        check_sweep_inputs(args.weights, args.out, OUT_FILES, args.force)
         cfg = setup(args)  # config, dataset and class count checked before --out is made
         setup_lt_logging(args.out)
         rows = sweep(cfg, args)

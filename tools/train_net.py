@@ -40,7 +40,6 @@ from lt_det.engine import (  # noqa: E402
     setup_cfg,
 )
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
-from lt_det.engine.defaults import check_weights_file  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 
 
@@ -105,8 +104,6 @@ def main(args):
 
 def run(cfg, args):
     if args.eval_only:
-        if not args.resume:
-            check_weights_file(cfg.MODEL.WEIGHTS)
         model = LTTrainer.build_model(eval_only_config(cfg))  # prior from the checkpoint
         # must_load="all": a checkpoint of another architecture or class count is refused
         LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, must_load="all").resume_or_load(

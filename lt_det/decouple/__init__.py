@@ -41,7 +41,7 @@ from .balms import MetaSamplerLearner
 from .feature_bank import ClassBalancedFeatureBank
 from .sweep import (
     SWEEP_METRICS,
-    check_sweep_out,
+    check_sweep_inputs,
     sweep_box_predictor,
     sweep_metrics,
     write_sweep_table,
@@ -87,7 +87,7 @@ __all__ = [
     "check_stage1_weights",
     "stage1_load_guard",
     "SWEEP_METRICS",
-    "check_sweep_out",
+    "check_sweep_inputs",
     "sweep_box_predictor",
     "sweep_metrics",
     "write_sweep_table",

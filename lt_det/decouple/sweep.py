@@ -17,11 +17,12 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from tabulate import tabulate
 from torch import nn
 
+from ..errors import LTDetError
 from .features import frozen_box_batch
 
 __all__ = [
     "SWEEP_METRICS",
-    "check_sweep_out",
+    "check_sweep_inputs",
     "sweep_box_predictor",
     "sweep_metrics",
     "write_sweep_table",
@@ -145,15 +146,17 @@ def write_sweep_table(
     return markdown, list(best.values())
 
 
-def check_sweep_out(out: str, files: Sequence[str], force: bool) -> None:
-    """Refuse an output folder that already holds a sweep (any of ``files``) unless ``force``,
-    before anything is written.
+def check_sweep_inputs(weights: str, out: str, files: Sequence[str], force: bool) -> None:
+    """A sweep tool's arguments, checked before anything is written: the checkpoint ``weights``
+    (a local path must exist; URLs are left to the checkpointer) and the output folder ``out``,
+    refused when it already holds a sweep (any of ``files``) unless ``force``.
 
     Raises:
-        LTDetError: ``out`` is a file, or holds one of ``files`` and ``force`` is False.
+        LTDetError: ``weights`` is a missing local file; ``out`` is a file, or holds one of
+            ``files`` and ``force`` is False.
     """
-    from ..errors import LTDetError
-
+    if "://" not in weights and not os.path.isfile(weights):
+        raise LTDetError(f"--weights '{weights}' does not exist.")
     if os.path.isfile(out):
         raise LTDetError(f"--out '{out}' is a file; give a folder.")
     held = [f for f in files if os.path.isfile(os.path.join(out, f))]

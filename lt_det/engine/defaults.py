@@ -222,8 +222,7 @@ def check_cascade_box_reg(cfg: CfgNode) -> None:
     Raises:
         LTDetError: a cascade head with ``MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG`` False.
     """
-    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
-    from detectron2.modeling.roi_heads.cascade_rcnn import CascadeROIHeads
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 
     name = cfg.MODEL.ROI_HEADS.NAME
     if name not in ROI_HEADS_REGISTRY or cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:

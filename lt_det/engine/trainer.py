@@ -55,7 +55,7 @@ from .log_setup import log_class_summary
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 from .signals import StopOnSignal
 
-__all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages", "check_weights_file"]
+__all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages"]
 
 
 class _DropUserErrors(logging.Filter):
