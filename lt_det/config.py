@@ -62,6 +62,10 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.ROI_BOX_HEAD.EQLV2.MU = 0.8
     # ... ALPHA 4 (>= 0).
     _C.MODEL.ROI_BOX_HEAD.EQLV2.ALPHA = 4.0
+    # EQLv2 inference scores (the background column is always trained as an objectness sigmoid,
+    # as in the reference). Choices: True (the reference's default test_with_obj: every class
+    # score multiplied by 1 - sigmoid(z_bg)) | False (the K class sigmoids alone).
+    _C.MODEL.ROI_BOX_HEAD.EQLV2.TEST_WITH_OBJ = True
     _C.MODEL.ROI_BOX_HEAD.SEESAW = CN()
     # Seesaw: mitigation exponent (>= 0; 0.8 in the paper).
     _C.MODEL.ROI_BOX_HEAD.SEESAW.P = 0.8
@@ -90,15 +94,18 @@ def add_lt_config(cfg: CN) -> CN:
     # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
     # Choices: "none"
-    #   | "norcal" (Pan et al. 2021: foreground scores divided by n_j ** GAMMA, n_j training
-    #     instances of class j, background kept, renormalised per ROI; for sigmoid heads per class
-    #     against its complement)
+    #   | "norcal" (Pan et al. 2021: foreground scores divided by n_j ** GAMMA, n_j the training
+    #     count of class j (NORCAL_COUNTS), background kept, renormalised per ROI; for sigmoid
+    #     heads per class against its complement)
     #   | "logit_adjustment" (Menon et al. 2021: foreground logits z_j - TAU * log pi_j, pi the
     #     class prior of PRIOR.SOURCE; background logit unchanged).
     # Both act on the foreground logits before the loss's own activation (predict_probs).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD = "none"
     # NorCal strength gamma (>= 0; 0 changes nothing; pick it with tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.GAMMA = 0.0
+    # NorCal's class counts n_j. Choices: "image" (training images containing the class; the
+    # reference's _get_frequencies(cfg, by="image")) | "instance" (training instances).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS = "image"
     # Logit-adjustment strength tau (>= 0; 0 changes nothing; tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.TAU = 0.0
 

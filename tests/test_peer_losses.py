@@ -98,11 +98,16 @@ def test_eql_drops_tail_negatives_on_foreground_rois_only():
     torch.testing.assert_close(got, torch.tensor(expected, dtype=z.dtype), rtol=1e-10, atol=1e-10)
 
 
-def test_eqlv2_unit_weights_are_sigmoid_ce():
+def test_eqlv2_unit_weights_are_sigmoid_ce_over_k_plus_one_columns():
+    # unit weights: sigmoid CE on the K classes plus the objectness (background) sigmoid
     z, y, _ = _inputs()
     ones = torch.ones(K)
-    torch.testing.assert_close(eqlv2_loss(z, y, ones, ones), sigmoid_ce_loss(z, y), rtol=0,
-                               atol=1e-12)
+    background = F.binary_cross_entropy_with_logits(
+        z[:, K], (y == K).to(z.dtype), reduction="none"
+    )
+    expected = sigmoid_ce_loss(z, y, reduction="none") + background
+    torch.testing.assert_close(eqlv2_loss(z, y, ones, ones, reduction="none"), expected,
+                               rtol=0, atol=1e-12)
 
 
 def test_eqlv2_state_matches_hand_computation_over_two_iterations():
@@ -116,6 +121,7 @@ def test_eqlv2_state_matches_hand_computation_over_two_iterations():
         w_pos = [1 + alpha * (1 - v) for v in f]
         expected_loss = 0.0
         for row, t in zip(z.tolist(), y.tolist()):
+            expected_loss += _bce(row[K], float(t == K))  # objectness column, weight 1
             for j in range(K):
                 s = 1 / (1 + math.exp(-row[j]))
                 if j == t:
@@ -205,8 +211,11 @@ def test_seesaw_counts_update_after_the_loss():
 
 
 def test_federated_with_all_classes_is_sigmoid_ce():
+    # |S| = K + 1: every class, the background label counted among the present ones
     z, y, prior = _inputs()
-    loss = build_cls_loss("federated", num_classes=K, class_prior=prior, num_classes_sampled=K)
+    loss = build_cls_loss(
+        "federated", num_classes=K, class_prior=prior, num_classes_sampled=K + 1
+    )
     for groups in (None, [4, 5]):
         a = z.clone().requires_grad_()
         b = z.clone().requires_grad_()
@@ -218,14 +227,18 @@ def test_federated_with_all_classes_is_sigmoid_ce():
 
 
 def test_federated_class_sets_per_image():
-    # image 0: classes {0, 3}, image 1: class {2} and background
-    y = torch.tensor([0, 3, 5, 3, 2, 5, 5])
+    # image 0: classes {0, 3} and background, image 1: class {2} and background, image 2:
+    # class {1} only. The background label counts toward |S| = 3 (detectron2's convention):
+    # images 0 and 1 get 2 foreground classes, image 2 gets 3.
+    y = torch.tensor([0, 3, 5, 3, 2, 5, 5, 1])
     prior = torch.tensor([0.5, 0.1, 0.2, 0.05, 0.0])  # class 4 can never be drawn
     g = torch.Generator().manual_seed(0)
-    mask = federated_class_mask(y, prior.sqrt(), 3, rois_per_image=[4, 3], generator=g)
-    assert mask.shape == (2, K)
-    assert mask[0, 0] == 1 and mask[0, 3] == 1 and mask[1, 2] == 1
-    assert mask.sum(dim=1).tolist() == [3.0, 3.0]
+    mask = federated_class_mask(y, prior.sqrt(), 3, rois_per_image=[4, 3, 1], generator=g)
+    assert mask.shape == (3, K)
+    assert mask[0, 0] == 1 and mask[0, 3] == 1 and mask[1, 2] == 1 and mask[2, 1] == 1
+    assert mask.sum(dim=1).tolist() == [2.0, 2.0, 3.0]
+    mask = mask[:2]
+    y = y[:7]
     assert mask[:, 4].sum() == 0
     # outside the image's set, no loss and no gradient
     z = torch.randn(7, K + 1, dtype=torch.float64, requires_grad=True)
@@ -422,6 +435,10 @@ def test_calibration_composes_with_every_head(name):
     if name in ("softmax_ce", "balanced_softmax", "seesaw"):  # NorCal's softmax form
         q = torch.cat([plain[:, :K] / n, plain[:, K:]], dim=1)
         torch.testing.assert_close(calibrated, q / q.sum(dim=1, keepdim=True))
+    elif name == "eqlv2":  # each class against its complement, times the objectness
+        obj = torch.sigmoid(-predictions[0][:, K : K + 1])
+        p = plain[:, :K] / obj
+        torch.testing.assert_close(calibrated[:, :K], (p / n) / (p / n + 1 - p) * obj)
     elif name != "bags":  # sigmoid heads: each class against its complement
         p = plain[:, :K]
         torch.testing.assert_close(calibrated[:, :K], (p / n) / (p / n + 1 - p))

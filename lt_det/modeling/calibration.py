@@ -8,9 +8,12 @@ column as it is; the loss module's own activation (``predict_probs``) then turns
 logits into scores, so the calibration composes with every head:
 
 - ``norcal`` (Pan et al., "On Model Calibration for Long-Tailed Object Detection and Instance
-  Segmentation", NeurIPS 2021): c_j = n_j, the number of training instances of class j,
-  strength gamma. For a softmax head this is exactly NorCal's "foreground probabilities divided
-  by n_j ** gamma, background kept, renormalised per ROI"; for a sigmoid head each class is
+  Segmentation", NeurIPS 2021; reference code tydpan/NorCal,
+  ``projects/NorCal/norcal/roi_heads.py``): c_j = n_j, the number of training images containing
+  class j (``CALIBRATION.NORCAL_COUNTS`` "image", the reference's ``_get_frequencies(cfg,
+  by="image")``) or of its training instances ("instance"), strength gamma. For a softmax head
+  this is exactly the reference's default ("exps", renorm): ``exp(z_j) / n_j^gamma`` for the
+  foreground, ``exp(z_K)`` kept, renormalised per ROI; for a sigmoid head each class is
   renormalised against its own complement: p'_j = (p_j / n_j^gamma) / (p_j / n_j^gamma + 1 - p_j).
   gamma = 0 changes nothing.
 - ``logit_adjustment`` (post-hoc form of Menon et al., "Long-tail learning via logit
@@ -27,6 +30,7 @@ from ..errors import LTDetError
 
 __all__ = [
     "CALIBRATION_METHODS",
+    "NORCAL_COUNTS",
     "PosthocCalibration",
     "calibration_from_cfg",
     "calibration_log_ref",
@@ -34,6 +38,8 @@ __all__ = [
 ]
 
 CALIBRATION_METHODS = ("none", "norcal", "logit_adjustment")
+#: Choices of ``CALIBRATION.NORCAL_COUNTS``: what n_j counts (the reference: images).
+NORCAL_COUNTS = ("image", "instance")
 
 
 def calibrate_logits(logits: torch.Tensor, log_ref: torch.Tensor, strength: float) -> torch.Tensor:
@@ -80,15 +86,27 @@ class PosthocCalibration(nn.Module):
 
 
 def calibration_log_ref(cfg: CfgNode, method: str) -> torch.Tensor:
-    """(K,) log n_j (training instances of the union of DATASETS.TRAIN, crowd excluded, zero
-    counts floored at PRIOR.ZERO_COUNT_FLOOR) for "norcal", log pi_j (the configured class prior)
-    for "logit_adjustment"."""
+    """(K,) log n_j for "norcal" (training images containing class j, or its training instances,
+    as ``CALIBRATION.NORCAL_COUNTS`` says; union of DATASETS.TRAIN, crowd excluded, zero counts
+    floored at PRIOR.ZERO_COUNT_FLOOR), log pi_j (the configured class prior) for
+    "logit_adjustment".
+
+    Raises:
+        LTDetError: an unknown NORCAL_COUNTS (the message lists the choices).
+    """
     from ..data.train_stats import train_class_stats
     from .priors import class_prior_from_cfg
 
     if method == "norcal":
+        by = cfg.MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS
+        if by not in NORCAL_COUNTS:
+            raise LTDetError(
+                f"Unknown MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS {by!r}; choices: "
+                f"{list(NORCAL_COUNTS)}."
+            )
         stats = train_class_stats(list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        counts = torch.tensor(stats.instance_counts, dtype=torch.float32)
+        n = stats.image_counts if by == "image" else stats.instance_counts
+        counts = torch.tensor(n, dtype=torch.float32)
         return torch.log(counts.clamp(min=cfg.MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR))
     return torch.log(class_prior_from_cfg(cfg))
 

@@ -35,7 +35,7 @@ from detectron2.config import CfgNode
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 
 __all__ = ["bags_groups", "bags_per_roi", "bags_loss", "bags_probs", "BAGSLoss"]
@@ -218,6 +218,7 @@ def bags_loss(
         Scalar loss, or (R,) for ``reduction="none"``; an empty batch gives ``logits.sum() * 0``.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, sum(len(g) for g in groups), owner="bags_loss", extra_logits=1 + len(groups))
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)

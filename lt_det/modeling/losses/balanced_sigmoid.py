@@ -16,7 +16,7 @@ import torch
 from detectron2.config import CfgNode
 
 from ._fused import ShiftedSigmoidCE
-from .base import check_class_prior, check_reduction, empty_loss
+from .base import check_class_prior, check_logits_and_labels, check_reduction, empty_loss
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss, sigmoid_ce_per_roi
 
@@ -49,6 +49,7 @@ def balanced_sigmoid_loss(
         ValueError: ``class_prior`` with a value outside (0, 1] or not finite.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_prior.shape[0], owner="balanced_sigmoid_loss")
     check_class_prior(class_prior, owner="balanced_sigmoid_loss", fractions=True)
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)

@@ -33,7 +33,7 @@ from detectron2.config import CfgNode
 from torch.nn import functional as F
 
 from ._fused import ShiftedSoftmaxCE
-from .base import ClsLoss, check_class_prior, check_reduction, empty_loss
+from .base import ClsLoss, check_class_prior, check_logits_and_labels, check_reduction, empty_loss
 from .registry import register_cls_loss
 
 __all__ = ["balanced_softmax_loss", "balanced_softmax_shift", "BalancedSoftmaxLoss"]
@@ -93,6 +93,7 @@ def balanced_softmax_loss(
         ValueError: ``class_prior`` with a value that is not finite or not > 0.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_prior.shape[0], owner="balanced_softmax_loss")
     check_class_prior(class_prior, owner="balanced_softmax_loss", fractions=False)
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)

@@ -12,7 +12,7 @@ from detectron2.config import CfgNode
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ClsLoss", "empty_loss", "check_class_prior"]
+__all__ = ["ClsLoss", "empty_loss", "check_class_prior", "check_logits_and_labels"]
 
 
 def check_class_prior(prior: torch.Tensor, *, owner: str, fractions: bool) -> None:
@@ -43,6 +43,63 @@ def check_class_prior(prior: torch.Tensor, *, owner: str, fractions: bool) -> No
         f"{owner}: class_prior must be {rng}; classes {bad[:20]} are not (e.g. {values}). "
         "Zero counts: floor them (MODEL.ROI_BOX_HEAD.PRIOR.ZERO_COUNT_FLOOR)."
     )
+
+
+def check_logits_and_labels(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    num_classes: Optional[int] = None,
+    *,
+    owner: str,
+    extra_logits: int = 0,
+) -> None:
+    """The shapes and label range every box-classification loss reads, checked at its entry.
+
+    Args:
+        logits: must be (R, K + 1 + ``extra_logits``).
+        gt_classes: must be (R,) integer labels in [0, K] (K = background).
+        num_classes: K, read from what the caller holds ((K,) prior, weights, counts, class
+            sets); None takes K = ``logits.shape[1] - 1 - extra_logits`` (then only the label
+            range is checked against it).
+        owner: the function named in the message.
+        extra_logits: columns beyond K + 1 (BAGS's group logits).
+
+    Raises:
+        ValueError: one line naming ``owner``, what was given and what is expected.
+
+    Cost: the shape checks are free; the range check is one ``aminmax`` over R labels and one
+    device-to-host read of its two values (one synchronisation per loss call on a GPU; detectron2's
+    box head already reads its classification statistics to the host once per iteration).
+    """
+    if logits.dim() != 2:
+        raise ValueError(
+            f"{owner}: logits must be 2-D (R, K + 1), got shape {tuple(logits.shape)}."
+        )
+    width = logits.shape[1]
+    k = width - 1 - extra_logits if num_classes is None else int(num_classes)
+    if width != k + 1 + extra_logits:
+        more = f" + {extra_logits} group logits" if extra_logits else ""
+        raise ValueError(
+            f"{owner}: logits have {width} columns but the loss is set up for K = {k} classes "
+            f"(expected K + 1{more} = {k + 1 + extra_logits}); the classifier and the loss "
+            "must use the same MODEL.ROI_HEADS.NUM_CLASSES."
+        )
+    if gt_classes.dim() != 1 or gt_classes.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"{owner}: gt_classes must be (R,) = ({logits.shape[0]},) labels, got shape "
+            f"{tuple(gt_classes.shape)}."
+        )
+    if gt_classes.dtype.is_floating_point or gt_classes.dtype == torch.bool:
+        raise ValueError(f"{owner}: gt_classes must be integer labels, got {gt_classes.dtype}.")
+    if gt_classes.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.stack(torch.aminmax(gt_classes)).tolist())
+    if lo < 0 or hi > k:
+        raise ValueError(
+            f"{owner}: gt_classes must lie in [0, {k}] ({k} = background), got values from {lo} "
+            f"to {hi}; the dataset's category ids must be contiguous in [0, K) with K = "
+            "MODEL.ROI_HEADS.NUM_CLASSES."
+        )
 
 
 def empty_loss(logits: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from detectron2.config import CfgNode
 from torch.nn import functional as F
 
-from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss
 
@@ -102,6 +102,7 @@ def class_balanced_softmax_loss(
         reduction: "mean" (weighted sum / R) | "sum" | "none" ((R,) weighted per-ROI losses).
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_counts.shape[0], owner="class_balanced_softmax_loss")
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)
@@ -134,6 +135,7 @@ def class_balanced_focal_loss(
         reduction: "mean" (weighted per-ROI sums / R) | "sum" | "none".
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_counts.shape[0], owner="class_balanced_focal_loss")
     if gamma < 0:
         raise ValueError(f"focal gamma must be >= 0, got {gamma}")
     if gt_classes.numel() == 0:

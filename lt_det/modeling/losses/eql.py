@@ -21,7 +21,7 @@ import torch
 from detectron2.config import CfgNode
 
 from ._weighted_sigmoid import weighted_sigmoid_ce, weighted_sigmoid_ce_per_roi
-from .base import check_reduction, empty_loss, reduce_per_roi
+from .base import check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss
 
@@ -70,6 +70,7 @@ def eql_loss(
         Scalar loss, or (R,) for ``reduction="none"``; an empty batch gives ``logits.sum() * 0``.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_prior.shape[0], owner="eql_loss")
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     w = eql_weights(gt_classes, class_prior.to(logits.device), lambda_)

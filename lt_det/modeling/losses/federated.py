@@ -5,14 +5,18 @@ Shape shorthand: R ROIs, K foreground classes, logits (R, K + 1) with column K =
 (ignored, as in every sigmoid loss of lt_det), gt_classes (R,) in [0, K], B images, class_prior
 (K,) fraction of training images containing each class.
 
-Sigmoid cross-entropy restricted to a class set S: the classes present (among the ROI labels)
-plus negatives drawn without replacement with probability proportional to
-``class_prior ** power`` (power 0.5: image_count ** 0.5) until ``|S| = num_classes_sampled``
-(50 by default; no negatives are drawn once the present classes reach it). Columns outside S get
-weight 0. ``class_sets``: "image" draws one S per image from that image's ROIs (the issue's and
-the report's description: "classes present in the image"), "batch" one S for the whole batch
-(what detectron2 and CenterNet2 implement). With ``num_classes_sampled >= K`` every class is in S
-and the loss is plain sigmoid CE. Per-ROI sums are averaged over ROIs.
+Sigmoid cross-entropy restricted to a class set S: the labels present among the ROIs plus
+negatives drawn without replacement with probability proportional to ``class_prior ** power``
+(power 0.5: image_count ** 0.5) until ``|S| = num_classes_sampled`` (50 by default; no negatives
+are drawn once the present labels reach it). Columns outside S get weight 0.
+
+Counting convention (detectron2's ``get_fed_loss_classes``, main branch, and CenterNet2's): the
+background label K counts among the present labels when a background ROI is in the set's ROIs,
+and is then dropped with column K, so such a set trains ``num_classes_sampled - 1`` foreground
+classes (49 of 50). ``class_sets``: "image" draws one S per image from that image's ROIs (the
+report's "classes present in the image"), "batch" one S for the whole batch (what detectron2 and
+CenterNet2 implement). With ``num_classes_sampled > K`` every class is in S and the loss is plain
+sigmoid CE. Per-ROI sums are averaged over ROIs.
 
 Negatives are drawn with the module's own ``torch.Generator`` (seeded by ``seed``): ``forward``
 advances it, ``per_roi`` draws from a copy of its current state (same sets as the next
@@ -24,7 +28,7 @@ import torch
 from detectron2.config import CfgNode
 
 from ._weighted_sigmoid import weighted_sigmoid_ce, weighted_sigmoid_ce_per_roi
-from .base import check_reduction, empty_loss, reduce_per_roi
+from .base import check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss
 
@@ -43,6 +47,10 @@ def federated_class_mask(
 ) -> torch.Tensor:
     """(G, K) float 0/1 mask of the class sets S, one row per group of ROIs.
 
+    A group's S starts with its unique labels, background K included when present (it counts
+    toward ``num_classes_sampled``, as in detectron2), and is filled up with negatives; column K
+    is then dropped.
+
     Args:
         gt_classes: (R,) labels in [0, K].
         sample_weight: (K,) non-negative weights of the negative draws (class_prior ** power).
@@ -58,11 +66,11 @@ def federated_class_mask(
     mask = torch.zeros(len(sizes), k, dtype=torch.float32)
     start = 0
     for g, n in enumerate(sizes):
-        present = torch.unique(labels[start : start + n])
-        present = present[present < k]
+        labels_g = torch.unique(labels[start : start + n])  # background K included
+        present = labels_g[labels_g < k]
         start += n
         mask[g, present] = 1.0
-        need = num_classes_sampled - present.numel()
+        need = num_classes_sampled - labels_g.numel()
         if need <= 0:
             continue
         prob = weight.clone()
@@ -103,6 +111,7 @@ def federated_loss(
         Scalar loss, or (R,) for ``reduction="none"``; an empty batch gives ``logits.sum() * 0``.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_mask.shape[1], owner="federated_loss")
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     group = _row_group(rois_per_image, logits.device)

@@ -30,7 +30,7 @@ import torch
 from detectron2.config import CfgNode
 from torch.nn import functional as F
 
-from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .class_balanced import (
     class_counts_from_prior,
     effective_number_weights,
@@ -76,6 +76,7 @@ def ldam_loss(
         reduction: "mean" (weighted sum / R) | "sum" | "none" ((R,) per-ROI losses).
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_prior.shape[0], owner="ldam_loss")
     if scale <= 0:
         raise ValueError(f"LDAM scale must be > 0, got {scale}")
     if gt_classes.numel() == 0:

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from ._fused import ShiftedSoftmaxCE
 from .balanced_softmax import BACKGROUND_CHOICES, balanced_softmax_shift
-from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 
 __all__ = ["logit_adjusted_loss", "LogitAdjustedLoss"]
@@ -52,6 +52,7 @@ def logit_adjusted_loss(
         reduction: "mean" | "sum" | "none" ((R,) per-ROI losses).
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, class_prior.shape[0], owner="logit_adjusted_loss")
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)

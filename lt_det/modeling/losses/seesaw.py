@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ._state import all_reduce_sum_
-from .base import ClsLoss, check_reduction, empty_loss, reduce_per_roi
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 
 __all__ = ["seesaw_loss", "seesaw_shift", "SeesawLoss"]
@@ -106,6 +106,7 @@ def seesaw_loss(
         Scalar loss, or (R,) for ``reduction="none"``; an empty batch gives ``logits.sum() * 0``.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, counts.shape[0], owner="seesaw_loss")
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     shift = seesaw_shift(logits, gt_classes, counts, p=p, q=q, eps=eps)

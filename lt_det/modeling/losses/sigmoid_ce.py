@@ -11,7 +11,7 @@ from detectron2.config import CfgNode
 from torch.nn import functional as F
 
 from ._fused import ShiftedSigmoidCE
-from .base import ClsLoss, check_reduction, empty_loss
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss
 from .registry import register_cls_loss
 
 __all__ = ["sigmoid_ce_loss", "SigmoidCELoss", "sigmoid_probs", "sigmoid_ce_per_roi"]
@@ -39,6 +39,7 @@ def sigmoid_ce_loss(
         Scalar loss, or (R,) for ``reduction="none"``. An empty batch gives ``logits.sum() * 0``.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, None, owner="sigmoid_ce_loss")
     del class_prior
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from .base import ClsLoss, check_reduction, empty_loss
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss
 from .registry import register_cls_loss
 
 __all__ = ["softmax_ce_loss", "SoftmaxCELoss"]
@@ -33,6 +33,7 @@ def softmax_ce_loss(
         Scalar loss, or (R,) for ``reduction="none"``. An empty batch gives ``logits.sum() * 0``.
     """
     check_reduction(reduction)
+    check_logits_and_labels(logits, gt_classes, None, owner="softmax_ce_loss")
     del class_prior
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
