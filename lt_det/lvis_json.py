@@ -1,33 +1,59 @@
-"""The rules every LVIS-format json must follow, checked once for every path that reads one.
+"""The rules every LVIS-format json and every results file must follow, checked once for every
+path that reads one.
 
 Training (``lt_det.data.register_lvis_format`` / ``load_lvis_format_json``) and evaluation
-(``lt_det.evaluation.LVISGroundTruth``) call :func:`check_lvis_records`, so a file is either
-accepted by both or refused by both with the same message (file, record, key, value and what to
-do). Plain Python (no torch), so the offline evaluator can use it.
+(``lt_det.evaluation.LVISGroundTruth``, the detectron2 evaluator, ``tools/lvis_eval.py``) call
+:func:`check_lvis_records` on a ground truth and :func:`id_column` on the ids of a results file,
+so a file is either accepted by every path or refused by all of them with the same message (file,
+record, key, value and what to do). Plain Python and numpy (no torch), so the offline evaluator
+can use it.
 
-Rules:
-    - image ids and annotation ids are integers, unique within their list; images have positive
-      ``height`` and ``width``;
+Ground-truth rules:
+    - ``categories`` is a list of records whose ids are unique integers in 1 .. 2**63 - 1
+      (detectron2 maps them to contiguous ids; the evaluators hold them as int64);
+    - image ids and annotation ids are integers in the int64 range, unique within their list;
+      annotation id 0 is refused: lvis-api marks "no match" with id 0, so a ground truth of id 0
+      that is matched would still count as missed and its detection as a false positive;
+    - images have positive ``height`` and ``width``; their ``neg_category_ids`` and
+      ``not_exhaustive_category_ids``, when present, are lists of category ids of the file;
     - an annotation's ``image_id`` is the (integer) id of an image of the file;
     - an annotation's ``category_id`` is the id of a category of the file;
     - ``bbox`` is ``[x, y, width, height]`` with finite numbers and width, height >= 0;
+    - ``area``, when present, is a finite number >= 0 (0 is allowed: evaluation leaves such
+      ground truth out, as lvis-api does);
     - ``segmentation``, when present, is a list of polygons with at least 3 points each
       (an even number >= 6 of coordinates) or an RLE dict (``size``, ``counts``); detectron2's
       own LVIS loader refuses polygons with fewer points too;
     - ``iscrowd``, when present, is 0 or 1. Crowd regions (``iscrowd`` 1) are not objects: the
       training mapper drops them from the targets and evaluation leaves them out of the ground
       truth (docs/robustness.md).
+
+Results rules (:func:`id_column`): ``image_id`` and ``category_id`` are JSON numbers holding an
+integer in the int64 range (1 and 1.0 are the same id, as in lvis-api's dict lookups); strings
+("1", "000001", "img_1"), booleans and fractions (1.5, 2.7) are refused. lvis-api refuses such
+an ``image_id`` (no image has it) and drops such a ``category_id`` without a word; lt_det
+refuses both, naming the file, the field and the value.
 """
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
+
+import numpy as np
 
 from .errors import LTDetError
 
-__all__ = ["check_lvis_records"]
+__all__ = ["check_lvis_records", "id_column", "INT64_MAX", "INT64_MIN"]
+
+#: The largest / smallest id the evaluators can hold (numpy int64).
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_int64(x: Any) -> bool:
+    return _is_int(x) and INT64_MIN <= x <= INT64_MAX
 
 
 def _is_number(x: Any) -> bool:
@@ -62,22 +88,50 @@ def _check_segmentation(segm: Any, where: str) -> None:
             )
 
 
+def _check_categories(categories: Any, source: str) -> set:
+    if not isinstance(categories, list):
+        raise LTDetError(
+            f"'{source}': 'categories' is a {type(categories).__name__}; it must be a list of "
+            "category records {'id': ..., 'name': ...}."
+        )
+    cat_ids = set()
+    for cat in categories:
+        cid = cat.get("id") if isinstance(cat, dict) else None
+        if not (_is_int(cid) and 1 <= cid <= INT64_MAX):
+            raise LTDetError(
+                f"'{source}': category record {str(cat)[:80]} has id {cid!r}; category ids are "
+                f"integers from 1 to 2**63 - 1 ({INT64_MAX}). Renumber the category (and its "
+                "annotations)."
+            )
+        if cid in cat_ids:
+            raise LTDetError(
+                f"'{source}': category id {cid} appears twice in 'categories'; category ids must "
+                "be unique (lvis-api would keep one record and score both classes' detections "
+                "as that one). Remove or renumber the duplicate."
+            )
+        cat_ids.add(cid)
+    return cat_ids
+
+
 def check_lvis_records(data: Dict[str, Any], source: str) -> None:
-    """Check the images and annotations of a loaded LVIS-format json (see the module rules).
+    """Check the categories, images and annotations of a loaded LVIS-format json (see the
+    module rules).
 
     Args:
         data: the loaded json, with lists ``images``, ``annotations``, ``categories``.
         source: the file name used in messages.
 
     Raises:
-        LTDetError: naming ``source``, the record (image / annotation id) and the key.
+        LTDetError: naming ``source``, the record (category / image / annotation id) and the key.
     """
+    cat_ids = _check_categories(data["categories"], source)
     image_ids = set()
     for img in data["images"]:
         iid = img.get("id") if isinstance(img, dict) else None
-        if not _is_int(iid):
+        if not _is_int64(iid):
             raise LTDetError(
-                f"'{source}': image record {str(img)[:80]} has id {iid!r}; image ids are integers."
+                f"'{source}': image record {str(img)[:80]} has id {iid!r}; image ids are "
+                "integers in the int64 range (-2**63 .. 2**63 - 1)."
             )
         if iid in image_ids:
             raise LTDetError(
@@ -91,14 +145,32 @@ def check_lvis_records(data: Dict[str, Any], source: str) -> None:
                     f"'{source}': image {iid} has {key} {img.get(key)!r}; images need positive "
                     "'height' and 'width' (in pixels)."
                 )
-    cat_ids = {c.get("id") for c in data["categories"]}
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+            ids = img.get(key, [])
+            if not isinstance(ids, list):
+                raise LTDetError(
+                    f"'{source}': image {iid} has {key} {str(ids)[:60]}; it must be a list of "
+                    "category ids."
+                )
+            for c in ids:
+                if not (_is_int(c) and c in cat_ids):
+                    raise LTDetError(
+                        f"'{source}': image {iid} lists {c!r} in '{key}', which is not the id of a "
+                        "category of the file. Fix or remove it."
+                    )
     ann_ids = set()
     for n, ann in enumerate(data["annotations"]):
-        aid = ann.get("id")
-        if not _is_int(aid):
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        if not _is_int64(aid) or aid == 0:
+            why = (
+                "lvis-api marks an unmatched detection with id 0, so a ground truth of id 0 is "
+                "never counted as found"
+                if aid == 0
+                else "ids are integers in the int64 range"
+            )
             raise LTDetError(
                 f"'{source}': annotation number {n} (0-based) has id {aid!r}; every annotation "
-                "needs a unique integer 'id'."
+                f"needs a unique non-zero integer 'id' ({why}). Renumber it (e.g. from 1)."
             )
         if aid in ann_ids:
             raise LTDetError(
@@ -118,9 +190,11 @@ def check_lvis_records(data: Dict[str, Any], source: str) -> None:
                 f"{where} has image_id {img_id}, which names no image in 'images'. Add the "
                 "image record or drop the annotation."
             )
-        if ann.get("category_id") not in cat_ids:
+        cid = ann.get("category_id")
+        if not (_is_int(cid) and cid in cat_ids):
             raise LTDetError(
-                f"{where} has category_id {ann.get('category_id')}, which is not in 'categories'."
+                f"{where} has category_id {cid!r}, which is not in 'categories' (the ids of "
+                "the file's categories)."
             )
         box = ann.get("bbox")
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
@@ -133,7 +207,68 @@ def check_lvis_records(data: Dict[str, Any], source: str) -> None:
                 f"{where} (image {img_id}) has a box with negative size {box}; boxes are "
                 "[x, y, width, height]. Fix or drop it."
             )
+        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+            raise LTDetError(
+                f"{where} (image {img_id}) has area {ann['area']!r}; 'area' is the object's "
+                "area in pixels, a finite number >= 0. Fix or drop it."
+            )
         if "segmentation" in ann:
             _check_segmentation(ann["segmentation"], where)
         if ann.get("iscrowd", 0) not in (0, 1):
             raise LTDetError(f"{where} has iscrowd {ann.get('iscrowd')!r}; it must be 0 or 1.")
+
+
+def _first_bad_id(values: Sequence[Any]) -> int:
+    """Index of the first value that is not an integer (or a float holding one) in int64."""
+    for i, v in enumerate(values):
+        if _is_int64(v):
+            continue
+        if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            if INT64_MIN <= v <= INT64_MAX:
+                continue
+        return i
+    return -1
+
+
+def id_column(values: Sequence[Any], field: str, source: str) -> np.ndarray:
+    """The ids ``values`` (one per result) as an int64 array, checked by the results rules.
+
+    Vectorised: numpy reads the list once; the values are scanned one by one only to name the
+    first bad one.
+
+    Args:
+        values: N ids as read from the results json.
+        field: the key they come from ("image_id", "category_id"), for the message.
+        source: the results file name, for the message.
+
+    Returns:
+        (N,) int64.
+
+    Raises:
+        LTDetError: a value is a string, a boolean, a fraction, not finite or outside int64;
+            the message names ``source``, ``field``, the result's index and the value.
+    """
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        arr = np.asarray(values, dtype=object)
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    kind = arr.dtype.kind
+    if kind == "i":
+        return arr.astype(np.int64, copy=False)
+    if kind == "f":
+        ok = np.isfinite(arr) & (arr == np.round(arr)) & (arr >= INT64_MIN) & (arr < 2.0**63)
+        if ok.all():
+            return arr.astype(np.int64)
+        i = int(np.flatnonzero(~ok)[0])
+    else:  # strings, booleans, uint64 beyond int64, objects (huge ints, None, lists)
+        i = _first_bad_id(list(values))
+        if i < 0:
+            return np.array([int(v) for v in values], dtype=np.int64)
+    v = values[i]
+    raise LTDetError(
+        f"'{source}': result {i} (0-based) has {field} {v!r} ({type(v).__name__}); {field} must "
+        f"be a JSON integer in the int64 range, the id as written in the ground truth (lvis-api "
+        f"cannot score {v!r} either). Write the integer id."
+    )

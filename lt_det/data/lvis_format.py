@@ -46,7 +46,8 @@ _LAYOUT = (
 
 
 def read_lvis_json(json_file: str) -> Dict[str, Any]:
-    """Read an LVIS-format json and check it (:func:`lt_det.lvis_json.check_lvis_records`).
+    """Read an LVIS-format json and check it (:func:`lt_det.lvis_json.check_lvis_records`: the
+    rules the evaluators apply to the same file, ids included).
 
     Raises:
         LTDetError: naming the file (and the record) for a missing file, invalid JSON, missing
@@ -55,9 +56,14 @@ def read_lvis_json(json_file: str) -> Dict[str, Any]:
     if not os.path.isfile(json_file):
         raise LTDetError(f"LVIS-format json not found: '{json_file}'. {_LAYOUT}")
     try:
-        with open(json_file) as f:
+        with open(json_file, "rb") as f:  # JSON is UTF-8, whatever the locale
             data = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if isinstance(e, UnicodeDecodeError):
+            raise LTDetError(
+                f"'{json_file}' is not UTF-8 text ({e.reason} at byte {e.start}); JSON files are "
+                "UTF-8. Re-save it as UTF-8."
+            ) from None
         raise LTDetError(
             f"'{json_file}' is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). "
             "Regenerate or repair the file."
@@ -67,13 +73,7 @@ def read_lvis_json(json_file: str) -> Dict[str, Any]:
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
         raise LTDetError(f"'{json_file}' has no key(s) {missing}. {_LAYOUT}")
-    cat_ids = [c.get("id") for c in data["categories"]]
-    if not all(isinstance(i, int) and i > 0 for i in cat_ids):
-        bad = [i for i in cat_ids if not (isinstance(i, int) and i > 0)][:5]
-        raise LTDetError(f"'{json_file}': category ids must be positive integers, got {bad}.")
-    if len(set(cat_ids)) != len(cat_ids):
-        raise LTDetError(f"'{json_file}': category ids are not unique.")
-    check_lvis_records(data, json_file)
+    check_lvis_records(data, json_file)  # the rules evaluation applies too
     return data
 
 

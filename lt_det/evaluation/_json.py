@@ -1,17 +1,26 @@
-"""JSON reading for the evaluators: orjson when it is installed (several times faster on result
-files of millions of detections), the standard library's json otherwise; same values either way.
+"""JSON reading and writing for the evaluators.
 
-Python's json writes non-finite floats as the tokens NaN / Infinity, which orjson refuses; such a file
-is parsed again with the standard library so that the result validator can name the bad value."""
+Reading: orjson when it is installed (several times faster on result files of millions of
+detections), the standard library's json otherwise; same values either way. Python's json writes
+non-finite floats as the tokens NaN / Infinity, which orjson refuses; such a file is parsed again
+with the standard library so that the result validator can name the bad value. Files are read as
+bytes (JSON is UTF-8 whatever the locale).
+
+Writing: :func:`json_ready` turns the non-finite floats of a result (NaN = undefined metric) into
+``None``, so the json written holds ``null`` there and is valid JSON (bare ``NaN`` is not).
+"""
 import json
+import math
 from typing import Any
+
+from ..errors import LTDetError
 
 try:
     import orjson
 except ImportError:  # optional dependency (requirements.txt)
     orjson = None
 
-__all__ = ["load_json", "json_backend"]
+__all__ = ["load_json", "json_backend", "json_ready"]
 
 
 def json_backend() -> str:
@@ -19,19 +28,51 @@ def json_backend() -> str:
     return "orjson" if orjson is not None else "json"
 
 
-def load_json(path: str) -> Any:
+def _not_json(path: str, what: str, error: ValueError) -> LTDetError:
+    where = ""
+    if isinstance(error, json.JSONDecodeError):
+        where = f" ({error.msg} at line {error.lineno}, column {error.colno})"
+    elif isinstance(error, UnicodeDecodeError):
+        where = f" (not UTF-8: {error.reason} at byte {error.start})"
+    return LTDetError(
+        f"'{path}' is not valid JSON{where}; a {what} cut short (an interrupted write, a full "
+        "disk) ends like this. Write the file again (or restore it) and rerun."
+    )
+
+
+def load_json(path: str, what: str = "json file") -> Any:
     """Parse the json file at ``path``.
 
+    Args:
+        path: the file.
+        what: what the file is ("results json", "ground-truth json"), for the message.
+
     Raises:
-        ValueError: the file is not valid json (``json.JSONDecodeError`` or
-            ``orjson.JSONDecodeError``, both subclasses of ValueError).
+        LTDetError: the file is not valid JSON (e.g. truncated), naming it and what to do.
     """
-    if orjson is not None:
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return json.loads(data)  # NaN / Infinity tokens, or a real error json reports
-    with open(path) as f:
-        return json.load(f)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        if orjson is not None:
+            try:
+                return orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass  # NaN / Infinity tokens, or a real error that json reports with its place
+        return json.loads(data)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise _not_json(path, what, e) from None
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by ``None``, in nested dicts,
+    lists and tuples (tuples become lists), so that ``json.dump(json_ready(obj), f,
+    allow_nan=False)`` writes valid JSON with ``null`` where a metric is undefined."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0:
+        return json_ready(obj.item())  # numpy scalars
+    return obj

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
+from pycocotools import mask as mask_util
 
 from ..errors import LTDetError
+from ..lvis_json import id_column
 from ._json import load_json
 
 __all__ = ["DetectionTable", "top_k_per_group"]
@@ -29,6 +31,8 @@ class DetectionTable:
         score: (N,) float64.
         bbox: (N, 4) float64 XYWH_ABS boxes, or None when the results have no boxes.
         segmentation: N RLE dicts ({"size", "counts"}), or None when there are no masks.
+        area: (N,) float64 areas in pixels of the task being evaluated (box w * h for "bbox",
+            mask area for "segm"), set by :meth:`with_area`; None until then.
     """
 
     image_id: np.ndarray
@@ -36,6 +40,7 @@ class DetectionTable:
     score: np.ndarray
     bbox: Optional[np.ndarray] = None
     segmentation: Optional[List[Dict[str, Any]]] = None
+    area: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -45,30 +50,44 @@ class DetectionTable:
         cls, results: Union[str, os.PathLike, Sequence[Dict[str, Any]]]
     ) -> "DetectionTable":
         """Build from an LVIS results list (or the path of its json): dicts with ``image_id``,
-        ``category_id``, ``score`` and ``bbox`` (XYWH) and/or ``segmentation`` (RLE)."""
+        ``category_id``, ``score`` and ``bbox`` (XYWH) and/or ``segmentation`` (RLE).
+
+        Raises:
+            LTDetError: the file is missing or not valid JSON (e.g. truncated), a result is not a
+                dict or lacks a key, or a value breaks the results rules of
+                :mod:`lt_det.lvis_json` (ids) or :meth:`check` (scores, boxes, masks); the
+                message names the file, the result, the field and the value.
+        """
         source = "<results list>"
         if isinstance(results, (str, os.PathLike)):
             source = os.fspath(results)
             if not os.path.isfile(source):
                 raise LTDetError(f"results json not found: '{source}'.")
-            results = load_json(source)
+            results = load_json(source, "results json")
         if not isinstance(results, (list, tuple)):
-            raise LTDetError(f"'{source}': results must be a list of dicts, got {type(results)}.")
+            raise LTDetError(
+                f"'{source}': results must be a list of dicts, got {type(results).__name__}."
+            )
         n = len(results)
         try:
-            image_id = np.fromiter((r["image_id"] for r in results), np.int64, n)
-            category_id = np.fromiter((r["category_id"] for r in results), np.int64, n)
-            score = np.fromiter((r["score"] for r in results), np.float64, n)
+            image_id = id_column([r["image_id"] for r in results], "image_id", source)
+            category_id = id_column([r["category_id"] for r in results], "category_id", source)
+            score = _number_column([r["score"] for r in results], "score", source)
         except KeyError as e:
             raise LTDetError(
                 f"'{source}': a result has no {e.args[0]!r}; each result needs 'image_id', "
                 "'category_id', 'score' and 'bbox' and/or 'segmentation'."
             ) from None
+        except TypeError:
+            i, r = next((i, r) for i, r in enumerate(results) if not isinstance(r, dict))
+            raise LTDetError(
+                f"'{source}': result {i} (0-based) is {str(r)[:60]} ({type(r).__name__}); "
+                "results are dicts with 'image_id', 'category_id', 'score' and 'bbox' and/or "
+                "'segmentation'."
+            ) from None
         has_box = n > 0 and all("bbox" in r for r in results)
         has_mask = n > 0 and all("segmentation" in r for r in results)
-        bbox = (
-            np.array([r["bbox"] for r in results], np.float64).reshape(-1, 4) if has_box else None
-        )
+        bbox = _box_column([r["bbox"] for r in results], source) if has_box else None
         segm = [r["segmentation"] for r in results] if has_mask else None
         table = cls(image_id, category_id, score, bbox, segm)
         table.check(source)
@@ -146,6 +165,28 @@ class DetectionTable:
             self.score[index],
             None if self.bbox is None else self.bbox[index],
             None if self.segmentation is None else [self.segmentation[i] for i in index.tolist()],
+            None if self.area is None else self.area[index],
+        )
+
+    def with_area(self, iou_type: str) -> "DetectionTable":
+        """These rows with :attr:`area` set for ``iou_type``, as lvis-api's ``LVISResults``
+        computes it: ``w * h`` of the box for "bbox", ``pycocotools.mask.area`` of the RLE for
+        "segm" (the table's box is not used for segm: see :meth:`to_results`)."""
+        if iou_type == "bbox":
+            self._require("bbox", iou_type)
+            area = self.bbox[:, 2] * self.bbox[:, 3] if len(self) else np.zeros(0)
+        elif iou_type == "segm":
+            self._require("segmentation", iou_type)
+            area = mask_util.area(list(self.segmentation)) if len(self) else np.zeros(0)
+        else:
+            raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
+        return DetectionTable(
+            self.image_id,
+            self.category_id,
+            self.score,
+            self.bbox,
+            self.segmentation,
+            np.asarray(area, dtype=np.float64),
         )
 
     def to_results(self, iou_type: str, index: Optional[np.ndarray] = None) -> List[Dict]:
@@ -203,6 +244,43 @@ class DetectionTable:
                     rows.append(json.dumps(r))
                 f.write((", " if start else "") + ", ".join(rows))
             f.write("]")
+
+
+def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
+    """``values`` as float64, refusing anything that is not a JSON number (strings, booleans)."""
+    arr = np.asarray(values) if values else np.zeros(0)
+    if arr.dtype.kind in "if":
+        return arr.astype(np.float64, copy=False)
+    i, v = next(
+        (i, v)
+        for i, v in enumerate(values)
+        if not isinstance(v, (int, float)) or isinstance(v, bool)
+    )
+    raise LTDetError(
+        f"'{source}': result {i} (0-based) has {field} {v!r} ({type(v).__name__}); {field} must "
+        "be a JSON number."
+    )
+
+
+def _box_column(values: List[Any], source: str) -> np.ndarray:
+    """``values`` as an (N, 4) float64 array, refusing what is not 4 numbers per box."""
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # ragged
+        arr = np.asarray(values, dtype=object)
+    if arr.dtype.kind in "if" and arr.ndim == 2 and arr.shape[1] == 4:
+        return arr.astype(np.float64, copy=False)
+    for i, b in enumerate(values):
+        if not (
+            isinstance(b, (list, tuple))
+            and len(b) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+        ):
+            raise LTDetError(
+                f"'{source}': result {i} (0-based) has bbox {str(b)[:60]}; boxes are [x, y, "
+                "width, height] with 4 numbers."
+            )
+    return arr.astype(np.float64).reshape(-1, 4)
 
 
 def top_k_per_group(group: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:

@@ -39,6 +39,11 @@ class LVISGroundTruth:
         num_crowd: crowd annotations (``iscrowd`` 1) left out of the ground truth: they are not
             objects (training drops them as well), so they neither count as instances nor make
             their class positive in the image, for both backends.
+        num_zero_area: annotations of ``area`` 0 left out of the ground truth, as lvis-api leaves
+            them out (``LVIS.get_ann_ids`` keeps 0 < area < inf; the rules of
+            :mod:`lt_det.lvis_json` refuse a negative or non-finite area): they are not counted
+            and do not make their class positive in the image. The area is the json's ``area``
+            for bbox and segm alike (a box of width 0 with a positive ``area`` stays).
     """
 
     def __init__(
@@ -60,13 +65,18 @@ class LVISGroundTruth:
             self.source = os.fspath(gt)
             if not os.path.isfile(self.source):
                 raise LTDetError(f"LVIS ground-truth json not found: '{self.source}'.")
-            data = load_json(self.source)
+            data = load_json(self.source, "ground-truth json")
         elif isinstance(gt, dict):
             self.source = "<ground-truth dict>"
             data = gt
         else:
             raise LTDetError(
                 f"ground truth must be a json path or a dict, got {type(gt).__name__}."
+            )
+        if not isinstance(data, dict):
+            raise LTDetError(
+                f"'{self.source}': top level is a {type(data).__name__}; an LVIS-format json is an "
+                "object with 'images', 'annotations' and 'categories'."
             )
         missing = [k for k in ("images", "annotations", "categories") if k not in data]
         if missing:
@@ -93,6 +103,7 @@ class LVISGroundTruth:
         cat_set = set(self.cat_ids.tolist())
         self.anns_by_cat: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
         self.num_crowd = 0
+        self.num_zero_area = 0
         for ann in data["annotations"]:
             if "area" not in ann:
                 raise LTDetError(
@@ -103,6 +114,11 @@ class LVISGroundTruth:
                 # Crowd regions are not objects (training drops them too): not ground truth,
                 # in both backends alike.
                 self.num_crowd += 1
+                continue
+            if not ann["area"] > 0:
+                # lvis-api's rule (LVIS.get_ann_ids keeps 0 < area < inf): left out of the
+                # ground truth, so the class is not positive in the image on its account.
+                self.num_zero_area += 1
                 continue
             self.anns_by_cat[ann["category_id"]].append(ann)
         self.pos_images = {c: {a["image_id"] for a in self.anns_by_cat.get(c, [])} for c in cat_set}

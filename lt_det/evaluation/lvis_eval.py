@@ -8,7 +8,9 @@ Protocols:
         highest-scoring detections of every class over the whole dataset.
 
 Both backends ("fast" = faster-coco-eval, "lvis" = lvis-api) receive the same detections after
-these cuts, so they differ only in how the LVIS matching is computed.
+these cuts, and after lvis-api's area rule (ground truth and detections of area 0 are not
+evaluated: :class:`LVISGroundTruth`, :func:`drop_zero_area`), so they differ only in how the LVIS
+matching is computed.
 
 Memory: every class's AP depends only on that class's gt and detections, so classes can be
 evaluated in chunks (``class_chunk``) on the images where they are positive or negative, and the
@@ -35,6 +37,7 @@ __all__ = [
     "LVISEvalResult",
     "evaluate_lvis",
     "select_detections",
+    "drop_zero_area",
     "summarize_lvis",
     "METRIC_NAMES",
     "recall_key",
@@ -170,6 +173,23 @@ def select_detections(
     return dets.take(keep[evaluated])
 
 
+def drop_zero_area(dets: DetectionTable, iou_type: str) -> DetectionTable:
+    """The detections of positive area, with :attr:`DetectionTable.area` set for ``iou_type``.
+
+    lvis-api's rule: ``LVISEval._prepare`` takes the detections of ``LVIS.get_ann_ids``, which
+    keeps 0 < area < inf, where ``LVISResults`` set the area to the box's ``w * h`` (bbox) or
+    the mask's pixel count (segm results without boxes). Empty masks and boxes of width or
+    height 0 are thus not evaluated at all (not false positives). It applies after the
+    protocol's cut, as there: such a detection still took one of the image's 300 places.
+
+    Raises:
+        LTDetError: the detections lack the boxes (bbox) or masks (segm) of ``iou_type``.
+    """
+    dets = dets.with_area(iou_type)
+    keep = (dets.area > 0) & (dets.area < np.inf)
+    return dets if keep.all() else dets.take(np.flatnonzero(keep))
+
+
 def evaluate_lvis(
     gt: Union[str, Dict[str, Any], LVISGroundTruth],
     results: Union[str, Sequence[Dict[str, Any]], DetectionTable],
@@ -234,8 +254,7 @@ def evaluate_lvis(
         max_dets_per_class=max_dets_per_class,
     )
     del results
-    if len(dets) > 0:
-        dets._require("bbox" if iou_type == "bbox" else "segmentation", iou_type)
+    dets = drop_zero_area(dets, iou_type)
 
     K = len(gt.cat_ids)
     cat_idx = np.searchsorted(gt.cat_ids, dets.category_id)

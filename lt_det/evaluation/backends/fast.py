@@ -14,7 +14,6 @@ import numpy as np
 from faster_coco_eval import COCO
 from faster_coco_eval.core import faster_eval_api as _fce_api
 from faster_coco_eval.core.faster_eval_api import COCOeval_faster
-from pycocotools import mask as mask_util
 
 from .common import empty_tables, gt_ann_copies
 from .registry import LT_LVIS_EVAL_BACKEND_REGISTRY
@@ -30,37 +29,28 @@ def _coco(images: List[Dict], anns: List[Dict], cats: List[Dict]) -> COCO:
 
 
 def _dt_anns(dets, iou_type: str) -> List[Dict]:
+    """faster-coco-eval's detection dicts; areas from ``dets.area`` (set by
+    :func:`lt_det.evaluation.lvis_eval.drop_zero_area`: box ``w * h`` or mask area, the values
+    lvis-api computes), else computed here the same way."""
+    if dets.area is None:
+        dets = dets.with_area(iou_type)
     img = dets.image_id.tolist()
     cat = dets.category_id.tolist()
     score = dets.score.tolist()
-    if iou_type == "bbox":
-        boxes = dets.bbox.tolist()
-        # area = w * h in Python floats, exactly as lvis-api computes it.
-        return [
-            {
-                "id": k + 1,
-                "image_id": i,
-                "category_id": c,
-                "score": s,
-                "bbox": b,
-                "area": b[2] * b[3],
-                "iscrowd": 0,
-            }
-            for k, (i, c, s, b) in enumerate(zip(img, cat, score, boxes))
-        ]
-    segm = dets.segmentation
-    areas = mask_util.area(list(segm)).tolist() if len(segm) else []
+    areas = dets.area.tolist()
+    key = "bbox" if iou_type == "bbox" else "segmentation"
+    regions = dets.bbox.tolist() if iou_type == "bbox" else dets.segmentation
     return [
         {
             "id": k + 1,
             "image_id": i,
             "category_id": c,
             "score": s,
-            "segmentation": m,
+            key: r,
             "area": ar,
             "iscrowd": 0,
         }
-        for k, (i, c, s, m, ar) in enumerate(zip(img, cat, score, segm, areas))
+        for k, (i, c, s, r, ar) in enumerate(zip(img, cat, score, regions, areas))
     ]
 
 
