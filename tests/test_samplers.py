@@ -17,6 +17,7 @@ from lt_det.data.samplers import (
     MetaSampler,
     build_train_sampler,
     registered_sampler_names,
+    repeat_factors,
     repeat_factors_from_cfg,
 )
 from lt_det.decouple.balms import MetaSamplerLearner
@@ -102,6 +103,37 @@ def test_repeat_factors_equal_detectron2_including_an_image_without_annotations(
     sampler = build_train_sampler(cfg, dicts)
     assert type(sampler) is RepeatFactorTrainingSampler
     assert torch.allclose(sampler._int_part + sampler._frac_part, expected)
+
+
+def test_repeat_factors_exclude_crowd_regions_as_the_class_statistics_do():
+    # 10 images, class 0 (non-crowd) in each; class 1 non-crowd in image 0 only and as crowd
+    # regions in images 1 and 2. lt_det's class statistics exclude crowd regions, so
+    # f(1) = 1/10 and, at t = 0.3, r(1) = max(1, sqrt(0.3 / 0.1)) = sqrt(3) = 1.732;
+    # counting the crowd regions (detectron2's own function) would give f(1) = 3/10, r(1) = 1.
+    def ann(c, crowd=0):
+        return {"category_id": c, "iscrowd": crowd, "bbox": [0, 0, 4, 4], "bbox_mode": 1}
+
+    dicts = [{"image_id": i, "annotations": [ann(0)]} for i in range(10)]
+    dicts[0]["annotations"].append(ann(1))
+    dicts[1]["annotations"].append(ann(1, crowd=1))
+    dicts[2]["annotations"].append(ann(1, crowd=1))
+    cfg = _cfg("RepeatFactorTrainingSampler")
+    cfg.DATALOADER.REPEAT_THRESHOLD = 0.3
+    f1 = 1 / 10
+    r1 = max(1.0, math.sqrt(0.3 / f1))
+    expected = torch.tensor([r1] + [1.0] * 9)
+    ours = repeat_factors_from_cfg(cfg, dicts)
+    torch.testing.assert_close(ours, expected)
+    assert round(float(ours[0]), 3) == 1.732
+    from lt_det.class_stats import class_stats_from_dicts
+
+    stats = class_stats_from_dicts(dicts, 2)
+    assert stats.image_counts == (10, 1)  # the same numbers the priors and samplers read
+    d2 = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dicts, 0.3)
+    assert float(d2[0]) == 1.0  # what counting crowd regions gives
+    # without the square root (newer detectron2's REPEAT_SQRT False): max(1, t / f)
+    no_sqrt = repeat_factors(dicts, 2, 0.3, sqrt=False)
+    torch.testing.assert_close(no_sqrt, torch.tensor([0.3 / f1] + [1.0] * 9))
 
 
 @pytest.mark.parametrize("name", OURS)

@@ -17,6 +17,7 @@ from .registry import (
     build_train_sampler,
     register_sampler,
     registered_sampler_names,
+    repeat_factors,
     repeat_factors_from_cfg,
 )
 
