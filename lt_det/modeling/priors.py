@@ -29,7 +29,7 @@ clamps them); fractions never exceed 1.
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import CfgNode
@@ -44,6 +44,7 @@ __all__ = [
     "PRIOR_SOURCES",
     "checkpoint_class_prior",
     "class_prior_from_checkpoint",
+    "class_prior_from_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,3 +270,75 @@ def class_prior_from_cfg(cfg: CfgNode) -> torch.Tensor:
         counts, _num_train_images(train), zero_count_floor=floor, class_names=names, source=desc
     )
 
+
+
+def class_prior_from_dataset(
+    dataset_names: Union[str, Sequence[str]],
+    source: str = "image_count",
+    *,
+    num_classes: Optional[int] = None,
+    cat_info_path: str = "",
+    zero_count_floor: float = 0.5,
+) -> torch.Tensor:
+    """The (K,) class prior of registered training dataset(s), without a yaml config: for
+    LazyConfig files and own code, e.g.
+    ``class_prior=L(class_prior_from_dataset)(dataset_names="lvis_v1_train")``.
+
+    The same counts and rules as :func:`class_prior_from_cfg` (see the module docstring), which
+    computes it from the equivalent ``DATASETS.TRAIN`` / ``MODEL.ROI_BOX_HEAD.PRIOR`` keys.
+
+    Args:
+        dataset_names: one registered dataset name or several (their union).
+        source: "image_count" | "instance_count" | "cat_info" | "metadata". (The prior saved in
+            a checkpoint: :func:`class_prior_from_checkpoint`.)
+        num_classes: K; default: the length of the first dataset's ``thing_classes``.
+        cat_info_path: the LVIS ``*_cat_info.json`` of ``source="cat_info"``.
+        zero_count_floor: count given to classes without training examples; > 0.
+
+    Returns:
+        float32 tensor (K,) with values in (0, 1].
+
+    Raises:
+        LTDetError: an unknown source, an unregistered dataset, K unknown or not matching the
+            dataset's classes, or any error of :func:`class_prior_from_cfg`.
+    """
+    names = [dataset_names] if isinstance(dataset_names, str) else [str(n) for n in dataset_names]
+    choices = [s for s in PRIOR_SOURCES if s != "checkpoint"]
+    if source not in choices:
+        raise LTDetError(
+            f"class_prior_from_dataset: unknown source {source!r}; choices: {choices} (the prior "
+            "saved in a checkpoint: class_prior_from_checkpoint)."
+        )
+    if not names:
+        raise LTDetError("class_prior_from_dataset: dataset_names is empty.")
+    missing = [n for n in names if n not in DatasetCatalog.list()]
+    if missing:
+        raise LTDetError(
+            f"class_prior_from_dataset: dataset(s) {missing} are not registered. Register them "
+            "first (lt_det.data.register_lvis_format, or datasets.lvis_format in a LazyConfig)."
+        )
+    if num_classes is None:
+        thing_classes = _thing_classes(names[0])
+        if thing_classes is None:
+            raise LTDetError(
+                f"class_prior_from_dataset: dataset {names[0]!r} has no thing_classes metadata; "
+                "pass num_classes."
+            )
+        num_classes = len(thing_classes)
+    cfg = CfgNode(
+        {
+            "DATASETS": {"TRAIN": names},
+            "MODEL": {
+                "WEIGHTS": "",
+                "ROI_HEADS": {"NUM_CLASSES": int(num_classes)},
+                "ROI_BOX_HEAD": {
+                    "PRIOR": {
+                        "SOURCE": source,
+                        "CAT_INFO_PATH": cat_info_path,
+                        "ZERO_COUNT_FLOOR": float(zero_count_floor),
+                    }
+                },
+            },
+        }
+    )
+    return class_prior_from_cfg(cfg)
