@@ -163,6 +163,9 @@ def class_balanced_sigmoid_loss(
 ) -> torch.Tensor:
     """Class-balanced sigmoid CE ``w_y * sum_{j<K} BCE(z_j, [y == j])`` (arguments as
     :func:`class_balanced_focal_loss` without gamma)."""
+    check_logits_and_labels(
+        logits, gt_classes, class_counts.shape[0], owner="class_balanced_sigmoid_loss"
+    )
     return class_balanced_focal_loss(
         logits, gt_classes, class_counts, beta=beta, gamma=0.0, reduction=reduction
     )
