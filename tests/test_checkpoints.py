@@ -1,6 +1,8 @@
 """Weights are what they claim to be: one load guard for every load, files that name their path,
 one class prior, frozen modules in eval mode."""
 import logging
+import os
+import stat
 
 import pytest
 import torch
@@ -159,3 +161,50 @@ def test_frozen_cascade_box_heads_run_in_eval_mode():
         trainer.run_step()
     assert sorted({k for k, _ in seen}) == [0, 1, 2]
     assert not any(training for _, training in seen), seen
+
+
+@pytest.mark.parametrize("content", [[1, 2, 3], {"a": 1}, {"model": [1, 2]}, {"model": {}}])
+def test_a_torch_file_that_is_not_a_checkpoint_names_its_path(tmp_path, content):
+    opts = tiny_dataset(tmp_path)
+    bad = str(tmp_path / "not_weights.pth")
+    torch.save(content, bad)
+    for flags in ([], ["--eval-only"]):
+        msg = train_net_error(tmp_path, *opts, "MODEL.WEIGHTS", bad, "OUTPUT_DIR",
+                              str(tmp_path / f"out{len(flags)}"), flags=flags)
+        assert msg.startswith(f"checkpoint '{bad}' is not a model checkpoint: "), msg
+        assert "Traceback" not in msg
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoints_get_the_mode_of_every_other_file(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        LTCheckpointer(torch.nn.Linear(2, 1), str(tmp_path)).save("model_0000000")
+        (tmp_path / "config.yaml").write_text("")  # what default_setup writes, same umask
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    for name in ("model_0000000.pth", "last_checkpoint", "config.yaml"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected, name
+
+
+def test_a_new_run_removes_temporary_files_an_interrupted_save_left(tmp_path):
+    opts = [*tiny_dataset(tmp_path), "SOLVER.CHECKPOINT_PERIOD", "1"]
+    out = tmp_path / "out"
+    train_net = load_train_net()
+
+    def train(max_iter, *flags):
+        train_net.main(train_net.argument_parser().parse_args(
+            ["--config-file", CONFIG, *flags, *TINY_OPTS, *opts, "OUTPUT_DIR", str(out),
+             "SOLVER.MAX_ITER", str(max_iter)]))
+
+    train(1)
+    # what kill -9 during a save leaves (names as the checkpointer makes them), and a user file
+    stale = [".model_0000001.pth.4242-0badc0de.tmp", ".last_checkpoint.4242-00ff00ff.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"partial")
+    (out / ".notes.1-ab.tmp").write_text("not lt_det's")
+    train(2, "--resume")
+    left = sorted(n for n in os.listdir(out) if n.endswith(".tmp"))
+    assert left == [".notes.1-ab.tmp"]
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"

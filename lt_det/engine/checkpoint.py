@@ -14,25 +14,38 @@
   the loss and the Meta Sampler's inner loss read the same tensor. A file without them (a
   softmax stage 1) is not reported as missing them.
 - **a file that names its path**: a missing file (also one named by ``last_checkpoint``), a
-  truncated or corrupt ``.pth``, a text file as ``.pth``/``.pkl`` give one message with the path.
+  truncated or corrupt ``.pth``, a text file as ``.pth``/``.pkl``, a torch file that is not a
+  checkpoint (``[1, 2, 3]``, ``{"a": 1}``) give one message with the path.
 - **atomic saves**: ``<name>.pth`` and ``last_checkpoint`` are written to a temporary file of this
-  writer (unique name) in the same folder, fsynced and moved into place with ``os.replace``, so
-  the file is always the previous complete one or the new complete one. A full disk or a
+  writer (``.<name>.pth.<pid>-<random>.tmp``) in the same folder, fsynced and moved into place
+  with ``os.replace``, so the file is always the previous complete one or the new complete one.
+  Files get mode 0o666 less the umask, as every other file of the run. A full disk or a
   read-only folder is reported as one line naming the file and the cause; the previous
-  checkpoint is left intact. Remote folders (``://``) keep fvcore's behaviour.
+  checkpoint is left intact. Temporary files a killed save left behind are removed when the next
+  run takes the folder (:func:`remove_stale_temporaries`). Remote folders (``://``) keep
+  fvcore's behaviour.
 """
 import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..errors import LTDetError
 
-__all__ = ["LTCheckpointer", "AtomicDetectionCheckpointer", "atomic_torch_save", "PRIOR_BUFFER"]
+__all__ = [
+    "LTCheckpointer",
+    "AtomicDetectionCheckpointer",
+    "atomic_torch_save",
+    "remove_stale_temporaries",
+    "write_failure_cause",
+    "PRIOR_BUFFER",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +53,9 @@ logger = logging.getLogger(__name__)
 PRIOR_BUFFER = "class_prior"
 
 
-def _write_error(path: str, error: BaseException) -> LTDetError:
-    """One line for a failed write: the file, the cause, what to do."""
+def write_failure_cause(path: str, error: BaseException) -> str:
+    """The cause of a failed write, for a message: the OS's words (``No space left on device``)
+    and, when the disk is nearly full, its free space."""
     folder = os.path.dirname(os.path.abspath(path))
     if isinstance(error, OSError) and error.errno is not None:
         cause = os.strerror(error.errno)
@@ -54,25 +68,48 @@ def _write_error(path: str, error: BaseException) -> LTDetError:
         free = None
     if free is not None and free < 64 * 2**20:
         cause += f"; the disk holding it has {free / 2**20:.1f} MiB free"
+    return cause
+
+
+def _write_error(path: str, error: BaseException) -> LTDetError:
+    """One line for a failed checkpoint write: the file, the cause, what to do."""
     return LTDetError(
-        f"cannot write '{path}' ({cause}). Nothing older was lost: the previous checkpoint and "
-        "last_checkpoint are intact. Free disk space or make the folder writable, then continue "
-        "with --resume (or choose another OUTPUT_DIR)."
+        f"cannot write '{path}' ({write_failure_cause(path, error)}). Nothing older was lost: "
+        "the previous checkpoint and last_checkpoint are intact. Free disk space or make the "
+        "folder writable, then continue with --resume (or choose another OUTPUT_DIR)."
     )
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` through a temporary file of this writer and ``os.replace``.
+# Temporary files of an atomic write: ".<file name>.<pid>-<random hex>.tmp" beside the file.
+_TMP_NAME = re.compile(r"\.(?P<target>.+)\.\d+-[0-9a-f]+\.tmp")
+
+
+def _open_temporary(path: str, binary: bool) -> Tuple[IO, str]:
+    """A new file beside ``path`` for an atomic write, created with mode 0o666 less the umask
+    (the mode every other file of the run gets; ``tempfile.mkstemp`` would make it 0o600)."""
+    folder, base = os.path.split(os.path.abspath(path))
+    while True:
+        tmp = os.path.join(folder, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+        except FileExistsError:  # pragma: no cover - 32 random bits taken
+            continue
+        return os.fdopen(fd, "wb" if binary else "w"), tmp
+
+
+def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
+    """Write ``path`` through a temporary file of this writer, fsync it, and ``os.replace`` it
+    onto ``path``: the file is always the previous complete one or the new complete one.
 
     Raises:
         LTDetError: the file cannot be written (disk full, read-only folder, ...).
     """
-    folder, base = os.path.split(os.path.abspath(path))
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        f, tmp = _open_temporary(path, binary)
+        with f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,20 +121,63 @@ def atomic_torch_save(obj: Any, path: str) -> None:
             os.remove(tmp)
 
 
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` through a temporary file of this writer and ``os.replace``.
+
+    Raises:
+        LTDetError: the file cannot be written (disk full, read-only folder, ...).
+    """
+    _atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+
+
 def _atomic_write_text(path: str, text: str) -> None:
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = None
+    _atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Remove the temporary files that interrupted atomic writes (``kill -9`` during a save)
+    left in ``folder``; returns their names. Call only while holding the folder's lock
+    (:mod:`lt_det.engine.lock`): a live writer's temporary file would be removed too."""
+    removed = []
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise _write_error(path, e) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in names:
+        m = _TMP_NAME.fullmatch(name)
+        target = m.group("target") if m else ""
+        if target.endswith(".pth") or target == "last_checkpoint":
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    if removed:
+        logger.warning(
+            f"Removed {len(removed)} temporary file(s) an interrupted save left in '{folder}': "
+            f"{removed[:5]}"
+        )
+    return removed
+
+
+def _not_a_checkpoint(loaded: Any) -> str:
+    """What makes a loaded file unusable as a checkpoint ("" if nothing): detectron2 wraps any
+    object without a "model" key as ``{"model": obj}``; fvcore then needs a mapping of names to
+    tensors (or numpy arrays)."""
+    if not isinstance(loaded, dict):
+        return f"it holds a {type(loaded).__name__}"
+    model = loaded.get("model")
+    if not isinstance(model, dict):
+        return f"it holds a {type(model).__name__} where the weights (a dict) belong"
+    if not model:
+        return "it holds no weights"
+    for key, value in model.items():
+        if not isinstance(key, str):
+            return f"it holds the key {key!r} ({type(key).__name__}) where parameter names belong"
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            return (f"its entry '{key}' is a {type(value).__name__} ({str(value)[:40]}), not a "
+                    "tensor")
+    return ""
 
 
 class LTCheckpointer(DetectionCheckpointer):
@@ -145,7 +225,7 @@ class LTCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            return super()._load_file(filename)
+            loaded = super()._load_file(filename)
         except Exception as e:  # noqa: BLE001 - unpickling garbage fails in many ways
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise LTDetError(
@@ -153,6 +233,14 @@ class LTCheckpointer(DetectionCheckpointer):
                 f"checkpoint ({type(e).__name__}: {first}). Use a complete .pth written by "
                 "lt_det/detectron2 (or a detectron2 .pkl), e.g. an earlier model_*.pth."
             ) from None
+        problem = _not_a_checkpoint(loaded)
+        if problem:
+            raise LTDetError(
+                f"checkpoint '{filename}' is not a model checkpoint: {problem}. Use a .pth "
+                "written by lt_det/detectron2 ({'model': {name: tensor}, ...}) or a detectron2 "
+                ".pkl, e.g. an earlier model_*.pth."
+            )
+        return loaded
 
     def _load_model(self, checkpoint: Any):
         model_state = checkpoint.get("model", {}) if isinstance(checkpoint, dict) else {}
