@@ -30,11 +30,12 @@ Ground-truth rules:
 
 Results rules (:func:`id_column`): ``image_id`` and ``category_id`` are JSON numbers holding an
 integer in the int64 range (1 and 1.0 are the same id, as in lvis-api's dict lookups); strings
-("1", "000001", "img_1"), booleans and fractions (1.5, 2.7) are refused. lvis-api refuses such
+("1", "000001", "img_1"), fractions (1.5, 2.7), null and lists are refused. lvis-api refuses such
 an ``image_id`` (no image has it) and drops such a ``category_id`` without a word; lt_det
 refuses both, naming the file, the field and the value.
 """
 import math
+import warnings
 from typing import Any, Dict, Sequence
 
 import numpy as np
@@ -245,12 +246,14 @@ def id_column(values: Sequence[Any], field: str, source: str) -> np.ndarray:
         (N,) int64.
 
     Raises:
-        LTDetError: a value is a string, a boolean, a fraction, not finite or outside int64;
+        LTDetError: a value is a string, a fraction, null, not finite or outside int64;
             the message names ``source``, ``field``, the result's index and the value.
     """
     try:
-        arr = np.asarray(values)
-    except (ValueError, TypeError, OverflowError):
+        with warnings.catch_warnings():  # numpy < 1.24 warns on ragged lists before refusing
+            warnings.simplefilter("ignore")
+            arr = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):  # ragged, or nothing numpy can hold
         arr = np.asarray(values, dtype=object)
     if len(values) == 0:
         return np.zeros(0, np.int64)

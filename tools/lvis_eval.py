@@ -8,14 +8,15 @@ r"""Evaluate an LVIS results file offline and print the LVIS metrics (percent).
 
 Prints the metrics (AP ... AR@300; AR@-1 under --ap-fixed, which has no per-image cap) and,
 with --class-chunk > 0, a progress bar with ETA over the class chunks on stderr. Writes nothing
-unless asked: ``--output`` writes the metrics and run info as json; ``--per-class-dir`` writes
+unless asked: ``--output`` writes the metrics and run info as json (``null`` where a metric is
+undefined, e.g. APr without rare classes); ``--per-class-dir`` writes
 ``per_class_ap_<iou-type>.{json,csv}`` (AP per class with its frequency group and the training
 image count stored in the gt categories), the input of ``tools/plot_ap_vs_frequency.py``.
 """
 import argparse
 import json
 import logging
-import math
+import os
 import sys
 import warnings
 
@@ -30,8 +31,28 @@ from lt_det.errors import LTDetError, report_error  # noqa: E402
 from lt_det.evaluation import (  # noqa: E402
     LT_LVIS_EVAL_BACKEND_REGISTRY,
     evaluate_lvis,
+    json_ready,
     write_per_class,
 )
+
+
+def check_outputs(output: str, per_class_dir: str) -> None:
+    """Refuse, before any work, output paths that could not be written.
+
+    Raises:
+        LTDetError: ``output`` is a folder or its folder does not exist; ``per_class_dir`` is a
+            file.
+    """
+    if output:
+        if os.path.isdir(output):
+            raise LTDetError(f"--output '{output}' is a folder; give the path of a json file.")
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise LTDetError(
+                f"--output '{output}': folder '{parent}' does not exist; create it first."
+            )
+    if per_class_dir and os.path.exists(per_class_dir) and not os.path.isdir(per_class_dir):
+        raise LTDetError(f"--per-class-dir '{per_class_dir}' is a file; give a folder.")
 
 
 def main() -> int:
@@ -84,6 +105,7 @@ def main() -> int:
     lt_logger.setLevel(logging.INFO)
     lt_logger.propagate = False  # lvis-api puts a handler on the root logger
     try:
+        check_outputs(args.output, args.per_class_dir)
         r = evaluate_lvis(
             args.gt,
             args.results,
@@ -106,9 +128,9 @@ def main() -> int:
     for k, v in metrics.items():
         print(f"  {k:<8} {v:7.3f}")
     if args.output:
-        with open(args.output, "w") as f:
-            safe = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
-            json.dump({"iou_type": args.iou_type, "metrics": safe, "info": r.info}, f, indent=1)
+        doc = {"iou_type": args.iou_type, "metrics": metrics, "info": r.info}
+        with open(args.output, "w", encoding="utf-8") as f:  # undefined metrics as null
+            json.dump(json_ready(doc), f, indent=1, allow_nan=False)
     if args.per_class_dir:
         for path in write_per_class(
             r, args.per_class_dir, info={"gt": args.gt, "results": args.results}

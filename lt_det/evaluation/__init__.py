@@ -10,11 +10,18 @@ per-class reports) imports neither torch nor detectron2; the detectron2 evaluato
 import importlib
 from typing import Any
 
+from ._json import json_ready
 from .backends import LT_LVIS_EVAL_BACKEND_REGISTRY, get_lvis_backend
 from .classifier_norms import classifier_norms, plot_classifier_norms
 from .detections import DetectionTable, top_k_per_group
 from .ground_truth import LVISGroundTruth
-from .lvis_eval import LVISEvalResult, evaluate_lvis, select_detections, summarize_lvis
+from .lvis_eval import (
+    LVISEvalResult,
+    drop_zero_area,
+    evaluate_lvis,
+    select_detections,
+    summarize_lvis,
+)
 from .per_class import read_per_class, write_per_class
 from .plot import plot_ap_vs_frequency
 
@@ -28,8 +35,10 @@ __all__ = [
     "LVISGroundTruth",
     "build_lvis_evaluator",
     "classifier_norms",
+    "drop_zero_area",
     "evaluate_lvis",
     "get_lvis_backend",
+    "json_ready",
     "plot_ap_vs_frequency",
     "plot_classifier_norms",
     "read_per_class",

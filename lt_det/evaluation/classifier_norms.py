@@ -6,7 +6,6 @@ classes; ``cls_score.weight`` is (K + 1, D) with row K = background (not plotted
 
 torch is imported only by the functions that read checkpoints.
 """
-import json
 import os
 import pickle
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -15,6 +14,7 @@ import numpy as np
 
 from ..class_stats import class_stats_from_lvis_json, frequency_groups
 from ..errors import LTDetError
+from ._json import load_json
 
 __all__ = [
     "DEFAULT_KEY",
@@ -85,11 +85,7 @@ def frequencies_from_json(path: str) -> Tuple[List[int], List[str]]:
     """
     if not os.path.isfile(path):
         raise LTDetError(f"'{path}' does not exist; pass a LVIS json or a cat_info json.")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise LTDetError(f"'{path}' is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    data = load_json(path, "class-count json")
     if not isinstance(data, dict):
         data = {"categories": data}
     cats = data.get("categories")

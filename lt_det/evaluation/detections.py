@@ -8,6 +8,7 @@ Shape shorthand: N = number of detections.
 """
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -265,8 +266,10 @@ def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
 def _box_column(values: List[Any], source: str) -> np.ndarray:
     """``values`` as an (N, 4) float64 array, refusing what is not 4 numbers per box."""
     try:
-        arr = np.asarray(values)
-    except ValueError:  # ragged
+        with warnings.catch_warnings():  # numpy < 1.24 warns on ragged lists before refusing
+            warnings.simplefilter("ignore")
+            arr = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):  # ragged, or nothing numpy can hold
         arr = np.asarray(values, dtype=object)
     if arr.dtype.kind in "if" and arr.ndim == 2 and arr.shape[1] == 4:
         return arr.astype(np.float64, copy=False)

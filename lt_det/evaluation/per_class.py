@@ -7,24 +7,23 @@ JSON layout (``per_class_ap_<task>.json``)::
                   "num_gt": 12, "AP": 31.2, "AP50": ..., "AP75": ..., "APs": ..., "APm": ...,
                   "APl": ..., "AR": ...}, ...]}
 
-AP values are in percent; ``null`` (JSON) / empty (CSV) where the class has no gt to evaluate.
+AP values are in percent; ``null`` (JSON) / empty (CSV) where the class has no gt to evaluate,
+and ``null`` for an undefined summary metric (percent NaN). Both files are UTF-8 whatever the
+locale (class names such as "crème_brûlée" are written as they are in the CSV, escaped in the
+JSON); the JSON is strict (no bare NaN).
 """
 import csv
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional
 
 from ..errors import LTDetError
+from ._json import json_ready, load_json
 
 __all__ = ["write_per_class", "read_per_class", "PER_CLASS_FIELDS"]
 
 PER_CLASS_FIELDS = ["id", "name", "frequency", "image_count", "num_gt"]
 _AP_FIELDS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR"]
-
-
-def _json_safe(v: Any) -> Any:
-    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def write_per_class(result, out_dir: str, *, info: Optional[Dict[str, Any]] = None) -> List[str]:
@@ -42,13 +41,13 @@ def write_per_class(result, out_dir: str, *, info: Optional[Dict[str, Any]] = No
     base = os.path.join(out_dir, f"per_class_ap_{result.iou_type}")
     doc = {
         "task": result.iou_type,
-        "metrics": {k: _json_safe(v) for k, v in result.metrics_percent().items()},
+        "metrics": dict(result.metrics_percent()),
         "info": {**result.info, **(info or {})},
         "classes": rows,
     }
-    with open(base + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(base + ".csv", "w", newline="") as f:
+    with open(base + ".json", "w", encoding="utf-8") as f:
+        json.dump(json_ready(doc), f, indent=1, allow_nan=False)
+    with open(base + ".csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(PER_CLASS_FIELDS + _AP_FIELDS)
         for row in rows:
@@ -63,9 +62,8 @@ def read_per_class(path: str) -> Dict[str, Any]:
     """Read a ``per_class_ap_<task>.json`` written by :func:`write_per_class`."""
     if not os.path.isfile(path):
         raise LTDetError(f"per-class AP json not found: '{path}'.")
-    with open(path) as f:
-        doc = json.load(f)
-    if "classes" not in doc:
+    doc = load_json(path, "per-class AP json")
+    if not isinstance(doc, dict) or "classes" not in doc:
         raise LTDetError(
             f"'{path}' has no 'classes' list; expected a per_class_ap_<task>.json written by "
             "lt_det's LVIS evaluator or tools/lvis_eval.py."
