@@ -140,14 +140,26 @@ def test_cli_missing_image_during_training(tmp_path):
 
 def test_cli_error_in_a_spawned_worker_is_one_message(tmp_path):
     data, root = make_data(tmp_path)
+    data["annotations"][0]["category_id"] = 7  # annotation 2: a class the json does not have
     js = write_json(tmp_path, data)
-    # Reaches the workers: the value is checked there (setup_cfg runs in every process).
+    # Reaches the workers: datasets are read there (setup_cfg runs in every process).
+    rc, out, err = cli(tmp_path, "MODEL.DEVICE", "cpu", *data_opts(js, root),
+                       "OUTPUT_DIR", str(tmp_path / "out"), flags=["--num-gpus", "2"])
+    line = assert_one_clean_message(rc, out, err, js, "annotation 2", "category_id 7")
+    assert line.startswith("lt_det: error: rank ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_config_error_is_refused_before_the_workers_start(tmp_path):
+    data, root = make_data(tmp_path)
+    js = write_json(tmp_path, data)
     rc, out, err = cli(tmp_path, "MODEL.DEVICE", "cpu", *data_opts(js, root),
                        "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.ROI_BOX_HEAD.CLS_LOSS", "focal",
                        flags=["--num-gpus", "2"])
     line = assert_one_clean_message(rc, out, err, "MODEL.ROI_BOX_HEAD.CLS_LOSS", "'focal'",
                                     "balanced_softmax")
-    assert line.startswith("lt_det: error: rank ")
+    assert not line.startswith("lt_det: error: rank ")  # the launcher refused it
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ dataset files
@@ -364,6 +376,7 @@ def test_unknown_value_of_each_new_config_key(tmp_path, key):
     valid = config_choices()[key]
     msg = main_error(tmp_path, key, "no_such_choice")
     assert f"{key} is 'no_such_choice'" in msg and str(valid) in msg
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_config_file_and_unknown_key(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
 from test_bad_input import main_error, make_data, write_json
+from test_resume import CONFIG, TINY_OPTS
 from test_bad_input import data_opts as _data_opts
 from test_evaluation import _ann, _cats, _det, _img
 
@@ -248,3 +249,263 @@ def test_eval_only_of_a_method_that_trains_nothing_passes_the_door(tmp_path):
                           "MODEL.DECOUPLE.METHOD", "tau_norm", "MODEL.WEIGHTS", missing,
                           "OUTPUT_DIR", str(tmp_path / "out"), flags=["--eval-only"])
     assert f"MODEL.WEIGHTS '{missing}' does not exist" in msg
+
+
+# ------------------------------------------------------------------ every selecting key
+def choice_keys_of_config_py():
+    """The keys whose comment in lt_det/config.py lists "Choices:": the key assigned right after
+    the comment block, or the key the block starts with ("# DATALOADER.SAMPLER_TRAIN (a
+    detectron2 key) ... Choices: ...")."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lt_det",
+                        "config.py")
+    keys, block = [], []
+    for line in open(path).read().splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            if not text.startswith("# ----"):
+                block.append(text.lstrip("# "))
+            continue
+        if any("Choices:" in b for b in block):
+            named = re.match(r"((?:MODEL|DATALOADER|SOLVER|INPUT|TEST|DATASETS)\.[A-Z0-9_.]+)\s",
+                             block[0])
+            assigned = re.match(r"_C\.([A-Z0-9_.]+) = ", text)
+            keys.append(named.group(1) if named else assigned.group(1))
+        block = []
+    return keys
+
+
+def test_every_key_with_choices_is_checked_at_the_door(tmp_path):
+    from detectron2.config import get_cfg
+
+    from lt_det.config import add_lt_config
+    from lt_det.engine.defaults import config_choices
+
+    keys = choice_keys_of_config_py()
+    for key in ("MODEL.ROI_BOX_HEAD.CLS_SCORE", "MODEL.ROI_BOX_HEAD.FED_LOSS_CLASS_SETS",
+                "MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD", "DATALOADER.SAMPLER_TRAIN"):
+        assert key in keys, (key, keys)  # the parser finds the keys it must
+    cfg, choices = add_lt_config(get_cfg()), config_choices()
+    for key in keys:
+        default = cfg
+        for part in key.split("."):
+            default = default[part]
+        out = tmp_path / key
+        msg = main_error(tmp_path, key, "no_such_choice", out_dir=out)
+        assert key in msg, (key, msg)
+        assert not out.exists(), key
+        if isinstance(default, bool):  # yacs refuses a string for a boolean key
+            assert "Type mismatch" in msg, msg
+        elif key == "MODEL.MNV2.PRETRAINED_PATH":  # a path: checked as a file where it is used
+            assert "'no_such_choice' does not exist" in msg, msg
+        else:
+            assert key in choices, f"{key} has choices in lt_det/config.py but no door check"
+            assert f"{key} is 'no_such_choice'" in msg and str(choices[key]) in msg
+
+
+def test_mnv2_imagenet_file_is_checked_only_where_it_is_loaded(tmp_path):
+    """The synthetic configs use the MobileNetV2 backbone from MODEL.MNV2.PRETRAINED_PATH; with
+    MODEL.WEIGHTS set the file is not read, and the door does not ask for it."""
+    from lt_det.engine import load_config
+    from lt_det.engine.defaults import check_config
+
+    cfg = load_config(CONFIG, ["MODEL.MNV2.PRETRAINED_PATH", str(tmp_path / "gone.pth")])
+    assert cfg.MODEL.BACKBONE.NAME == "build_mnv2_fpn_backbone" and cfg.MODEL.WEIGHTS == ""
+    with pytest.raises(LTDetError, match="gone.pth' does not exist"):
+        check_config(cfg)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "trained.pth")
+    check_config(cfg)
+
+
+# ------------------------------------------------------------------ solver and device
+def test_amp_on_a_cpu_run(tmp_path):
+    data, root = make_data(tmp_path)
+    out = tmp_path / "out"
+    msg = main_error(tmp_path, *data_opts(write_json(tmp_path, data), root), "MODEL.DEVICE", "cpu",
+                     "SOLVER.AMP.ENABLED", "True", out_dir=out)
+    assert "SOLVER.AMP.ENABLED is True but MODEL.DEVICE is 'cpu'" in msg
+    assert "SOLVER.AMP.ENABLED False" in msg and not out.exists()
+
+
+@pytest.mark.parametrize("steps, max_iter, reason", [
+    ((3, 6), 6, "num_updates=6, milestone=6"),  # a step at MAX_ITER
+    ((4, 2), 6, "start_epoch=4, milestone=2"),  # not increasing
+    ((0,), 6, "start_epoch=0, milestone=0"),  # a step at 0
+])
+def test_lr_steps_that_fvcore_refuses(tmp_path, steps, max_iter, reason):
+    data, root = make_data(tmp_path)
+    out = tmp_path / "out"
+    msg = main_error(tmp_path, *data_opts(write_json(tmp_path, data), root),
+                     "SOLVER.STEPS", str(steps), "SOLVER.MAX_ITER", str(max_iter), out_dir=out)
+    assert f"SOLVER.STEPS {steps} with SOLVER.MAX_ITER {max_iter}" in msg and reason in msg
+    assert "< SOLVER.MAX_ITER" in msg and not out.exists()
+
+
+def test_lr_steps_detectron2_accepts_pass_the_door():
+    from lt_det.engine import load_config
+    from lt_det.engine.defaults import check_solver
+
+    for steps in ((), (5,), (2, 5), (5, 7), (7, 9)):  # beyond MAX_ITER: dropped by detectron2
+        check_solver(load_config(CONFIG, ["SOLVER.STEPS", str(steps), "SOLVER.MAX_ITER", "6"]))
+
+
+def test_num_gpus_with_cuda_is_refused_before_any_process_starts(tmp_path):
+    """--num-gpus N with MODEL.DEVICE cuda needs N GPUs: refused by the launcher (no "rank R:"
+    prefix: no worker ran). N CPU processes over gloo (MODEL.DEVICE cpu) pass."""
+    from test_bad_input import assert_one_clean_message, cli
+
+    from lt_det.engine.defaults import check_launch
+
+    data, root = make_data(tmp_path)
+    opts = [*data_opts(write_json(tmp_path, data), root), "OUTPUT_DIR", str(tmp_path / "out")]
+    n = max(8, torch.cuda.device_count() + 1)
+    rc, out, err = cli(tmp_path, *opts, "MODEL.DEVICE", "cuda", flags=["--num-gpus", str(n)])
+    if torch.cuda.is_available():
+        needles = [f"--num-gpus {n} starts one process per GPU",
+                   f"Use --num-gpus {torch.cuda.device_count()}"]
+    else:
+        needles = ["this machine has no usable CUDA device", f"--num-gpus {n}: {n} CPU processes"]
+    line = assert_one_clean_message(rc, out, err, "MODEL.DEVICE cpu", *needles)
+    assert not line.startswith("lt_det: error: rank ")
+    assert not (tmp_path / "out").exists()
+    from test_resume import load_train_net
+
+    parser = load_train_net().argument_parser()
+    check_launch(parser.parse_args(["--config-file", CONFIG, "--num-gpus", "2",
+                                    *TINY_OPTS, "MODEL.DEVICE", "cpu"]))
+
+
+# ------------------------------------------------------------------ config files
+def test_base_that_does_not_resolve(tmp_path):
+    from lt_det.engine import load_config
+    from test_resume import load_train_net
+
+    (tmp_path / "configs").mkdir()
+    top = tmp_path / "configs" / "top.yaml"
+    top.write_text('_BASE_: "middle.yaml"\nSOLVER:\n  MAX_ITER: 2\n')
+    middle = tmp_path / "configs" / "middle.yaml"
+    middle.write_text('_BASE_: "Base-missing.yaml"\n')
+    with pytest.raises(LTDetError) as e:
+        load_config(str(top))
+    missing = tmp_path / "configs" / "Base-missing.yaml"
+    assert f"'{middle}' sets _BASE_ 'Base-missing.yaml', which does not exist ('{missing}'" in str(
+        e.value)
+    # through train_net: one line, nothing written
+    out = tmp_path / "out"
+    train_net = load_train_net()
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", str(top), "OUTPUT_DIR", str(out)])
+    with pytest.raises(LTDetError, match="Fix the _BASE_ line of"):
+        train_net.main(args)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ test sets
+def two_sets(tmp_path, train, test, root):
+    """Overrides registering ``train`` / ``test`` (dicts) as t_train / t_val."""
+    tr, te = write_json(tmp_path, train, "t_train.json"), write_json(tmp_path, test, "t_val.json")
+    return tr, te, ["DATASETS.LVIS_FORMAT", repr([["t_train", tr, root], ["t_val", te, root]]),
+                    "DATASETS.TRAIN", "('t_train',)", "DATASETS.TEST", "('t_val',)",
+                    "MODEL.ROI_HEADS.NUM_CLASSES", "3"]
+
+
+def test_coco_style_test_set_is_refused_before_training(tmp_path):
+    """A json without LVIS's per-image neg_category_ids trains (training does not need it) but
+    cannot be evaluated: refused at the door when it is a test set, naming the dataset, the
+    file, the image and the key."""
+    data, root = make_data(tmp_path)  # no neg_category_ids / not_exhaustive_category_ids
+    _, te, opts = two_sets(tmp_path, data, data, root)
+    out = tmp_path / "out"
+    msg = main_error(tmp_path, *opts, out_dir=out)
+    assert "DATASETS.TEST dataset 't_val' cannot be evaluated" in msg and te in msg
+    assert "image id 1 has no 'neg_category_ids'" in msg and not out.exists()
+    # with the LVIS keys the same data passes the door
+    from detectron2.config import CfgNode
+
+    from lt_det.engine.defaults import check_eval_ground_truth
+
+    _, te, _ = two_sets(tmp_path, data, eval_gt(data), root)
+    register_lvis_format("t_val", te, root)
+    check_eval_ground_truth(CfgNode({"DATASETS": {
+        "TEST": ("t_val",), "LVIS_FORMAT": [["t_val", te, root]]}}))
+
+
+@pytest.mark.parametrize("change", ["names_permuted", "other_id"])
+def test_test_set_with_other_categories_than_training(tmp_path, change):
+    data, root = make_data(tmp_path)
+    test = eval_gt(data)
+    cats = test["categories"]
+    if change == "names_permuted":
+        cats[0]["name"], cats[1]["name"] = cats[1]["name"], cats[0]["name"]
+    else:
+        cats[2]["id"] = 4  # class3 (no annotation) gets id 4
+    i = next(k for k, (a, b) in enumerate(zip(data["categories"], cats))
+             if (a["id"], a["name"]) != (b["id"], b["name"]))
+    a, b = data["categories"][i], cats[i]
+    _, _, opts = two_sets(tmp_path, data, test, root)
+    out = tmp_path / "out"
+    msg = main_error(tmp_path, *opts, out_dir=out)
+    assert "DATASETS.TEST dataset 't_val' does not have the categories of DATASETS.TRAIN " \
+           "dataset 't_train'" in msg
+    assert (f"class {i} is id {a['id']} '{a['name']}' in 't_train' but id {b['id']} "
+            f"'{b['name']}' in 't_val'") in msg
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ --eval-only weights
+def finished_run(tmp_path):
+    """OUTPUT_DIR of a finished training run, with its evaluation outputs."""
+    out = tmp_path / "out"
+    (out / "inference" / "t_val").mkdir(parents=True)
+    for name, text in [("model_final.pth", "weights"), ("last_checkpoint", "model_final.pth"),
+                       ("inference/t_val/per_class_ap_bbox.csv", "id,AP\n1,0.0105\n"),
+                       ("inference/t_val/lvis_instances_results.json", "[]")]:
+        (out / name).write_text(text)
+    return out
+
+
+def tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("weights", ["", "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+                                     "other.pth"])
+def test_eval_only_never_replaces_a_runs_results_with_another_models(tmp_path, weights):
+    """After training, --eval-only with the config's MODEL.WEIGHTS ("" in the synthetic configs:
+    a random model; ImageNet weights in the LVIS configs: random heads) or with weights from
+    elsewhere would overwrite the run's detections and per-class AP: refused, nothing changes."""
+    from test_checkpoints import train_net_error
+
+    data, root = make_data(tmp_path)
+    _, _, opts = two_sets(tmp_path, data, eval_gt(data), root)
+    out = finished_run(tmp_path)
+    if weights == "other.pth":
+        weights = str(tmp_path / "other.pth")
+        (tmp_path / "other.pth").write_text("weights")
+    before = tree(out)
+    msg = train_net_error(tmp_path, *opts, "OUTPUT_DIR", str(out), "MODEL.WEIGHTS", weights,
+                          flags=["--eval-only"])
+    assert f"MODEL.WEIGHTS {out / 'model_final.pth'}" in msg
+    if weights:
+        assert f"OUTPUT_DIR '{out}' holds a training run" in msg and weights in msg
+    else:
+        assert "randomly initialised model" in msg
+    assert tree(out) == before
+
+
+def test_eval_only_of_the_runs_own_checkpoint_passes_the_door(tmp_path):
+    from lt_det.engine import load_config
+    from lt_det.engine.defaults import check_start_weights
+
+    out = finished_run(tmp_path)
+    cfg = load_config(CONFIG, ["OUTPUT_DIR", str(out), "MODEL.WEIGHTS",
+                               str(out / "model_final.pth")])
+    check_start_weights(cfg, resume=False, eval_only=True)
+    cfg.MODEL.WEIGHTS = ""  # --resume loads OUTPUT_DIR's last checkpoint instead
+    check_start_weights(cfg, resume=True, eval_only=True)
+    fresh = load_config(CONFIG, ["OUTPUT_DIR", str(tmp_path / "new")])
+    with pytest.raises(LTDetError, match="randomly initialised"):  # nothing to resume: random
+        check_start_weights(fresh, resume=True, eval_only=True)

@@ -39,6 +39,7 @@ from lt_det.engine import (  # noqa: E402
     run_logging,
     setup_cfg,
 )
+from lt_det.engine.defaults import check_launch  # noqa: E402
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 
@@ -124,6 +125,7 @@ def run(cfg, args):
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     try:
+        check_launch(args)  # the config alone, before any worker process starts
         launch(
             main,
             args.num_gpus,

@@ -5,9 +5,10 @@ import functools
 import logging
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
@@ -17,7 +18,7 @@ from ..config import add_lt_config
 from ..data import register_datasets_from_cfg
 from ..errors import LTDetError
 from .evaluators import EVALUATOR_BUILDERS
-from .lock import lock_output_dir
+from .lock import lock_output_dir, refuse_if_in_use
 from .log_setup import setup_lt_logging, strip_colour_from_setup_logs
 
 __all__ = [
@@ -31,6 +32,12 @@ __all__ = [
     "check_weights_file",
     "check_start_weights",
     "check_config_values",
+    "check_config",
+    "check_launch",
+    "check_solver",
+    "check_eval_weights",
+    "check_eval_ground_truth",
+    "check_test_categories",
     "check_output_dir",
     "config_choices",
     "eval_output_dir",
@@ -56,6 +63,13 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
         ) from None
     except (ValueError, AssertionError) as e:
         raise LTDetError(f"'{config_file}': {e}") from None
+    except OSError as e:  # a _BASE_ that does not resolve (the file itself exists)
+        raise LTDetError(_base_error(config_file, e)) from None
+    except yaml.YAMLError as e:
+        raise LTDetError(
+            f"'{config_file}' (or a _BASE_ it names) is not valid YAML: "
+            f"{' '.join(str(e).split())}."
+        ) from None
     try:
         cfg.merge_from_list(list(opts or []))
     except (KeyError, AssertionError) as e:  # yacs asserts on unknown keys and odd lists
@@ -69,6 +83,41 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
     except ValueError as e:
         raise LTDetError(f"command-line KEY VALUE overrides: {e}") from None
     return cfg
+
+
+def _resolve_base(base: str, yaml_file: str) -> str:
+    """The path detectron2's ``CfgNode.load_yaml_with_base`` opens for ``_BASE_: base`` in
+    ``yaml_file``: ``~`` expanded; relative to the folder of ``yaml_file`` unless absolute or a
+    URL."""
+    if base.startswith("~"):
+        base = os.path.expanduser(base)
+    if not base.startswith(("/", "https://", "http://")):
+        base = os.path.join(os.path.dirname(yaml_file), base)
+    return base
+
+
+def _base_error(config_file: str, error: OSError) -> str:
+    """One line for a config whose ``_BASE_`` chain breaks: the yaml that names the missing
+    base, the base as written and the path it resolved to."""
+    current, seen = config_file, set()
+    while current not in seen and os.path.isfile(current):
+        seen.add(current)
+        try:
+            with open(current) as f:
+                base = (yaml.safe_load(f) or {}).get("_BASE_")
+        except (OSError, yaml.YAMLError, AttributeError):
+            break
+        if not isinstance(base, str):
+            break
+        resolved = _resolve_base(base, current)
+        if not os.path.isfile(resolved):
+            return (
+                f"'{current}' sets _BASE_ '{base}', which does not exist ('{resolved}'; a "
+                "relative _BASE_ is taken from the folder of the yaml that names it). Fix the "
+                f"_BASE_ line of '{current}'."
+            )
+        current = resolved
+    return f"'{config_file}' cannot be read: {error.strerror or error} ('{error.filename}')."
 
 
 def _did_you_mean(cfg: CfgNode, message: str) -> str:
@@ -94,31 +143,29 @@ def setup_cfg(args) -> CfgNode:
     ``default_setup``.
 
     Everything that can be checked before a model is built is checked here, before
-    ``default_setup`` writes anything to OUTPUT_DIR: config values, the stage-2 / sampler
-    combination, the device, datasets (LVIS_FORMAT files fully, detectron2's builtin names by their
-    files), NUM_CLASSES and (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would
-    be overwritten. Then the main process takes the lock of the folder it writes to (one run per
-    folder; see :mod:`lt_det.engine.lock`).
+    ``default_setup`` writes anything to OUTPUT_DIR: the config alone (:func:`check_config`:
+    method-selecting values, ranges, the stage-2 / sampler combination, the learning-rate
+    schedule, AMP, the device and the process count), datasets (LVIS_FORMAT files fully,
+    detectron2's builtin names by their files; test sets against what LVIS evaluation needs and
+    against the training set's categories), NUM_CLASSES, the weights to start from or to evaluate
+    and (unless ``--eval-only``) that OUTPUT_DIR does not hold a run that would be overwritten.
+    Then the main process takes the lock of the folder it writes to (one run per folder; see
+    :mod:`lt_det.engine.lock`).
 
     Files: training writes ``config.yaml`` and ``log.txt`` (detectron2's and lt_det's loggers,
     :func:`~lt_det.engine.log_setup.setup_lt_logging`) into OUTPUT_DIR. ``--eval-only`` writes
     them into :func:`eval_output_dir` (OUTPUT_DIR/inference), so that evaluating a training
     folder's checkpoint leaves that run's own files as they are.
     """
-    from ..decouple import check_decoupled_training
-
     cfg = load_config(args.config_file, args.opts)
-    check_config_values(cfg)
-    if not args.eval_only:
-        check_decoupled_training(cfg)
-    check_cls_loss_heads(cfg)
-    check_cascade_box_reg(cfg)
-    check_device(cfg)
+    check_config(cfg, eval_only=args.eval_only, num_gpus=getattr(args, "num_gpus", 1))
     cfg.freeze()
     check_dataset_files(cfg)
     register_datasets_from_cfg(cfg)
     check_datasets(cfg)
     check_num_classes(cfg)
+    check_test_categories(cfg)
+    check_eval_ground_truth(cfg)
     check_mask_annotations(cfg, eval_only=args.eval_only)
     check_run_folder = functools.partial(
         check_output_dir,
@@ -147,6 +194,40 @@ def setup_cfg(args) -> CfgNode:
     return cfg
 
 
+def check_config(cfg: CfgNode, *, eval_only: bool = False, num_gpus: int = 1) -> None:
+    """The checks of the config alone (no dataset is read, nothing is written; milliseconds):
+    :func:`check_config_values`, the stage-2 combination (training), :func:`check_solver`
+    (training), :func:`check_cls_loss_heads`, :func:`check_cascade_box_reg`,
+    :func:`check_device` for ``num_gpus`` processes per machine and the MobileNetV2 ImageNet
+    file when it is used.
+
+    Raises:
+        LTDetError: the first problem found, naming the key, its value and what to do.
+    """
+    from ..decouple import check_decoupled_training
+
+    check_config_values(cfg)
+    if not eval_only:
+        check_decoupled_training(cfg)
+        check_solver(cfg)
+    check_cls_loss_heads(cfg)
+    check_cascade_box_reg(cfg)
+    check_device(cfg, num_processes=num_gpus)
+    check_mnv2_pretrained(cfg)
+
+
+def check_launch(args) -> None:
+    """:func:`check_config` of ``args`` (``--config-file``, ``KEY VALUE`` overrides,
+    ``--eval-only``, ``--num-gpus``) in the launching process, before any worker process starts:
+    a config that cannot run is one line, not one line per process after they all started.
+
+    Raises:
+        LTDetError: as :func:`load_config` and :func:`check_config`.
+    """
+    cfg = load_config(args.config_file, args.opts)
+    check_config(cfg, eval_only=args.eval_only, num_gpus=args.num_gpus)
+
+
 def check_weights_file(weights: str) -> None:
     """A local ``MODEL.WEIGHTS`` must exist (fvcore would fail with a bare assertion); empty
     (the backbone's own initialisation) and URLs (``scheme://``) pass.
@@ -164,29 +245,150 @@ def check_weights_file(weights: str) -> None:
 def check_start_weights(cfg: CfgNode, *, resume: bool, eval_only: bool) -> None:
     """The weights a run starts from must be there before anything is written: MODEL.WEIGHTS,
     unless ``--resume`` finds OUTPUT_DIR's ``last_checkpoint`` (detectron2 then loads that file
-    instead). Stage 2 (``MODEL.DECOUPLE.METHOD`` other than none) needs a stage-1 checkpoint.
+    instead). Stage 2 (``MODEL.DECOUPLE.METHOD`` other than none) needs a stage-1 checkpoint;
+    ``--eval-only`` a trained model (:func:`check_eval_weights`).
 
     Raises:
-        LTDetError: the file to start from is missing (or empty for stage 2).
+        LTDetError: the file to start from is missing (or empty for stage 2 and --eval-only).
     """
     from ..decouple import check_stage1_weights
 
     if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return
-    if not eval_only and cfg.MODEL.DECOUPLE.METHOD != "none":
+    if eval_only:
+        check_eval_weights(cfg)
+    elif cfg.MODEL.DECOUPLE.METHOD != "none":
         check_stage1_weights(cfg)
     else:
         check_weights_file(cfg.MODEL.WEIGHTS)
 
 
-def check_device(cfg: CfgNode) -> None:
-    """``MODEL.DEVICE`` must be a device this machine has (checked before anything is built)."""
+def check_eval_weights(cfg: CfgNode) -> None:
+    """``--eval-only`` (without a checkpoint for ``--resume``) evaluates ``MODEL.WEIGHTS``; it
+    must be a trained model, and must not replace a training run's results with another model's.
+
+    ``MODEL.WEIGHTS ""`` means "the backbone's own initialisation" for training; the checkpointer
+    then loads nothing (so its check that every parameter was loaded never runs) and the
+    evaluation would score a randomly initialised detector: refused. When OUTPUT_DIR holds a
+    training run (``model_final.pth`` / ``last_checkpoint``), the weights must be one of its own
+    checkpoints (a file in OUTPUT_DIR): evaluating other weights there would overwrite that run's
+    detections and per-class AP in OUTPUT_DIR/inference/<dataset>/.
+
+    Raises:
+        LTDetError: empty or missing weights, or weights from outside a training run's folder;
+            the message names the run's ``model_final.pth`` to pass instead.
+    """
+    weights, out = cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR
+    suggestion = os.path.join(out, "model_final.pth")
+    if not weights:
+        raise LTDetError(
+            f'--eval-only with MODEL.WEIGHTS "" would evaluate a randomly initialised model. Pass '
+            f"the checkpoint to evaluate, e.g. MODEL.WEIGHTS {suggestion} (or --resume for "
+            "OUTPUT_DIR's last checkpoint)."
+        )
+    check_weights_file(weights)
+    run = [m for m in RUN_MARKERS if out and os.path.exists(os.path.join(out, m))]
+    inside = "://" not in weights and os.path.dirname(os.path.realpath(weights)) == (
+        os.path.realpath(out)
+    )
+    if run and not inside:
+        raise LTDetError(
+            f"--eval-only: OUTPUT_DIR '{out}' holds a training run ({', '.join(run)}), but "
+            f"MODEL.WEIGHTS is '{weights}', not one of its checkpoints; evaluating it there would "
+            f"replace that run's detections and per-class AP in '{eval_output_dir(cfg)}'. Pass "
+            f"MODEL.WEIGHTS {suggestion} (or --resume) to evaluate the run, or another OUTPUT_DIR "
+            "to evaluate these weights."
+        )
+
+
+def check_solver(cfg: CfgNode) -> None:
+    """Training-only solver keys, checked with detectron2's own code on a one-parameter
+    optimizer: the learning-rate schedule (``SOLVER.LR_SCHEDULER_NAME``, ``SOLVER.STEPS``,
+    ``SOLVER.MAX_ITER``, ``SOLVER.WARMUP_*``; fvcore's ``MultiStepParamScheduler`` refuses
+    steps that do not increase, a step at 0 and a step equal to MAX_ITER; detectron2 drops steps
+    beyond MAX_ITER with a warning) and ``SOLVER.AMP.ENABLED``, which needs CUDA (detectron2's
+    ``AMPTrainer`` asserts it at the first iteration).
+
+    Raises:
+        LTDetError: naming the keys, their values and detectron2's / fvcore's reason.
+    """
+    from detectron2.solver import build_lr_scheduler
+
+    solver = cfg.SOLVER
+    if solver.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        raise LTDetError(
+            f"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': detectron2's "
+            "mixed-precision training (AMPTrainer) needs CUDA. Add SOLVER.AMP.ENABLED False, or "
+            "train on a GPU (MODEL.DEVICE cuda)."
+        )
+    if solver.MAX_ITER < 1:
+        raise LTDetError(f"SOLVER.MAX_ITER is {solver.MAX_ITER}; it must be >= 1.")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    quiet = _DropRecords()  # the "steps beyond MAX_ITER" warning comes again when training
+    build_logger = logging.getLogger(build_lr_scheduler.__module__)
+    build_logger.addFilter(quiet)
+    try:
+        build_lr_scheduler(cfg, optimizer)
+    except (ValueError, AssertionError, ZeroDivisionError) as e:
+        keys = (
+            f"SOLVER.STEPS {tuple(solver.STEPS)} with SOLVER.MAX_ITER {solver.MAX_ITER}"
+            if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR"
+            else f"SOLVER.LR_SCHEDULER_NAME '{solver.LR_SCHEDULER_NAME}'"
+        )
+        raise LTDetError(
+            f"the learning-rate schedule ({keys}, SOLVER.WARMUP_METHOD "
+            f"'{solver.WARMUP_METHOD}') is refused by detectron2: {e}. SOLVER.STEPS must "
+            "increase, each > 0 and < SOLVER.MAX_ITER; SOLVER.LR_SCHEDULER_NAME is "
+            "WarmupMultiStepLR or WarmupCosineLR; SOLVER.WARMUP_METHOD linear or constant."
+        ) from None
+    finally:
+        build_logger.removeFilter(quiet)
+
+
+class _DropRecords(logging.Filter):
+    """A logging filter that drops every record (used while a door check runs detectron2 code
+    that logs what the run will log again)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def check_mnv2_pretrained(cfg: CfgNode) -> None:
+    """The MobileNetV2 backbone loads ``MODEL.MNV2.PRETRAINED_PATH`` when ``MODEL.WEIGHTS`` is
+    empty: that file must exist (:func:`~lt_det.modeling.backbone.mobilenet_v2.
+    resolve_mnv2_pretrained_path`).
+
+    Raises:
+        LTDetError: naming the key, the path and how to get the file.
+    """
+    from ..modeling.backbone.mobilenet_v2 import (
+        build_mnv2_fpn_backbone,
+        resolve_mnv2_pretrained_path,
+    )
+
+    if cfg.MODEL.BACKBONE.NAME == build_mnv2_fpn_backbone.__name__ and not cfg.MODEL.WEIGHTS:
+        resolve_mnv2_pretrained_path(cfg.MODEL.MNV2.PRETRAINED_PATH)
+
+
+def check_device(cfg: CfgNode, *, num_processes: int = 1) -> None:
+    """``MODEL.DEVICE`` must be a device this machine has (checked before anything is built),
+    and a CUDA run needs a GPU for each of its ``num_processes`` processes per machine
+    (``--num-gpus``; CPU runs of several processes use gloo).
+
+    Raises:
+        LTDetError: naming the device, what this machine has and the way out.
+    """
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda") and not torch.cuda.is_available():
+        processes = (
+            f" (with --num-gpus {num_processes}: {num_processes} CPU processes over gloo)"
+            if num_processes > 1
+            else ""
+        )
         raise LTDetError(
             f"MODEL.DEVICE is '{device}' but this machine has no usable CUDA device (torch "
             f"{torch.__version__}, CUDA build {torch.version.cuda}). Add MODEL.DEVICE cpu to the "
-            "command line, or run on a machine with a GPU."
+            f"command line{processes}, or run on a machine with a GPU."
         )
     if device.startswith("cuda:"):
         index = int(device.split(":", 1)[1])
@@ -195,6 +397,13 @@ def check_device(cfg: CfgNode) -> None:
                 f"MODEL.DEVICE is '{device}' but this machine has {torch.cuda.device_count()} "
                 "CUDA device(s). Use MODEL.DEVICE cuda (one process per GPU with --num-gpus)."
             )
+    if device.startswith("cuda") and num_processes > torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise LTDetError(
+            f"--num-gpus {num_processes} starts one process per GPU, but this machine has "
+            f"{count} CUDA device(s). Use --num-gpus {count}, or MODEL.DEVICE cpu for "
+            f"{num_processes} CPU processes (gloo)."
+        )
 
 
 def check_cls_loss_heads(cfg: CfgNode) -> None:
@@ -280,6 +489,82 @@ def check_datasets(cfg: CfgNode) -> None:
                     )
 
 
+def _class_ids_and_names(name: str) -> Optional[List[Tuple[int, str]]]:
+    """(dataset category id, name) of each contiguous class of a registered dataset, or None
+    when its metadata has no ``thing_classes``. Without ``thing_dataset_id_to_contiguous_id``
+    (detectron2's builtin LVIS) the ids are LVIS's 1..K, as the evaluators read them."""
+    meta = MetadataCatalog.get(name)
+    classes = meta.get("thing_classes", None)
+    if classes is None:
+        return None
+    id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if id_map:
+        ids = {contiguous: dataset_id for dataset_id, contiguous in id_map.items()}
+        return [(ids.get(i), c) for i, c in enumerate(classes)]
+    return [(i + 1, c) for i, c in enumerate(classes)]
+
+
+def check_test_categories(cfg: CfgNode) -> None:
+    """Every ``DATASETS.TEST`` dataset must have the categories of every ``DATASETS.TRAIN``
+    dataset: the same ids with the same names, class for class. The model's class i is scored
+    as the test set's i-th category; other ids, or the same names in another order, would score
+    each detection as another class without a word.
+
+    Raises:
+        LTDetError: naming both datasets and the first class whose id or name differs.
+    """
+    for test in cfg.DATASETS.TEST:
+        test_classes = _class_ids_and_names(test)
+        for train in cfg.DATASETS.TRAIN:
+            train_classes = _class_ids_and_names(train)
+            if test_classes is None or train_classes is None or test_classes == train_classes:
+                continue
+            where = (
+                f"DATASETS.TEST dataset '{test}' does not have the categories of DATASETS.TRAIN "
+                f"dataset '{train}'"
+            )
+            for i, (a, b) in enumerate(zip(train_classes, test_classes)):
+                if a != b:
+                    raise LTDetError(
+                        f"{where}: class {i} is id {a[0]} '{a[1]}' in '{train}' but id {b[0]} "
+                        f"'{b[1]}' in '{test}', so the model's detections would be scored as "
+                        "other classes. Evaluate on a dataset with the training set's "
+                        "categories (same ids and names)."
+                    )
+            raise LTDetError(
+                f"{where}: {len(train_classes)} classes in '{train}', {len(test_classes)} in "
+                f"'{test}'. Evaluate on a dataset with the training set's categories (same ids "
+                "and names)."
+            )
+
+
+def check_eval_ground_truth(cfg: CfgNode) -> None:
+    """Every ``DATASETS.TEST`` dataset of ``DATASETS.LVIS_FORMAT`` is read as the LVIS evaluator
+    will read it (:class:`~lt_det.evaluation.ground_truth.LVISGroundTruth`: every image has
+    ``neg_category_ids`` and ``not_exhaustive_category_ids``, every annotation an ``area``, ...),
+    so that a COCO-style json is refused before training, not after it. detectron2's builtin
+    LVIS / COCO names are read by their own loaders and not re-read here. Training sets need none
+    of these keys (a training json without them trains: no negative or not-exhaustive labels).
+
+    Cost: one more read of each such json.
+
+    Raises:
+        LTDetError: the evaluator's message (file, image or annotation, key), prefixed with the
+            dataset's name.
+    """
+    from ..evaluation.ground_truth import LVISGroundTruth
+
+    lvis_format = {entry[0] for entry in cfg.DATASETS.LVIS_FORMAT if len(entry) == 3}
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        if name not in lvis_format or meta.get("evaluator_type", None) != "lvis":
+            continue
+        try:
+            LVISGroundTruth(meta.json_file)
+        except LTDetError as e:
+            raise LTDetError(f"DATASETS.TEST dataset '{name}' cannot be evaluated: {e}") from None
+
+
 def check_dataset_files(cfg: CfgNode) -> None:
     """Every json of ``DATASETS.LVIS_FORMAT`` must exist; a missing one is named with the folder
     relative paths are taken from and, for the synthetic data's file names, the command that
@@ -336,25 +621,70 @@ def eval_output_dir(cfg: CfgNode) -> str:
 
 
 def config_choices() -> Dict[str, List[str]]:
-    """The values each lt_det method-selecting key takes (read from the registries)."""
+    """The values each method-selecting key takes, read from the registries and the modules'
+    choice constants: every key of ``lt_det/config.py`` whose comment lists "Choices:" (except
+    booleans, which yacs type-checks, and ``MODEL.MNV2.PRETRAINED_PATH``, a path:
+    :func:`check_mnv2_pretrained`), and detectron2's keys that name a registry entry (the
+    registries hold lt_det's heads and backbones too).
+    """
+    from detectron2.modeling import (
+        ANCHOR_GENERATOR_REGISTRY,
+        BACKBONE_REGISTRY,
+        META_ARCH_REGISTRY,
+        PROPOSAL_GENERATOR_REGISTRY,
+        ROI_BOX_HEAD_REGISTRY,
+        ROI_HEADS_REGISTRY,
+        ROI_KEYPOINT_HEAD_REGISTRY,
+        ROI_MASK_HEAD_REGISTRY,
+        RPN_HEAD_REGISTRY,
+        SEM_SEG_HEADS_REGISTRY,
+    )
+
+    from .. import modeling  # noqa: F401  (registers lt_det's heads and backbones)
     from ..data.samplers import LT_SAMPLER_REGISTRY
     from ..data.samplers.meta_sampler import INIT_POWERS
     from ..decouple import LT_DECOUPLE_REGISTRY
     from ..decouple.classifiers import TAU_BIAS_MODES
     from ..evaluation.backends.registry import LT_LVIS_EVAL_BACKEND_REGISTRY
+    from ..modeling.backbone.mobilenet_v2 import MNV2_NORMS
+    from ..modeling.calibration import CALIBRATION_METHODS, NORCAL_COUNTS
     from ..modeling.losses.balanced_softmax import BACKGROUND_CHOICES
+    from ..modeling.losses.federated import CLASS_SETS
     from ..modeling.losses.registry import LT_CLS_LOSS_REGISTRY
+    from ..modeling.normed_linear import CLS_SCORE_CHOICES
     from ..modeling.priors import PRIOR_SOURCES
 
+    def names(registry, *extra: str) -> List[str]:
+        return sorted({name for name, _ in registry} | set(extra))
+
     return {
+        # lt_det's keys (lt_det/config.py)
         "MODEL.ROI_BOX_HEAD.CLS_LOSS": LT_CLS_LOSS_REGISTRY.choices(),
+        "MODEL.ROI_BOX_HEAD.CLS_SCORE": list(CLS_SCORE_CHOICES),
+        "MODEL.ROI_BOX_HEAD.FED_LOSS_CLASS_SETS": list(CLASS_SETS),
+        "MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD": list(CALIBRATION_METHODS),
+        "MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS": list(NORCAL_COUNTS),
         "MODEL.ROI_BOX_HEAD.PRIOR.SOURCE": list(PRIOR_SOURCES),
         "MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG": list(BACKGROUND_CHOICES),
         "DATALOADER.SAMPLER_TRAIN": LT_SAMPLER_REGISTRY.choices(),
         "DATALOADER.META_SAMPLER.INIT": sorted(INIT_POWERS),
         "MODEL.DECOUPLE.METHOD": LT_DECOUPLE_REGISTRY.choices(),
         "MODEL.DECOUPLE.TAU_BIAS": list(TAU_BIAS_MODES),
+        "MODEL.MNV2.NORM": list(MNV2_NORMS),
         "TEST.LVIS.BACKEND": LT_LVIS_EVAL_BACKEND_REGISTRY.choices(),
+        # detectron2's keys that name a registry entry (its build_* functions look them up)
+        "MODEL.META_ARCHITECTURE": names(META_ARCH_REGISTRY),
+        "MODEL.BACKBONE.NAME": names(BACKBONE_REGISTRY),
+        "MODEL.ANCHOR_GENERATOR.NAME": names(ANCHOR_GENERATOR_REGISTRY),
+        # "PrecomputedProposals": build_proposal_generator returns None (proposals from files)
+        "MODEL.PROPOSAL_GENERATOR.NAME": names(PROPOSAL_GENERATOR_REGISTRY, "PrecomputedProposals"),
+        "MODEL.RPN.HEAD_NAME": names(RPN_HEAD_REGISTRY),
+        "MODEL.ROI_HEADS.NAME": names(ROI_HEADS_REGISTRY),
+        # "": detectron2's default, for heads that build no box head (Res5ROIHeads)
+        "MODEL.ROI_BOX_HEAD.NAME": names(ROI_BOX_HEAD_REGISTRY, ""),
+        "MODEL.ROI_MASK_HEAD.NAME": names(ROI_MASK_HEAD_REGISTRY),
+        "MODEL.ROI_KEYPOINT_HEAD.NAME": names(ROI_KEYPOINT_HEAD_REGISTRY),
+        "MODEL.SEM_SEG_HEAD.NAME": names(SEM_SEG_HEADS_REGISTRY),
     }
 
 
@@ -449,6 +779,7 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool = False) 
         return
     found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(output_dir, m))]
     if found:
+        refuse_if_in_use(output_dir)  # a live run's folder: --resume / --overwrite would fail too
         state = "a finished run" if "model_final.pth" in found else "an interrupted run"
         raise LTDetError(
             f"OUTPUT_DIR '{output_dir}' already holds {state} ({', '.join(found)}). Nothing was "

@@ -9,7 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["NormedLinear"]
+__all__ = ["NormedLinear", "CLS_SCORE_CHOICES"]
+
+#: Choices of ``MODEL.ROI_BOX_HEAD.CLS_SCORE``: "linear" (detectron2's ``nn.Linear``) or
+#: "normed_linear" (:class:`NormedLinear`).
+CLS_SCORE_CHOICES = ("linear", "normed_linear")
 
 
 class NormedLinear(nn.Linear):

@@ -37,6 +37,7 @@ from ...errors import LTDetError
 
 __all__ = [
     "MNV2_IMAGENET_FILE",
+    "MNV2_NORMS",
     "MobileNetV2Backbone",
     "build_mnv2_backbone",
     "build_mnv2_fpn_backbone",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 MNV2_IMAGENET_FILE = "mobilenet_v2-b0353104.pth"
+#: Choices of ``MODEL.MNV2.NORM`` (detectron2 ``get_norm`` names that fit every stage's width).
+MNV2_NORMS = ("FrozenBN", "BN", "SyncBN")
 
 # (name, first torchvision layer, end layer (exclusive), stride)
 _STAGES = (
