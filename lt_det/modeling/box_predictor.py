@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import LTDetError
 from .calibration import PosthocCalibration, calibration_from_cfg
+from .fast_inference import fast_rcnn_inference_topk
 from .losses import build_cls_loss, build_cls_loss_from_cfg
 from .normed_linear import NormedLinear
 from .whitening import ChannelWhitening
@@ -23,7 +24,55 @@ try:  # present in detectron2 0.6 and later; logging only
 except ImportError:  # pragma: no cover
     _log_classification_stats = None
 
-__all__ = ["LTFastRCNNOutputLayers"]
+__all__ = ["LTFastRCNNOutputLayers", "check_detectron2_cls_options"]
+
+#: Arguments of detectron2's ``FastRCNNOutputLayers`` (versions after 0.6) that select its own
+#: sigmoid / federated classification loss, which lt_det's predictor never runs (its loss is
+#: ``cls_loss``), with lt_det's equivalent of each. Set ones are refused, not ignored.
+DETECTRON2_CLS_OPTIONS = {
+    "use_sigmoid_ce": 'cls_loss="sigmoid_ce"',
+    "use_fed_loss": 'cls_loss="federated"',
+    "get_fed_loss_cls_weights": "class_prior (federated draws negatives ~ class_prior ** power)",
+    "fed_loss_num_classes": 'cls_loss_kwargs={"num_classes_sampled": N}',
+}
+
+
+def check_detectron2_cls_options(options: Dict, *, config: bool = False) -> None:
+    """Refuse detectron2's own classification-loss options given to lt_det's predictor.
+
+    The rule of the yaml path (``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE`` / ``USE_FED_LOSS`` True) and
+    of the LazyConfig path (those arguments, or ``get_fed_loss_cls_weights`` /
+    ``fed_loss_num_classes``, passed to :class:`LTFastRCNNOutputLayers`): an option counts as set
+    when it is True, or (the last two) given at all and not None.
+
+    Args:
+        options: argument name -> value (the predictor's extra keyword arguments), or, with
+            ``config``, {"use_sigmoid_ce": USE_SIGMOID_CE, "use_fed_loss": USE_FED_LOSS}.
+        config: word the message with the yaml keys instead of the arguments.
+
+    Raises:
+        LTDetError: one line naming every set option and lt_det's equivalent.
+    """
+    given = [
+        k for k in DETECTRON2_CLS_OPTIONS
+        if k in options and (bool(options[k]) if k.startswith("use_") else options[k] is not None)
+    ]
+    if not given:
+        return
+    loss = "federated" if "use_fed_loss" in given else "sigmoid_ce"
+    if config:
+        keys = " and ".join(f"MODEL.ROI_BOX_HEAD.{k.upper()} True" for k in given)
+        raise LTDetError(
+            f"{keys} select detectron2's own loss, which lt_det's box predictor does not run (its "
+            f'loss is MODEL.ROI_BOX_HEAD.CLS_LOSS): set them to False and CLS_LOSS "{loss}".'
+        )
+    raise LTDetError(
+        "LTFastRCNNOutputLayers does not take detectron2's "
+        + ", ".join(f"{k}=" + ("True" if k.startswith("use_") else "...") for k in given)
+        + "; its loss is cls_loss. Instead use "
+        + "; ".join(DETECTRON2_CLS_OPTIONS[k] for k in given)
+        + f' (cls_loss="{loss}", lt_det.modeling.priors.class_prior_from_dataset for the prior).'
+    )
 
 
 class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -74,8 +123,11 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
                 only (e.g. :class:`~lt_det.modeling.whitening.ChannelWhitening`); box
                 regression reads the features as they come.
             kwargs: every argument of detectron2's :class:`FastRCNNOutputLayers`
-                (``box2box_transform``, ``num_classes``, ``test_score_thresh``, ...).
+                (``box2box_transform``, ``num_classes``, ``test_score_thresh``, ...) except its
+                own loss options (:func:`check_detectron2_cls_options` refuses them when set).
         """
+        check_detectron2_cls_options(kwargs)  # refused when set; dropped (for 0.6) when off
+        kwargs = {k: v for k, v in kwargs.items() if k not in DETECTRON2_CLS_OPTIONS}
         super().__init__(input_shape, **kwargs)
         if isinstance(cls_loss, str):
             cls_loss = build_cls_loss(
@@ -141,17 +193,11 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         head = cfg.MODEL.ROI_BOX_HEAD
         # Keys of newer detectron2 versions that would bypass the loss module.
-        if "USE_FED_LOSS" in head and head.USE_FED_LOSS:
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.USE_FED_LOSS is not supported with lt_det's box predictor; "
-                "set it to False."
-            )
-        if "USE_SIGMOID_CE" in head and head.USE_SIGMOID_CE:
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE is replaced by MODEL.ROI_BOX_HEAD.CLS_LOSS "
-                '("sigmoid_ce" | "balanced_sigmoid"); set USE_SIGMOID_CE to False.'
-            )
+        options = {k: head.get(k.upper()) for k in ("use_sigmoid_ce", "use_fed_loss")}
+        check_detectron2_cls_options(options, config=True)
         ret = super().from_config(cfg, input_shape)
+        for key in DETECTRON2_CLS_OPTIONS:  # detectron2's (after 0.6), read as lt_det's keys
+            ret.pop(key, None)
         ret["cls_loss"] = build_cls_loss_from_cfg(cfg, class_prior=class_prior)
         ret["cls_score"] = head.CLS_SCORE
         ret["normed_linear_temperature"] = head.NORMED_LINEAR_TEMPERATURE
@@ -213,6 +259,33 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             ),
         }
         return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    def inference(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ) -> Tuple[List[Instances], List[torch.Tensor]]:
+        """detectron2's detections (``fast_rcnn_inference``: same boxes, scores, classes and
+        order) from the best candidates only, by
+        :func:`lt_det.modeling.fast_inference.fast_rcnn_inference_topk`.
+
+        Args:
+            predictions: (scores (R, K + 1), proposal_deltas (R, 4 or 4K)) from :meth:`forward`.
+            proposals: per image, with ``proposal_boxes`` and ``image_size``.
+
+        Returns:
+            (per image Instances with ``pred_boxes``, ``scores``, ``pred_classes``; per image
+            (Di,) proposal indices), at most ``test_topk_per_image`` detections each.
+        """
+        boxes = self.predict_boxes(predictions, proposals)
+        scores = self.predict_probs(predictions, proposals)
+        image_shapes = [x.image_size for x in proposals]
+        return fast_rcnn_inference_topk(
+            boxes,
+            scores,
+            image_shapes,
+            self.test_score_thresh,
+            self.test_nms_thresh,
+            self.test_topk_per_image,
+        )
 
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]

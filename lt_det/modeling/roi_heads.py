@@ -9,7 +9,7 @@ computed once per model build and shared by all stages.
 from typing import Dict, List, Optional
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from detectron2.structures import Instances
 from detectron2.modeling.roi_heads import (
     ROI_HEADS_REGISTRY,
@@ -17,7 +17,9 @@ from detectron2.modeling.roi_heads import (
     StandardROIHeads,
 )
 
+from ..errors import LTDetError
 from .box_predictor import LTFastRCNNOutputLayers
+from .fast_inference import fast_rcnn_inference_topk
 from .losses import cls_loss_class
 from .priors import class_prior_from_cfg
 
@@ -31,9 +33,28 @@ def class_prior_for_box_head(cfg: CfgNode) -> Optional[torch.Tensor]:
     return None
 
 
+def _check_lt_predictors(heads: str, arg: str, predictors) -> None:
+    """Refuse a predictor that is not lt_det's (it would train detectron2's own loss silently)."""
+    other = {type(p).__name__ for p in predictors if not isinstance(p, LTFastRCNNOutputLayers)}
+    if other:
+        raise LTDetError(
+            f"{heads} got {arg} of type {', '.join(sorted(other))}; it needs lt_det's "
+            "LTFastRCNNOutputLayers (the loss is its cls_loss). In a LazyConfig set the "
+            "predictor's _target_ to lt_det.modeling.LTFastRCNNOutputLayers, or use detectron2's "
+            "own heads."
+        )
+
+
 @ROI_HEADS_REGISTRY.register()
 class LTStandardROIHeads(StandardROIHeads):
     """:class:`StandardROIHeads` with :class:`LTFastRCNNOutputLayers` as box predictor."""
+
+    @configurable
+    def __init__(self, *, box_predictor: torch.nn.Module, **kwargs):
+        """detectron2's arguments; ``box_predictor`` must be an :class:`LTFastRCNNOutputLayers`
+        (built from the config by ``_init_box_head``; given directly in a LazyConfig)."""
+        _check_lt_predictors(type(self).__name__, "box_predictor", [box_predictor])
+        super().__init__(box_predictor=box_predictor, **kwargs)
 
     @classmethod
     def _init_box_head(cls, cfg: CfgNode, input_shape: Dict) -> Dict:
@@ -47,7 +68,17 @@ class LTStandardROIHeads(StandardROIHeads):
 
 @ROI_HEADS_REGISTRY.register()
 class LTCascadeROIHeads(CascadeROIHeads):
-    """:class:`CascadeROIHeads` with :class:`LTFastRCNNOutputLayers` in every stage."""
+    """:class:`CascadeROIHeads` with :class:`LTFastRCNNOutputLayers` in every stage; at
+    inference the stage-averaged scores go through
+    :func:`lt_det.modeling.fast_inference.fast_rcnn_inference_topk` (detectron2's detections,
+    computed from the best candidates only)."""
+
+    @configurable
+    def __init__(self, *, box_predictors: List[torch.nn.Module], **kwargs):
+        """detectron2's arguments; every one of ``box_predictors`` must be an
+        :class:`LTFastRCNNOutputLayers`."""
+        _check_lt_predictors(type(self).__name__, "box_predictors", box_predictors)
+        super().__init__(box_predictors=box_predictors, **kwargs)
 
     @classmethod
     def _init_box_head(cls, cfg: CfgNode, input_shape: Dict) -> Dict:
@@ -74,3 +105,44 @@ class LTCascadeROIHeads(CascadeROIHeads):
         mode): detectron2's own cascade loop, without the proposal sampling and mask head of
         ``forward``. Used by the classifier-only stage 2 (lt_det.decouple)."""
         return self._forward_box(features, proposals, targets)
+
+    def _forward_box(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
+        """Training: detectron2's. Inference: detectron2's cascade (each stage refines the
+        previous stage's boxes of its predicted class-agnostic regression; scores averaged over
+        the stages, boxes of the last stage), post-processed by
+        :func:`~lt_det.modeling.fast_inference.fast_rcnn_inference_topk` instead of
+        ``fast_rcnn_inference`` (the same detections)."""
+        if self.training:
+            return super()._forward_box(features, proposals, targets)
+        box_features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        head_outputs = []  # (predictor, predictions, proposals) per stage
+        prev_pred_boxes = None
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                proposals = self._create_proposals_from_boxes(prev_pred_boxes, image_sizes)
+            predictions = self._run_stage(box_features, proposals, k)
+            prev_pred_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            head_outputs.append((self.box_predictor[k], predictions, proposals))
+        scores_per_stage = [h[0].predict_probs(h[1], h[2]) for h in head_outputs]
+        # The same float sum as detectron2's (0 + s_1 + ... + s_n, times 1 / n).
+        scores = [
+            sum(list(scores_per_image)) * (1.0 / self.num_cascade_stages)
+            for scores_per_image in zip(*scores_per_stage)
+        ]
+        predictor, predictions, proposals = head_outputs[-1]
+        boxes = predictor.predict_boxes(predictions, proposals)
+        pred_instances, _ = fast_rcnn_inference_topk(
+            boxes,
+            scores,
+            image_sizes,
+            predictor.test_score_thresh,
+            predictor.test_nms_thresh,
+            predictor.test_topk_per_image,
+        )
+        return pred_instances
