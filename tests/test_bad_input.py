@@ -28,7 +28,8 @@ K = 3
 
 # ------------------------------------------------------------------ hand-made data and runners
 def make_data(tmp_path, *, images=2, missing_files=(), garbage_files=()):
-    """``images`` 48 x 48 images, categories 1..3 (each image: a box + polygon of class 1, 2)."""
+    """``images`` 48 x 48 images, categories 1..3 (each image: a box + polygon of class 1, 2), as
+    an LVIS-format json (exhaustively annotated: empty negative / not-exhaustive lists)."""
     root = tmp_path / "images"
     root.mkdir(exist_ok=True)
     recs, anns = [], []
@@ -40,7 +41,8 @@ def make_data(tmp_path, *, images=2, missing_files=(), garbage_files=()):
             img = np.full((48, 48, 3), 40, np.uint8)
             img[5:25, 5:25] = 220
             Image.fromarray(img).save(root / name)
-        recs.append({"id": i, "file_name": name, "height": 48, "width": 48})
+        recs.append({"id": i, "file_name": name, "height": 48, "width": 48,
+                     "neg_category_ids": [], "not_exhaustive_category_ids": []})
         anns += [
             {"id": 2 * i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400,
              "segmentation": [[5, 5, 25, 5, 25, 25, 5, 25]]},

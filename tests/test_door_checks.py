@@ -415,8 +415,11 @@ def test_coco_style_test_set_is_refused_before_training(tmp_path):
     """A json without LVIS's per-image neg_category_ids trains (training does not need it) but
     cannot be evaluated: refused at the door when it is a test set, naming the dataset, the
     file, the image and the key."""
-    data, root = make_data(tmp_path)  # no neg_category_ids / not_exhaustive_category_ids
-    _, te, opts = two_sets(tmp_path, data, data, root)
+    data, root = make_data(tmp_path)
+    coco = copy.deepcopy(data)
+    for img in coco["images"]:  # COCO-style: no neg_category_ids / not_exhaustive_category_ids
+        del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    _, te, opts = two_sets(tmp_path, coco, coco, root)
     out = tmp_path / "out"
     msg = main_error(tmp_path, *opts, out_dir=out)
     assert "DATASETS.TEST dataset 't_val' cannot be evaluated" in msg and te in msg
