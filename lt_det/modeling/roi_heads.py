@@ -112,11 +112,14 @@ class LTCascadeROIHeads(CascadeROIHeads):
         proposals: List[Instances],
         targets: Optional[List[Instances]] = None,
     ):
-        """Training: detectron2's. Inference: detectron2's cascade (each stage refines the
-        previous stage's boxes of its predicted class-agnostic regression; scores averaged over
-        the stages, boxes of the last stage), post-processed by
-        :func:`~lt_det.modeling.fast_inference.fast_rcnn_inference_topk` instead of
-        ``fast_rcnn_inference`` (the same detections)."""
+        """Training: detectron2's. Inference: detectron2's cascade (each stage starts from the
+        previous stage's boxes; scores averaged over the stages, boxes of the last stage), with
+        :func:`~lt_det.modeling.fast_inference.fast_rcnn_inference_topk` in place of
+        ``fast_rcnn_inference`` (the same detections).
+
+        Returns:
+            training: the losses of every stage; inference: per image Instances.
+        """
         if self.training:
             return super()._forward_box(features, proposals, targets)
         box_features = [features[f] for f in self.box_in_features]
