@@ -30,12 +30,11 @@ Ground-truth rules:
 
 Results rules (:func:`id_column`): ``image_id`` and ``category_id`` are JSON numbers holding an
 integer in the int64 range (1 and 1.0 are the same id, as in lvis-api's dict lookups); strings
-("1", "000001", "img_1"), fractions (1.5, 2.7), null and lists are refused. lvis-api refuses such
+("1", "000001", "img_1"), booleans, fractions (1.5, 2.7), null and lists are refused. lvis-api refuses such
 an ``image_id`` (no image has it) and drops such a ``category_id`` without a word; lt_det
 refuses both, naming the file, the field and the value.
 """
 import math
-import warnings
 from typing import Any, Dict, Sequence
 
 import numpy as np
@@ -234,8 +233,8 @@ def _first_bad_id(values: Sequence[Any]) -> int:
 def id_column(values: Sequence[Any], field: str, source: str) -> np.ndarray:
     """The ids ``values`` (one per result) as an int64 array, checked by the results rules.
 
-    Vectorised: numpy reads the list once; the values are scanned one by one only to name the
-    first bad one.
+    Costs what reading them did before any check: one pass for the set of value types, then
+    ``np.fromiter``; the values are scanned one by one only to name the first bad one.
 
     Args:
         values: N ids as read from the results json.
@@ -246,29 +245,21 @@ def id_column(values: Sequence[Any], field: str, source: str) -> np.ndarray:
         (N,) int64.
 
     Raises:
-        LTDetError: a value is a string, a fraction, null, not finite or outside int64;
-            the message names ``source``, ``field``, the result's index and the value.
+        LTDetError: a value is a string, a boolean, a fraction, null, a list, not finite or
+            outside int64; the message names ``source``, ``field``, the result's index and the
+            value.
     """
-    try:
-        with warnings.catch_warnings():  # numpy < 1.24 warns on ragged lists before refusing
-            warnings.simplefilter("ignore")
-            arr = np.asarray(values)
-    except (ValueError, TypeError, OverflowError):  # ragged, or nothing numpy can hold
-        arr = np.asarray(values, dtype=object)
-    if len(values) == 0:
-        return np.zeros(0, np.int64)
-    kind = arr.dtype.kind
-    if kind == "i":
-        return arr.astype(np.int64, copy=False)
-    if kind == "f":
-        ok = np.isfinite(arr) & (arr == np.round(arr)) & (arr >= INT64_MIN) & (arr < 2.0**63)
-        if ok.all():
-            return arr.astype(np.int64)
-        i = int(np.flatnonzero(~ok)[0])
-    else:  # strings, booleans, uint64 beyond int64, objects (huge ints, None, lists)
-        i = _first_bad_id(list(values))
-        if i < 0:
-            return np.array([int(v) for v in values], dtype=np.int64)
+    n = len(values)
+    types = set(map(type, values))
+    if types <= {int}:
+        try:
+            return np.fromiter(values, np.int64, n)
+        except OverflowError:  # beyond int64: named below
+            pass
+    elif types <= {int, float}:
+        if _first_bad_id(values) < 0:
+            return np.fromiter((int(v) for v in values), np.int64, n)
+    i = _first_bad_id(values)
     v = values[i]
     raise LTDetError(
         f"'{source}': result {i} (0-based) has {field} {v!r} ({type(v).__name__}); {field} must "

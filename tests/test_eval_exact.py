@@ -341,7 +341,7 @@ def test_what_lvis_api_does_with_an_annotation_id_0(tmp_path):
 
 @pytest.mark.parametrize("field, value", [
     ("image_id", "1"), ("image_id", "000001"), ("image_id", 1.5), ("image_id", 2.7),
-    ("image_id", "img_1"), ("image_id", 2**63), ("image_id", None), ("image_id", [1]),
+    ("image_id", "img_1"), ("image_id", True), ("image_id", 2**63), ("image_id", None), ("image_id", [1]),
     ("category_id", 1.9), ("category_id", "1"), ("category_id", 2**63), ("category_id", 2**64),
 ])
 def test_result_ids_that_are_not_integers_are_refused(tmp_path, field, value):

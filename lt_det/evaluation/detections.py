@@ -8,7 +8,6 @@ Shape shorthand: N = number of detections.
 """
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -248,14 +247,12 @@ class DetectionTable:
 
 
 def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
-    """``values`` as float64, refusing anything that is not a JSON number (strings, booleans)."""
-    arr = np.asarray(values) if values else np.zeros(0)
-    if arr.dtype.kind in "if":
-        return arr.astype(np.float64, copy=False)
+    """``values`` as float64, refusing anything that is not a JSON number (strings, booleans,
+    null): one pass for the set of value types, then ``np.fromiter``."""
+    if set(map(type, values)) <= {int, float}:
+        return np.fromiter(values, np.float64, len(values))
     i, v = next(
-        (i, v)
-        for i, v in enumerate(values)
-        if not isinstance(v, (int, float)) or isinstance(v, bool)
+        (i, v) for i, v in enumerate(values) if type(v) not in (int, float)
     )
     raise LTDetError(
         f"'{source}': result {i} (0-based) has {field} {v!r} ({type(v).__name__}); {field} must "
@@ -264,26 +261,24 @@ def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
 
 
 def _box_column(values: List[Any], source: str) -> np.ndarray:
-    """``values`` as an (N, 4) float64 array, refusing what is not 4 numbers per box."""
+    """``values`` as an (N, 4) float64 array, refusing boxes that are not 4 numbers."""
     try:
-        with warnings.catch_warnings():  # numpy < 1.24 warns on ragged lists before refusing
-            warnings.simplefilter("ignore")
-            arr = np.asarray(values)
-    except (ValueError, TypeError, OverflowError):  # ragged, or nothing numpy can hold
-        arr = np.asarray(values, dtype=object)
-    if arr.dtype.kind in "if" and arr.ndim == 2 and arr.shape[1] == 4:
-        return arr.astype(np.float64, copy=False)
+        arr = np.array(values, dtype=np.float64)
+        if arr.ndim == 2 and arr.shape[1] == 4 or arr.size == 0:
+            return arr.reshape(-1, 4)
+    except (ValueError, TypeError):  # ragged, or not numbers
+        pass
     for i, b in enumerate(values):
         if not (
             isinstance(b, (list, tuple))
             and len(b) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+            and all(type(v) in (int, float) for v in b)
         ):
             raise LTDetError(
                 f"'{source}': result {i} (0-based) has bbox {str(b)[:60]}; boxes are [x, y, "
                 "width, height] with 4 numbers."
             )
-    return arr.astype(np.float64).reshape(-1, 4)
+    raise LTDetError(f"'{source}': the boxes could not be read as [x, y, width, height] numbers.")
 
 
 def top_k_per_group(group: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
