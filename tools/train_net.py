@@ -40,6 +40,7 @@ from lt_det.engine import (  # noqa: E402
     setup_cfg,
 )
 from lt_det.engine.defaults import check_launch  # noqa: E402
+from lt_det.engine.lazy import check_lazy_launch, is_lazy_config, lazy_main  # noqa: E402
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 
@@ -86,6 +87,8 @@ def argument_parser():
 
 
 def main(args):
+    if is_lazy_config(args.config_file):  # a .py LazyConfig, path.key=value overrides
+        return lazy_main(args)
     stages = two_stage_args(args)
     if stages is not None:
         if not (args.resume and stage1_finished(stages.stage1_dir)):
@@ -125,7 +128,8 @@ def run(cfg, args):
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     try:
-        check_launch(args)  # the config alone, before any worker process starts
+        # the config alone, before any worker process starts
+        (check_lazy_launch if is_lazy_config(args.config_file) else check_launch)(args)
         launch(
             main,
             args.num_gpus,
