@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a COCO-format instances json into an LVIS-format json that lt_det trains and evaluates on.
+"""Convert a COCO-format instances json into an LVIS-format json for lt_det to train and score.
 
     python tools/coco_to_lvis.py --input data/train_coco.json --output data/train.json
     python tools/coco_to_lvis.py --input data/val_coco.json --output data/val.json \\
@@ -20,15 +20,10 @@ an existing --output is replaced only with --force.
 """
 import argparse
 import sys
-import warnings
 
-# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
-warnings.filterwarnings(
-    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
-)
-
-from lt_det.data.coco_to_lvis import convert_coco_json  # noqa: E402
-from lt_det.errors import LTDetError, report_error  # noqa: E402
+# Pure Python: neither torch nor detectron2 is imported.
+from lt_det.coco_to_lvis import convert_coco_json
+from lt_det.errors import LTDetError, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:

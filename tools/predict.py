@@ -2,12 +2,12 @@
 """Draw a trained model's predictions (boxes, masks, class names and scores) on images.
 
     python tools/predict.py --config-file configs/own_data.yaml --input photos/ \\
-        --output output/drawn MODEL.WEIGHTS output/own_data/model_final.pth
+        --output output/drawn --opts MODEL.WEIGHTS output/own_data/model_final.pth
     python tools/predict.py --config-file CFG --input a.jpg b.png --output out \\
-        --confidence-threshold 0.3 MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+        --confidence-threshold 0.3 --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
 
 As detectron2's demo/demo.py: each --input image (or every image of an --input folder) goes
-through the model of --config-file with MODEL.WEIGHTS (KEY VALUE overrides after the options) and
+through the model of --config-file with MODEL.WEIGHTS (KEY VALUE overrides after --opts, last) and
 is written, drawn by detectron2's Visualizer at its own size, to --output/<its file name>.
 Detections scoring below --confidence-threshold are not drawn. Class names are those of the
 dataset DATASETS.TEST[0] (else DATASETS.TRAIN[0]): an LVIS_FORMAT entry (its json is read) or a
@@ -18,6 +18,8 @@ file) is one line "lt_det: error: ..." on stderr, exit status 2, before anything
 existing drawings in --output are replaced only with --force, an input never.
 """
 import argparse
+import os
+import re
 import sys
 import time
 import warnings
@@ -26,8 +28,6 @@ import warnings
 warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
-
-import os  # noqa: E402
 
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -51,6 +51,9 @@ from lt_det.engine.predictor import (  # noqa: E402
 )
 from lt_det.errors import LTDetError, report_error  # noqa: E402
 
+# A config key such as MODEL.WEIGHTS (what --input swallows when --opts is left out).
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -70,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace drawings already in --output")
     p.add_argument(
-        "opts",
+        "--opts",
         nargs=argparse.REMAINDER,
-        help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
+        default=[],
+        help="KEY VALUE config overrides, last on the line (as in detectron2's demo), e.g. "
+        "--opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
     )
     return p
 
@@ -80,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 def setup(args):
     """The checked config, the {input: output} paths and the class-name metadata; nothing is
     written. Raises LTDetError."""
+    for path in args.input:
+        if CONFIG_KEY.match(path) and not os.path.exists(path):
+            raise LTDetError(
+                f"--input '{path}' does not exist and looks like a config key; KEY VALUE "
+                "overrides go last, after --opts (--opts MODEL.WEIGHTS model_final.pth)."
+            )
     cfg = load_config(args.config_file, args.opts)
     threshold = args.confidence_threshold
     if not 0.0 <= threshold <= 1.0:
@@ -93,7 +104,7 @@ def setup(args):
     if not cfg.MODEL.WEIGHTS:
         raise LTDetError(
             "MODEL.WEIGHTS is empty: predict.py draws a trained model's predictions. Add "
-            "MODEL.WEIGHTS path/to/model_final.pth after the options."
+            "--opts MODEL.WEIGHTS path/to/model_final.pth (last on the line)."
         )
     check_weights_file(cfg.MODEL.WEIGHTS)
     targets = output_paths(list_images(args.input), args.output, force=args.force)

@@ -30,17 +30,17 @@ and ``frequency`` is LVIS's rule on it (r <= 10 < c <= 100 < f). A validation js
 its own gets its own counts; ``train_categories`` (``--counts-from`` in the tool) copies the
 training set's instead, as LVIS's validation json carries the training counts.
 
-Pure Python (no torch).
+Pure Python (no torch, no detectron2): the tool starts in well under a second.
 """
 import json
 import os
 import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..class_stats import class_stats_from_lvis_json
-from ..errors import LTDetError
-from ..evaluation._json import load_json
-from ..lvis_json import check_lvis_records
+from .class_stats import class_stats_from_lvis_json
+from .errors import LTDetError
+from .evaluation._json import load_json
+from .lvis_json import check_lvis_records
 
 __all__ = ["coco_to_lvis", "convert_coco_json", "read_coco_json", "LVIS_IMAGE_KEYS"]
 
@@ -222,9 +222,11 @@ def convert_coco_json(
         LTDetError: ``output`` exists (without ``force``) or is ``coco_json``; an input is
             missing or malformed (naming the file, the record and the key).
     """
+    if not os.path.isfile(coco_json):
+        raise LTDetError(f"COCO json not found: '{coco_json}'.")
     if os.path.isdir(output):
         raise LTDetError(f"--output '{output}' is a folder; give the path of the json to write.")
-    if os.path.isfile(coco_json) and _same_file(coco_json, output):
+    if _same_file(coco_json, output):
         raise LTDetError(
             f"--output '{output}' is the input COCO json; write the LVIS-format json to another "
             "file (the input stays as it is)."
