@@ -395,3 +395,26 @@ def test_predict_refuses_bad_input(tiny_lvis, random_weights, tmp_path, capsys):
                     "--force", "--opts", *opts, "MODEL.WEIGHTS", weights])
     assert rc == 2 and "whose drawing would replace it" in capsys.readouterr().err
     assert open(image, "rb").read() == before
+
+
+def test_docs_commands_parse():
+    """Every command of docs/own_data.md names existing configs and parses with its tool's own
+    argument parser (the tools themselves are run above)."""
+    import re
+    import shlex
+
+    with open(os.path.join(ROOT, "docs", "own_data.md")) as f:
+        lines = [line for block in re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+                 for line in block.splitlines() if line.strip()]
+    tools = set()
+    for line in lines:
+        words = shlex.split(line)
+        assert words[:1] == ["python"] and words[1].startswith("tools/"), line
+        name = os.path.basename(words[1])[: -len(".py")]
+        tool = load_tool(name)
+        parser = tool.argument_parser() if name == "train_net" else tool.build_parser()
+        args = parser.parse_args(words[2:])
+        if getattr(args, "config_file", None):
+            assert os.path.isfile(os.path.join(ROOT, args.config_file)), line
+        tools.add(name)
+    assert tools == {"coco_to_lvis", "train_net", "predict"}
