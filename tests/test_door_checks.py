@@ -424,6 +424,7 @@ def test_coco_style_test_set_is_refused_before_training(tmp_path):
     msg = main_error(tmp_path, *opts, out_dir=out)
     assert "DATASETS.TEST dataset 't_val' cannot be evaluated" in msg and te in msg
     assert "image id 1 has no 'neg_category_ids'" in msg and not out.exists()
+    assert f"tools/coco_to_lvis.py --input {te}" in msg
     # with the LVIS keys the same data passes the door
     from detectron2.config import CfgNode
 

@@ -562,7 +562,15 @@ def check_eval_ground_truth(cfg: CfgNode) -> None:
         try:
             LVISGroundTruth(meta.json_file)
         except LTDetError as e:
-            raise LTDetError(f"DATASETS.TEST dataset '{name}' cannot be evaluated: {e}") from None
+            hint = ""
+            if "neg_category_ids" in str(e):  # the per-image lists COCO does not have
+                hint = (
+                    f" A COCO-format json gets them from tools/coco_to_lvis.py --input "
+                    f"{meta.json_file} --output <lvis json> (docs/own_data.md)."
+                )
+            raise LTDetError(
+                f"DATASETS.TEST dataset '{name}' cannot be evaluated: {e}{hint}"
+            ) from None
 
 
 def check_dataset_files(cfg: CfgNode) -> None:
