@@ -11,10 +11,20 @@
 #      (tools/detectron2_ext/vision.cpp).
 #   4. lt_det itself, editable.
 # Override the interpreter with PYTHON=..., the venv location with VENV=...
+#
+# Another detectron2 (its main branch, a fork, your own checkout):
+#   D2_SOURCE=git+https://github.com/facebookresearch/detectron2.git bash tools/setup_env.sh
+#   D2_SOURCE=path/to/detectron2            (a source folder)
+#   D2_SOURCE=path/to/detectron2-src.tar.gz (a source archive)
+# builds that source instead of the 0.6 sdist (replacing a detectron2 built from another source).
+# D2_EXT=full (default) compiles detectron2's own C++/CUDA kernels (about 8 min on 2 CPU cores;
+# what a GPU machine wants); D2_EXT=minimal swaps them for lt_det's small extension (about 3 min;
+# axis-aligned models only, as the 0.6 build).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
+mkdir -p "$VENV" && VENV="$(cd "$VENV" && pwd)"  # absolute: some steps run from another folder
 PYTHON="${PYTHON:-python3}"
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 D2_SDIST="pb1-detectron2==0.6"
@@ -45,7 +55,48 @@ log "installing pinned dependencies (requirements.txt)"
 "$PY" -c "import numpy, lvis, pycocotools, faster_coco_eval, matplotlib, fvcore" \
   || { echo "[setup] ERROR: dependencies from requirements.txt do not import; see above" >&2; exit 1; }
 
-if have detectron2 detectron2.modeling; then
+# lt_det's small C++ extension in place of a detectron2 source tree's kernels.
+use_minimal_ext() {
+  rm -rf "$1/detectron2/layers/csrc"
+  mkdir -p "$1/detectron2/layers/csrc"
+  cp "$ROOT/tools/detectron2_ext/vision.cpp" "$1/detectron2/layers/csrc/vision.cpp"
+}
+D2_SOURCE="${D2_SOURCE:-}"
+D2_EXT="${D2_EXT:-full}"
+D2_STAMP="$VENV/share/lt_det/detectron2_source"
+case "$D2_EXT" in full|minimal) ;; *) echo "[setup] ERROR: D2_EXT=$D2_EXT: use full or minimal" >&2; exit 2;; esac
+
+if [ -n "$D2_SOURCE" ]; then
+  if have detectron2 detectron2.modeling && [ "$(cat "$D2_STAMP" 2>/dev/null)" = "$D2_SOURCE $D2_EXT" ]; then
+    log "detectron2 from $D2_SOURCE ($D2_EXT) already built: $("$PY" -c 'import detectron2; print(detectron2.__version__)')"
+  else
+    log "building detectron2 from $D2_SOURCE (kernels: $D2_EXT)"
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    case "$D2_SOURCE" in
+      git+*|*.git|http://*|https://*)
+        git clone -q --depth 1 "${D2_SOURCE#git+}" "$work/src" ;;
+      *.tar.gz|*.tgz)
+        [ -f "$D2_SOURCE" ] || { echo "[setup] ERROR: D2_SOURCE=$D2_SOURCE: no such archive" >&2; exit 2; }
+        mkdir "$work/src" && tar -xzf "$D2_SOURCE" -C "$work/src" --strip-components 1 ;;
+      *)
+        [ -f "$D2_SOURCE/setup.py" ] || { echo "[setup] ERROR: D2_SOURCE=$D2_SOURCE: not a detectron2 source folder (no setup.py)" >&2; exit 2; }
+        cp -r "$D2_SOURCE" "$work/src" ;;
+    esac
+    [ "$D2_EXT" = minimal ] && use_minimal_ext "$work/src"
+    # detectron2's setup.py installs three projects as detectron2.projects.*; a partial source
+    # snapshot without them installs with those packages empty.
+    for proj in projects/PointRend/point_rend projects/DeepLab/deeplab projects/Panoptic-DeepLab/panoptic_deeplab; do
+      [ -d "$work/src/$proj" ] || { log "source has no $proj: installed without it"; mkdir -p "$work/src/$proj"; }
+    done
+    "${PIP[@]}" uninstall -q -y detectron2 pb1-detectron2 2>/dev/null || true
+    FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" "${PIP[@]}" install -q --no-build-isolation "$work/src" 2>&1 \
+      | grep -v "^WARNING: Location" || true
+    (cd / && "$PY" -c "import detectron2._C, detectron2.modeling") \
+      || { echo "[setup] ERROR: detectron2 build from $D2_SOURCE failed" >&2; exit 1; }
+    mkdir -p "$(dirname "$D2_STAMP")" && echo "$D2_SOURCE $D2_EXT" > "$D2_STAMP"
+  fi
+elif have detectron2 detectron2.modeling; then
   log "detectron2 already importable: $("$PY" -c 'import detectron2; print(detectron2.__version__, detectron2.__file__)')"
 else
   log "building detectron2 0.6 from the $D2_SDIST sdist with lt_det's C++ extension"
@@ -55,8 +106,7 @@ else
   "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation -d "$work" "$D2_SDIST"
   tar -xzf "$work"/pb1-detectron2-0.6.tar.gz -C "$work"
   src="$work/pb1-detectron2-0.6"
-  mkdir -p "$src/detectron2/layers/csrc"
-  cp "$ROOT/tools/detectron2_ext/vision.cpp" "$src/detectron2/layers/csrc/vision.cpp"
+  use_minimal_ext "$src"
   FORCE_CUDA=0 MAX_JOBS=2 "${PIP[@]}" install -q --no-build-isolation "$src" 2>&1 \
     | grep -v "^WARNING: Location" || true
   "$PY" -c "import detectron2._C" || { echo "[setup] ERROR: detectron2 build failed" >&2; exit 1; }

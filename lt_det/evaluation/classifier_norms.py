@@ -100,10 +100,11 @@ def frequencies_from_json(path: str) -> Tuple[List[int], List[str]]:
 def frequencies_from_metadata(name: str) -> Tuple[List[int], List[str]]:
     """(K training image counts, K "r"/"c"/"f") of a registered dataset.
 
-    Looked up in this order: lt_det's ``class_image_count`` metadata (datasets registered with
-    ``register_lvis_format`` / ``DATASETS.LVIS_FORMAT``); for detectron2's builtin ``lvis_v1_*``
-    names the LVIS v1 train category counts (cat_info, see :mod:`lt_det.data.lvis_v1_stats`);
-    the json the dataset was registered with.
+    Looked up in this order: the ``class_image_count`` metadata (set by lt_det's
+    ``register_lvis_format`` / ``DATASETS.LVIS_FORMAT``, and by detectron2 after v0.6 for its
+    builtin ``lvis_v1_*`` datasets); for detectron2 0.6's builtin ``lvis_v1_*`` names, which lack
+    it, the LVIS v1 train category counts (cat_info, see :mod:`lt_det.data.lvis_v1_stats`); the
+    json the dataset was registered with.
 
     Raises:
         LTDetError: the name is not registered, or none of the sources is available.
