@@ -30,9 +30,9 @@ Ground-truth rules:
 
 Results rules (:func:`id_column`): ``image_id`` and ``category_id`` are JSON numbers holding an
 integer in the int64 range (1 and 1.0 are the same id, as in lvis-api's dict lookups); strings
-("1", "000001", "img_1"), booleans, fractions (1.5, 2.7), null and lists are refused. lvis-api refuses such
-an ``image_id`` (no image has it) and drops such a ``category_id`` without a word; lt_det
-refuses both, naming the file, the field and the value.
+("1", "000001", "img_1"), booleans, fractions (1.5, 2.7), null and lists are refused. lvis-api
+refuses such an ``image_id`` (no image has it) and drops such a ``category_id`` without a word;
+lt_det refuses both, naming the file, the field and the value.
 """
 import math
 from typing import Any, Dict, Sequence

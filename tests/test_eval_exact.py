@@ -341,7 +341,8 @@ def test_what_lvis_api_does_with_an_annotation_id_0(tmp_path):
 
 @pytest.mark.parametrize("field, value", [
     ("image_id", "1"), ("image_id", "000001"), ("image_id", 1.5), ("image_id", 2.7),
-    ("image_id", "img_1"), ("image_id", True), ("image_id", 2**63), ("image_id", None), ("image_id", [1]),
+    ("image_id", "img_1"), ("image_id", True), ("image_id", 2**63), ("image_id", None),
+    ("image_id", [1]),
     ("category_id", 1.9), ("category_id", "1"), ("category_id", 2**63), ("category_id", 2**64),
 ])
 def test_result_ids_that_are_not_integers_are_refused(tmp_path, field, value):
@@ -433,5 +434,6 @@ def test_per_class_report_is_utf8_under_the_c_locale(tmp_path):
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     csv_text = (per_class / "per_class_ap_bbox.csv").read_text(encoding="utf-8")
     assert "crème_brûlée" in csv_text and "日本酒" in csv_text
-    names = [c["name"] for c in read_per_class(str(per_class / "per_class_ap_bbox.json"))["classes"]]
+    doc = read_per_class(str(per_class / "per_class_ap_bbox.json"))
+    names = [c["name"] for c in doc["classes"]]
     assert names == ["crème_brûlée", "日本酒"]
