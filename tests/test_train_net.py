@@ -10,6 +10,22 @@ from conftest import tiny_data_opts
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _not_json(token):
+    raise AssertionError(f"{token} is not JSON (undefined metrics are written as null)")
+
+
+def test_eval_results_are_strict_json_with_null_for_undefined_metrics(tmp_path):
+    from lt_det.evaluation import write_json
+
+    path = tmp_path / "eval_results.json"
+    path.write_text("old")
+    write_json(str(path), {"bbox": {"AP": 0.5, "APr": float("nan"), "APf": float("inf")}})
+    assert json.loads(path.read_text(), parse_constant=_not_json) == {
+        "bbox": {"AP": 0.5, "APr": None, "APf": None}
+    }
+    assert os.listdir(tmp_path) == ["eval_results.json"]  # no temporary file left
+
+
 def test_train_net_trains_and_prints_lvis_metrics(tiny_lvis, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
@@ -23,7 +39,7 @@ def test_train_net_trains_and_prints_lvis_metrics(tiny_lvis, tmp_path):
     # detectron2 prints the results table: the LVIS metrics must be in it
     for key in ("APr", "APc", "APf", "AR@100"):  # synthetic configs keep 100 detections/image
         assert key in log, key
-    results = json.loads((out / "eval_results.json").read_text())
+    results = json.loads((out / "eval_results.json").read_text(), parse_constant=_not_json)
     assert set(results) == {"bbox", "segm"}  # Mask R-CNN: box and mask AP
     for task in ("bbox", "segm"):
         for key in ("AP", "APr", "APc"):

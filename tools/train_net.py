@@ -15,7 +15,6 @@ An OUTPUT_DIR that already holds a run is not overwritten unless --resume or --o
 A config with MODEL.DECOUPLE.STAGE1_CONFIG trains that config first (into OUTPUT_DIR/stage1) and
 then itself from the stage-1 model, in one command; --resume continues either stage.
 """
-import json
 import os
 import sys
 import warnings
@@ -43,14 +42,14 @@ from lt_det.engine.defaults import check_launch  # noqa: E402
 from lt_det.engine.lazy import check_lazy_launch, is_lazy_config, lazy_main  # noqa: E402
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
+from lt_det.evaluation import write_json  # noqa: E402
 
 
 def save_results(folder: str, results) -> None:
     """Write the final evaluation results to folder/eval_results.json (main process)."""
     if results and comm.is_main_process():
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "eval_results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(os.path.join(folder, "eval_results.json"), results)  # undefined metrics: null
 
 
 _EPILOG = """

@@ -11,6 +11,7 @@ Writing: :func:`json_ready` turns the non-finite floats of a result (NaN = undef
 """
 import json
 import math
+import os
 from typing import Any
 
 from ..errors import LTDetError
@@ -20,7 +21,7 @@ try:
 except ImportError:  # optional dependency (requirements.txt)
     orjson = None
 
-__all__ = ["load_json", "json_backend", "json_ready"]
+__all__ = ["load_json", "json_backend", "json_ready", "write_json"]
 
 
 def json_backend() -> str:
@@ -76,3 +77,20 @@ def json_ready(obj: Any) -> Any:
     if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0:
         return json_ready(obj.item())  # numpy scalars
     return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` to ``path`` as valid JSON (non-finite floats as ``null``, UTF-8), through a
+    temporary file renamed into place, so that an interrupted write leaves the old file whole.
+
+    Raises:
+        OSError: the folder cannot be written (full disk, permissions).
+    """
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(json_ready(obj), f, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
