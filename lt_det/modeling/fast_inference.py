@@ -122,6 +122,12 @@ def fast_rcnn_inference_topk_single_image(
         (Instances of at most ``topk_per_image`` detections, (D,) proposal indices into the rows
         of ``boxes`` whose boxes and scores are all finite).
     """
+    d2_args = (boxes, scores, image_shape, score_thresh, nms_thresh, topk_per_image)
+    # Dropping rows (below) only removes candidates: an upper bound decides small inputs at the
+    # cost of one comparison.
+    few = int((scores[:, :-1] > score_thresh).sum()) < PER_CLASS_NMS_MIN_CANDIDATES
+    if few or topk_per_image == 0:
+        return fast_rcnn_inference_single_image(*d2_args)
     # Rows with a non-finite box or score are dropped first and the returned proposal indices
     # count the remaining rows, as in detectron2.
     valid_mask = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
@@ -130,10 +136,8 @@ def fast_rcnn_inference_topk_single_image(
     fg_scores = scores[:, :-1]  # (R, K)
     candidates = fg_scores > score_thresh
     num_candidates = int(candidates.sum())
-    if num_candidates < PER_CLASS_NMS_MIN_CANDIDATES or topk_per_image == 0:
-        return fast_rcnn_inference_single_image(
-            boxes, scores, image_shape, score_thresh, nms_thresh, topk_per_image
-        )
+    if num_candidates < PER_CLASS_NMS_MIN_CANDIDATES:
+        return fast_rcnn_inference_single_image(*d2_args)
 
     def survivors(mask: torch.Tensor, every_candidate: bool):
         return _survivors(
