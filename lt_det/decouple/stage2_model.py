@@ -51,7 +51,6 @@ class DecoupledGeneralizedRCNN(GeneralizedRCNN):
                 a checkpoint that leaves a frozen parameter unloaded, trainable parameters
                 outside the box predictor.
         """
-        super().__init__(**kwargs)
         if not decouple.trains:
             raise LTDetError(
                 f"decouple={decouple!r} trains nothing; evaluate the stage-1 model with it "
@@ -67,6 +66,7 @@ class DecoupledGeneralizedRCNN(GeneralizedRCNN):
                 f"model.stage1_weights '{stage1_weights}' does not exist: train stage 1 first "
                 "(e.g. configs/lazy/lvis_rfs.py) or fix the path."
             )
+        super().__init__(**kwargs)
         self.decouple = decouple
         decouple.apply(self)
         frozen = [n for n, p in self.named_parameters() if not p.requires_grad]

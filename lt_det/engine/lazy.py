@@ -275,11 +275,21 @@ def _save_results(folder: str, results: Optional[Dict]) -> None:
             json.dump(results, f, indent=2)
 
 
-def do_train(cfg: DictConfig, *, resume: bool = False) -> Optional[Dict]:
+def do_train(
+    cfg: DictConfig, model: Optional[torch.nn.Module] = None, *, resume: bool = False
+) -> Optional[Dict]:
     """Train as detectron2's ``lazyconfig_train_net.do_train`` (same hooks, in the same order),
     loading through :class:`LTCheckpointer`; returns the last evaluation's results (also saved to
-    ``train.output_dir/eval_results.json``)."""
-    model = instantiate(cfg.model)
+    ``train.output_dir/eval_results.json``).
+
+    Args:
+        cfg: the LazyConfig.
+        model: ``instantiate(cfg.model)`` when already built (:func:`lazy_main` builds it before
+            anything is written); None builds it here.
+        resume: continue from ``train.output_dir``'s last checkpoint when there is one.
+    """
+    if model is None:
+        model = instantiate(cfg.model)
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
@@ -326,13 +336,12 @@ def do_train(cfg: DictConfig, *, resume: bool = False) -> Optional[Dict]:
     return last.get("results")
 
 
-def _setup(cfg: DictConfig, args) -> str:
-    """The door checks, the lock and detectron2's ``default_setup``; the folder written to."""
+def _check(cfg: DictConfig, args) -> None:
+    """Every check that needs no model, before anything is written (datasets get registered)."""
     eval_only = bool(args.eval_only)
     check_lazy_config(cfg, eval_only=eval_only)
     register_lazy_datasets(cfg)
     check_lazy_datasets(cfg, eval_only=eval_only)
-    out = str(cfg.train.output_dir)
     if eval_only:
         weights = str(cfg.train.get("init_checkpoint", "") or "")
         if not weights or ("://" not in weights and not os.path.isfile(weights)):
@@ -341,16 +350,26 @@ def _setup(cfg: DictConfig, args) -> str:
                 f"{'' if not weights else ' and does not exist'}; add the override "
                 "train.init_checkpoint=<model_final.pth>."
             )
-    check_run = lambda: check_output_dir(  # noqa: E731
-        out, resume=args.resume or eval_only, overwrite=getattr(args, "overwrite_output", False)
+    _check_run_folder(cfg, args)
+
+
+def _check_run_folder(cfg: DictConfig, args) -> None:
+    check_output_dir(
+        str(cfg.train.output_dir),
+        resume=bool(args.resume or args.eval_only),
+        overwrite=getattr(args, "overwrite_output", False),
     )
-    check_run()
-    write_dir = lazy_eval_dir(cfg) if eval_only else out
+
+
+def _take_folder(cfg: DictConfig, args) -> str:
+    """Lock the folder this run writes to, then detectron2's ``default_setup`` and lt_det's
+    logging; the folder."""
+    write_dir = lazy_eval_dir(cfg) if args.eval_only else str(cfg.train.output_dir)
     if comm.is_main_process():
         lock_output_dir(write_dir)
-        check_run()  # again under the lock: a run that finished meanwhile
+        _check_run_folder(cfg, args)  # again under the lock: a run that finished meanwhile
     setup_cfg = cfg
-    if eval_only:  # config.yaml and log.txt go to the inference folder
+    if args.eval_only:  # config.yaml and log.txt go to the inference folder
         setup_cfg = copy.deepcopy(cfg)
         setup_cfg.train.output_dir = write_dir
     default_setup(setup_cfg, args)
@@ -360,13 +379,19 @@ def _setup(cfg: DictConfig, args) -> str:
 
 def lazy_main(args) -> Optional[Dict]:
     """``tools/train_net.py`` for a ``.py`` ``--config-file`` (``args``: its parsed arguments,
-    ``args.opts`` the ``path.key=value`` overrides). Returns the evaluation results."""
+    ``args.opts`` the ``path.key=value`` overrides). Returns the evaluation results.
+
+    The config, the datasets, the run folder and the model (its arguments: lt_det's predictor
+    refuses detectron2's loss flags, a stage-2 model loads its stage-1 weights) are checked
+    before anything is written.
+    """
     cfg = load_lazy_config(args.config_file, args.opts)
-    write_dir = _setup(cfg, args)
+    _check(cfg, args)
+    model = instantiate(cfg.model)
+    write_dir = _take_folder(cfg, args)
     try:
         if not args.eval_only:
-            return do_train(cfg, resume=args.resume)
-        model = instantiate(cfg.model)
+            return do_train(cfg, model, resume=args.resume)
         model.to(cfg.train.device)
         model = create_ddp_model_any_device(model)
         LTCheckpointer(model, must_load="all").load(cfg.train.init_checkpoint)
