@@ -708,6 +708,9 @@ def check_config_values(cfg: CfgNode) -> None:
             node = node[part]
         if node not in valid:
             raise LTDetError(f"{key} is {node!r}, which is not one of the valid values {valid}.")
+    from ..evaluation.backends import get_lvis_backend
+
+    get_lvis_backend(cfg.TEST.LVIS.BACKEND)  # one whose optional library cannot run is refused
     check_e2e_ranges(cfg)
 
 

@@ -6,9 +6,14 @@ else is written there, and keeps it for the life of the run. A second ``tools/tr
 is alive. The lock is the operating system's (``flock`` on POSIX, ``msvcrt.locking`` on Windows):
 it is released on any exit, ``kill -9`` included, so a lock file left by a dead run is stale by
 construction and never blocks. The file names the holder (pid, host, start time) for the message.
+A folder whose disk is (nearly) full is refused at the same point, before config.yaml or log.txt
+would be created empty. :func:`refuse_if_in_use` lets the output-folder check name the holder
+instead of advising ``--resume`` / ``--overwrite-output``, which the lock would refuse too.
 """
 import datetime
+import errno
 import os
+import shutil
 import socket
 from typing import IO, Dict
 
@@ -24,6 +29,9 @@ try:  # feature test, once: POSIX flock, else Windows byte-range locking
             return False
         return True
 
+    def _unlock(f: IO) -> None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
 except ImportError:  # pragma: no cover - Windows
     import msvcrt
 
@@ -34,8 +42,11 @@ except ImportError:  # pragma: no cover - Windows
             return False
         return True
 
+    def _unlock(f: IO) -> None:
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
-__all__ = ["LOCK_NAME", "lock_output_dir", "release_output_dir"]
+
+__all__ = ["LOCK_NAME", "MIN_FREE_BYTES", "lock_output_dir", "release_output_dir", "refuse_if_in_use"]
 
 LOCK_NAME = ".lt_det.lock"
 
@@ -43,12 +54,51 @@ LOCK_NAME = ".lt_det.lock"
 _HELD: Dict[str, IO] = {}
 
 
+#: Free space an OUTPUT_DIR's disk must have when a run takes it: config.yaml, log.txt,
+#: metrics.json and a first checkpoint of a small model fit; less is refused before anything
+#: is written.
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def _in_use_error(output_dir: str, holder: str) -> LTDetError:
+    return LTDetError(
+        f"OUTPUT_DIR '{output_dir}' is in use by another lt_det run ({holder or 'a process'}). "
+        "Nothing was changed. Wait for that run to end (then --resume continues it), stop it, "
+        "or choose another OUTPUT_DIR."
+    )
+
+
+def refuse_if_in_use(output_dir: str) -> None:
+    """Raise the "in use" refusal when another live process holds ``output_dir``'s lock (no-op
+    if this process holds it, or the folder has no lock file). Checks that would otherwise
+    advise ``--resume`` or ``--overwrite-output`` for a folder in use call it first: the lock
+    refuses both while the other run lives.
+
+    Raises:
+        LTDetError: naming the holder (pid, host, start time).
+    """
+    if not output_dir or "://" in output_dir or os.path.realpath(output_dir) in _HELD:
+        return
+    path = os.path.join(output_dir, LOCK_NAME)
+    try:
+        f = open(path, "r")
+    except OSError:
+        return
+    with f:
+        if _try_lock(f):
+            _unlock(f)
+            return
+        holder = f.read().strip()
+    raise _in_use_error(output_dir, holder)
+
+
 def lock_output_dir(output_dir: str) -> None:
     """Lock ``output_dir`` for this process (created if missing).
 
     Raises:
-        LTDetError: the folder cannot be written (read-only, no space, ...), or another live
-            process holds the lock (named in the message).
+        LTDetError: the folder cannot be written (read-only, its disk has less than
+            :data:`MIN_FREE_BYTES` free, ...), or another live process holds the lock (named in
+            the message). Nothing is written then (a new folder is removed again).
     """
     if not output_dir or "://" in output_dir:
         return
@@ -56,29 +106,56 @@ def lock_output_dir(output_dir: str) -> None:
     if key in _HELD:
         return
     path = os.path.join(output_dir, LOCK_NAME)
+    created = not os.path.exists(output_dir)
+    f = None
     try:
         os.makedirs(output_dir, exist_ok=True)
+        free = shutil.disk_usage(output_dir).free
+        if free < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         f = open(path, "a+")
     except OSError as e:
-        raise LTDetError(
-            f"OUTPUT_DIR '{output_dir}' cannot be written ({e.strerror or e}). Choose a writable "
-            "folder with free space (OUTPUT_DIR on the command line)."
-        ) from None
+        error = _cannot_write(output_dir, e)
+        if created:
+            _remove_empty_folder(output_dir)
+        raise error from None
     if not _try_lock(f):
         f.seek(0)
-        holder = f.read().strip() or "a process"
+        holder = f.read().strip()
         f.close()
-        raise LTDetError(
-            f"OUTPUT_DIR '{output_dir}' is in use by another lt_det run ({holder}). Nothing was "
-            "changed. Wait for that run to end (then --resume continues it), stop it, or choose "
-            "another OUTPUT_DIR."
-        )
+        raise _in_use_error(output_dir, holder)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        f.flush()
+    except OSError as e:  # e.g. disk full: the lock is released with the file
+        f.close()
+        raise _cannot_write(output_dir, e) from None
     _HELD[key] = f
+
+
+def _cannot_write(output_dir: str, error: OSError) -> LTDetError:
+    cause = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        try:
+            cause += f"; its disk has {shutil.disk_usage(output_dir).free / 2**20:.1f} MiB free"
+        except OSError:
+            pass
+        cause += f", a run needs at least {MIN_FREE_BYTES // 2**20} MiB"
+    return LTDetError(
+        f"OUTPUT_DIR '{output_dir}' cannot be written ({cause}). Nothing was written there. "
+        "Choose a writable folder with free space (OUTPUT_DIR on the command line), or free "
+        "disk space."
+    )
+
+
+def _remove_empty_folder(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def release_output_dir(output_dir: str) -> None:
