@@ -2,6 +2,7 @@
 advice that works), and the multi-machine wait message."""
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -125,25 +126,209 @@ def test_resume_with_a_lower_base_lr_trains_at_it(tmp_path):
     assert set(lower.scheduler.base_lrs) == {0.001}
 
 
-def test_nan_advice_names_the_file_resume_loads_and_its_weights(tmp_path, monkeypatch):
+def poison_after_step(monkeypatch, iteration, factor):
+    """Multiply every parameter by ``factor`` after the step of ``iteration`` (before the hooks:
+    a checkpoint of that iteration saves the poisoned weights)."""
     run_step = LTTrainer.run_step
 
     def poisoned(self):
         ret = run_step(self)
-        if self.iter == 1:  # the weights diverge after this step; model_0000001 saves them
+        if self.iter == iteration:
             with torch.no_grad():
                 for p in self.model.parameters():
-                    p.mul_(float("nan"))
+                    p.mul_(factor)
         return ret
 
     monkeypatch.setattr(LTTrainer, "run_step", poisoned)
+
+
+def test_nan_stop_without_a_healthy_checkpoint_says_to_start_anew(tmp_path, monkeypatch):
+    poison_after_step(monkeypatch, 1, float("nan"))  # model_0000001 saves NaN weights
     out = tmp_path / "out"
     msg = main_error(tmp_path, *tiny_dataset(tmp_path), "SOLVER.MAX_ITER", "6",
                      "SOLVER.CHECKPOINT_PERIOD", "2", out_dir=out)
-    last = (out / "last_checkpoint").read_text()
-    assert last == "model_0000001.pth" and "at iteration 2" in msg
-    assert f"--resume continues from '{out / last}'" in msg
-    assert "weights already hold NaN/inf" in msg and "earlier model_*.pth" in msg
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert "NaN or infinite at iteration 2" in msg
+    assert "No checkpoint of this run can continue it (model_0000001.pth: its weights hold " \
+           "NaN/inf)" in msg
+    assert "Start anew (--overwrite-output, or another OUTPUT_DIR)" in msg
+    assert "--resume" not in msg
+
+
+def test_nan_stop_names_the_newest_healthy_checkpoint_and_the_advice_works(tmp_path, monkeypatch):
+    # model_0000001 is sound; model_0000003 has finite weights 1e30 times too large (its loss is
+    # not finite), and the run's loss is NaN at iteration 4.
+    poison_after_step(monkeypatch, 3, 1e30)
+    out = tmp_path / "out"
+    opts = [*tiny_dataset(tmp_path), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2"]
+    msg = main_error(tmp_path, *opts, out_dir=out)
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert "NaN or infinite at iteration 4" in msg
+    good = out / "model_0000001.pth"
+    assert f"'{good}' is healthy (its weights are finite" in msg
+    assert "at learning rate 0.001 = SOLVER.BASE_LR x 0.1" in msg  # BASE_LR 0.01 (TINY_OPTS)
+    assert "Newer checkpoints cannot continue the run (model_0000003.pth: its forward pass on " \
+           "that batch gives NaN/inf)" in msg
+    assert f"echo model_0000001.pth > {out / 'last_checkpoint'}" in msg
+    # the advice: point last_checkpoint at it, lower the learning rate, --resume
+    monkeypatch.undo()
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    from test_resume import load_train_net
+
+    train_net = load_train_net()
+    train_net.main(train_net.argument_parser().parse_args(
+        ["--config-file", CONFIG, "--resume", *TINY_OPTS, *opts, "OUTPUT_DIR", str(out),
+         "SOLVER.BASE_LR", "0.001"]))
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    final = torch.load(str(out / "model_final.pth"), weights_only=False, map_location="cpu")
+    assert final["iteration"] == 5
+    assert all(torch.isfinite(t).all() for t in final["model"].values() if t.is_floating_point())
+
+
+def test_nan_stop_when_the_checkpoint_resume_loads_is_healthy(tmp_path, monkeypatch):
+    run_step = LTTrainer.run_step
+
+    def nan_loss_at_3(self):  # the loss of iteration 3 only is NaN; the weights stay sound
+        if self.iter == 3:
+            forward = self.model.forward
+            self.model.forward = lambda batch: {
+                k: v * float("nan") for k, v in forward(batch).items()
+            }
+        return run_step(self)
+
+    monkeypatch.setattr(LTTrainer, "run_step", nan_loss_at_3)
+    out = tmp_path / "out"
+    msg = main_error(tmp_path, *tiny_dataset(tmp_path), "SOLVER.MAX_ITER", "6",
+                     "SOLVER.CHECKPOINT_PERIOD", "2", out_dir=out)
+    assert f"'{out / 'model_0000001.pth'}' is healthy" in msg
+    assert "it is the one --resume loads (named by last_checkpoint)" in msg
+    assert "SOLVER.BASE_LR" in msg and "echo" not in msg
+
+
+# ------------------------------------------------------------------ a full disk
+DISK_DRIVER = '''
+import errno, logging, os, sys
+from detectron2.engine import HookBase
+from detectron2.utils.events import EventWriter
+from lt_det.engine import LTTrainer
+from lt_det.engine.log_setup import LogFileHandler
+
+WHAT = sys.argv[1]
+
+
+class NoSpace:
+    name = "full"
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class FullMetrics(EventWriter):  # a metrics writer on a full disk (detectron2's JSONWriter's)
+    def __init__(self, path):
+        self.path = path
+
+    def write(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+
+
+class FullLog(HookBase):  # log.txt's disk becomes full after iteration 2
+    def after_step(self):
+        if self.trainer.iter == 2:
+            for h in logging.getLogger("detectron2").handlers:
+                if isinstance(h, LogFileHandler):
+                    h.setStream(NoSpace())
+            logging.getLogger("detectron2").info("a line for log.txt")
+
+
+if WHAT == "metrics":
+    build_writers = LTTrainer.build_writers
+    LTTrainer.build_writers = lambda self: build_writers(self) + [
+        FullMetrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+else:
+    build_hooks = LTTrainer.build_hooks
+    LTTrainer.build_hooks = lambda self: [FullLog()] + build_hooks(self)
+sys.argv = [sys.argv[2]] + sys.argv[3:]  # then run tools/train_net.py as the user does
+exec(compile(open(sys.argv[0]).read(), sys.argv[0], "exec"), {"__name__": "__main__"})
+'''
+
+
+@pytest.mark.parametrize("what, iteration", [("metrics", 19), ("log", 2)])
+def test_disk_full_while_metrics_or_log_are_written(tmp_path, what, iteration):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DISK_DRIVER)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(driver), what, os.path.join(ROOT, "tools", "train_net.py"),
+           "--config-file", CONFIG, *TINY_OPTS, *tiny_dataset(tmp_path), "OUTPUT_DIR", str(out),
+           "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=str(tmp_path),
+                       env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT))
+    assert p.returncode == 2, p.stderr[-3000:]
+    for bad in ("Traceback", "Logging error", "Exception ignored"):
+        assert bad not in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    lines = [x for x in p.stderr.splitlines() if x.startswith("lt_det: error:")]
+    assert len(lines) == 1, p.stderr[-3000:]
+    name = f"model_{iteration:07d}.pth"
+    target = out / ("metrics.json" if what == "metrics" else "log.txt")
+    assert f"cannot write '{target}' at iteration {iteration} (No space left on device" in lines[0]
+    assert f"Checkpoint '{out / name}' was saved: free disk space, then --resume" in lines[0]
+    assert (out / "last_checkpoint").read_text() == name
+    state = torch.load(str(out / name), weights_only=False, map_location="cpu")
+    assert state["iteration"] == iteration and "trainer" in state
+
+
+def test_disk_full_at_start_writes_nothing(tmp_path, monkeypatch):
+    from lt_det.engine import lock
+
+    out = tmp_path / "out"
+    opts = tiny_dataset(tmp_path)
+    real = shutil.disk_usage
+    monkeypatch.setattr(lock.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=4096))  # 4 KiB free
+    msg = main_error(tmp_path, *opts, out_dir=out)
+    assert msg.startswith(f"OUTPUT_DIR '{out}' cannot be written (No space left on device; its "
+                          "disk has 0.0 MiB free, a run needs at least 16 MiB)")
+    assert not out.exists()  # no empty config.yaml / log.txt (nor the folder)
+    monkeypatch.undo()
+
+    class FullFile:  # the lock file of a disk that fills while it is written
+        def __init__(self, path, mode):
+            self.f = open(path, mode)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(lock, "open", FullFile, raising=False)
+    msg = main_error(tmp_path, *opts, out_dir=out)
+    assert msg.startswith(f"OUTPUT_DIR '{out}' cannot be written (No space left on device")
+    assert sorted(os.listdir(out)) == [LOCK_NAME]  # no config.yaml, no log.txt
+
+
+def test_a_folder_in_use_is_not_advised_resume_or_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last_checkpoint").write_text("model_0000001.pth")  # an interrupted run ...
+    holder = subprocess.Popen(  # ... that is going on again (or still) in another process
+        [sys.executable, "-c", "import sys, time; from lt_det.engine.lock import lock_output_dir;"
+         f"lock_output_dir({str(out)!r}); print('locked', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        msg = main_error(tmp_path, *tiny_dataset(tmp_path), out_dir=out)
+    finally:
+        holder.kill()
+        holder.wait(timeout=TIMEOUT)
+    assert msg.startswith(f"OUTPUT_DIR '{out}' is in use by another lt_det run (pid {holder.pid} ")
+    assert "--overwrite-output" not in msg and "already holds" not in msg
 
 
 # ------------------------------------------------------------------ multi-machine wait
@@ -165,3 +350,18 @@ def test_waiting_for_other_machines_says_so_and_times_out(capfd):
     assert f"rank 0: waiting for all 2 processes (2 machines x 1) to join at {url}" in err
     assert "--machine-rank" in err
     assert f"not all 2 processes joined at {url} within 0:00:05" in str(e.value)
+
+
+def test_a_machine_other_than_rank_0_waits_no_longer_than_its_timeout(capfd):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"  # no machine 0 listens there
+    with pytest.raises(LTDetError) as e:
+        launch(_never_called, 1, num_machines=2, machine_rank=1, dist_url=url,
+               timeout=timedelta(seconds=5))
+    assert str(e.value).startswith(f"rank 1: not all 2 processes joined at {url} within 0:00:05")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err

@@ -38,7 +38,21 @@ class Mark(HookBase):
                 time.sleep(0.1)
 
 
+def hold_in_setup():
+    """Before training: rank 0 waits for its peers in a collective (gloo), the others in python."""
+    path = os.path.join(MARKS, f"setup{comm.get_rank()}")
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    if comm.get_rank() == 0:
+        comm.synchronize()  # blocked until every peer comes (none will)
+    while True:
+        time.sleep(0.1)
+
+
 def main(args):
+    if os.environ.get("LT_TEST_HOLD_SETUP"):
+        hold_in_setup()
     build_hooks = LTTrainer.build_hooks
     LTTrainer.build_hooks = lambda self: [Mark()] + build_hooks(self)
     spec = importlib.util.spec_from_file_location("train_net", os.path.join(sys.argv[2]))
@@ -62,7 +76,7 @@ if __name__ == "__main__":
 TIMEOUT = 1800  # seconds: a hang guard only, generous for a loaded 2-core machine
 
 
-def start(tmp_path, num_procs, *opts, go_file=None):
+def start(tmp_path, num_procs, *opts, go_file=None, hold_setup=False):
     data, root = make_data(tmp_path)
     js = write_json(tmp_path, data)
     marks = tmp_path / "marks"
@@ -77,8 +91,11 @@ def start(tmp_path, num_procs, *opts, go_file=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     if go_file is not None:
         env["LT_TEST_GO_FILE"] = str(go_file)
+    if hold_setup:
+        env["LT_TEST_HOLD_SETUP"] = "1"
+    # a session of its own: a signal to its process group is what Ctrl-C in a terminal sends
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=str(tmp_path))
+                            env=env, cwd=str(tmp_path), start_new_session=True)
     return proc, marks, out
 
 
@@ -147,3 +164,52 @@ def test_workers_of_a_killed_launcher_save_and_stop(tmp_path):
     name = (out / "last_checkpoint").read_text()
     state = torch.load(str(out / name), weights_only=False, map_location="cpu")
     assert name == f"model_{state['iteration']:07d}.pth" and state["iteration"] >= 1
+
+
+def one_line(proc, exit_code):
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == exit_code, stderr[-3000:]
+    for bad in ("Traceback", "ProcessExitedException", "ProcessRaisedException"):
+        assert bad not in stdout + stderr, (stdout + stderr)[-3000:]
+    lines = [x for x in stderr.splitlines() if x.startswith("lt_det: error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+@pytest.mark.parametrize("num_procs", [1, 2])
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path, num_procs):
+    proc, marks, out = start(tmp_path, num_procs, hold_setup=True)
+    setups = [marks / f"setup{r}" for r in range(num_procs)]
+    wait_for(lambda: all(m.exists() for m in setups), "every process in its set-up", proc)
+    workers = [int(m.read_text()) for m in setups]
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the launcher and its workers get SIGINT
+    line = one_line(proc, 128 + signal.SIGINT)
+    assert "stopped by SIGINT" in line and "nothing was saved" in line
+    assert not (out / "last_checkpoint").exists()
+    wait_for(lambda: not any(alive(p) for p in workers), "the workers to end")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_sigterm_while_a_worker_waits_for_its_peer_is_one_line(tmp_path):
+    proc, marks, out = start(tmp_path, 2, hold_setup=True)
+    setups = [marks / "setup0", marks / "setup1"]
+    wait_for(lambda: all(m.exists() for m in setups), "both workers in their set-up", proc)
+    workers = [int(m.read_text()) for m in setups]
+    proc.send_signal(signal.SIGTERM)  # to the launcher only; it forwards to its workers
+    line = one_line(proc, 128 + signal.SIGTERM)
+    assert line.startswith("lt_det: error: rank ") and "stopped by SIGTERM" in line
+    wait_for(lambda: not any(alive(p) for p in workers), "the workers to end")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_a_killed_worker_ends_the_run_with_one_line(tmp_path):
+    proc, marks, out = start(tmp_path, 2)
+    ranks = [marks / "rank0", marks / "rank1"]
+    wait_for(lambda: all(r.exists() for r in ranks), "both workers' iterations", proc)
+    workers = [int(r.read_text()) for r in ranks]
+    os.kill(workers[1], signal.SIGKILL)  # e.g. the out-of-memory killer
+    line = one_line(proc, 128 + signal.SIGKILL)
+    assert f"rank 1 (pid {workers[1]}) was killed by SIGKILL" in line
+    assert "--resume" in line
+    wait_for(lambda: not any(alive(p) for p in workers), "the other worker to end")

@@ -1,5 +1,5 @@
 """Logs that hold what happened: lt_det's logger into OUTPUT_DIR/log.txt, plain text off a terminal,
-and a bounded class table for large vocabularies.
+a bounded class table for large vocabularies, and a log file that cannot be written reported once.
 
 detectron2's ``default_setup`` sets up the "detectron2" and "fvcore" loggers only; lt_det's own
 messages (the evaluator's tables, the sampler in use, prior warnings) go to the "lt_det" logger,
@@ -7,9 +7,10 @@ which :func:`setup_lt_logging` sends to the same ``log.txt`` (detectron2's ``set
 """
 import contextlib
 import logging
+import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -18,6 +19,8 @@ from tabulate import tabulate
 __all__ = [
     "setup_lt_logging",
     "run_logging",
+    "LogFileHandler",
+    "log_write_failure",
     "PlainFormatter",
     "StripColour",
     "strip_colour_from_setup_logs",
@@ -81,6 +84,72 @@ class BoundedClassHistogram(logging.Filter):
         return not (m and int(m.group(1)) > self.max_classes)
 
 
+def log_write_failure(folder: Optional[str] = None) -> Optional[Tuple[str, OSError]]:
+    """``(file, error)`` of a run log file (of the "detectron2", "fvcore", "lt_det" loggers, in
+    ``folder`` if given) whose write failed (disk full, file system gone read-only), or None.
+    ``LTTrainer`` checks it after every step and stops with one line and a checkpoint."""
+    prefix = os.path.abspath(folder) + os.sep if folder else ""
+    for name in RUN_LOGGERS:
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, LogFileHandler) and h.error is not None:
+                if os.path.abspath(h.file_name).startswith(prefix):
+                    return h.file_name, h.error
+    return None
+
+
+class LogFileHandler(logging.StreamHandler):
+    """The handler of a run's ``log.txt``: detectron2's (a stream handler on the cached file
+    stream), except that a write that fails with an ``OSError`` is not printed as logging's
+    "--- Logging error ---" traceback for every later record: the first failure is kept
+    (:attr:`error`, read by :func:`log_write_failure`), the stream is closed (its unwritable
+    buffer would fail again at exit) and later records of this handler (and of the others on
+    the same stream) are dropped."""
+
+    def __init__(self, stream, name: str):
+        super().__init__(stream)
+        self.file_name = name
+        self.failed = False
+        #: The OSError of the first failed write (None while writes succeed).
+        self.error: Optional[OSError] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError) and not getattr(self.stream, "closed", False):
+            return super().handleError(record)  # e.g. a bad format string: logging's report
+        self.failed = True
+        if isinstance(error, OSError) and self.error is None:
+            self.error = error
+        close = getattr(self.stream, "close", None)
+        try:
+            if close is not None:
+                close()
+        except (OSError, ValueError):
+            pass
+
+
+def _report_log_file_failures(log: logging.Logger) -> None:
+    """Replace detectron2's ``log.txt`` handlers of ``log`` by :class:`LogFileHandler` on the
+    same stream (same level, formatter and filters)."""
+    for h in list(log.handlers):
+        stream = getattr(h, "stream", None)
+        if type(h) is not logging.StreamHandler or stream in (sys.stdout, sys.stderr):
+            continue
+        name = getattr(stream, "name", None)
+        if not isinstance(name, str):
+            continue
+        new = LogFileHandler(stream, name)
+        new.setLevel(h.level)
+        new.setFormatter(h.formatter)
+        for f in h.filters:
+            new.addFilter(f)
+        log.removeHandler(h)
+        log.addHandler(new)
+
+
 def _is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -95,8 +164,9 @@ def setup_lt_logging(output_dir: Optional[str], *, rank: Optional[int] = None) -
     "fvcore" and "lt_det" loggers: file handlers and, when stdout is not a terminal, console
     handlers write plain lines without ANSI colour codes; detectron2's per-class instance table
     is bounded (:class:`BoundedClassHistogram`); records of the "detectron2" and "fvcore"
-    loggers themselves lose their colour codes (:class:`StripColour`). Calling it again with the
-    same arguments adds nothing.
+    loggers themselves lose their colour codes (:class:`StripColour`); a ``log.txt`` that cannot
+    be written is reported once (:class:`LogFileHandler`). Calling it again with the same
+    arguments adds nothing.
 
     Args:
         output_dir: folder of ``log.txt`` (None / "" = console only).
@@ -111,6 +181,7 @@ def setup_lt_logging(output_dir: Optional[str], *, rank: Optional[int] = None) -
     colour = _is_terminal(sys.stdout)
     lt_logger = setup_logger(output_dir or None, distributed_rank=rank, name="lt_det", color=colour)
     for name in RUN_LOGGERS:
+        _report_log_file_failures(logging.getLogger(name))
         for h in logging.getLogger(name).handlers:
             console = isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
             if isinstance(h, logging.StreamHandler) and (not console or not colour):

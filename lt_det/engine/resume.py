@@ -117,7 +117,8 @@ class SeededBatches:
     was resumed at ``i``, whatever the loader consumed on its own (e.g. the one-time worker seed
     when its iterator is created). Without a seed, batches pass through unchanged.
 
-    The underlying loader's iterator is created at the first batch (so a resume that moved the
+    The batch handed out last is kept (:attr:`last_batch`). The underlying loader's iterator is
+    created at the first batch (so a resume that moved the
     sampler's start before training began is seen) and again after :meth:`restart`.
 
     Args:
@@ -131,6 +132,8 @@ class SeededBatches:
         self.seed = None if seed is None else int(seed)
         self.train_sampler = sampler
         self.next_iter = 0  # iteration of the next batch; set by the trainer on resume
+        #: The batch handed out last (the NaN stop checks checkpoints on it).
+        self.last_batch = None
         self._restart = False
 
     def restart(self, next_iter: int) -> None:
@@ -152,6 +155,7 @@ class SeededBatches:
                 batch = next(stream)
                 seed_all(iteration_seed(self.seed, self.next_iter, rank, 1))
             self.next_iter += 1
+            self.last_batch = batch
             yield batch
 
     def __len__(self) -> int:

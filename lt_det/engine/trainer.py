@@ -8,17 +8,22 @@ On top of DefaultTrainer (see docs/robustness.md):
   ``SEED >= 0``, every iteration's random state is a function of (SEED, iteration, rank) (the
   loader is wrapped in :class:`SeededBatches`), so a resumed run repeats the uninterrupted one
   (:mod:`lt_det.engine.resume`);
-- a NaN/inf loss stops training with an :class:`LTDetError` naming the iteration and the
-  checkpoint ``--resume`` would load; bad input met during training is reported without a
-  training traceback;
+- a NaN/inf loss stops training with an :class:`LTDetError` naming the iteration and the newest
+  checkpoint verified to continue training (:func:`checkpoint_health`), or saying that none
+  does and to start anew; bad input met during training is reported without a training
+  traceback;
+- a metrics / log file that cannot be written (disk full) stops training with a checkpoint (if
+  the disk takes it) and one line, instead of OSError tracebacks;
 - SIGTERM / SIGINT save a checkpoint after the current step and stop (:class:`StopOnSignal`);
 - a resumed run trains at the config's SOLVER.BASE_LR.
 """
 import logging
 import os
+import re
 import weakref
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
+import torch
 import torch.distributed as dist
 from detectron2.data import (
     DatasetMapper,
@@ -47,11 +52,12 @@ from ..decouple import (
     stage1_load_guard,
 )
 from ..errors import LTDetError
-from .checkpoint import LTCheckpointer
+from .checkpoint import LTCheckpointer, remove_stale_temporaries, write_failure_cause
+from .launch import is_peer_lost
 from .defaults import check_config_values, check_weights_file
 from .evaluators import EVALUATOR_BUILDERS
 from .init_check import warn_frozen_bn_at_random_init
-from .log_setup import log_class_summary
+from .log_setup import log_class_summary, log_write_failure
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 from .signals import StopOnSignal
 
@@ -59,12 +65,12 @@ __all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages"]
 
 
 class _DropUserErrors(logging.Filter):
-    """Keep detectron2's "Exception during training" traceback out of the log for bad input:
-    the entry point reports an LTDetError as one message."""
+    """Keep detectron2's "Exception during training" traceback out of the log for bad input
+    and for a lost peer process: the entry point (``launch``) reports them as one message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, LTDetError)
+        return not (isinstance(exc, LTDetError) or (exc is not None and is_peer_lost(exc)))
 
 
 _TRAIN_LOOP_LOGGER = logging.getLogger("detectron2.engine.train_loop")
@@ -122,27 +128,63 @@ def _strip_worker_traceback(message: str) -> str:
     return last.split("LTDetError: ", 1)[-1]
 
 
-def _weights_health(path: str) -> str:
-    """What a checkpoint's weights look like: ``; its ...`` (empty if it cannot be read)."""
-    import torch
+#: The learning rate of the health check's step, as a fraction of SOLVER.BASE_LR (the NaN
+#: advice is to lower it).
+HEALTH_CHECK_LR_FACTOR = 0.1
 
+
+def _checkpoints_newest_first(folder: str) -> List[str]:
+    """``model_<iteration>.pth`` files of ``folder``, highest iteration first."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False).get("model", {})
-    except Exception:  # noqa: BLE001 - only a hint in an error message
-        return ""
-    tensors = [t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
-    if not tensors:
-        return ""
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
-        return (
-            "; its weights already hold NaN/inf, so resuming from it cannot work: point "
-            "last_checkpoint at an earlier model_*.pth, or start anew"
-        )
-    largest = max(float(t.abs().max()) for t in tensors if t.numel())
-    return (
-        f"; its largest weight magnitude is {largest:.3g} (if that is already huge the run had "
-        "diverged before it: point last_checkpoint at an earlier model_*.pth)"
-    )
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = [(int(m.group(1)), n) for n in names for m in [_CHECKPOINT_NAME.fullmatch(n)] if m]
+    return [os.path.join(folder, n) for _, n in sorted(found, reverse=True)]
+
+
+_CHECKPOINT_NAME = re.compile(r"model_(\d+)\.pth")
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors
+               if torch.is_tensor(t) and t.is_floating_point())
+
+
+def checkpoint_health(model: torch.nn.Module, path: str, batch, lr: float) -> str:
+    """Why the weights in ``path`` cannot continue training ("" if they can).
+
+    Loaded into ``model`` (a model built from the run's config, training mode), a checkpoint is
+    healthy when its weights are finite, the loss on ``batch`` (the batch whose loss diverged)
+    and its gradients are finite, and the loss stays finite after one plain gradient step of
+    learning rate ``lr`` on that batch. ``model`` is changed.
+    """
+    try:
+        LTCheckpointer(model, must_load="all").load(path)
+    except LTDetError as e:
+        return f"it cannot be loaded ({str(e)[:120]})"
+    if not _all_finite(model.state_dict().values()):
+        return "its weights hold NaN/inf"
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    try:  # detectron2 raises FloatingPointError where its proposals hold NaN/inf
+        loss = sum(model(batch).values())
+        if not bool(torch.isfinite(loss)):
+            return f"its loss on that batch is {float(loss)}"
+        loss.backward()
+        if not _all_finite(p.grad for p in params if p.grad is not None):
+            return "its gradients on that batch hold NaN/inf"
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p.sub_(lr * p.grad)
+            after = sum(model(batch).values())
+    except FloatingPointError:
+        return "its forward pass on that batch gives NaN/inf"
+    if not bool(torch.isfinite(after)):
+        return f"one step at learning rate {lr:g} makes its loss {float(after)}"
+    return ""
 
 
 # Newer detectron2 checkpoints the inner SimpleTrainer (optimizer) itself; 0.6 does not.
@@ -190,6 +232,7 @@ class LTTrainer(DefaultTrainer):
         self.cfg = cfg
         # Last, so that a signal stop saves after the scheduler stepped and metrics were written.
         self._stop_on_signal = StopOnSignal()
+        self._write_failure: Optional[OSError] = None
         self.register_hooks(self.build_hooks() + [self._stop_on_signal])
 
     def train(self):
@@ -231,6 +274,9 @@ class LTTrainer(DefaultTrainer):
         # fine-tunes from MODEL.WEIGHTS (detectron2's rule: mismatched layers stay initialised);
         # stage 2 requires the frozen parameters (stage1_load_guard).
         self.checkpointer.must_load = "all" if resuming else None
+        if comm.is_main_process() and self.cfg.OUTPUT_DIR:
+            # this process holds the folder's lock: no other writer's file is in progress there
+            remove_stale_temporaries(self.cfg.OUTPUT_DIR)
         config_lrs = list(self.scheduler.base_lrs)
         if self.cfg.MODEL.DECOUPLE.METHOD == "none":
             if not resuming:
@@ -291,22 +337,109 @@ class LTTrainer(DefaultTrainer):
         except LTDetError as e:
             raise LTDetError(_strip_worker_traceback(str(e))) from None
 
+    # ------------------------------------------------------------------ writes that fail
+    def after_step(self):
+        """detectron2's hooks; a run file (metrics.json, log.txt, events) that cannot be written
+        (disk full, ...) stops training with a checkpoint and one line (:meth:`_write_failed`)."""
+        try:
+            super().after_step()
+        except OSError as e:
+            raise self._write_failed(getattr(e, "filename", None), e) from None
+        failure = log_write_failure(self.cfg.OUTPUT_DIR)
+        if failure is not None:
+            raise self._write_failed(*failure)
+
+    def after_train(self):
+        try:
+            super().after_train()
+        except OSError as e:
+            if self._write_failure is None:  # else: already reported; the same disk again
+                raise self._write_failed(getattr(e, "filename", None), e, save=False) from None
+
+    def _write_failed(self, path: Optional[str], error: OSError, save: bool = True) -> LTDetError:
+        """The one line of a run whose metrics / log files cannot be written: the file and the
+        cause, and the checkpoint saved for this iteration (the main process tries; a full disk
+        may refuse it too) or the one ``--resume`` loads."""
+        self._write_failure = error
+        what = f"'{path}'" if path else f"the run's metrics and logs in '{self.cfg.OUTPUT_DIR}'"
+        cause = write_failure_cause(path or os.path.join(self.cfg.OUTPUT_DIR, "x"), error)
+        when = (f"at iteration {self.iter}" if self.iter < self.max_iter
+                else "after the training iterations")
+        head = f"cannot write {what} {when} ({cause}); training stopped."
+        saved = None
+        if save and self.iter < self.max_iter and comm.is_main_process():
+            name = f"model_{self.iter:07d}"
+            try:
+                self.checkpointer.save(name, iteration=self.iter)
+                saved = os.path.join(self.checkpointer.save_dir, f"{name}.pth")
+            except LTDetError:
+                pass  # the disk is full for the checkpoint too
+        if saved is not None:
+            where = f"Checkpoint '{saved}' was saved: free disk space, then --resume continues " \
+                    "from it."
+        elif self.checkpointer.has_checkpoint():
+            where = (f"{'No new checkpoint could be saved; ' if save else ''}--resume continues "
+                     f"from '{self.checkpointer.get_checkpoint_file()}' once disk space is free.")
+        else:
+            where = "No checkpoint could be saved: free disk space and start anew."
+        return LTDetError(f"{head} {where}")
+
     def _nan_message(self, error: FloatingPointError) -> str:
         detail = str(error).split("\n", 1)[-1].strip()
-        if self.checkpointer.has_checkpoint():
-            last = self.checkpointer.get_checkpoint_file()  # what --resume loads
-            where = (
-                f"--resume continues from '{last}' (named by last_checkpoint)"
-                f"{_weights_health(last)}."
-            )
-        else:
-            where = "No checkpoint was written yet (SOLVER.CHECKPOINT_PERIOD)."
-        return (
+        head = (
             f"the training loss became NaN or infinite at iteration {self.iter} ({detail}); "
-            f"training stopped. {where} Before continuing, lower SOLVER.BASE_LR (a resumed run "
-            "trains at the BASE_LR given then) or raise SOLVER.WARMUP_ITERS, or check the data "
-            "and the class prior."
+            "training stopped."
         )
+        fix = ("lower SOLVER.BASE_LR (a resumed run trains at the BASE_LR given then) or raise "
+               "SOLVER.WARMUP_ITERS, or check the data and the class prior")
+        anew = (f"Start anew (--overwrite-output, or another OUTPUT_DIR) after you {fix}.")
+        files = _checkpoints_newest_first(self.cfg.OUTPUT_DIR)
+        if not files:
+            return f"{head} No checkpoint was written yet (SOLVER.CHECKPOINT_PERIOD). {anew}"
+        healthy, sick = self._healthy_checkpoint(files)
+        last = (self.checkpointer.get_checkpoint_file()
+                if self.checkpointer.has_checkpoint() else None)
+        checked = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in sick[:4])
+        checked += "; ..." if len(sick) > 4 else ""
+        if healthy is None:
+            return (f"{head} No checkpoint of this run can continue it ({checked}). {anew}")
+        lr = HEALTH_CHECK_LR_FACTOR * self.cfg.SOLVER.BASE_LR
+        verified = (
+            f"'{healthy}' is healthy (its weights are finite, and so are its loss and gradients "
+            f"on the batch that diverged and its loss after one step at learning rate {lr:g} = "
+            f"SOLVER.BASE_LR x {HEALTH_CHECK_LR_FACTOR:g})"
+        )
+        if last is not None and os.path.abspath(last) == os.path.abspath(healthy):
+            return (f"{head} {verified}; it is the one --resume loads (named by "
+                    f"last_checkpoint). Before continuing with --resume, {fix}.")
+        pointer = os.path.join(self.cfg.OUTPUT_DIR, "last_checkpoint")
+        newer = f" Newer checkpoints cannot continue the run ({checked})." if sick else ""
+        return (
+            f"{head} {verified}.{newer} To continue from it, point last_checkpoint at it "
+            f"(echo {os.path.basename(healthy)} > {pointer}), {fix}, then --resume."
+        )
+
+    def _healthy_checkpoint(self, files: List[str]):
+        """The newest of ``files`` that passes :func:`checkpoint_health` (None if none does) and
+        the (file, reason) of those that failed before it. The check runs on a model built
+        anew from the config (the training model holds the diverged weights), on the batch of
+        the failed iteration."""
+        from detectron2.modeling import build_model
+
+        batch = getattr(self.data_loader, "last_batch", None)
+        if batch is None:
+            batch = next(iter(self.data_loader))
+        lr = HEALTH_CHECK_LR_FACTOR * self.cfg.SOLVER.BASE_LR
+        log = logging.getLogger(__name__)
+        model = apply_decoupling(build_model(self.cfg), self.cfg)
+        sick = []
+        for path in files:
+            log.info(f"NaN stop: checking whether '{path}' can continue training")
+            why = checkpoint_health(model, path, batch, lr)
+            if not why:
+                return path, sick
+            sick.append((path, why))
+        return None, sick
 
     @classmethod
     def build_train_loader(cls, cfg):
