@@ -142,6 +142,28 @@ def test_each_lazy_config_trains_two_iterations_and_evaluates(config, tiny_lvis,
                 assert torch.equal(value, before[name]), name
 
 
+def test_lazy_eval_only_reproduces_the_training_evaluation(tiny_lvis, stage1):
+    """--eval-only of a LazyConfig run: the same results, written under inference/, the training
+    run's own files left as they are; options after the overrides are refused."""
+    out, proc = stage1
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    before = {n: (out / n).read_bytes() for n in ("config.yaml", "eval_results.json", "log.txt")}
+    opts = tiny_overrides(tiny_lvis, out) + [
+        f"train.init_checkpoint={_quote(out / 'model_final.pth')}"]
+    proc = train_net(STAGE1, opts, "--eval-only")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data, name
+    again = json.loads((out / "inference" / "eval_results.json").read_text())
+    first = json.loads(before["eval_results.json"])
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)  # NaN-safe
+    assert (out / "inference" / "config.yaml").is_file()
+
+    proc = train_net(STAGE1, opts + ["--eval-only"])
+    assert proc.returncode == 2
+    assert "options (--eval-only, --resume, --num-gpus, ...) go before them" in proc.stderr
+
+
 def _d2_lazyconfig_train_net(tmp_path) -> str:
     if not os.path.isfile(D2MAIN_SOURCE):
         pytest.skip(f"detectron2 main's source snapshot ({D2MAIN_SOURCE}) with "

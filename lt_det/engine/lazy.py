@@ -141,6 +141,11 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     overrides = list(overrides or [])
     for o in overrides:
         key, eq, _ = o.partition("=")
+        if o.startswith("--"):
+            raise LTDetError(
+                f"'{o}' comes after the config's overrides; options (--eval-only, --resume, "
+                "--num-gpus, ...) go before them."
+            )
         if not eq or not key or " " in key:
             raise LTDetError(
                 f"override '{o}': a LazyConfig takes path.key=value overrides (e.g. "
