@@ -7,6 +7,7 @@
     python tools/train_net.py --config-file CFG --num-gpus 8            # one process per GPU
     python tools/train_net.py --config-file CFG --num-gpus 2 MODEL.DEVICE cpu  # 2 CPU processes, gloo
     python tools/train_net.py --config-file CFG --resume           # continue the run in OUTPUT_DIR
+    python tools/train_net.py --config-file configs/lazy/lvis_rfs.py train.device=cpu  # LazyConfig
 
 Without a GPU add ``MODEL.DEVICE cpu`` (the LVIS configs default to CUDA). Outputs: see --help.
 Bad input (a missing file, a malformed dataset, an unknown config value, a NaN loss, ...) is
@@ -68,6 +69,8 @@ lt_det:
   OUTPUT_DIR/stage1/model_final.pth into OUTPUT_DIR (KEY VALUE overrides reach both); --resume
   skips a finished stage 1 and resumes the unfinished stage. Any stage-2 config does the same
   with MODEL.DECOUPLE.STAGE1_CONFIG <stage-1 yaml> on the command line.
+  A .py --config-file is a LazyConfig (configs/lazy/, docs/lazyconfig.md): overrides are then
+  path.key=value (train.device=cpu train.output_dir=out), options go before them.
 """
 
 
