@@ -16,14 +16,17 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import LTDetError
+from .engine.signals import StopSignals, signal_name
+from .errors import LTDetError, RunStopped
 from .fidelity import SUMMARY_SETTINGS, load_runs, settings_of
 from .registry import Registry
 
@@ -168,6 +171,7 @@ class _Job:
     results: Dict = field(default_factory=dict)
     cache_entry: Optional[str] = None  # stage-1 cache folder of this run (stage-1 runs only)
     cached: bool = False  # reused from the stage-1 cache, not trained here
+    wall_before: float = 0.0  # seconds of the earlier (interrupted) parts of this run
 
 
 def _schedule_opts(iters: int) -> List[str]:
@@ -184,13 +188,15 @@ def _dataset_opts(data: Dict[str, str]) -> List[str]:
 
 
 def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job],
-                 paths: Optional[_Paths] = None) -> List[str]:
+                 paths: Optional[_Paths] = None, resume: bool = False) -> List[str]:
     spec = job.spec
     paths = paths or _Paths("configs", os.path.join("tools", "train_net.py"))
     cmd = [sys.executable, paths.train_net,
            "--config-file", os.path.join(paths.configs_dir, spec.config)]
     if spec.eval_only:
         cmd.append("--eval-only")
+    elif resume:
+        cmd.append("--resume")
     cmd += ["OUTPUT_DIR", job.out_dir, "SEED", str(seed), "DATALOADER.NUM_WORKERS", "0"]
     cmd += _dataset_opts(data)
     cmd += ["MODEL.ROI_HEADS.NUM_CLASSES", str(data["num_classes"])]
@@ -237,8 +243,15 @@ def run_benchmark(
     configs_dir: Optional[str] = None,
     train_net: Optional[str] = None,
     stage1_cache: Optional[str] = None,
+    resume: bool = False,
 ) -> Dict:
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
+
+    SIGTERM / SIGINT (Ctrl-C) stop it the way ``tools/train_net.py`` stops: the runs in
+    progress get SIGTERM, save a checkpoint and stop; the benchmark waits for them and ends
+    with :class:`~lt_det.errors.RunStopped` (one line naming the runs and their iterations,
+    exit status 128 + signal). ``resume=True`` (``--resume``) continues it: finished runs are
+    kept, stopped ones continue from their checkpoint, the others start.
 
     Args:
         out_dir: output folder; it and ``data_dir`` are resolved against the current working
@@ -250,7 +263,10 @@ def run_benchmark(
         stage1: the stage-1 method every stage-2 method starts from (added to ``methods``).
         data_dir: where the dataset is generated (default ``out_dir/data``); reused if present.
         overwrite: replace an earlier benchmark in ``out_dir`` (its results.json and runs under
-            ``runs/``); without it an earlier benchmark is an error and nothing is changed.
+            ``runs/``); without it (or ``resume``) an earlier benchmark is an error and nothing
+            is changed.
+        resume: continue the benchmark in ``out_dir`` (made with the same seed, preset,
+            iterations and stage-1 method; other settings are refused).
         configs_dir / train_net: the configs folder (default: the configs lt_det ships,
             :func:`lt_det.model_zoo.configs_dir`, also from an installed package) and
             ``tools/train_net.py`` of an lt_det checkout (default: ``./tools/train_net.py`` of the
@@ -259,8 +275,6 @@ def run_benchmark(
             stage-1 run whose key (merged config, seed, iterations, dataset bytes) is there is
             reused; a new one is stored there when it finishes.
     """
-    from .data.synthetic import TRAIN_JSON, VAL_JSON, generate_synthetic_lvis
-
     names = list(methods or [n for n, m in METHODS.items() if m.default])
     unknown = [m for m in names if m not in METHODS]
     if unknown:
@@ -275,9 +289,23 @@ def run_benchmark(
     paths = _Paths(*_checkout_paths(configs_dir, train_net))
     out_dir = os.path.abspath(out_dir)  # the runs start in other working directories' terms
     data_dir = os.path.abspath(data_dir) if data_dir else None
-    _refuse_earlier_benchmark(out_dir, overwrite)
+    _refuse_earlier_benchmark(out_dir, overwrite, resume)
+    settings = {"seed": seed, "preset": preset, "iters": iters, "stage2_iters": stage2_iters,
+                "stage1": stage1}
+    _check_settings(out_dir, settings, resume)
     os.makedirs(out_dir, exist_ok=True)
+    _write_json_atomic(os.path.join(out_dir, SETTINGS_FILE), settings)
+    with StopSignals(where="while the benchmark prepared or scored its runs") as stop:
+        return _run_benchmark(out_dir, names, seed, iters, stage2_iters, preset, parallel, stage1,
+                              data_dir, progress_every, paths, stage1_cache, resume, stop)
+
+
+def _run_benchmark(out_dir, names, seed, iters, stage2_iters, preset, parallel, stage1, data_dir,
+                   progress_every, paths, stage1_cache, resume, stop) -> Dict:
+    from .data.synthetic import TRAIN_JSON, VAL_JSON, generate_synthetic_lvis
+
     t0 = time.time()
+    own_data = data_dir is None  # OUT/data: generated whole, then renamed into place
     data_dir = data_dir or os.path.join(out_dir, "data")
     data = {"train_json": os.path.join(data_dir, TRAIN_JSON),
             "val_json": os.path.join(data_dir, VAL_JSON),
@@ -285,6 +313,14 @@ def run_benchmark(
             "val_image_root": os.path.join(data_dir, "val")}
     if all(os.path.exists(p) for p in data.values()):
         print(f"[lt_benchmark] reusing the dataset in {data_dir}", flush=True)
+    elif own_data:  # an interruption leaves data.partial, never a half-written data/
+        partial = data_dir + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        s = generate_synthetic_lvis(partial, seed=seed, preset=preset)["summary"]
+        os.replace(partial, data_dir)
+        print(f"[lt_benchmark] generated {data_dir}: {s['num_classes']} classes "
+              f"(r/c/f {s['groups']}), {_fmt_s(time.time() - t0)}", flush=True)
     else:
         data = generate_synthetic_lvis(data_dir, seed=seed, preset=preset)
         s = data["summary"]
@@ -307,16 +343,25 @@ def run_benchmark(
                 if _load_cached_stage1(j, data["val_json"]):
                     print(f"[lt_benchmark] {j.spec.name}: reusing stage-1 run {j.cache_entry}",
                           flush=True)
+    if resume:
+        for j in jobs.values():
+            if not j.done:
+                _load_finished_run(j, data["val_json"])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # Rough seconds per iteration used for the ETA until runs report their own pace.
     pace = {1: 0.6, 2: 0.15}
     eval_cost = 20.0
+    stop.deferred, stop.on_signal = True, lambda signum: _stop_runs(jobs)
     try:
-        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every, paths)
-    finally:  # never leave runs behind when one fails or the user is interrupted
+        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every, paths,
+                  resume, stop)
+    finally:  # never leave runs behind when one fails
         for j in jobs.values():
             if j.proc is not None and j.proc.poll() is None:
                 j.proc.kill()
+    stop.deferred, stop.on_signal = False, None
+    if stop.signum is not None:
+        raise _stopped(stop.signum, jobs)
 
     rows = []
     for n in names:
@@ -332,11 +377,9 @@ def run_benchmark(
                "stage2_iters": stage2_iters,
                "parallel": parallel, "total_wall_s": round(time.time() - t0, 1),
                "load_avg": os.getloadavg(), "methods": rows}
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
     table = format_table(rows)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(table + "\n")
+    _write_json_atomic(os.path.join(out_dir, "results.json"), summary)
+    _write_text_atomic(os.path.join(out_dir, "results.md"), table + "\n")
     _plots(out_dir, data, jobs, paths)
     print(table, flush=True)
     print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
@@ -358,7 +401,7 @@ def run_benchmark_seeds(out_dir: str, seeds: Sequence[int], **kwargs) -> str:
     t0 = time.time()
     dirs = [os.path.join(out_dir, f"seed{s}") for s in seeds]
     for d in dirs:  # check every folder before the first run starts
-        _refuse_earlier_benchmark(d, kwargs.get("overwrite", False))
+        _refuse_earlier_benchmark(d, kwargs.get("overwrite", False), kwargs.get("resume", False))
     for seed, d in zip(seeds, dirs):
         run_benchmark(d, seed=seed, **kwargs)
     wall = time.time() - t0
@@ -375,19 +418,131 @@ def run_benchmark_seeds(out_dir: str, seeds: Sequence[int], **kwargs) -> str:
     return text
 
 
-def _refuse_earlier_benchmark(out_dir: str, overwrite: bool) -> None:
-    """An earlier benchmark in ``out_dir`` (results.json or runs/*) is kept unless ``overwrite``."""
+def _refuse_earlier_benchmark(out_dir: str, overwrite: bool, resume: bool = False) -> None:
+    """An earlier benchmark in ``out_dir`` (results.json or runs/*) is kept unless ``overwrite``
+    (start over) or ``resume`` (continue it)."""
     runs_dir = os.path.join(out_dir, "runs")
     runs = []
     if os.path.isdir(runs_dir):
         runs = sorted(n for n in os.listdir(runs_dir) if os.listdir(os.path.join(runs_dir, n)))
     done = os.path.isfile(os.path.join(out_dir, "results.json"))
-    if overwrite or not (runs or done):
+    if overwrite or resume or not (runs or done):
         return
-    held = ["results.json"] * done + ([f"it already holds runs of {runs}"] if runs else [])
+    if done:
+        raise LTDetError(
+            f"'{out_dir}' already holds a benchmark (results.json); nothing was changed. Choose "
+            "another output folder or pass --force (overwrite=True from Python) to replace it."
+        )
     raise LTDetError(
-        f"'{out_dir}' already holds a benchmark ({'; '.join(held)}); nothing was changed. Choose "
-        "another output folder or pass --force (overwrite=True from Python) to replace it."
+        f"'{out_dir}' already holds runs of {runs} of a benchmark that did not finish; nothing "
+        f"was changed. Continue it with --resume ({RESUME_WITH_MAKE}), choose another output "
+        "folder, or pass --force to start over (its runs are replaced)."
+    )
+
+
+#: How ``--resume`` reaches the benchmark through the Makefile's targets.
+RESUME_WITH_MAKE = "make demo DEMO_ARGS=--resume, make benchmark BENCH_ARGS=--resume"
+
+#: The settings a benchmark folder was made with (``--resume`` must match them).
+SETTINGS_FILE = "benchmark_settings.json"
+
+
+def _check_settings(out_dir: str, settings: Dict, resume: bool) -> None:
+    """``resume`` continues only a benchmark of the same settings (else one line, exit 2)."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    if not resume or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        try:
+            earlier = json.load(f)
+        except json.JSONDecodeError:
+            return  # written atomically; unreadable only if edited: the runs decide
+    differ = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
+    if differ:
+        listed = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        raise LTDetError(
+            f"--resume: '{out_dir}' holds a benchmark made with other settings ({listed}); "
+            "nothing was changed. Resume with the same --seed, --preset, --iters, --stage2-iters "
+            "and --stage1, or choose another output folder."
+        )
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    _write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+# A run's seconds so far, over its interrupted parts (resume).
+_WALL_FILE = "benchmark_wall.json"
+
+
+def _result_folder(job: _Job) -> str:
+    # --eval-only runs write their results under inference/ (tools/train_net.py)
+    return os.path.join(job.out_dir, "inference") if job.spec.eval_only else job.out_dir
+
+
+def _load_finished_run(job: _Job, val_json: str) -> None:
+    """With ``resume``: a run that finished before the interruption is kept (its results read,
+    AP-fixed completed); a stopped one keeps the seconds it ran."""
+    wall = os.path.join(job.out_dir, _WALL_FILE)
+    if os.path.isfile(wall):
+        with open(wall) as f:
+            job.wall_before = float(json.load(f).get("wall_s", 0.0))
+    results = os.path.join(_result_folder(job), "eval_results.json")
+    if not os.path.isfile(results):
+        return
+    with open(results) as f:
+        job.results = json.load(f)
+    job.results.update(_evaluate_ap_fixed(job.out_dir, val_json, job.results))
+    job.wall, job.done = job.wall_before, True
+    if job.cache_entry and not os.path.isfile(os.path.join(job.cache_entry, "cache_info.json")):
+        _store_stage1(job)
+    print(f"[lt_benchmark] {job.spec.name}: finished before, kept", flush=True)
+
+
+def _stop_runs(jobs: Dict[str, _Job]) -> None:
+    """SIGTERM to every run in progress: each saves a checkpoint and stops (train_net)."""
+    for j in jobs.values():
+        if j.proc is not None and not j.done and j.proc.poll() is None:
+            try:
+                j.proc.send_signal(signal.SIGTERM)
+            except OSError:  # already gone
+                pass
+
+
+def _stopped(signum: int, jobs: Dict[str, _Job]) -> RunStopped:
+    """The benchmark's one line after a signal: which runs stopped where, how to continue."""
+    saved, anew = [], []
+    for j in jobs.values():
+        if j.done or j.proc is None:
+            continue
+        pointer = os.path.join(j.out_dir, "last_checkpoint")
+        name = open(pointer).read().strip() if os.path.isfile(pointer) else ""
+        m = re.fullmatch(r"model_(\d+)\.pth", name)
+        if m:
+            saved.append(f"{j.spec.name} at iteration {int(m.group(1))}")
+        elif name:
+            saved.append(f"{j.spec.name} ({name})")
+        else:
+            anew.append(j.spec.name)
+    parts = []
+    if saved:
+        parts.append(f"runs stopped with a checkpoint: {', '.join(saved)}")
+    if anew:
+        parts.append(f"runs that start anew: {', '.join(anew)}")
+    done = [j.spec.name for j in jobs.values() if j.done]
+    if done:
+        parts.append(f"finished runs kept: {', '.join(done)}")
+    return RunStopped(
+        f"benchmark stopped by {signal_name(signum)} ({'; '.join(parts) or 'no run had started'}"
+        f"). Continue it with the same command and --resume ({RESUME_WITH_MAKE}).",
+        exit_code=128 + signum,
     )
 
 
@@ -502,40 +657,66 @@ def _store_stage1(job: _Job) -> None:
 
 
 def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every,
-              paths: _Paths) -> None:
-    """Start runs as their stage-1 run finishes, `parallel` at a time; print progress + ETA."""
+              paths: _Paths, resume: bool = False, stop=None) -> None:
+    """Start runs as their stage-1 run finishes, `parallel` at a time; print progress + ETA.
+
+    Once ``stop`` (a deferred :class:`~lt_det.engine.signals.StopSignals`) has a signal, no run
+    starts, the runs in progress are sent SIGTERM (they save a checkpoint and stop) and this
+    returns when all of them have ended. With ``resume`` a run whose folder holds a checkpoint
+    continues from it (``train_net --resume``)."""
     last_print = 0.0
+    ended = set()  # runs stopped by the signal
     while not all(j.done for j in jobs.values()):
-        running = [j for j in jobs.values() if j.proc is not None and not j.done]
+        stopping = stop is not None and stop.signum is not None
+        if stopping:
+            _stop_runs(jobs)  # again: a run may have started just before the signal
+        running = [j for j in jobs.values()
+                   if j.proc is not None and not j.done and j.spec.name not in ended]
         for j in running:
             rc = j.proc.poll()
             if rc is None:
                 continue
-            j.wall = time.time() - j.start
+            elapsed = time.time() - j.start
+            _write_json_atomic(os.path.join(j.out_dir, _WALL_FILE),
+                               {"wall_s": round(j.wall_before + elapsed, 1)})
+            if stopping and rc != 0:
+                ended.add(j.spec.name)
+                continue
+            j.wall = j.wall_before + elapsed
             j.done = True
             if rc != 0:
                 tail = open(j.log_path).read()[-1500:]
                 raise LTDetError(f"benchmark run '{j.spec.name}' failed (exit {rc}); log "
                                  f"{j.log_path}:\n{tail}")
-            # --eval-only runs write their results under inference/ (tools/train_net.py)
-            folder = os.path.join(j.out_dir, "inference") if j.spec.eval_only else j.out_dir
-            with open(os.path.join(folder, "eval_results.json")) as f:
+            with open(os.path.join(_result_folder(j), "eval_results.json")) as f:
                 j.results = json.load(f)
             j.results.update(_evaluate_ap_fixed(j.out_dir, data["val_json"], j.results))
             if j.cache_entry:
                 _store_stage1(j)
             if j.iters:
-                pace[j.spec.stage] = max(1e-3, (j.wall - eval_cost) / j.iters)
+                pace[j.spec.stage] = max(1e-3, (elapsed - eval_cost) / j.iters)
+        if stopping:
+            if all(j.spec.name in ended or j.done for j in running):
+                return
+            time.sleep(0.5)
+            continue
         ready = [j for j in jobs.values() if j.proc is None and not j.done and
                  (j.stage1 is None or jobs[j.stage1].done)]
         free = parallel - sum(1 for j in jobs.values() if j.proc is not None and not j.done)
         for j in ready[:max(0, free)]:
-            shutil.rmtree(j.out_dir, ignore_errors=True)  # only with overwrite (checked above)
-            os.makedirs(j.out_dir)
+            go_on = (resume and not j.spec.eval_only
+                     and os.path.isfile(os.path.join(j.out_dir, "last_checkpoint")))
+            if not go_on:  # a new run (earlier files only with overwrite / resume, see above)
+                shutil.rmtree(j.out_dir, ignore_errors=True)
+                os.makedirs(j.out_dir)
+                j.wall_before = 0.0
             j.log_path = os.path.join(j.out_dir, "stdout.txt")  # detectron2 itself writes log.txt
             j.start = time.time()
-            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs, paths), env=env,
-                                      stdout=open(j.log_path, "w"), stderr=subprocess.STDOUT)
+            j.proc = subprocess.Popen(_job_command(j, data, seed, jobs, paths, resume=go_on),
+                                      env=env, stdout=open(j.log_path, "a" if go_on else "w"),
+                                      stderr=subprocess.STDOUT)
+            if go_on:
+                print(f"[lt_benchmark] {j.spec.name}: continuing from its checkpoint", flush=True)
         now = time.time()
         if now - last_print >= progress_every or all(j.done for j in jobs.values()):
             last_print = now
@@ -549,6 +730,7 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             print(f"[lt_benchmark] {n_done}/{len(jobs)} runs done | {active or '-'} | elapsed "
                   f"{_fmt_s(now - t0)} | ETA {_fmt_s(remaining / parallel)}", flush=True)
         time.sleep(0.5)
+
 
 def format_table(rows: List[Dict]) -> str:
     """Markdown table: mask AP (headline) and box AP, each with APr / APc / APf and AP-fixed,

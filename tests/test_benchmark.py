@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import torch
+
 from lt_det.benchmark import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -290,3 +292,98 @@ def test_folders_of_one_seed_are_one_run(tmp_path):
     (broken / "results.json").write_text('{"seed": 0, "meth')
     with pytest.raises(LTDetError, match="s0_broken.*is not a results.json of lt_benchmark"):
         load_runs([a, str(broken)])
+
+
+# tools/train_net.py with a hook that marks iteration 1 of a run and holds it there until the run
+# gets its signal (so the signal arrives inside the training iterations, whatever the speed).
+HOLD_DRIVER = '''
+import os, sys, time
+from detectron2.engine import HookBase
+from lt_det.engine import LTTrainer
+
+
+class HoldAtOne(HookBase):
+    def after_step(self):
+        if self.trainer.iter == 1:
+            name = os.path.basename(self.trainer.cfg.OUTPUT_DIR)
+            with open(os.path.join(os.environ["LT_TEST_MARKS"], name), "w") as f:
+                f.write(str(os.getpid()))
+            while self.trainer._stop_on_signal.signum is None:
+                time.sleep(0.1)
+
+
+build_hooks = LTTrainer.build_hooks
+LTTrainer.build_hooks = lambda self: [HoldAtOne()] + build_hooks(self)
+sys.argv = [os.environ["LT_TEST_TRAIN_NET"]] + sys.argv[1:]
+exec(compile(open(sys.argv[0]).read(), sys.argv[0], "exec"), {"__name__": "__main__"})
+'''
+
+
+def test_ctrl_c_stops_the_benchmark_runs_with_a_checkpoint_and_resume_continues(tmp_path):
+    import signal
+    import time
+
+    driver = tmp_path / "train_net_driver.py"
+    driver.write_text(HOLD_DRIVER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    out = tmp_path / "bench"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "lt_benchmark.py"), "--preset", "tiny",
+           "--iters", "4", "--methods", "softmax", "--parallel", "1", "--out", str(out),
+           "--train-net", str(driver), "--configs-dir", os.path.join(ROOT, "configs")]
+    env = dict(os.environ, PYTHONPATH=ROOT, LT_TEST_MARKS=str(marks),
+               LT_TEST_TRAIN_NET=os.path.join(ROOT, "tools", "train_net.py"))
+    bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, cwd=str(tmp_path), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 1800  # a hang guard only
+        while not (marks / "softmax").exists():
+            assert bench.poll() is None, bench.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run never reached iteration 1"
+            time.sleep(0.2)
+        os.killpg(bench.pid, signal.SIGINT)  # Ctrl-C in the terminal of `make demo`
+        stdout, stderr = bench.communicate(timeout=1800)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    run = out / "runs" / "softmax"
+    run_log = (run / "stdout.txt").read_text()
+    for text in (stdout + stderr, run_log):
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    lines = [x for x in stderr.splitlines() if x.startswith("lt_det: error:")]
+    assert lines == [
+        "lt_det: error: benchmark stopped by SIGINT (runs stopped with a checkpoint: softmax at "
+        "iteration 1). Continue it with the same command and --resume (make demo "
+        "DEMO_ARGS=--resume, make benchmark BENCH_ARGS=--resume)."], stderr[-3000:]
+    assert [x for x in run_log.splitlines() if x.startswith("lt_det: error:")] == [
+        f"lt_det: error: stopped by SIGINT at iteration 1; checkpoint "
+        f"'{run / 'model_0000001.pth'}' was saved. --resume continues from it."]
+    assert (run / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (out / "results.json").exists()
+
+    # the next run without --resume keeps the folder and names --resume
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                           timeout=1800)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "already holds runs of ['softmax'] of a benchmark that did not finish" in again.stderr
+    assert "--resume" in again.stderr and "Traceback" not in again.stderr
+    assert (run / "last_checkpoint").read_text() == "model_0000001.pth"
+
+    # --resume continues the stopped run from its checkpoint and finishes the benchmark
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path), timeout=1800)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "softmax: continuing from its checkpoint" in done.stdout
+    log = (run / "log.txt").read_text()
+    assert "Starting training from iteration 0" in log
+    assert "Starting training from iteration 2" in log
+    final = torch.load(str(run / "model_final.pth"), weights_only=False, map_location="cpu")
+    assert final["iteration"] == 3
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["methods"]}
+    assert math.isfinite(rows["softmax"]["segm"]["AP"]) and rows["softmax"]["wall_s"] > 0
+    # another --resume with other settings is refused
+    other_iters = ["8" if x == "4" else x for x in cmd] + ["--resume"]
+    other = subprocess.run(other_iters, capture_output=True, text=True, env=env,
+                           cwd=str(tmp_path), timeout=1800)
+    assert other.returncode == 2 and "other settings (iters 4 there, 8 now)" in other.stderr

@@ -16,6 +16,11 @@ OUT/runs/<method>/inference/). Relative paths are taken from the current directo
 with ETA is printed every 10 s. With --seeds, each seed goes to OUT/seed<N>/ and the mean
 (min-max) over the seeds to OUT/summary.md. With --stage1-cache DIR, stage-1 runs are shared
 across benchmarks: one per (seed, stage-1 recipe, settings, dataset).
+
+Ctrl-C (SIGINT) or SIGTERM stops the runs in progress the way tools/train_net.py stops (each
+saves a checkpoint) and ends with one line; the same command with --resume continues the
+benchmark (make demo DEMO_ARGS=--resume). Without --resume or --force an unfinished benchmark in
+OUT is refused and kept.
 """
 import argparse
 import os
@@ -72,22 +77,27 @@ def main(argv=None) -> int:
     p.add_argument("--stage1-cache", help="folder of stage-1 runs shared across benchmarks")
     p.add_argument("--force", action="store_true",
                    help="replace the results and runs an earlier benchmark left in OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a benchmark that was stopped (Ctrl-C, SIGTERM) in OUT: finished "
+                   "runs are kept, stopped ones continue from their checkpoint (same settings)")
     args = p.parse_args(argv)
     if args.all_methods and args.methods:
         p.error("--all-methods and --methods exclude each other")
+    if args.force and args.resume:
+        p.error("--force (start over) and --resume (continue) exclude each other")
     if args.seeds and args.data_dir:
         p.error("--data-dir is one dataset; with --seeds each seed generates its own")
     methods = sorted(METHODS) if args.all_methods else args.methods
     kwargs = dict(methods=methods, iters=args.iters, stage2_iters=args.stage2_iters,
                   preset=args.preset, parallel=args.parallel, stage1=args.stage1,
                   overwrite=args.force, configs_dir=args.configs_dir, train_net=args.train_net,
-                  stage1_cache=args.stage1_cache)
+                  stage1_cache=args.stage1_cache, resume=args.resume)
     try:
         if args.seeds:
             run_benchmark_seeds(args.out, args.seeds, **kwargs)
         else:
             run_benchmark(args.out, seed=args.seed, data_dir=args.data_dir, **kwargs)
-    except LTDetError as e:
+    except LTDetError as e:  # bad input (exit 2) or a signal stop (exit 128 + signal)
         return report_error(e)
     return 0
 
