@@ -28,6 +28,7 @@ import torch
 from detectron2.config import CfgNode
 from torch.nn import functional as F
 
+from ._fused import FocalSigmoidCE
 from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss
@@ -38,6 +39,7 @@ __all__ = [
     "class_balanced_softmax_loss",
     "class_balanced_sigmoid_loss",
     "class_balanced_focal_loss",
+    "class_balanced_focal_per_roi",
     "ClassBalancedSoftmaxLoss",
     "ClassBalancedSigmoidLoss",
     "ClassBalancedFocalLoss",
@@ -133,6 +135,10 @@ def class_balanced_focal_loss(
         beta: effective-number hyper-parameter in [0, 1).
         gamma: focusing parameter >= 0; 0 gives :func:`class_balanced_sigmoid_loss`.
         reduction: "mean" (weighted per-ROI sums / R) | "sum" | "none".
+
+    The training form: loss and gradient in one fused pass
+    (:class:`~lt_det.modeling.losses._fused.FocalSigmoidCE`, differentiable once);
+    :func:`class_balanced_focal_per_roi` gives the same values from plain ops.
     """
     check_reduction(reduction)
     check_logits_and_labels(logits, gt_classes, class_counts.shape[0], owner="class_balanced_focal_loss")
@@ -140,6 +146,23 @@ def class_balanced_focal_loss(
         raise ValueError(f"focal gamma must be >= 0, got {gamma}")
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    weights = _roi_weights(gt_classes, class_counts, beta, dtype)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return FocalSigmoidCE.apply(logits, gt_classes, float(gamma), weights, reduction)
+
+
+def class_balanced_focal_per_roi(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    class_counts: torch.Tensor,
+    *,
+    beta: float = 0.999,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """(R,) per-ROI losses of :func:`class_balanced_focal_loss` from plain torch ops (twice
+    differentiable; the reference that the fused training form is tested against). Arguments
+    as :func:`class_balanced_focal_loss`; no input checks."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
     k = logits.shape[1] - 1
     x = logits[:, :k].to(dtype)
@@ -149,8 +172,7 @@ def class_balanced_focal_loss(
         p = torch.sigmoid(x)
         one_minus_pt = p + t - 2 * p * t  # 1 - p_t
         bce = one_minus_pt.pow(gamma) * bce
-    per_roi = bce.sum(dim=1) * _roi_weights(gt_classes, class_counts, beta, dtype)
-    return reduce_per_roi(per_roi, reduction)
+    return bce.sum(dim=1) * _roi_weights(gt_classes, class_counts, beta, dtype)
 
 
 def class_balanced_sigmoid_loss(
@@ -174,7 +196,8 @@ def class_balanced_sigmoid_loss(
 class _CountsMixin:
     """Holds ``class_counts`` = prior x number of training images as a buffer, reads
     ``num_images`` and ``beta`` from the config, and gives :meth:`per_roi` as the forward pass
-    (the pure class-balanced functions are plain torch ops)."""
+    without reduction (plain torch ops for the softmax form; the focal and sigmoid forms, whose
+    forward pass is fused, override it with :func:`class_balanced_focal_per_roi`)."""
 
     needs_prior = True
 
@@ -303,6 +326,12 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
             beta=self.beta,
             gamma=self.gamma,
             reduction=reduction,
+        )
+
+    def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
+        return class_balanced_focal_per_roi(
+            logits, gt_classes, self.class_counts, beta=self.beta, gamma=self.gamma
         )
 
     def extra_repr(self) -> str:

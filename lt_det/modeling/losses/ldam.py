@@ -30,7 +30,8 @@ import torch
 from detectron2.config import CfgNode
 from torch.nn import functional as F
 
-from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
+from ._fused import MarginSoftmaxCE
+from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss
 from .class_balanced import (
     class_counts_from_prior,
     effective_number_weights,
@@ -38,7 +39,7 @@ from .class_balanced import (
 )
 from .registry import register_cls_loss
 
-__all__ = ["ldam_margins", "ldam_loss", "LDAMLoss"]
+__all__ = ["ldam_margins", "ldam_loss", "ldam_per_roi", "LDAMLoss"]
 
 
 def ldam_margins(class_prior: torch.Tensor, max_margin: float) -> torch.Tensor:
@@ -66,6 +67,9 @@ def ldam_loss(
 ) -> torch.Tensor:
     """LDAM loss ``w_y * CE(s * (z - m_y onehot(y)), y)`` (see the module docstring).
 
+    The training form: one fused pass (:class:`~lt_det.modeling.losses._fused.MarginSoftmaxCE`,
+    differentiable once); :func:`ldam_per_roi` gives the same values from plain ops.
+
     Args:
         logits: (R, K + 1) classifier outputs; column K is background. Not modified.
         gt_classes: (R,) int64 labels in [0, K].
@@ -82,13 +86,32 @@ def ldam_loss(
     if gt_classes.numel() == 0:
         return empty_loss(logits, reduction)
     dtype = torch.promote_types(logits.dtype, torch.float32)
+    margins = ldam_margins(class_prior.to(dtype), max_margin)[gt_classes]  # (R,), 0 for bg
+    weights = None if roi_weights is None else roi_weights.to(dtype)[gt_classes]
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return MarginSoftmaxCE.apply(logits, gt_classes, float(scale), margins, weights, reduction)
+
+
+def ldam_per_roi(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    class_prior: torch.Tensor,
+    *,
+    max_margin: float = 0.5,
+    scale: float = 1.0,
+    roi_weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """(R,) per-ROI losses of :func:`ldam_loss` from plain torch ops (twice differentiable; the
+    reference that the fused training form is tested against). Arguments as :func:`ldam_loss`;
+    no input checks."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
     z = logits.to(dtype)
     margins = ldam_margins(class_prior.to(dtype), max_margin)[gt_classes]  # (R,), 0 for bg
     adjusted = z - F.one_hot(gt_classes, z.shape[1]).to(dtype) * margins.unsqueeze(1)
     per_roi = F.cross_entropy(scale * adjusted, gt_classes, reduction="none")
     if roi_weights is not None:
         per_roi = per_roi * roi_weights.to(dtype)[gt_classes]
-    return reduce_per_roi(per_roi, reduction)
+    return per_roi
 
 
 def _current_iteration() -> Optional[int]:
@@ -178,14 +201,13 @@ class LDAMLoss(ClsLoss):
 
     def per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) per-ROI losses, plain torch ops (twice differentiable)."""
-        return ldam_loss(
+        return ldam_per_roi(
             logits,
             gt_classes,
             self.class_prior,
             max_margin=self.max_margin,
             scale=self.scale,
             roi_weights=self._weights(),
-            reduction="none",
         )
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
