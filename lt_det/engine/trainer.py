@@ -20,6 +20,7 @@ On top of DefaultTrainer (see docs/robustness.md):
 import logging
 import os
 import re
+import threading
 import weakref
 from typing import Callable, Dict, List, Optional
 
@@ -233,16 +234,30 @@ class LTTrainer(DefaultTrainer):
         # Last, so that a signal stop saves after the scheduler stepped and metrics were written.
         self._stop_on_signal = StopOnSignal()
         self._write_failure: Optional[OSError] = None
+        self._thread_write_error: Optional[OSError] = None
         self.register_hooks(self.build_hooks() + [self._stop_on_signal])
 
     def train(self):
         """detectron2's training loop; SIGTERM / SIGINT save a checkpoint and stop it
         (:class:`~lt_det.engine.signals.StopOnSignal`)."""
         self._stop_on_signal.install()
+        previous_hook = threading.excepthook
+        threading.excepthook = self._writer_thread_failed
         try:
             return super().train()
         finally:
+            threading.excepthook = previous_hook
             self._stop_on_signal.uninstall()
+
+    def _writer_thread_failed(self, args) -> None:
+        """``threading.excepthook`` while training: a writer thread (tensorboard's event file
+        writer) that dies on an OSError (disk full) is recorded for :meth:`after_step`, which
+        stops training with one line; other thread errors keep Python's report."""
+        if issubclass(args.exc_type, OSError) and isinstance(args.exc_value, OSError):
+            if self._thread_write_error is None:
+                self._thread_write_error = args.exc_value
+            return
+        threading.__excepthook__(args)
 
     def state_dict(self) -> Dict:
         # detectron2 0.6's DefaultTrainer checkpoints only the iteration and hooks: the optimizer
@@ -346,6 +361,8 @@ class LTTrainer(DefaultTrainer):
         except OSError as e:
             raise self._write_failed(getattr(e, "filename", None), e) from None
         failure = log_write_failure(self.cfg.OUTPUT_DIR)
+        if failure is None and self._thread_write_error is not None:
+            failure = (self._thread_write_error.filename, self._thread_write_error)
         if failure is not None:
             raise self._write_failed(*failure)
 
