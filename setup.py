@@ -70,7 +70,8 @@ setup(
         "Pillow",  # image reading and the synthetic data's drawing (Image, ImageDraw)
         "matplotlib>=3.5",  # Figure(layout="constrained") in the AP plots
         "pycocotools>=2.0",  # mask RLE encode / decode / area
-        "faster-coco-eval>=1.8",  # the "fast" LVIS evaluation backend (lvis_style evaluation)
+        "hotcoco>=1.3",  # the "fast" LVIS evaluation backend (its LVIS mode, public API)
+        "faster-coco-eval>=1.8",  # no longer imported by lt_det (a peer in tools/bench_eval.py)
         "omegaconf>=2.1",  # LazyConfig overrides (OmegaConf.select with default=)
         "PyYAML>=5.1",  # _BASE_ chains of yaml configs (yaml.safe_load)
         "tabulate>=0.8.3",  # markdown tables (tablefmt="github")

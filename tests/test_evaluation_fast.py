@@ -1,47 +1,87 @@
-"""The fast backend's own paths: classes evaluated in groups on their own images, and the garbage
-collector paused while it runs (restored as it was)."""
-import gc
+"""The fast backend's own paths (hotcoco's LVIS mode behind lt_det's rules): ids handed over as
+positions, class chunks, more than 300 detections per image (AP-fixed), and a loud refusal of a
+hotcoco release it was not built for."""
+import copy
 
 import numpy as np
 import pytest
 from test_evaluation import _lvis_api, _random_data
 
 import lt_det.evaluation.backends.fast as fast_backend
-from lt_det.evaluation import evaluate_lvis
-from lt_det.evaluation.ground_truth import LVISGroundTruth
+from lt_det.errors import LTDetError
+from lt_det.evaluation import evaluate_lvis, get_lvis_backend
+
+
+def _renumbered(gt, dets, img_base, cat_base):
+    """The same data with image ids ``img_base + i`` and category ids ``cat_base + c``."""
+    gt, dets = copy.deepcopy(gt), copy.deepcopy(dets)
+    for img in gt["images"]:
+        img["id"] += img_base
+        img["neg_category_ids"] = [c + cat_base for c in img["neg_category_ids"]]
+        img["not_exhaustive_category_ids"] = [
+            c + cat_base for c in img["not_exhaustive_category_ids"]
+        ]
+    for a in gt["annotations"]:
+        a["image_id"] += img_base
+        a["category_id"] += cat_base
+    for c in gt["categories"]:
+        c["id"] += cat_base
+    for d in dets:
+        d["image_id"] += img_base
+        d["category_id"] += cat_base
+    return gt, dets
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-def test_class_groups_change_nothing(monkeypatch, iou_type):
-    """One call per class (a call costs nothing) and one call for all classes (a call costs more
-    than any grid) give the same tables, and lvis-api's metrics."""
-    gt, dets = _random_data(0, segm=iou_type == "segm")
-    lvis_gt = LVISGroundTruth(gt)
-    ref = _lvis_api(gt, dets, iou_type, max_dets=12)
-    runs = {}
-    for cost, num_groups in ((0, len(lvis_gt.cat_ids)), (10**9, 1)):
-        monkeypatch.setattr(fast_backend, "_CALL_COST_CELLS", cost)
-        groups = fast_backend._class_groups(lvis_gt, lvis_gt.cat_ids, lvis_gt.img_ids)
-        assert len(groups) == num_groups
-        assert sorted(c for members, _ in groups for c in members) == lvis_gt.cat_ids.tolist()
-        for members, images in groups:
-            assert np.array_equal(images, lvis_gt.relevant_images(members))
-        runs[cost] = evaluate_lvis(
-            gt, dets, iou_type=iou_type, backend="fast", class_chunk=0, max_dets_per_image=12
-        )
-    assert np.array_equal(runs[0].precision, runs[10**9].precision)
-    assert np.array_equal(runs[0].recall, runs[10**9].recall)
+def test_ids_beyond_float64_precision_change_nothing(iou_type):
+    """Ids of 2**60 and more (lt_det accepts int64 ids; a float64 holds integers exactly only up
+    to 2**53) give lvis-api's metrics of the small ids, in every class."""
+    gt, dets = _random_data(3, segm=iou_type == "segm")
+    ref = _lvis_api(gt, dets, iou_type)
+    big_gt, big_dets = _renumbered(gt, dets, 2**62, 2**60)
+    r = evaluate_lvis(big_gt, big_dets, iou_type=iou_type, backend="fast")
+    small = evaluate_lvis(gt, dets, iou_type=iou_type, backend="fast")
+    assert np.array_equal(r.precision, small.precision)
     for k, v in ref.items():
-        assert runs[0].metrics[k.replace("@300", "@12")] == pytest.approx(v, abs=1e-9), k
+        assert r.metrics[k] == pytest.approx(v, abs=1e-9), k
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_garbage_collector_state_is_restored(enabled):
-    gt, dets = _random_data(1)
-    was = gc.isenabled()
-    try:
-        gc.enable() if enabled else gc.disable()
-        evaluate_lvis(gt, dets, backend="fast")
-        assert gc.isenabled() == enabled
-    finally:
-        gc.enable() if was else gc.disable()
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_class_chunks_change_nothing(iou_type):
+    gt, dets = _random_data(0, segm=iou_type == "segm")
+    runs = [
+        evaluate_lvis(gt, dets, iou_type=iou_type, backend="fast", class_chunk=c)
+        for c in (0, 1, 5)
+    ]
+    for r in runs[1:]:
+        assert np.array_equal(r.precision, runs[0].precision)
+        assert np.array_equal(r.recall, runs[0].recall)
+
+
+def test_more_than_300_detections_per_image_under_ap_fixed():
+    """AP-fixed has no per-image cap: an image with 400 evaluated detections keeps them all (the
+    backend's own cap is set above every image's count), as the lvis backend does."""
+    gt, dets = _random_data(2, num_images=3)
+    rng = np.random.default_rng(0)
+    img, cat = gt["images"][0]["id"], gt["annotations"][0]["category_id"]
+    assert gt["annotations"][0]["image_id"] == img
+    for k in range(400):
+        w, h = rng.uniform(3, 30, 2)
+        dets.append({"image_id": img, "category_id": cat, "score": float(rng.random()) * 0.5,
+                     "bbox": [float(rng.uniform(0, 60)), float(rng.uniform(0, 60)), w, h]})
+    fast = evaluate_lvis(gt, dets, backend="fast", ap_fixed=True)
+    ref = evaluate_lvis(gt, dets, backend="lvis", ap_fixed=True)
+    assert fast.info["num_detections_evaluated"] > 400
+    assert np.allclose(fast.precision, ref.precision, atol=1e-12, rtol=0)
+    assert np.allclose(fast.recall, ref.recall, atol=1e-12, rtol=0)
+
+
+def test_a_hotcoco_release_it_was_not_built_for_is_refused(monkeypatch):
+    import hotcoco
+
+    monkeypatch.setattr(fast_backend, "_CHECKED", [])
+    monkeypatch.setattr(hotcoco, "__version__", "9.0.0")
+    with pytest.raises(LTDetError) as e:
+        get_lvis_backend("fast")
+    msg = str(e.value)
+    assert "hotcoco 9.0.0" in msg and "hotcoco==1.3.0" in msg and "'lvis' backend" in msg

@@ -254,47 +254,310 @@ def make_lvis_like_table(
     return gt, table
 
 
-def full_scale(args) -> None:
-    """lt_det's fast path alone at LVIS v1 val scale, detections in memory (evaluator path)."""
+# ------------------------------------------------------------------ peers, as their users run them
+# Each peer runs its own LVIS evaluation from the two json files, the way its documentation shows
+# (lvis-api has no command-line tool, so neither do they), with LVIS's per-image cap of 300, and
+# returns lvis-api's metric names (fractions, -1 where undefined).
+LVIS_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
+             "AR@300", "ARs@300", "ARm@300", "ARl@300"]
+
+
+def _peer_lvis_api(gt_path: str, dt_path: str, iou_type: str) -> Dict[str, float]:
+    from lvis import LVIS, LVISEval, LVISResults
+
+    gt = LVIS(gt_path)
+    ev = LVISEval(gt, LVISResults(gt, dt_path, max_dets=300), iou_type)
+    ev.run()
+    ev.print_results()
+    return {k: float(v) for k, v in ev.get_results().items()}
+
+
+def _peer_hotcoco(gt_path: str, dt_path: str, iou_type: str) -> Dict[str, float]:
+    from hotcoco import LVIS, LVISEval, LVISResults  # its lvis-api drop-in
+
+    gt = LVIS(gt_path)
+    ev = LVISEval(gt, LVISResults(gt, dt_path, max_dets=300), iou_type)
+    ev.run()
+    return {k: float(v) for k, v in ev.get_results().items()}
+
+
+def _peer_ultrafast(gt_path: str, dt_path: str, iou_type: str) -> Dict[str, float]:
+    from ultrafast_pycocotools import COCO, COCOeval
+
+    gt = COCO(gt_path)
+    ev = COCOeval(gt, gt.loadRes(dt_path), iou_type, lvis_style=True)  # maxDets [300]
+    ev.run()
+    return {k: ev.stats_as_dict[k] for k in LVIS_KEYS}
+
+
+def _peer_faster_coco_eval(gt_path: str, dt_path: str, iou_type: str) -> Dict[str, float]:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    gt = COCO(gt_path)
+    ev = COCOeval_faster(gt, gt.loadRes(dt_path), iou_type, lvis_style=True)
+    ev.params.maxDets = [300]  # a cap per (image, class): LVIS caps each image
+    ev.run()
+    s = ev.stats_as_dict
+    names = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small",
+             "APm": "AP_medium", "APl": "AP_large", "AR@300": "AR_all", "ARs@300": "AR_small",
+             "ARm@300": "AR_medium", "ARl@300": "AR_large"}
+    return {k: float(s[names.get(k, k)]) for k in LVIS_KEYS}
+
+
+def _peer_vernier(gt_path: str, dt_path: str, iou_type: str) -> Dict[str, float]:
+    # vernier's LVIS summary is reached through its grid functions (vernier._core, which its
+    # Evaluator also calls); Evaluator.evaluate summarises the COCO way.
+    from vernier import _core
+    from vernier.instance import CocoDataset
+
+    with open(gt_path, "rb") as f:
+        gt = CocoDataset.from_lvis_json(f.read())
+    with open(dt_path, "rb") as f:
+        dt = f.read()
+    grid_fn = _core.evaluate_bbox_grid if iou_type == "bbox" else _core.evaluate_segm_grid
+    grid = grid_fn(gt, dt, parity_mode="strict", max_dets_per_image=300, use_cats=True)
+    stats = grid.accumulate([300]).summarize_lvis(gt, [300]).stats
+    return dict(zip(LVIS_KEYS, map(float, stats)))
+
+
+#: name -> (distribution, import name, runner)
+PEERS = {
+    "lvis-api": ("lvis", "lvis", _peer_lvis_api),
+    "faster-coco-eval": ("faster-coco-eval", "faster_coco_eval", _peer_faster_coco_eval),
+    "hotcoco": ("hotcoco", "hotcoco", _peer_hotcoco),
+    "ultrafast-pycocotools": ("ultrafast-pycocotools", "ultrafast_pycocotools", _peer_ultrafast),
+    "vernier": ("vernier", "vernier", _peer_vernier),
+}
+
+
+def peer_version(name: str, python: str) -> str:
+    """The installed version of a peer under ``python`` ("" when it is not installed)."""
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "try: print(m.version(sys.argv[1]))\n"
+        "except m.PackageNotFoundError: pass"
+    )
+    out = subprocess.run([python, "-c", code, PEERS[name][0]], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def peer_worker(args) -> None:
+    """``--peer NAME``: one peer on one pair of files (``--gt``, ``--results``), metrics as json
+    to ``--metrics-out``; or, with ``--case-dir``, on every case there (errors recorded)."""
+    run = PEERS[args.peer][2]
+    if not args.case_dir:
+        metrics = run(args.gt, args.results, args.iou_type)
+        with open(args.metrics_out, "w") as f:
+            json.dump(metrics, f)
+        return
+    import contextlib
+    import io
+    import logging
+
+    logging.disable(logging.WARNING)
+    out = {}
+    with open(os.path.join(args.case_dir, "cases.json")) as f:
+        cases = json.load(f)
+    for k, (name, iou_type) in enumerate(cases):
+        gt = os.path.join(args.case_dir, f"case{k}.gt.json")
+        dt = os.path.join(args.case_dir, f"case{k}.dt.json")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                out[name] = run(gt, dt, iou_type)
+        except Exception as e:  # noqa: BLE001  (a peer's failure is a result)
+            out[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+    with open(args.metrics_out, "w") as f:
+        json.dump(out, f)
+
+
+# ------------------------------------------------------------------ exactness cases
+def _rle_of_box(box, h: int, w: int) -> Dict:
+    """Compressed RLE (counts as str) of a box's pixels; an empty mask for width or height 0."""
+    from pycocotools import mask as mask_util
+
+    x, y, bw, bh = (int(v) for v in box)
+    m = np.zeros((h, w, 1), np.uint8, order="F")
+    m[y : y + bh, x : x + bw] = 1
+    rle = mask_util.encode(m)[0]
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def _small_case(variant: str, iou_type: str):
+    """Hand-made ground truth and results (100 x 100 images) of one area-0 or id rule."""
+    def img(i, neg=()):
+        return {"id": i, "height": 100, "width": 100, "neg_category_ids": list(neg),
+                "not_exhaustive_category_ids": []}
+
+    def ann(aid, im, cat, box, area=None):
+        x, y, w, h = box
+        return {"id": aid, "image_id": im, "category_id": cat, "bbox": list(box),
+                "area": float(w * h) if area is None else area, "iscrowd": 0,
+                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+
+    def det(im, cat, box, score):
+        d = {"image_id": im, "category_id": cat, "score": score}
+        if iou_type == "segm":
+            d["segmentation"] = _rle_of_box(box, 100, 100)
+        else:
+            d["bbox"] = [float(v) for v in box]
+        return d
+
+    gt = {"images": [img(1), img(2, neg=[2])],
+          "annotations": [ann(1, 1, 1, (10, 10, 20, 20)), ann(2, 2, 1, (30, 30, 20, 20))],
+          "categories": [{"id": c, "name": f"c{c}", "frequency": "f", "image_count": 500}
+                         for c in (1, 2)]}
+    extra = []
+    if variant == "empty or zero-width detections":
+        extra = [det(1, 1, (60, 60, 0, 0), 0.99), det(2, 1, (30, 30, 0, 20), 0.98)]
+    elif variant == "gt box of width 0 and area 0":
+        gt["annotations"].append(ann(3, 1, 1, (60, 60, 0, 20)))
+    elif variant == "gt box of width 0, area > 0":
+        gt["annotations"].append(ann(3, 1, 1, (60, 60, 0, 20), area=20.0))
+    elif variant == "gt of area 0":
+        gt["annotations"].append(ann(3, 1, 1, (60, 60, 20, 20), area=0))
+    elif variant == "gt of area 0 only, image not positive":
+        gt["images"].append(img(3))
+        gt["annotations"].append(ann(3, 3, 1, (40, 40, 20, 20), area=0))
+        extra = [det(3, 1, (40, 40, 20, 20), 0.99)]
+    elif variant == "annotation id 0":
+        gt["annotations"][0]["id"] = 0
+    elif variant == "duplicate category id":
+        gt["categories"].append({"id": 1, "name": "again", "frequency": "r", "image_count": 1})
+    dets = [det(a["image_id"], a["category_id"], a["bbox"], 0.9 - 0.01 * k)
+            for k, a in enumerate(gt["annotations"][:2])] + extra
+    return gt, dets
+
+
+def _coco_100_case(iou_type: str, zero_area: bool):
+    """COCO val2014, 100 images (tests/data): classes detected in an image without gt there are
+    its negatives, every second positive class is not exhaustive, r/c/f by id; with
+    ``zero_area`` a tenth of the gt get area 0 and a tenth of the results an empty mask (segm)
+    or a box of width 0 (bbox)."""
+    import copy
+    import gzip
+
+    with gzip.open(os.path.join(ROOT, "tests", "data", "coco_val2014_100.json.gz"), "rt") as f:
+        doc = json.load(f)
+    gt = copy.deepcopy(doc["ground_truth"])
+    gt["annotations"] = [a for a in gt["annotations"] if not a["iscrowd"]]
+    pos, seen = {}, {}
+    for a in gt["annotations"]:
+        pos.setdefault(a["image_id"], set()).add(a["category_id"])
+    for r in doc["bbox_results"]:
+        seen.setdefault(r["image_id"], set()).add(r["category_id"])
+    for im in gt["images"]:
+        im["neg_category_ids"] = sorted(seen.get(im["id"], set()) - pos.get(im["id"], set()))
+        im["not_exhaustive_category_ids"] = sorted(pos.get(im["id"], set()))[1::2]
+    for c in gt["categories"]:
+        c["frequency"] = "rcf"[c["id"] % 3]
+    results = doc[f"{iou_type}_results"]
+    if iou_type == "segm":
+        for r in results:
+            r.pop("bbox", None)  # areas from the masks, as detectron2 writes segm results
+    if zero_area:
+        from pycocotools import mask as mask_util
+
+        rng = np.random.default_rng(0)
+        for k in np.flatnonzero(rng.random(len(gt["annotations"])) < 0.1):
+            gt["annotations"][k]["area"] = 0
+        for k in np.flatnonzero(rng.random(len(results)) < 0.1):
+            r = results[k]
+            if iou_type == "segm":
+                h, w = r["segmentation"]["size"]
+                empty = mask_util.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
+                r["segmentation"] = {"size": [h, w], "counts": empty["counts"].decode("ascii")}
+            else:
+                r["bbox"][2] = 0.0
+    return gt, results
+
+
+#: lt_det refuses these ground truths (lt_det.lvis_json); the peers' numbers are shown anyway.
+REFUSED_CASES = ("annotation id 0", "duplicate category id")
+
+
+def make_cases(cat_info: List[Dict]):
+    """[(name, iou_type, gt, results)]: the project's exactness cases (docs/evaluation.md)."""
+    cases = []
+    for iou_type in ("bbox", "segm"):
+        for v in ("empty or zero-width detections", "gt box of width 0 and area 0",
+                  "gt box of width 0, area > 0", "gt of area 0",
+                  "gt of area 0 only, image not positive") + REFUSED_CASES:
+            cases.append((f"{v} ({iou_type})", iou_type, *_small_case(v, iou_type)))
+        for zero in (False, True):
+            name = "COCO val2014 100 images" + (", 10% area 0" if zero else "")
+            cases.append((f"{name} ({iou_type})", iou_type, *_coco_100_case(iou_type, zero)))
+        gt, results = make_lvis_like(cat_info, 50, masks=iou_type == "segm", seed=1)
+        cases.append((f"LVIS-like 50 images, negatives, 310 dets/image ({iou_type})", iou_type,
+                      gt, results))
+    return cases
+
+
+def run_cases(args, pythons: Dict[str, str]) -> List[Dict]:
+    """Every installed peer and lt_det's backends on :func:`make_cases`; prints the largest
+    |metric - lvis-api's| per case."""
+    from lt_det.errors import LTDetError
     from lt_det.evaluation import evaluate_lvis
+    from lt_det.evaluation.backends import LT_LVIS_EVAL_BACKEND_REGISTRY
 
-    cat_info = load_cat_info(args.cat_info)
-    for iou_type in args.iou_types:
-        t0 = time.perf_counter()
-        gt, table = make_lvis_like_table(
-            cat_info, args.full_scale, seed=args.seed, masks=iou_type == "segm"
-        )
-        print(
-            f"== full scale, {iou_type}: {args.full_scale} images, {len(gt['annotations'])} gt, "
-            f"{len(table)} detections, made in {time.perf_counter() - t0:.0f}s; RSS "
-            f"{_mem_mb('VmRSS'):.0f} MB (peak so far {_mem_mb('VmHWM'):.0f} MB); load average "
-            f"{os.getloadavg()[0]:.1f}",
-            flush=True,
-        )
-        for c in args.class_chunks:
-            t0, c0 = time.perf_counter(), time.process_time()
-            r = evaluate_lvis(gt, table, iou_type=iou_type, backend="fast", class_chunk=c)
-            print(
-                f"lt_det fast {iou_type} chunk={c}: {time.perf_counter() - t0:.1f}s wall, "
-                f"{time.process_time() - c0:.1f}s CPU, peak RSS of "
-                f"the process {_mem_mb('VmHWM'):.0f} MB; AP {r.metrics['AP']:.4f} APr "
-                f"{r.metrics['APr']:.4f} AR@300 {r.metrics['AR@300']:.4f}; load average "
-                f"{os.getloadavg()[0]:.1f}",
-                flush=True,
-            )
-        del gt, table
+    cases = make_cases(load_cat_info(args.cat_info))
+    tmp = tempfile.TemporaryDirectory()
+    for k, (name, iou_type, gt, results) in enumerate(cases):
+        with open(os.path.join(tmp.name, f"case{k}.gt.json"), "w") as f:
+            json.dump(gt, f)
+        with open(os.path.join(tmp.name, f"case{k}.dt.json"), "w") as f:
+            json.dump(results, f)
+    with open(os.path.join(tmp.name, "cases.json"), "w") as f:
+        json.dump([(n, t) for n, t, _, _ in cases], f)
+    columns: Dict[str, Dict] = {}
+    for peer, python in pythons.items():
+        out = os.path.join(tmp.name, f"{peer}.metrics.json")
+        cmd = [python, os.path.abspath(__file__), "--peer", peer, "--case-dir", tmp.name,
+               "--metrics-out", out]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
+        if proc.returncode != 0:
+            raise RuntimeError(f"{peer} failed:\n{proc.stderr[-3000:]}")
+        with open(out) as f:
+            columns[peer] = json.load(f)
+    backends = LT_LVIS_EVAL_BACKEND_REGISTRY.choices()
+    for backend in backends:
+        col = columns[f"lt_det {backend}"] = {}
+        for name, iou_type, gt, results in cases:
+            try:
+                r = evaluate_lvis(gt, results, iou_type=iou_type, backend=backend)
+                col[name] = {k: r.metrics[k] for k in LVIS_KEYS}
+            except LTDetError:
+                col[name] = "refused"
+    tmp.cleanup()
+    ref = columns["lvis-api"]
+    names = [c for c in columns if c != "lvis-api"]
+    print(f"\n-- largest |metric - lvis-api's| over {len(LVIS_KEYS)} metrics (AP ... ARl@300); "
+          "lvis-api's AP in the second column; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print("| case | lvis-api AP | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    report = []
+    for name, _, _, _ in cases:
+        r = ref[name]
+        cells = []
+        row = {"case": name, "lvis-api": r}
+        for c in names:
+            v = columns[c][name]
+            row[c] = v
+            if isinstance(v, str):
+                cells.append(v)
+            elif isinstance(r, str):
+                cells.append(f"AP {v['AP']:.4f}")
+            else:
+                diff = max(abs(v[k] - r[k]) for k in LVIS_KEYS)
+                cells.append(f"{diff:.1e}" + ("" if diff <= 1e-6 else f" (AP {v['AP']:.4f})"))
+        ap = r if isinstance(r, str) else f"{r['AP']:.4f}"
+        print(f"| {name} | {ap} | " + " | ".join(cells) + " |")
+        report.append(row)
+    return report
 
 
-LVIS_API_SCRIPT = """
-import json, sys
-from lvis import LVIS, LVISEval, LVISResults
-gt = LVIS(sys.argv[1])
-ev = LVISEval(gt, LVISResults(gt, sys.argv[2], max_dets=300), sys.argv[3])
-ev.run()
-ev.print_results()
-with open(sys.argv[4], "w") as f:
-    json.dump({k: float(v) for k, v in ev.get_results().items()}, f)
-"""
+def _child_env() -> Dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
 def run_cli(cmd: List[str], metrics_path: str, percent: bool) -> Dict:
@@ -339,204 +602,163 @@ def run_cli(cmd: List[str], metrics_path: str, percent: bool) -> Dict:
     }
 
 
-def worker(args) -> None:
-    """Run one evaluation in this process and print a json line with time, memory, metrics.
+def _time_one(cmd: List[str], metrics_path: str, percent: bool, repeat: int) -> Dict:
+    """:func:`run_cli` ``repeat`` times; the run of least CPU time (with the load average at its
+    start)."""
+    best = None
+    for _ in range(repeat):
+        load = os.getloadavg()[0]
+        r = run_cli(cmd, metrics_path, percent)
+        r["load_average"] = load
+        if best is None or r["cpu_seconds"] < best["cpu_seconds"]:
+            best = r
+    return best
 
-    ``lvis`` / ``fast``: from the json files to the metrics. ``lvis-mem`` / ``fast-mem``: the
-    evaluator path, from predictions already in memory (timer started after reading the
-    results): lvis-api gets the list of result dicts, as detectron2's ``LVISEvaluator`` hands it
-    over; lt_det gets one ``DetectionTable`` per image, as ``LTLVISEvaluator.process`` stores
-    them. Ground-truth loading is timed in all modes.
-    """
-    kind = args.worker
-    if kind.startswith("lvis"):
-        from lvis import LVIS, LVISEval, LVISResults
 
-        rss0 = _mem_mb("VmRSS")
-        results = args.results
-        if kind == "lvis-mem":
-            with open(args.results) as f:
-                results = json.load(f)
-        t0 = time.perf_counter()
-        gt = LVIS(args.gt)
-        res = LVISResults(gt, results, max_dets=300)
-        ev = LVISEval(gt, res, args.iou_type)
-        ev.run()
-        metrics = {k: float(v) for k, v in ev.get_results().items()}
-    else:
-        from lt_det.evaluation import DetectionTable, evaluate_lvis
-
-        rss0 = _mem_mb("VmRSS")
-        results = args.results
-        if kind == "fast-mem":
-            table = DetectionTable.from_results(args.results)
-            order = np.argsort(table.image_id, kind="stable")
-            cuts = np.flatnonzero(np.diff(table.image_id[order])) + 1
-            results = [table.take(rows) for rows in np.split(order, cuts)]
-            del table
-        t0 = time.perf_counter()
-        if kind == "fast-mem":
-            results = DetectionTable.concatenate(results)
-        r = evaluate_lvis(
-            args.gt,
-            results,
-            iou_type=args.iou_type,
-            backend="fast",
-            class_chunk=args.class_chunk,
+def write_inputs(args, cat_info, n: int, iou_type: str, workdir: str):
+    """Write the ground truth and results json of ``n`` images; returns their paths and a line
+    describing them. Up to 5000 images the results are built as dicts (:func:`make_lvis_like`),
+    beyond from columns (:func:`make_lvis_like_table`, 300 per image) and streamed to the file."""
+    gt_path = os.path.join(workdir, f"gt_{n}_{iou_type}.json")
+    dt_path = os.path.join(workdir, f"dt_{n}_{iou_type}.json")
+    masks = iou_type == "segm"
+    if n <= 5000:
+        gt, results = make_lvis_like(
+            cat_info, n, dets_per_image=args.dets_per_image, seed=args.seed, masks=masks
         )
-        metrics = dict(r.metrics)
-    seconds = time.perf_counter() - t0
-    peak = _mem_mb("VmHWM")
-    line = {"seconds": seconds, "rss_after_imports_mb": rss0, "peak_rss_mb": peak}
-    print("RESULT " + json.dumps({**line, "metrics": metrics}), flush=True)
+        with open(dt_path, "w") as f:
+            json.dump(results, f)
+        num = len(results)
+    else:
+        gt, table = make_lvis_like_table(cat_info, n, seed=args.seed, masks=masks)
+        if masks:
+            table.segmentation = [
+                {"size": list(m["size"]), "counts": m["counts"].decode("ascii")}
+                for m in table.segmentation
+            ]
+        table.write_json(dt_path)
+        num = len(table)
+        del table
+    with open(gt_path, "w") as f:
+        json.dump(gt, f)
+    line = (
+        f"{n} images, {iou_type}, {len(gt['categories'])} classes, {len(gt['annotations'])} gt, "
+        f"{num} detections ({num / n:.0f}/image), results json "
+        f"{os.path.getsize(dt_path) / 2 ** 20:.0f} MB"
+    )
+    return gt_path, dt_path, line
 
 
-def run_worker(kind: str, gt: str, results: str, iou_type: str, class_chunk: int = 100) -> Dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--gt", gt]
-    cmd += ["--results", results, "--iou-type", iou_type, "--class-chunk", str(class_chunk)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"worker {kind} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-
-
-def _print_rows(rows, ref, memory: str = "") -> None:
-    head = f"{'evaluator':<44} {'seconds':>8} {'speed-up':>8}"
-    if memory == "cli":
-        head += f" {'CPU s':>7} {'speed-up':>8} {'peak RSS MB':>11} {'RSS vs lvis-api':>15}"
-    elif memory:
-        head += f" {'peak RSS MB':>11} {'after imports':>13} {'growth MB':>9}"
-    print(head + f" {'max |diff|':>10}")
-    for name, r in rows:
+def _print_table(rows: List[Dict], ref_name: str) -> None:
+    ref = next(r for r in rows if r["name"] == ref_name)
+    print(f"| evaluator | version | CPU s | wall s | peak RSS MB | max abs diff vs {ref_name} "
+          "| load average |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['name']} | {r['version']} | fails: {r['error']} | | | | |")
+            continue
         diff = max(abs(r["metrics"][k] - v) for k, v in ref["metrics"].items())
-        r["max_abs_diff_vs_lvis_api"] = diff
-        r["speedup_vs_lvis_api"] = ref["seconds"] / r["seconds"]
-        line = f"{name:<44} {r['seconds']:8.2f} {r['speedup_vs_lvis_api']:7.2f}x"
-        if memory == "cli":
-            r["cpu_speedup_vs_lvis_api"] = ref["cpu_seconds"] / r["cpu_seconds"]
-            line += f" {r['cpu_seconds']:7.2f} {r['cpu_speedup_vs_lvis_api']:7.2f}x"
-            line += f" {r['peak_rss_mb']:11.0f} {r['peak_rss_mb'] / ref['peak_rss_mb']:14.2f}x"
-        elif memory:
-            growth = r["peak_rss_mb"] - r["rss_after_imports_mb"]
-            line += f" {r['peak_rss_mb']:11.0f} {r['rss_after_imports_mb']:13.0f} {growth:9.0f}"
-        print(line + f" {diff:10.2e}", flush=True)
+        r["max_abs_diff_vs_" + ref_name] = diff
+        print(
+            f"| {r['name']} | {r['version']} | {r['cpu_seconds']:.2f} | {r['seconds']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {diff:.1e} | {r['load_average']:.1f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, nargs="+", default=[500, 2000])
     p.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
-    p.add_argument("--class-chunks", type=int, nargs="+", default=[100])
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
+                   help="peers to run (default: every one installed)")
+    p.add_argument("--peer-python", action="append", default=[], metavar="NAME=PYTHON",
+                   help="run peer NAME with this interpreter (a peer that needs other versions "
+                        "of shared packages, e.g. vernier with numpy 2, in its own venv)")
+    p.add_argument("--backends", nargs="+", default=["fast"],
+                   help="lt_det backends to run (tools/lvis_eval.py --backend)")
+    p.add_argument("--class-chunk", type=int, default=100)
+    p.add_argument("--repeat", type=int, default=1, help="runs per row; the least CPU time")
     p.add_argument("--dets-per-image", type=int, default=310)
     p.add_argument("--cat-info", default="", help="LVIS v1 *_cat_info.json (default: lt_det's)")
     p.add_argument("--workdir", default="", help="keep generated files here (default: a tmp dir)")
     p.add_argument("--output", default="", help="write the report as json here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--breakdown",
-        action="store_true",
-        help="also time in-process runs: json files to metrics, and predictions in memory",
-    )
-    p.add_argument(
-        "--full-scale",
-        type=int,
-        default=0,
-        help="instead: lt_det alone on this many images (LVIS v1 val: 19809), in memory",
-    )
-    # internal: one evaluation in a subprocess
-    p.add_argument(
-        "--worker", choices=["lvis", "fast", "lvis-mem", "fast-mem"], help=argparse.SUPPRESS
-    )
+    p.add_argument("--cases", action="store_true",
+                   help="instead: exactness of every peer and backend on the project's cases")
+    # internal: one peer in a subprocess
+    p.add_argument("--peer", choices=list(PEERS), help=argparse.SUPPRESS)
     p.add_argument("--gt", help=argparse.SUPPRESS)
     p.add_argument("--results", help=argparse.SUPPRESS)
     p.add_argument("--iou-type", default="bbox", help=argparse.SUPPRESS)
-    p.add_argument("--class-chunk", type=int, default=100, help=argparse.SUPPRESS)
+    p.add_argument("--metrics-out", help=argparse.SUPPRESS)
+    p.add_argument("--case-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        worker(args)
+    if args.peer:
+        peer_worker(args)
         return
-    if args.full_scale:
-        full_scale(args)
-        return
+
+    given = dict(kv.split("=", 1) for kv in args.peer_python)
+    pythons, versions = {}, {}
+    for name in args.peers:
+        python = given.get(name, sys.executable)
+        version = peer_version(name, python)
+        if version:
+            pythons[name], versions[name] = python, version
+        else:
+            print(f"({name} is not installed under {python}: left out)")
+    report = {"peers": versions, "load_average_start": os.getloadavg()[0]}
+    if args.cases:
+        report["cases"] = run_cases(args, pythons)
+    else:
+        report["runs"] = time_all(args, pythons, versions)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+def time_all(args, pythons: Dict[str, str], versions: Dict[str, str]) -> List[Dict]:
+    """Every peer and lt_det backend, whole process, on each size and IoU type."""
+    import lt_det
 
     cat_info = load_cat_info(args.cat_info)
     tmp = tempfile.TemporaryDirectory() if not args.workdir else None
     workdir = args.workdir or tmp.name
     os.makedirs(workdir, exist_ok=True)
     tool = os.path.join(ROOT, "tools", "lvis_eval.py")
+    m_path = os.path.join(workdir, "metrics.json")
     report = []
     for n in args.images:
         for iou_type in args.iou_types:
-            gt, results = make_lvis_like(
-                cat_info,
-                n,
-                dets_per_image=args.dets_per_image,
-                seed=args.seed,
-                masks=iou_type == "segm",
-            )
-            gt_path = os.path.join(workdir, f"gt_{n}.json")
-            dt_path = os.path.join(workdir, f"dt_{n}_{iou_type}.json")
-            with open(gt_path, "w") as f:
-                json.dump(gt, f)
-            with open(dt_path, "w") as f:
-                json.dump(results, f)
-            print(
-                f"\n== {n} images, {iou_type}, {len(gt['categories'])} classes, "
-                f"{len(gt['annotations'])} gt, {len(results)} detections "
-                f"({len(results) / n:.0f}/image), results json "
-                f"{os.path.getsize(dt_path) / 2 ** 20:.0f} MB; load average "
-                f"{os.getloadavg()[0]:.1f}",
-                flush=True,
-            )
-            del gt, results
-            m_path = os.path.join(workdir, "metrics.json")
-            ref = run_cli(
-                [sys.executable, "-c", LVIS_API_SCRIPT, gt_path, dt_path, iou_type, m_path],
-                m_path,
-                percent=False,
-            )
-            rows = [("lvis-api (python script)", ref)]
-            for c in args.class_chunks:
-                cmd = [sys.executable, tool, "--gt", gt_path, "--results", dt_path]
-                cmd += ["--iou-type", iou_type, "--class-chunk", str(c), "--output", m_path]
-                rows.append(
-                    (f"lt_det tools/lvis_eval.py --class-chunk {c}", run_cli(cmd, m_path, True))
-                )
-            print(
-                f"-- command line, whole process (interpreter start to exit); load average "
-                f"{os.getloadavg()[0]:.1f}"
-            )
-            _print_rows(rows, ref, memory="cli")
-            if args.breakdown:
-                ref_f = run_worker("lvis", gt_path, dt_path, iou_type)
-                rows_f = [("lvis-api (files)", ref_f)]
-                for c in args.class_chunks:
-                    r = run_worker("fast", gt_path, dt_path, iou_type, c)
-                    rows_f.append((f"lt_det fast chunk={c} (files)", r))
-                print("-- in process, from the json files to the metrics (imports excluded)")
-                _print_rows(rows_f, ref_f, memory="process")
-                ref_mem = run_worker("lvis-mem", gt_path, dt_path, iou_type)
-                rows_mem = [("lvis-api (in memory)", ref_mem)]
-                for c in args.class_chunks:
-                    r = run_worker("fast-mem", gt_path, dt_path, iou_type, c)
-                    rows_mem.append((f"lt_det fast chunk={c} (in memory)", r))
-                print("-- evaluator path: predictions already in memory (time only)")
-                _print_rows(rows_mem, ref_mem)
-                rows += rows_f + rows_mem
-            print(
-                "lvis-api metrics: "
-                + "  ".join(f"{k} {v:.4f}" for k, v in ref["metrics"].items())
-            )
-            report.append(
-                {"images": n, "iou_type": iou_type, "rows": {name: r for name, r in rows}}
-            )
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=1)
+            gt_path, dt_path, line = write_inputs(args, cat_info, n, iou_type, workdir)
+            print(f"\n== {line}; load average {os.getloadavg()[0]:.1f}", flush=True)
+            rows = []
+            for name, python in pythons.items():
+                cmd = [python, os.path.abspath(__file__), "--peer", name, "--gt", gt_path,
+                       "--results", dt_path, "--iou-type", iou_type, "--metrics-out", m_path]
+                try:
+                    r = _time_one(cmd, m_path, False, args.repeat)
+                except RuntimeError as e:
+                    lines = [s for s in str(e).splitlines() if s.strip()]
+                    r = {"error": lines[-1][:120] if lines else "failed"}
+                rows.append({"name": name, "version": versions[name], **r})
+            for backend in args.backends:
+                cmd = [sys.executable, tool, "--gt", gt_path, "--results", dt_path,
+                       "--iou-type", iou_type, "--backend", backend,
+                       "--class-chunk", str(args.class_chunk), "--output", m_path]
+                r = _time_one(cmd, m_path, True, args.repeat)
+                rows.append({"name": f"lt_det {backend}", "version": lt_det.__version__, **r})
+            ref = "lvis-api" if any(r["name"] == "lvis-api" and "error" not in r for r in rows) \
+                else f"lt_det {args.backends[0]}"
+            print(f"-- whole process (interpreter start to exit), least CPU time of "
+                  f"{args.repeat}; load average {os.getloadavg()[0]:.1f}")
+            _print_table(rows, ref)
+            report.append({"images": n, "iou_type": iou_type, "data": line, "rows": rows})
+            os.remove(dt_path)
     if tmp is not None:
         tmp.cleanup()
+    return report
 
 
 if __name__ == "__main__":

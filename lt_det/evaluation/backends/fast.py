@@ -1,197 +1,143 @@
-"""``"fast"`` backend: faster-coco-eval's C++ evaluator in LVIS mode.
+"""``"fast"`` backend (the default): hotcoco's Rust evaluator in LVIS mode, through its public API.
 
-faster-coco-eval applies LVIS's rules (detections of a class neither positive nor negative in an
-image are dropped; unmatched detections of a not-exhaustive class are ignored) but its max-dets
-caps each (image, class) pair, not each image: the caller applies the per-image cut first and
-passes a ``max_dets`` that caps nothing.
+hotcoco (https://github.com/derekallman/hotcoco) implements lvis-api's matching: the federated
+rules (a class is evaluated only in images where it is positive or negative; unmatched
+detections of a not-exhaustive class are ignored), the (T, R, K, A) precision table and LVIS's
+per-image cap. Left to itself it differs from lvis-api on entries of area 0 (it evaluates empty
+masks and boxes of width 0, and ground truth of ``area`` 0) and accepts ids lvis-api refuses or
+misreads; here it receives only what lt_det's rules let through (:mod:`lt_det.lvis_json`, the
+area-0 rule of :func:`lt_det.evaluation.drop_zero_area`, the per-image or AP-fixed cut), so its
+tables equal lvis-api's (``tests/test_eval_peers.py``).
+
+Ids are handed over as positions (image ``i`` of ``img_ids`` is ``i + 1``, likewise classes), so
+any int64 id lt_det accepts is exact, and columns go in as arrays (``COCO.from_arrays``,
+``COCO.load_res`` of an (N, 7) array): no Python dict per detection or annotation.
 """
-import contextlib
-import copy
-import gc
 from typing import Dict, List, Tuple
 
 import numpy as np
-from faster_coco_eval import COCO
-from faster_coco_eval.core import faster_eval_api as _fce_api
-from faster_coco_eval.core.faster_eval_api import COCOeval_faster
 
-from .common import empty_tables, gt_ann_copies
+from ...errors import LTDetError
+from .common import AREA_RNGS, IOU_THRS, REC_THRS, empty_tables
 from .registry import LT_LVIS_EVAL_BACKEND_REGISTRY
 
-__all__ = ["fast"]
+__all__ = ["fast", "check_hotcoco", "HOTCOCO_VERSIONS"]
+
+#: hotcoco releases this backend was built and tested on (public API only: ``COCO.from_arrays``,
+#: ``COCO.load_res``, ``COCO.update_anns``, ``COCOeval(..., lvis_style=True)``, ``Params``,
+#: ``COCOeval.eval["precision"/"recall"]``).
+HOTCOCO_VERSIONS = ("1.3",)
+_CHECKED: List[bool] = []
 
 
-def _coco(images: List[Dict], anns: List[Dict], cats: List[Dict]) -> COCO:
-    api = COCO()
-    api.dataset = {"images": images, "annotations": anns, "categories": cats}
-    api.createIndex()
-    return api
+def check_hotcoco() -> None:
+    """hotcoco imports and is a release this backend was built for (once per process).
 
-
-def _dt_anns(dets, iou_type: str) -> List[Dict]:
-    """faster-coco-eval's detection dicts; areas from ``dets.area`` (set by
-    :func:`lt_det.evaluation.lvis_eval.drop_zero_area`: box ``w * h`` or mask area, the values
-    lvis-api computes), else computed here the same way."""
-    if dets.area is None:
-        dets = dets.with_area(iou_type)
-    img = dets.image_id.tolist()
-    cat = dets.category_id.tolist()
-    score = dets.score.tolist()
-    areas = dets.area.tolist()
-    key = "bbox" if iou_type == "bbox" else "segmentation"
-    regions = dets.bbox.tolist() if iou_type == "bbox" else dets.segmentation
-    return [
-        {
-            "id": k + 1,
-            "image_id": i,
-            "category_id": c,
-            "score": s,
-            key: r,
-            "area": ar,
-            "iscrowd": 0,
-        }
-        for k, (i, c, s, r, ar) in enumerate(zip(img, cat, score, regions, areas))
-    ]
-
-
-def _evaluate_sparse(ev: COCOeval_faster) -> None:
-    """``ev.evaluate()`` without its dict over every (image, class) pair.
-
-    faster-coco-eval 1.8 builds a Python dict keyed by all |images| x |classes| pairs although
-    IoUs exist only where a pair has both gt and detections; this computes those pairs only and
-    hands the C++ evaluator the same nested table. Falls back to ``ev.evaluate()`` when the
-    installed version lacks the internals used here.
+    Raises:
+        LTDetError: hotcoco is missing, or its version is not in :data:`HOTCOCO_VERSIONS`; the
+            message names the fix.
     """
-    cpp = getattr(_fce_api, "_C", None)
-    if cpp is None or not hasattr(ev, "_prepare") or not ev.params.useCats or ev.separate_eval:
-        ev.evaluate()
+    if _CHECKED:
         return
-    p = ev.params
-    p.maxDets = sorted(p.maxDets)
-    ev._prepare()
-    pairs = getattr(ev, "_nonempty_iou_pairs", None)
-    if pairs is None:
-        ev.evaluate()
-        return
-    img_pos = {i: n for n, i in enumerate(p.imgIds)}
-    cat_pos = {c: k for k, c in enumerate(p.catIds)}
-    empty: list = []
-    table = [[empty] * len(p.catIds) for _ in p.imgIds]
-    for img_id, cat_id in pairs:
-        table[img_pos[img_id]][cat_pos[cat_id]] = ev.computeIoU(img_id, cat_id)
-    ev._paramsEval = copy.deepcopy(p)
-    ev.eval = cpp.COCOevalEvaluateAccumulate(
-        ev._paramsEval, table, ev.gt_dataset, ev.dt_dataset, p.imgIds, p.catIds, True
+    fix = (
+        "pip install 'hotcoco==1.3.0', or use the 'lvis' backend (TEST.LVIS.BACKEND lvis; "
+        "tools/lvis_eval.py --backend lvis)"
     )
-
-
-# One evaluator call costs about as much as this many cells of its (image x class) grid
-# (LVIS v1 val scale: ~1 ms per call, ~2.5 us per cell, empty or not).
-_CALL_COST_CELLS = 400
-
-
-def _class_groups(
-    gt, cat_ids: np.ndarray, img_ids: np.ndarray
-) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Split ``cat_ids`` into groups, each evaluated by one call on the images of its classes.
-
-    faster-coco-eval's C++ evaluates every cell of its (image x class) grid, empty or not, while
-    LVIS evaluates a class only on the images where it is positive or negative: at LVIS v1 val
-    scale the grids of 100-class chunks have 12.1M cells for 0.17M such pairs. Classes are taken
-    in order of their image count and join the current group while that costs fewer cells than
-    a call of their own. A class's numbers depend only on its own cells, so grouping changes none.
-
-    Returns:
-        one (class ids, image ids) pair per group, both sorted.
-    """
-    keep = set(img_ids.tolist())
-    images = {
-        c: (gt.pos_images.get(c, set()) | gt.neg_images.get(c, set())) & keep
-        for c in cat_ids.tolist()
-    }
-    groups, members, union = [], [], set()
-    for c in sorted(images, key=lambda c: len(images[c])):
-        merged = union | images[c]
-        joined = len(merged) * (len(members) + 1)
-        apart = len(union) * len(members) + _CALL_COST_CELLS + len(images[c])
-        if members and joined > apart:
-            groups.append((members, union))
-            members, merged = [], images[c]
-        members.append(c)
-        union = merged
-    if members:
-        groups.append((members, union))
-    return [
-        (np.array(sorted(m), dtype=np.int64), np.array(sorted(u), dtype=np.int64))
-        for m, u in groups
-    ]
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """Pause Python's cyclic garbage collector while the evaluation dicts are built and read.
-
-    Every 700 new container objects start a collection that walks the young objects; with
-    millions of detection dicts and box lists that was a third of the CPU time at LVIS v1 val
-    scale (40 -> 27 s). Nothing built here forms a reference cycle, so reference counting frees
-    it all; the collector's previous state is restored on exit.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
     try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+        import hotcoco as hc
+    except ImportError as e:
+        raise LTDetError(
+            f"the 'fast' evaluation backend needs hotcoco, which does not import here ({e}); "
+            f"{fix}."
+        ) from None
+    version = getattr(hc, "__version__", "?")
+    if not any(version == v or version.startswith(v + ".") for v in HOTCOCO_VERSIONS):
+        raise LTDetError(
+            f"the 'fast' evaluation backend was built for hotcoco {', '.join(HOTCOCO_VERSIONS)}.x "
+            f"and hotcoco {version} is installed; {fix}."
+        )
+    _CHECKED.append(True)
+
+
+def _gt_columns(gt, cat_ids: np.ndarray, iou_type: str):
+    """The annotations of ``cat_ids`` as columns (image id, category id, box, area, masks)."""
+    anns = [a for c in cat_ids.tolist() for a in gt.anns_by_cat.get(c, ())]
+    n = len(anns)
+    image_id = np.fromiter((a["image_id"] for a in anns), np.int64, n)
+    category_id = np.fromiter((a["category_id"] for a in anns), np.int64, n)
+    area = np.fromiter((a["area"] for a in anns), np.float64, n)
+    boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)
+    segm = [a["segmentation"] for a in anns] if iou_type == "segm" else None
+    return image_id, category_id, boxes, area, segm
 
 
 @LT_LVIS_EVAL_BACKEND_REGISTRY.register("fast")
 def fast(
     gt, dets, *, iou_type: str, cat_ids: np.ndarray, img_ids: np.ndarray, max_dets: int
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """LVIS precision/recall of ``cat_ids`` with faster-coco-eval (see the registry for args).
-
-    Classes are evaluated in groups (:func:`_class_groups`); a group without detections keeps
-    :func:`empty_tables`' values, which are what the evaluator returns for it.
-    """
-    precision, recall = empty_tables(gt, cat_ids)
+    """LVIS precision/recall of ``cat_ids`` with hotcoco (see the registry for args)."""
+    check_hotcoco()
     if len(dets) == 0 or len(img_ids) == 0:
-        return precision, recall
-    groups = _class_groups(gt, cat_ids, img_ids)
-    group_of_class = np.empty(len(cat_ids), dtype=np.int64)
-    for g, (members, _) in enumerate(groups):
-        group_of_class[np.searchsorted(cat_ids, members)] = g
-    det_group = group_of_class[np.searchsorted(cat_ids, dets.category_id)]
-    order = np.argsort(det_group, kind="stable")  # result order kept within a group
-    bounds = np.searchsorted(det_group[order], np.arange(len(groups) + 1))
-    with _gc_paused():
-        for g, (members, images) in enumerate(groups):
-            if bounds[g] == bounds[g + 1]:
-                continue
-            k = np.searchsorted(cat_ids, members)
-            group_dets = dets.take(order[bounds[g] : bounds[g + 1]])
-            precision[:, :, k], recall[:, k] = _evaluate(
-                gt, group_dets, iou_type, members, images, max_dets
-            )
-    return precision, recall
+        return empty_tables(gt, cat_ids)
+    from hotcoco import COCO, COCOeval
 
-
-def _evaluate(
-    gt, dets, iou_type: str, cat_ids: np.ndarray, img_ids: np.ndarray, max_dets: int
-) -> Tuple[np.ndarray, np.ndarray]:
-    """One faster-coco-eval run of ``cat_ids`` on ``img_ids`` (every detection lies there)."""
-    images = [gt.image_by_id[i] for i in img_ids.tolist()]
-    cats = [gt.categories[k] for k in np.searchsorted(gt.cat_ids, cat_ids).tolist()]
-    coco_gt = _coco(images, gt_ann_copies(gt, cat_ids, iou_type), cats)
-    coco_dt = _coco(images, _dt_anns(dets, iou_type), cats)
-    ev = COCOeval_faster(
-        coco_gt, coco_dt, iou_type, lvis_style=True, print_function=lambda *a, **k: None
+    # Positions as ids: image i of img_ids is i + 1, class k of cat_ids is k + 1.
+    cat_set = set(cat_ids.tolist())
+    img_pos = {int(i): p + 1 for p, i in enumerate(img_ids.tolist())}
+    images: List[Dict] = []
+    for i in img_ids.tolist():
+        src = gt.image_by_id[i]
+        images.append({
+            "id": img_pos[i],
+            "height": src.get("height", 0),
+            "width": src.get("width", 0),
+            "neg_category_ids": [
+                int(np.searchsorted(cat_ids, c)) + 1 for c in src["neg_category_ids"]
+                if c in cat_set
+            ],
+            "not_exhaustive_category_ids": [
+                int(np.searchsorted(cat_ids, c)) + 1 for c in gt.not_exhaustive.get(i, ())
+                if c in cat_set
+            ],
+        })
+    categories = [
+        {"id": k + 1, "name": str(c), "frequency": "f"} for k, c in enumerate(cat_ids.tolist())
+    ]
+    g_img, g_cat, g_box, g_area, g_segm = _gt_columns(gt, cat_ids, iou_type)
+    to_pos = np.searchsorted(img_ids, g_img) + 1
+    coco_gt = COCO.from_arrays(
+        images, categories, to_pos, np.searchsorted(cat_ids, g_cat) + 1, g_box,
+        area=g_area, segmentation=g_segm,
     )
-    ev.params.imgIds = img_ids.tolist()
-    ev.params.catIds = cat_ids.tolist()
-    ev.params.maxDets = [int(max_dets)]
-    _evaluate_sparse(ev)
+    table = np.empty((len(dets), 7), dtype=np.float64)
+    table[:, 0] = np.searchsorted(img_ids, dets.image_id) + 1
+    table[:, 5] = dets.score
+    table[:, 6] = np.searchsorted(cat_ids, dets.category_id) + 1
+    if iou_type == "bbox":
+        table[:, 1:5] = dets.bbox
+        coco_dt = coco_gt.load_res(table)
+    else:
+        from pycocotools import mask as mask_util
+
+        segm = dets.segmentation
+        table[:, 1:5] = mask_util.toBbox(segm)  # the box pycocotools' loadRes gives a mask
+        coco_dt = coco_gt.load_res(table, segmentation=segm)
+        coco_dt.update_anns(ids=np.arange(1, len(dets) + 1), area=dets.area)
+    # Marked as cut already (the caller applied the protocol's cut): no per-image cap of 300.
+    coco_dt = coco_dt.cap_detections_per_image(None)
+    ev = COCOeval(coco_gt, coco_dt, iou_type, lvis_style=True)
+    p = ev.params
+    p.img_ids = list(range(1, len(img_ids) + 1))
+    p.cat_ids = list(range(1, len(cat_ids) + 1))
+    p.max_dets = [int(max(max_dets, np.bincount(table[:, 0].astype(np.int64)).max()))]
+    p.iou_thrs = IOU_THRS.tolist()
+    p.rec_thrs = REC_THRS.tolist()
+    p.area_rng = [list(map(float, r)) for r in AREA_RNGS]
+    ev.evaluate()
     ev.accumulate()
-    precision = np.array(ev.eval["precision"][..., -1], dtype=np.float64)
-    recall = np.array(ev.eval["recall"][..., -1], dtype=np.float64)
+    precision = np.asarray(ev.eval["precision"], dtype=np.float64)[..., -1]
+    recall = np.asarray(ev.eval["recall"], dtype=np.float64)[..., -1]
     return precision, recall
+
+
+fast.check_ready = check_hotcoco
