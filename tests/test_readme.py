@@ -100,6 +100,10 @@ def _check_files_named(words, cwd):
     for w in words:
         if w.endswith(".yaml"):
             load_config(os.path.join(ROOT, w))  # exists and parses
+        elif w.endswith(".py") and w.startswith("configs/"):
+            from detectron2.config import LazyConfig
+
+            LazyConfig.load(os.path.join(ROOT, w))  # a LazyConfig recipe: exists and loads
 
 
 def test_readme_commands_run_in_order_on_tiny_data(tmp_path):
@@ -115,7 +119,7 @@ def test_readme_commands_run_in_order_on_tiny_data(tmp_path):
             continue
         assert words[0] == "python", f"the walk does not know how to run {words}"
         script, args = words[1], words[2:]
-        if any("configs/lvis" in w for w in args):
+        if any(w.startswith(("configs/lvis", "configs/lazy/")) for w in args):
             _check_files_named(args, tmp_path)  # needs real LVIS: its config must load
             continue
         tool = os.path.basename(script)
@@ -126,6 +130,9 @@ def test_readme_commands_run_in_order_on_tiny_data(tmp_path):
             args = args + ["MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
             if "--eval-only" not in args:
                 args += ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2"]
+        elif tool == "predict.py":
+            assert "--opts" in args, "predict.py takes its overrides after --opts"
+            args = args + ["MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
         elif tool == "tau_sweep.py":
             args = args + ["MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
         elif tool == "lt_benchmark.py":
@@ -159,10 +166,12 @@ def test_readme_commands_run_in_order_on_tiny_data(tmp_path):
         "lvis_eval.py",
         "plot_ap_vs_frequency.py",
         "benchmark_summary.py",
+        "predict.py",
     ):
         assert tool in ran, tool
     assert (tmp_path / "output" / "synthetic" / "stage2_balms" / "model_final.pth").is_file()
     assert (tmp_path / "output" / "synthetic" / "ap_vs_frequency.png").is_file()
+    assert os.listdir(tmp_path / "output" / "synthetic" / "drawn")  # predict.py drew the images
 
 
 @pytest.mark.parametrize(
