@@ -198,15 +198,17 @@ def check_config(cfg: CfgNode, *, eval_only: bool = False, num_gpus: int = 1) ->
     """The checks of the config alone (no dataset is read, nothing is written; milliseconds):
     :func:`check_config_values`, the stage-2 combination (training), :func:`check_solver`
     (training), :func:`check_cls_loss_heads`, :func:`check_cascade_box_reg`,
-    :func:`check_device` for ``num_gpus`` processes per machine and the MobileNetV2 ImageNet
-    file when it is used.
+    :func:`check_device` for ``num_gpus`` processes per machine, the MobileNetV2 ImageNet
+    file when it is used and the LVIS evaluation backend's library (``TEST.LVIS.BACKEND``).
 
     Raises:
         LTDetError: the first problem found, naming the key, its value and what to do.
     """
     from ..decouple import check_decoupled_training
+    from ..evaluation.backends import get_lvis_backend
 
     check_config_values(cfg)
+    get_lvis_backend(cfg.TEST.LVIS.BACKEND)  # one whose optional library cannot run is refused
     if not eval_only:
         check_decoupled_training(cfg)
         check_solver(cfg)
@@ -708,9 +710,6 @@ def check_config_values(cfg: CfgNode) -> None:
             node = node[part]
         if node not in valid:
             raise LTDetError(f"{key} is {node!r}, which is not one of the valid values {valid}.")
-    from ..evaluation.backends import get_lvis_backend
-
-    get_lvis_backend(cfg.TEST.LVIS.BACKEND)  # one whose optional library cannot run is refused
     check_e2e_ranges(cfg)
 
 
