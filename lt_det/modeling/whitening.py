@@ -29,11 +29,20 @@ used in eval mode, so inference is deterministic and independent of the batch. A
 with fewer than 2 rows uses the running statistics and does not update them. Everything runs in
 float32 (float64 input: float64) whatever the input dtype and autocast state.
 
+Training runs as one autograd function (``_GroupWhitening``) with the gradient written out
+(its docstring): the centred batch is saved once and the (R, d) x (d, d) products run on column
+slices of the (R, D) batch, which halves the time of the same maths composed from autograd ops
+(``batch_statistics`` followed by ``(x - mu) W``, kept as the reference the tests compare with).
+The cost is in those products (about 10 R D d flops per step), not in the decomposition:
+``eigh`` takes 3 ms for 16 groups of 64 and 0.15 s for one group of 1024 on one CPU thread, so
+iterative inverse square roots (Newton-Schulz, IterNorm) would save little and are not offered.
+
 Statistics are per process (like detectron2's ``BN``, not ``SyncBN``): each rank whitens its own
 ROI batch.
 """
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["ChannelWhitening", "inverse_sqrt_psd"]
 
@@ -43,34 +52,103 @@ class _InverseSqrtPSD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> torch.Tensor:
-        evals, evecs = torch.linalg.eigh(a)
-        tiny = torch.finfo(a.dtype).tiny
-        evals = evals.clamp(min=tiny)
-        f = evals.rsqrt()
+        w, evals, evecs, f = _inverse_sqrt_forward(a)
         ctx.save_for_backward(evals, evecs, f)
-        return (evecs * f.unsqueeze(-2)) @ evecs.transpose(-1, -2)
+        return w
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        evals, evecs, f = ctx.saved_tensors
-        ut = evecs.transpose(-1, -2)
-        g = ut @ (0.5 * (grad + grad.transpose(-1, -2))) @ evecs
-        diff = evals.unsqueeze(-1) - evals.unsqueeze(-2)
-        # Divided differences of f(l) = l^(-1/2); f' at the midpoint where l_i ~ l_j.
-        scale = evals.abs().amax(dim=-1, keepdim=True).unsqueeze(-1)
-        close = diff.abs() <= 1e-6 * scale
-        mid = 0.5 * (evals.unsqueeze(-1) + evals.unsqueeze(-2))
-        deriv = -0.5 * mid.pow(-1.5)
-        ratio = (f.unsqueeze(-1) - f.unsqueeze(-2)) / torch.where(
-            close, torch.ones_like(diff), diff
-        )
-        return evecs @ (g * torch.where(close, deriv, ratio)) @ ut
+        return _inverse_sqrt_backward(*ctx.saved_tensors, grad)
+
+
+def _inverse_sqrt_forward(a: torch.Tensor):
+    """(A^(-1/2), eigenvalues, eigenvectors, eigenvalues^(-1/2)) of (..., d, d) SPD matrices."""
+    evals, evecs = torch.linalg.eigh(a)
+    evals = evals.clamp(min=torch.finfo(a.dtype).tiny)
+    f = evals.rsqrt()
+    return (evecs * f.unsqueeze(-2)) @ evecs.transpose(-1, -2), evals, evecs, f
+
+
+def _inverse_sqrt_backward(evals, evecs, f, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of A^(-1/2) (Daleckii-Krein form of the module docstring); symmetric."""
+    ut = evecs.transpose(-1, -2)
+    g = ut @ (0.5 * (grad + grad.transpose(-1, -2))) @ evecs
+    diff = evals.unsqueeze(-1) - evals.unsqueeze(-2)
+    # Divided differences of f(l) = l^(-1/2); f' at the midpoint where l_i ~ l_j.
+    scale = evals.abs().amax(dim=-1, keepdim=True).unsqueeze(-1)
+    close = diff.abs() <= 1e-6 * scale
+    mid = 0.5 * (evals.unsqueeze(-1) + evals.unsqueeze(-2))
+    deriv = -0.5 * mid.pow(-1.5)
+    ratio = (f.unsqueeze(-1) - f.unsqueeze(-2)) / torch.where(close, torch.ones_like(diff), diff)
+    return evecs @ (g * torch.where(close, deriv, ratio)) @ ut
 
 
 def inverse_sqrt_psd(a: torch.Tensor) -> torch.Tensor:
     """``A^(-1/2)`` of symmetric positive definite matrices (..., d, d) with a backward pass that
     stays finite for repeated eigenvalues (see the module docstring)."""
     return _InverseSqrtPSD.apply(a)
+
+
+class _GroupWhitening(torch.autograd.Function):
+    """Training-mode whitening in one function: ``y = (x - mu) W`` per group with the batch's
+    mean and ``W = S_eps^(-1/2)`` (module docstring), and a hand-written backward pass.
+
+    ``apply(x, num_groups, eps)`` -> (y (R, D), mean (G, d), W (G, d, d)); mean and W are
+    returned for the running statistics and carry no gradient. With ``gy = dL/dy`` per group::
+
+        dW  = xc^T gy                                  (G, d, d)
+        dA  = Daleckii-Krein backward of A^(-1/2) at dW
+        dS  = dA + (eps / d) trace(dA) I               (the ridge follows trace(S))
+        dx  = gy W + xc (dS + dS^T) / R - mean_r(gy) W (the last term: the centring)
+
+    (mean_r(xc) = 0, so the centring's gradient reduces to a rank-one term.) This is the
+    gradient of :meth:`ChannelWhitening.batch_statistics` followed by ``(x - mu) W``, which
+    the tests compare it with; it saves the centred batch once and runs the (R, d) x (d, d)
+    products group by group on column slices, with no transposed copies of the batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_groups: int, eps: float):
+        r, D = x.shape
+        d = D // num_groups
+        mean = x.mean(dim=0)
+        xc = x - mean
+        xg = xc.view(r, num_groups, d).transpose(0, 1)  # (G, R, d), a strided view
+        cov = torch.bmm(xg.transpose(1, 2), xg).div_(r)
+        ridge = eps * (cov.diagonal(dim1=1, dim2=2).mean(dim=1) + 1e-5)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        w, evals, evecs, f = _inverse_sqrt_forward(cov + ridge.view(-1, 1, 1) * eye)
+        y = torch.empty_like(xc)
+        for g in range(num_groups):
+            cols = slice(g * d, (g + 1) * d)
+            torch.mm(xc[:, cols], w[g], out=y[:, cols])
+        ctx.save_for_backward(xc, w, evals, evecs, f)
+        ctx.eps = eps
+        mean = mean.view(num_groups, d)
+        ctx.mark_non_differentiable(mean, w)
+        return y, mean, w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor, _gmean, _gw):
+        xc, w, evals, evecs, f = ctx.saved_tensors
+        num_groups, d, _ = w.shape
+        r = xc.shape[0]
+        gy = gy.contiguous()
+        xg = xc.view(r, num_groups, d).transpose(0, 1)
+        gyg = gy.view(r, num_groups, d).transpose(0, 1)
+        dw = torch.bmm(xg.transpose(1, 2), gyg)
+        da = _inverse_sqrt_backward(evals, evecs, f, dw)
+        trace = da.diagonal(dim1=1, dim2=2).sum(dim=1)
+        ds = da + (ctx.eps / d) * trace.view(-1, 1, 1) * torch.eye(d, dtype=da.dtype, device=da.device)
+        m = (ds + ds.transpose(1, 2)).div_(r)
+        centring = torch.bmm(gy.mean(dim=0).view(num_groups, 1, d), w)  # (G, 1, d)
+        dx = torch.empty_like(xc)
+        for g in range(num_groups):
+            cols = slice(g * d, (g + 1) * d)
+            torch.addmm(centring[g], gy[:, cols], w[g], beta=-1, out=dx[:, cols])
+            dx[:, cols].addmm_(xc[:, cols], m[g])
+        return dx, None, None
 
 
 class ChannelWhitening(nn.Module):
@@ -141,18 +219,16 @@ class ChannelWhitening(nn.Module):
             x = x.to(torch.promote_types(x.dtype, torch.float32))  # fp16/bf16 -> fp32
             r = x.shape[0]
             if self.training and r >= 2:
-                mean, whitening = self.batch_statistics(x)
+                y, mean, whitening = _GroupWhitening.apply(x, self.num_groups, self.eps)
                 with torch.no_grad():
                     m = self.momentum
-                    self.running_mean.mul_(1 - m).add_(
-                        mean.squeeze(1).to(self.running_mean), alpha=m
-                    )
+                    self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean), alpha=m)
                     self.running_whitening.mul_(1 - m).add_(
                         whitening.to(self.running_whitening), alpha=m
                     )
-            else:
-                mean = self.running_mean.unsqueeze(1).to(x.dtype)
-                whitening = self.running_whitening.to(x.dtype)
+                return y
+            mean = self.running_mean.unsqueeze(1).to(x.dtype)
+            whitening = self.running_whitening.to(x.dtype)
             xg = x.view(r, self.num_groups, self.group_size).transpose(0, 1)
             y = (xg - mean) @ whitening
             return y.transpose(0, 1).reshape(r, self.num_features)
