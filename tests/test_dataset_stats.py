@@ -1,5 +1,8 @@
 """Dataset properties measured on a hand-made LVIS-format pair whose answers are counted by hand."""
 import json
+import math
+
+import numpy as np
 
 import pytest
 
@@ -72,3 +75,66 @@ def test_lvis_reference_and_bad_input(tmp_path):
     empty.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     with pytest.raises(LTDetError, match="has no annotations"):
         measure_dataset(str(empty), str(empty))
+
+
+def test_sampler_rates_closed_forms():
+    from lt_det.data.dataset_stats import sampler_exposure, sampler_image_rates
+
+    # 4 images, 2 classes: class 0 in images 0, 1, 2 (n=3); class 1 in image 2 only (n=1);
+    # image 3 has no class.
+    images = [[0], [0], [0, 1], []]
+    r = sampler_image_rates(images, 2, repeat_thresh=1.0)
+    assert r["uniform"].tolist() == [0.25] * 4
+    # RFS: f_0 = 3/4 -> r_0 = sqrt(4/3); f_1 = 1/4 -> r_1 = 2; image 2 takes the max, image 3 1
+    rf = np.array([math.sqrt(4 / 3), math.sqrt(4 / 3), 2.0, 1.0])
+    assert r["rfs"] == pytest.approx(rf / rf.sum())
+    # class-balanced: each class 1/2, then one of its images: 1/6, 1/6, 1/6 + 1/2, 0
+    assert r["class_balanced"] == pytest.approx([1 / 6, 1 / 6, 2 / 3, 0.0])
+    # square root: pi ~ (sqrt 3, 1)
+    pi0, pi1 = math.sqrt(3) / (math.sqrt(3) + 1), 1 / (math.sqrt(3) + 1)
+    assert r["sqrt"] == pytest.approx([pi0 / 3, pi0 / 3, pi0 / 3 + pi1, 0.0])
+    assert r["progressive"] == pytest.approx(0.5 * r["uniform"] + 0.5 * r["class_balanced"])
+    for v in r.values():
+        assert v.sum() == pytest.approx(1.0)
+    e = sampler_exposure(images, 2, iters=3, batch=4, repeat_thresh=1.0, stage2_iters=2)
+    assert e["draws"] == 12 and e["epochs"] == 3.0
+    # both classes are rare (<= 10 images): images 0-2 are rare images, seen 12 x (1/6, 1/6,
+    # 2/3) = (2, 2, 8) times class-balanced; no frequent-only image
+    assert e["class_balanced"]["rare_image_views"] == [2.0, 8.0]
+    assert e["class_balanced"]["frequent_only_image_views"] == []
+    assert e["stage2_class_balanced"]["rare_image_views"] == [round(8 / 6, 1), round(8 * 2 / 3, 1)]
+
+
+def test_lvis_exposure_bounds_and_names():
+    from lt_det.data.dataset_stats import lvis_v1_exposure, name_neighbours
+
+    info = [{"image_count": 1, "name": "golf_ball"}, {"image_count": 4, "name": "tennis_ball"},
+            {"image_count": 1000, "name": "dog"}]
+    e = lvis_v1_exposure(info, iters=10, batch=10, repeat_thresh=0.01)
+    n_img = 100170
+    r = [math.sqrt(0.01 * n_img / 1), math.sqrt(0.01 * n_img / 4)]
+    hi_sum = n_img + 1 * (r[0] - 1) + 4 * (r[1] - 1)
+    # rare images: 1 of class 0 and 4 of class 1 -> weighted median is class 1's value
+    assert e["rfs"]["rare_image_views_range"] == [round(100 * r[1] / hi_sum, 1),
+                                                  round(100 * r[1] / n_img, 1)]
+    assert e["class_balanced"]["rare_image_views_at_least"] == [round(100 / (3 * 4), 1)]
+    assert e["epochs"] == round(100 / n_img, 2)
+    nb = name_neighbours([c["name"] for c in info])
+    assert nb == {"classes": 3, "median_same_head_word": 1.0, "share_with_same_head_word": 0.667}
+
+
+def test_val_support_and_seed_spread(tmp_path):
+    from lt_det.data.dataset_stats import apr_seed_spread, val_rare_support
+
+    t, v = _write(tmp_path)
+    s = val_rare_support(v, t)
+    # the rare class b has one val instance: SD = 0.5 sqrt(1 / 1) -> 50 points
+    assert s == {"rare_classes_scored": 1, "val_instances_per_rare_class": [1, 1.0, 1],
+                 "apr_sd_from_val_sampling": 50.0}
+    md = ("| method | stage | seeds | mask AP | mask APr | APc |\n|---|---|---|---|---|---|\n"
+          "| A | 1 | 3 | 40.0 (39.0-41.0) | 14.3 (10.6-20.2) | 1 |\n"
+          "| B | 2 | 3 | 50.0 (49.0-52.0) | 20.0 (19.0-21.4) | 1 |\n")
+    sp = apr_seed_spread(md)
+    assert sp["methods"] == {"A": 9.6, "B": 2.4} and sp["median"] == 6.0 and sp["max"] == 9.6
+    with pytest.raises(LTDetError, match="mask APr"):
+        apr_seed_spread("| a | b |\n|---|---|\n| 1 | 2 |\n")

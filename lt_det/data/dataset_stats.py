@@ -216,3 +216,221 @@ def measure_dataset(
         out["appearance"] = _appearance(
             _object_colours(tr["annotations"], images, train_image_root), names)
     return out
+
+
+# ----------------------------------------------------------------------------- (c) exposure
+#: Samplers whose per-image draw probability has a closed form (lt_det.data.samplers).
+EXPOSURE_SAMPLERS = ("uniform", "rfs", "class_balanced", "sqrt", "progressive")
+
+#: detectron2's LVIS v1 1x recipe (configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml
+#: over Base-RCNN-FPN.yaml): 90,000 iterations of 16 images, RFS threshold 0.001.
+LVIS_V1_1X = {"iters": 90000, "batch": 16, "repeat_thresh": 0.001}
+
+
+def sampler_image_rates(
+    image_classes: Sequence[Sequence[int]], num_classes: int, *, repeat_thresh: float
+) -> Dict[str, np.ndarray]:
+    """Probability that one draw of each training sampler picks image i.
+
+    Args:
+        image_classes: (I,) lists of the class indices in [0, K) present in each training image.
+        num_classes: K.
+        repeat_thresh: t of repeat-factor sampling.
+
+    Returns:
+        ``{sampler: float64 (I,) probabilities summing to 1}`` for :data:`EXPOSURE_SAMPLERS`:
+        uniform 1 / I (detectron2's TrainingSampler); rfs r_i / sum r, r_i = max over the
+        image's classes of max(1, sqrt(t / f_c)), f_c = n_c / I (Gupta et al. 2019, appendix
+        B.2; 1 for an image without classes); class_balanced and sqrt: a class with
+        probability pi_c (uniform over the K' classes with images, or ~ n_c ** 0.5), then one of
+        its n_c images, so p_i = sum_{c in i} pi_c / n_c (ClassPowerSampler); progressive: the
+        mean over a schedule of alpha_t = t / (T - 1), which is 1/2, of class-balanced and
+        uniform (ProgressiveBalancedSampler, T >= 2).
+    """
+    n_img = len(image_classes)
+    counts = np.zeros(num_classes)
+    for cl in image_classes:
+        for c in set(cl):
+            counts[c] += 1
+    present = counts > 0
+    r_c = np.where(present, np.maximum(1.0, np.sqrt(repeat_thresh * n_img /
+                                                    np.maximum(counts, 1))), 1.0)
+    rfs = np.array([max((r_c[c] for c in cl), default=1.0) for cl in image_classes])
+    out = {"uniform": np.full(n_img, 1.0 / n_img), "rfs": rfs / rfs.sum()}
+    for name, power in (("class_balanced", 0.0), ("sqrt", 0.5)):
+        pi = np.where(present, np.maximum(counts, 1) ** power, 0.0)
+        pi /= pi.sum()
+        per_image = pi / np.maximum(counts, 1)
+        out[name] = np.array([sum(per_image[c] for c in set(cl)) for cl in image_classes])
+    out["progressive"] = 0.5 * out["uniform"] + 0.5 * out["class_balanced"]
+    return out
+
+
+def _views(rate: np.ndarray, draws: int, sel: np.ndarray) -> List[float]:
+    v = rate[sel] * draws
+    return [round(float(np.median(v)), 1), round(float(v.max()), 1)] if v.size else []
+
+
+def sampler_exposure(
+    image_classes: Sequence[Sequence[int]],
+    num_classes: int,
+    *,
+    iters: int,
+    batch: int,
+    repeat_thresh: float,
+    stage2_iters: int = 0,
+) -> Dict:
+    """Epochs over the training set and expected views per image under each sampler.
+
+    Args:
+        image_classes, num_classes, repeat_thresh: as :func:`sampler_image_rates`.
+        iters, batch: the stage-1 schedule (SOLVER.MAX_ITER, SOLVER.IMS_PER_BATCH); D = iters x
+            batch images are drawn.
+        stage2_iters: when > 0, also the class-balanced stage 2 (cRT, LWS) of that many
+            iterations on top of the stage-1 run.
+
+    Returns:
+        ``{"images", "draws", "epochs" (D / I), sampler: {"rare_image_views": [median, max],
+        "frequent_only_image_views": [median, max]}}``; a rare image holds a class with <= 10
+        training images, a frequent-only image only classes with > 100. Views = D x p_i
+        (expected draws of image i).
+    """
+    n_img = len(image_classes)
+    counts = np.zeros(num_classes)
+    for cl in image_classes:
+        for c in set(cl):
+            counts[c] += 1
+    group = [frequency_group(int(n)) for n in counts]
+    rare = np.array([any(group[c] == "r" for c in cl) for cl in image_classes])
+    freq = np.array([bool(cl) and all(group[c] == "f" for c in cl) for cl in image_classes])
+    rates = sampler_image_rates(image_classes, num_classes, repeat_thresh=repeat_thresh)
+    draws = iters * batch
+    out = {"images": n_img, "draws": draws, "epochs": round(draws / n_img, 2)}
+    for name, rate in rates.items():
+        out[name] = {"rare_image_views": _views(rate, draws, rare),
+                     "frequent_only_image_views": _views(rate, draws, freq)}
+    if stage2_iters > 0:
+        d2 = stage2_iters * batch
+        out["stage2_class_balanced"] = {
+            "draws": d2, "rare_image_views": _views(rates["class_balanced"], d2, rare)}
+    return out
+
+
+def lvis_v1_exposure(cat_info: Sequence[Dict], *, iters: int = LVIS_V1_1X["iters"],
+                     batch: int = LVIS_V1_1X["batch"],
+                     repeat_thresh: float = LVIS_V1_1X["repeat_thresh"]) -> Dict:
+    """What :func:`sampler_exposure` can say about LVIS v1 from its per-class image counts.
+
+    The counts do not say which classes share an image, so the rare-image views are bounds:
+    uniform D / I exactly; rfs D r_c / sum_i r_i with sum_i r_i between I (every image at 1) and
+    I + sum_c n_c (r_c - 1) (no two repeated classes in one image), the rarest class of an
+    image setting its factor; class_balanced at least D / (K n_c) (the image's rare class alone).
+    Values are medians over rare images (each rare class weighted by its n_c images).
+    """
+    n = np.array([c["image_count"] for c in cat_info], dtype=np.float64)
+    n_img, k, draws = LVIS_V1_TRAIN_IMAGES, int((n > 0).sum()), iters * batch
+    r_c = np.maximum(1.0, np.sqrt(repeat_thresh * n_img / np.maximum(n, 1)))
+    rare = (n > 0) & (n <= 10)
+    weights = n[rare]
+
+    def wmedian(v):
+        order = np.argsort(v)
+        cum = np.cumsum(weights[order])
+        return round(float(v[order][np.searchsorted(cum, cum[-1] / 2)]), 1)
+
+    sum_hi = n_img + float((n * (r_c - 1)).sum())
+    return {
+        "images": n_img, "draws": draws, "epochs": round(draws / n_img, 2),
+        "schedule": f"{iters} iterations x {batch} images, RFS t = {repeat_thresh}",
+        "uniform": {"rare_image_views": [round(draws / n_img, 1)]},
+        "rfs": {"rare_image_views_range": [wmedian(draws * r_c[rare] / sum_hi),
+                                           wmedian(draws * r_c[rare] / n_img)],
+                "rfs_epoch_length_range": [n_img, round(sum_hi)]},
+        "class_balanced": {"rare_image_views_at_least": [wmedian(draws / (k * n[rare]))]},
+    }
+
+
+# ----------------------------------------------------------------------------- (b) names
+def name_neighbours(names: Sequence[str]) -> Dict:
+    """Classes that share their head word (the last ``_``/space-separated word of the name, as
+    "tennis_ball" / "golf_ball"), a vocabulary-only proxy of fine-grained neighbours.
+
+    Returns:
+        ``{"classes", "median_same_head_word", "share_with_same_head_word"}``: per class the
+        number of other classes with the same head word, median over classes, and the share of
+        classes with at least one.
+    """
+    heads = [str(n).replace(" ", "_").lower().rstrip("_").split("_")[-1] for n in names]
+    count = defaultdict(int)
+    for h in heads:
+        count[h] += 1
+    per = np.array([count[h] - 1 for h in heads])
+    return {"classes": len(names), "median_same_head_word": float(np.median(per)),
+            "share_with_same_head_word": round(float((per > 0).mean()), 3)}
+
+
+# ----------------------------------------------------------------------------- (d) noise
+def val_rare_support(val_json: str, train_json: str) -> Dict:
+    """Validation instances per rare class and the sampling noise they put on APr.
+
+    A class's AP estimated from v validation instances moves by about sqrt(AP (1 - AP) / v)
+    (a binomial proportion's standard error, AP taken as 1/2); APr is the mean over the R
+    scored rare classes, so its standard error from validation sampling alone is about
+    0.5 sqrt(mean_c(1 / v_c) / R) (independent classes). Training-seed effects come on top.
+
+    Returns:
+        ``{"rare_classes_scored", "val_instances_per_rare_class": [min, median, max],
+        "apr_sd_from_val_sampling": points of AP}``.
+    """
+    tr, va = _load(train_json), _load(val_json)
+    img_sets = defaultdict(set)
+    for a in tr["annotations"]:
+        if counts_as_instance(a):
+            img_sets[a["category_id"]].add(a["image_id"])
+    rare = {c["id"] for c in tr["categories"] if frequency_group(len(img_sets[c["id"]])) == "r"}
+    v = defaultdict(int)
+    for a in va["annotations"]:
+        if a["category_id"] in rare and counts_as_instance(a):
+            v[a["category_id"]] += 1
+    vs = np.array([v[c] for c in rare if v[c] > 0], dtype=np.float64)
+    if vs.size == 0:
+        return {"rare_classes_scored": 0}
+    return {"rare_classes_scored": int(vs.size),
+            "val_instances_per_rare_class": [int(vs.min()), float(np.median(vs)), int(vs.max())],
+            "apr_sd_from_val_sampling": round(100 * 0.5 * float(np.sqrt((1 / vs).mean() /
+                                                                        vs.size)), 1)}
+
+
+def apr_seed_spread(markdown: str, column: str = "mask APr") -> Dict:
+    """Seed-to-seed spread of APr per method from a benchmark summary table (the
+    ``make benchmark`` summary.md, or docs/results.md's three-seed table), whose cells read
+    ``mean (min-max)``.
+
+    Returns:
+        ``{"methods": {label: max - min}, "median": float, "max": float}``.
+
+    Raises:
+        LTDetError: no table with that column and ``mean (min-max)`` cells.
+    """
+    import re
+
+    cell = re.compile(r"^\s*-?[\d.]+\s*\((-?[\d.]+)-(-?[\d.]+)\)\s*$")
+    spreads: Dict[str, float] = {}
+    col = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            col = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if col is None:
+            col = cells.index(column) if column in cells else None
+            continue
+        if col < len(cells):
+            m = cell.match(cells[col])
+            if m:
+                spreads[cells[0]] = round(float(m.group(2)) - float(m.group(1)), 1)
+    if not spreads:
+        raise LTDetError(f"no table with a '{column}' column of 'mean (min-max)' cells found.")
+    vals = np.array(list(spreads.values()))
+    return {"methods": spreads, "median": round(float(np.median(vals)), 1),
+            "max": round(float(vals.max()), 1)}
