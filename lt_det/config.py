@@ -253,7 +253,7 @@ def add_lt_config(cfg: CN) -> CN:
 
     # ---------------------------------------------------------------- evaluation
     _C.TEST.LVIS = CN()
-    # Evaluation backend. Choices: "fast" (faster-coco-eval, LVIS mode) | "lvis" (official lvis-api).
+    # Evaluation backend. Choices: "fast" (hotcoco, LVIS mode) | "lvis" (official lvis-api).
     _C.TEST.LVIS.BACKEND = "fast"
     # AP-fixed protocol (Dave et al. 2021): no per-image cap, top 10,000 detections per class.
     _C.TEST.LVIS.AP_FIXED = False

@@ -1,6 +1,6 @@
 """LVIS evaluation: detectron2 evaluator, offline evaluation, per-class reports, plots.
 
-Backends (``TEST.LVIS.BACKEND``): "fast" (faster-coco-eval in LVIS mode, default) and "lvis"
+Backends (``TEST.LVIS.BACKEND``): "fast" (hotcoco in LVIS mode, default) and "lvis"
 (official lvis-api, reference); see :mod:`lt_det.evaluation.backends`.
 
 The offline API (:func:`evaluate_lvis`, :class:`DetectionTable`, :class:`LVISGroundTruth`,

@@ -7,7 +7,7 @@ Protocols:
         Details", 2021): no per-image cap; keep the ``max_dets_per_class`` (10,000)
         highest-scoring detections of every class over the whole dataset.
 
-Both backends ("fast" = faster-coco-eval, "lvis" = lvis-api) receive the same detections after
+Both backends ("fast" = hotcoco's LVIS mode, "lvis" = lvis-api) receive the same detections after
 these cuts, and after lvis-api's area rule (ground truth and detections of area 0 are not
 evaluated: :class:`LVISGroundTruth`, :func:`drop_zero_area`), so they differ only in how the LVIS
 matching is computed.
@@ -212,14 +212,13 @@ def evaluate_lvis(
         results: results json path, list of result dicts (``image_id``, ``category_id``,
             ``score``, ``bbox`` XYWH and/or ``segmentation`` RLE), or a :class:`DetectionTable`.
         iou_type: "bbox" or "segm" (segm ignores result boxes: areas are mask areas).
-        backend: "fast" (faster-coco-eval) or "lvis" (lvis-api).
+        backend: "fast" (hotcoco) or "lvis" (lvis-api).
         ap_fixed: use the AP-fixed protocol (see module docstring).
         max_dets_per_image: standard protocol's per-image cap (300 for LVIS; < 0 = none).
         max_dets_per_class: AP-fixed per-class cap (10,000 for LVIS).
         class_chunk: evaluate at most this many classes at a time (0 = all at once). Bounds
             memory; does not change any number. The default, 100, is also TEST.LVIS.CLASS_CHUNK's
-            and ``tools/lvis_eval.py``'s. The fast backend also groups classes inside a chunk
-            (docs/evaluation.md, Memory), so for it 0 and 100 cost about the same.
+            and ``tools/lvis_eval.py``'s; for the fast backend 0 and 100 cost about the same.
         frequency / image_count: optional {category id: r/c/f group / training image count}
             overriding the ground truth's (see :class:`LVISGroundTruth`).
         ap_pool: also compute AP-pool over all classes and per frequency group (``APpool``,

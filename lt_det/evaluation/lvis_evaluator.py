@@ -1,7 +1,7 @@
 """detectron2 ``DatasetEvaluator`` for LVIS-format datasets (bbox and segm).
 
 Compared with detectron2's ``LVISEvaluator`` it keeps predictions in columns (see
-:mod:`lt_det.evaluation.detections`), evaluates with a selectable backend (faster-coco-eval by
+:mod:`lt_det.evaluation.detections`), evaluates with a selectable backend (hotcoco by
 default, lvis-api as reference), optionally by class chunks and under the AP-fixed protocol, and
 writes per-class AP with each class's training frequency.
 """
@@ -95,7 +95,7 @@ class LTLVISEvaluator(DatasetEvaluator):
                 ``thing_dataset_id_to_contiguous_id``.
             tasks: subset of ("bbox", "segm"); None = "segm" too when predictions have masks.
             output_dir: where results and per-class reports are written (None = nowhere).
-            backend: "fast" (faster-coco-eval) | "lvis" (lvis-api).
+            backend: "fast" (hotcoco) | "lvis" (lvis-api).
             ap_fixed: AP-fixed protocol (no per-image cap, top 10,000 per class).
             ap_pool: also report AP-pool (all, r, c, f) for bbox (Dave et al. 2021).
             class_chunk: classes evaluated at a time (0 = all; default 100, as

@@ -82,22 +82,17 @@ def fast(
     from hotcoco import COCO, COCOeval
 
     # Positions as ids: image i of img_ids is i + 1, class k of cat_ids is k + 1.
-    cat_set = set(cat_ids.tolist())
-    img_pos = {int(i): p + 1 for p, i in enumerate(img_ids.tolist())}
+    cat_pos = {c: k + 1 for k, c in enumerate(cat_ids.tolist())}
     images: List[Dict] = []
-    for i in img_ids.tolist():
+    for p, i in enumerate(img_ids.tolist()):
         src = gt.image_by_id[i]
         images.append({
-            "id": img_pos[i],
+            "id": p + 1,
             "height": src.get("height", 0),
             "width": src.get("width", 0),
-            "neg_category_ids": [
-                int(np.searchsorted(cat_ids, c)) + 1 for c in src["neg_category_ids"]
-                if c in cat_set
-            ],
+            "neg_category_ids": [cat_pos[c] for c in src["neg_category_ids"] if c in cat_pos],
             "not_exhaustive_category_ids": [
-                int(np.searchsorted(cat_ids, c)) + 1 for c in gt.not_exhaustive.get(i, ())
-                if c in cat_set
+                cat_pos[c] for c in gt.not_exhaustive.get(i, ()) if c in cat_pos
             ],
         })
     categories = [
@@ -117,10 +112,10 @@ def fast(
         table[:, 1:5] = dets.bbox
         coco_dt = coco_gt.load_res(table)
     else:
-        from pycocotools import mask as mask_util
+        from hotcoco import mask as hc_mask
 
         segm = dets.segmentation
-        table[:, 1:5] = mask_util.toBbox(segm)  # the box pycocotools' loadRes gives a mask
+        table[:, 1:5] = hc_mask.to_bbox(segm)  # the box loadRes gives a mask (pycocotools' toBbox)
         coco_dt = coco_gt.load_res(table, segmentation=segm)
         coco_dt.update_anns(ids=np.arange(1, len(dets) + 1), area=dets.area)
     # Marked as cut already (the caller applied the protocol's cut): no per-image cap of 300.
