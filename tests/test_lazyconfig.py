@@ -431,7 +431,11 @@ def test_lt_roi_heads_refuse_a_detectron2_predictor(tiny_lvis, tmp_path):
 @pytest.mark.parametrize("override,expected", [
     ("train.max_iters=2", "override 'train.max_iters': 'train' has no key 'max_iters'. "
                           "Did you mean train.max_iter?"),
-    ("trian.max_iter=2", "override 'trian.max_iter'"),
+    ("trian.max_iter=2", "override 'trian.max_iter': the config's root has no key 'trian'. "
+                         "Did you mean train?"),
+    ("model.roi_heads.box_pooler.output_sise=7", "'model.roi_heads.box_pooler' has no key "
+     "'output_sise' and ROIPooler takes no such argument. Did you mean "
+     "model.roi_heads.box_pooler.output_size?"),
     ("MODEL.DEVICE", "path.key=value overrides"),
 ])
 def test_lazy_overrides_that_would_do_nothing_are_refused(override, expected):

@@ -21,7 +21,7 @@ registered with :func:`lt_det.data.register_lvis_format` before anything is buil
 ``DATASETS.LVIS_FORMAT``). detectron2's own tool ignores that key; register such datasets in the
 process that runs it. Overrides are ``path.key=value`` (detectron2's
 ``LazyConfig.apply_overrides``); a key that the config does not have and that its node does not
-take is refused. See docs/lazyconfig.md.
+take is refused (``+path.key=value`` adds one on purpose). See docs/lazyconfig.md.
 """
 import copy
 import difflib
@@ -104,22 +104,31 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
     ``datasets.lvis_format``; anything else would be a silent no-op (a typo)."""
     if key == "datasets.lvis_format" or OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
         return
-    parent_key, _, name = key.rpartition(".")
+    parts = key.split(".")
+    # The first component that does not exist, and the node that should hold it.
+    depth = next(i for i in range(len(parts)) if OmegaConf.select(
+        cfg, ".".join(parts[: i + 1]), default=_ABSENT) is _ABSENT)
+    parent_key, name = ".".join(parts[:depth]), parts[depth]
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
     target = _target(parent)
-    if target is not None and _takes_argument(target, name):
+    if depth == len(parts) - 1 and target is not None and _takes_argument(target, name):
         return
-    siblings = list(parent.keys()) if isinstance(parent, DictConfig) else []
+    names = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
     if target is not None:
-        siblings += [n for n in inspect.signature(target).parameters if n != "self"]
-    close = difflib.get_close_matches(name, [str(s) for s in siblings], n=1, cutoff=0.6)
-    hint = f" Did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close else ""
+        names += [n for n in _parameter_names(target) if n != "self"]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    prefix = parent_key + "." if parent_key else ""
+    hint = f" Did you mean {prefix}{close[0]}?" if close else ""
     where = f"'{parent_key}'" if parent_key else "the config's root"
-    raise LTDetError(
-        f"override '{key}': {where} has no key '{name}'"
-        + (f" and {getattr(target, '__name__', target)} takes no such argument" if target else "")
-        + f".{hint}"
-    )
+    takes = f" and {getattr(target, '__name__', target)} takes no such argument" if target else ""
+    raise LTDetError(f"override '{key}': {where} has no key '{name}'{takes}.{hint}")
+
+
+def _parameter_names(target: Any) -> List[str]:
+    try:
+        return list(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -151,7 +160,8 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
                 f"override '{o}': a LazyConfig takes path.key=value overrides (e.g. "
                 "train.device=cpu train.max_iter=100), not yaml-style KEY VALUE pairs."
             )
-        _check_override_key(cfg, key.lstrip("+~"))
+        if not key.startswith("+"):  # "+key=value" adds a key on purpose (hydra's grammar)
+            _check_override_key(cfg, key.lstrip("~"))
     try:
         LazyConfig.apply_overrides(cfg, overrides)
     except Exception as e:  # noqa: BLE001 - hydra's parser and omegaconf raise many types
