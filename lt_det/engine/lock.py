@@ -46,7 +46,13 @@ except ImportError:  # pragma: no cover - Windows
         msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-__all__ = ["LOCK_NAME", "MIN_FREE_BYTES", "lock_output_dir", "release_output_dir", "refuse_if_in_use"]
+__all__ = [
+    "LOCK_NAME",
+    "MIN_FREE_BYTES",
+    "lock_output_dir",
+    "release_output_dir",
+    "refuse_if_in_use",
+]
 
 LOCK_NAME = ".lt_det.lock"
 
