@@ -153,3 +153,19 @@ def test_softplus_is_accurate_to_rounding_where_log1p_matters():
     tiny = torch.finfo(torch.float32).tiny
     torch.testing.assert_close(_softplus(x).double(), want, rtol=3e-7, atol=tiny)
     torch.testing.assert_close(_softplus(x.double()), want, rtol=1e-15, atol=0)
+
+
+def test_focal_chunks_give_the_one_chunk_result(monkeypatch):
+    from lt_det.modeling.losses import _fused
+
+    z, y, prior = _inputs(r=41)
+    counts = prior * 1000
+    want = class_balanced_focal_per_roi(z, y, counts)
+    monkeypatch.setattr(_fused, "_CHUNK_ELEMS", 3 * (K + 1))  # 3 rows per chunk, 14 chunks
+    _compare(
+        lambda t, red: class_balanced_focal_loss(t, y, counts, reduction=red),
+        lambda t: class_balanced_focal_per_roi(t, y, counts),
+        z,
+        "none",
+    )
+    torch.testing.assert_close(class_balanced_focal_loss(z, y, counts, reduction="none"), want)

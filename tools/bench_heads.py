@@ -352,6 +352,7 @@ def bench_whitening(
     repeats: int,
     warmup: int,
     agnostic_box: bool = False,
+    device: str = "cpu",
 ) -> None:
     """Forward + backward of the box predictor (cls_score + bbox_pred + softmax CE on (rois,
     features) box features) without and with Channel Whitening before cls_score.
@@ -362,14 +363,14 @@ def bench_whitening(
     from lt_det.modeling.whitening import ChannelWhitening
 
     g = torch.Generator().manual_seed(0)
-    x0 = torch.relu(torch.randn(rois, features, generator=g))
-    gt = torch.randint(0, classes + 1, (rois,), generator=g)
-    cls_score = torch.nn.Linear(features, classes + 1)
-    bbox_pred = torch.nn.Linear(features, 4 if agnostic_box else 4 * classes)
+    x0 = torch.relu(torch.randn(rois, features, generator=g)).to(device)
+    gt = torch.randint(0, classes + 1, (rois,), generator=g).to(device)
+    cls_score = torch.nn.Linear(features, classes + 1).to(device)
+    bbox_pred = torch.nn.Linear(features, 4 if agnostic_box else 4 * classes).to(device)
     variants = {"plain head": None}
     for gs in group_sizes:
         label = f"whitening, {'1 group' if gs == 0 else f'groups of {gs}'}"
-        variants[label] = ChannelWhitening(features, group_size=gs)
+        variants[label] = ChannelWhitening(features, group_size=gs).to(device)
 
     def step(w) -> Callable[[], None]:
         def fn() -> None:
@@ -384,14 +385,16 @@ def bench_whitening(
     times: Dict[str, List[float]] = {n: [] for n in variants}
     for i in range(warmup + repeats):
         for n, w in variants.items():  # round-robin: load hits every variant alike
-            t = time_step(step(w), "cpu")
+            t = time_step(step(w), device)
             if i >= warmup:
                 times[n].append(t)
     ref = statistics.median(times["plain head"])
+    where = f"{torch.get_num_threads()} thread(s), thread CPU time" if device == "cpu" else (
+        f"{device}, wall time"
+    )
     print(
         f"box predictor forward+backward, {rois} ROIs x {features} features, {classes + 1} "
-        f"classes (bbox_pred {bbox_pred.out_features}), {torch.get_num_threads()} thread(s), "
-        f"median of "
+        f"classes (bbox_pred {bbox_pred.out_features}), {where}, median of "
         f"{repeats}, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'variant':<28}{'median ms':>10}{'min ms':>10}{'ratio':>8}")
@@ -432,9 +435,14 @@ def main() -> None:
         toy_background_comparison()
         return
     if args.whitening:
-        bench_whitening(rois=args.rois, features=args.features, classes=args.classes,
-                        group_sizes=args.group_sizes, repeats=args.repeats, warmup=args.warmup,
-                        agnostic_box=args.agnostic_box)
+        torch.set_num_threads(args.threads)
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        if args.devices not in ("auto",):
+            devices = args.devices.split(",")
+        for device in devices:
+            bench_whitening(rois=args.rois, features=args.features, classes=args.classes,
+                            group_sizes=args.group_sizes, repeats=args.repeats,
+                            warmup=args.warmup, agnostic_box=args.agnostic_box, device=device)
         return
     if args.allocator:  # child process: one allocator
         child(args)

@@ -279,8 +279,8 @@ class FocalSigmoidCE(torch.autograd.Function):
         d FL(x, 0) / dx =  p ** gamma       * (gamma * (1 - p) * softplus(x)  + p)
         d FL(x, 1) / dx = -(1 - p) ** gamma * (gamma * p       * softplus(-x) + 1 - p)
 
-    The forward pass computes both over row chunks of about ``_CHUNK_ELEMS`` elements (they
-    stay in cache) into one (R, K + 1) buffer; the backward pass scales it by ``g_i * w_i``.
+    The forward pass computes both over row chunks of about ``_CHUNK_ELEMS`` elements (on CPU:
+    they stay in cache) into one (R, K + 1) buffer; the backward pass scales it by ``g_i * w_i``.
     Where the plain form's ``pow`` backward gives NaN (gamma < 1 at a saturated logit, 1 - p_t
     = 0) these derivatives stay finite.
     """
@@ -316,7 +316,9 @@ class FocalSigmoidCE(torch.autograd.Function):
         at = gt_classes.view(-1, 1)  # background rows: column K, set to 0
         grad = logits.new_empty((r, c), dtype=dtype)
         per_roi = logits.new_empty(r, dtype=dtype)
-        step = max(1, _CHUNK_ELEMS // c)
+        # CPU: chunks that stay in cache. Elsewhere one chunk (a launch per op and chunk costs
+        # more than the memory traffic it saves).
+        step = max(1, _CHUNK_ELEMS // c) if logits.device.type == "cpu" else max(r, 1)
         for start in range(0, r, step):
             stop = min(r, start + step)
             x = logits[start:stop].to(dtype)
