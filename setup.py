@@ -4,9 +4,10 @@ Install (docs/install.md): torch, torchvision and detectron2 first (detectron2 i
 under its own name), then ``pip install .``; ``tools/setup_env.sh`` makes the pinned, tested
 environment (requirements.txt) with an editable install.
 
-install_requires holds the lower bounds lt_det's own code needs and no upper bound: the upper pins
-of requirements.txt are other packages' needs (lvis-api 0.5.3's evaluation and detectron2 0.6 use
-names numpy 1.24 removed; detectron2 0.6 uses Pillow's ``Image.LINEAR``, removed in Pillow 10).
+install_requires holds the lower bounds lt_det's own code needs and one upper bound (hotcoco's,
+whose releases the fast backend checks). The other upper pins of requirements.txt are other
+packages' needs: lvis-api 0.5.3's evaluation and detectron2 0.6 use names numpy 1.24 removed;
+detectron2 0.6 uses Pillow's ``Image.LINEAR``, removed in Pillow 10.
 
 The repository's ``configs/`` folder is shipped as the package data ``lt_det/configs/`` (see
 :mod:`lt_det.model_zoo`), so every config resolves from an installed wheel; in a checkout and in
@@ -70,8 +71,9 @@ setup(
         "Pillow",  # image reading and the synthetic data's drawing (Image, ImageDraw)
         "matplotlib>=3.5",  # Figure(layout="constrained") in the AP plots
         "pycocotools>=2.0",  # mask RLE encode / decode / area
-        "hotcoco>=1.3",  # the "fast" LVIS evaluation backend (its LVIS mode, public API)
-        "faster-coco-eval>=1.8",  # no longer imported by lt_det (a peer in tools/bench_eval.py)
+        # The default ("fast") LVIS evaluation backend, built for hotcoco 1.3 and refusing other
+        # releases (lt_det.evaluation.backends.fast.HOTCOCO_VERSIONS): the one upper bound.
+        "hotcoco>=1.3,<1.4",
         "omegaconf>=2.1",  # LazyConfig overrides (OmegaConf.select with default=)
         "PyYAML>=5.1",  # _BASE_ chains of yaml configs (yaml.safe_load)
         "tabulate>=0.8.3",  # markdown tables (tablefmt="github")
@@ -81,6 +83,8 @@ setup(
         # The "lvis" evaluation backend (TEST.LVIS.BACKEND lvis, tools/lvis_eval.py --backend
         # lvis): lvis-api 0.5.3 evaluates with np.float, which numpy 1.24 removed.
         "lvis": ["lvis>=0.5.3", "numpy<1.24"],
+        # The other evaluators tools/bench_eval.py compares with (it runs those installed).
+        "bench": ["faster-coco-eval>=1.8"],
         # Faster reading of large result files (the stdlib json is used without it).
         "orjson": ["orjson>=3"],
         "test": ["pytest"],
