@@ -43,14 +43,7 @@ from lt_det.engine.defaults import check_launch  # noqa: E402
 from lt_det.engine.lazy import check_lazy_launch, is_lazy_config, lazy_main  # noqa: E402
 from lt_det.engine.stages import stage1_finished, two_stage_args  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
-from lt_det.evaluation import write_json  # noqa: E402
-
-
-def save_results(folder: str, results) -> None:
-    """Write the final evaluation results to folder/eval_results.json (main process)."""
-    if results and comm.is_main_process():
-        os.makedirs(folder, exist_ok=True)
-        write_json(os.path.join(folder, "eval_results.json"), results)  # undefined metrics: null
+from lt_det.evaluation import save_eval_results  # noqa: E402
 
 
 _EPILOG = """
@@ -118,12 +111,12 @@ def run(cfg, args):
         res = LTTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
-        save_results(eval_output_dir(cfg), res)
+        save_eval_results(eval_output_dir(cfg), res)
         return res
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()
-    save_results(cfg.OUTPUT_DIR, getattr(trainer, "_last_eval_results", None))
+    save_eval_results(cfg.OUTPUT_DIR, getattr(trainer, "_last_eval_results", None))
     return res
 
 

@@ -26,7 +26,6 @@ take is refused (``+path.key=value`` adds one on purpose). See docs/lazyconfig.m
 import copy
 import difflib
 import inspect
-import json
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -41,6 +40,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..data import register_lvis_format
 from ..errors import LTDetError
+from ..evaluation import save_eval_results
 from .checkpoint import LTCheckpointer
 from .defaults import check_output_dir
 from .lock import lock_output_dir, release_output_dir
@@ -284,12 +284,6 @@ def do_test(cfg: DictConfig, model: torch.nn.Module) -> Optional[Dict]:
     return results
 
 
-def _save_results(folder: str, results: Optional[Dict]) -> None:
-    if results and comm.is_main_process():
-        with open(os.path.join(folder, "eval_results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-
-
 def do_train(
     cfg: DictConfig, model: Optional[torch.nn.Module] = None, *, resume: bool = False
 ) -> Optional[Dict]:
@@ -347,7 +341,7 @@ def do_train(
             "check the data, the class prior and the starting weights (train.init_checkpoint, "
             "model.stage1_weights)."
         ) from None
-    _save_results(out, last.get("results"))
+    save_eval_results(out, last.get("results"))
     return last.get("results")
 
 
@@ -411,7 +405,7 @@ def lazy_main(args) -> Optional[Dict]:
         model = create_ddp_model_any_device(model)
         LTCheckpointer(model, must_load="all").load(cfg.train.init_checkpoint)
         results = do_test(cfg, model)
-        _save_results(write_dir, results)
+        save_eval_results(write_dir, results)
         return results
     finally:
         release_output_dir(write_dir)

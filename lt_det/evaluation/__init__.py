@@ -10,7 +10,7 @@ per-class reports) imports neither torch nor detectron2; the detectron2 evaluato
 import importlib
 from typing import Any
 
-from ._json import json_ready, write_json
+from ._json import json_ready, save_eval_results, write_json
 from .backends import LT_LVIS_EVAL_BACKEND_REGISTRY, get_lvis_backend
 from .classifier_norms import classifier_norms, plot_classifier_norms
 from .detections import DetectionTable, top_k_per_group
@@ -40,6 +40,7 @@ __all__ = [
     "get_lvis_backend",
     "json_ready",
     "write_json",
+    "save_eval_results",
     "plot_ap_vs_frequency",
     "plot_classifier_norms",
     "read_per_class",

@@ -21,7 +21,7 @@ try:
 except ImportError:  # optional dependency (requirements.txt)
     orjson = None
 
-__all__ = ["load_json", "json_backend", "json_ready", "write_json"]
+__all__ = ["load_json", "json_backend", "json_ready", "write_json", "save_eval_results"]
 
 
 def json_backend() -> str:
@@ -94,3 +94,13 @@ def write_json(path: str, obj: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_eval_results(folder: str, results: Any) -> None:
+    """Write a run's final evaluation results to ``folder/eval_results.json`` (main process only;
+    nothing when ``results`` is empty), as :func:`write_json` does."""
+    from detectron2.utils import comm
+
+    if results and comm.is_main_process():
+        os.makedirs(folder, exist_ok=True)
+        write_json(os.path.join(folder, "eval_results.json"), results)
