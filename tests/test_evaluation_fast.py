@@ -85,3 +85,22 @@ def test_a_hotcoco_release_it_was_not_built_for_is_refused(monkeypatch):
         get_lvis_backend("fast")
     msg = str(e.value)
     assert "hotcoco 9.0.0" in msg and "hotcoco==1.3.0" in msg and "'lvis' backend" in msg
+
+
+def test_mask_areas_of_many_results_equal_each_masks_own_area():
+    """Mask areas are computed in chunks (pycocotools under numpy 2 overflows from 256 RLEs in
+    one call): 600 masks of known pixel counts keep their own areas and order."""
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    from lt_det.evaluation.detections import DetectionTable
+
+    results = []
+    for i in range(600):
+        m = np.zeros((20, 30), dtype=np.uint8, order="F")
+        m[: 1 + i % 20, : 1 + i % 30] = 1  # (1 + i % 20) * (1 + i % 30) pixels
+        rle = mask_util.encode(m)
+        rle["counts"] = rle["counts"].decode()
+        results.append({"image_id": 1, "category_id": 1, "score": 0.5, "segmentation": rle})
+    area = DetectionTable.from_results(results).with_area("segm").area
+    assert area.tolist() == [(1 + i % 20) * (1 + i % 30) for i in range(600)]

@@ -177,7 +177,13 @@ class DetectionTable:
             area = self.bbox[:, 2] * self.bbox[:, 3] if len(self) else np.zeros(0)
         elif iou_type == "segm":
             self._require("segmentation", iou_type)
-            area = mask_util.area(list(self.segmentation)) if len(self) else np.zeros(0)
+            # In chunks of 255 RLEs: pycocotools 2.0.x under numpy 2 overflows a uint8 count
+            # from 256 RLEs in one call.
+            segs = list(self.segmentation)
+            area = np.concatenate(
+                [np.zeros(0)]
+                + [mask_util.area(segs[i : i + 255]) for i in range(0, len(segs), 255)]
+            )
         else:
             raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
         return DetectionTable(
