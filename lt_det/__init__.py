@@ -38,7 +38,8 @@ def register_all() -> None:
 
 # Subpackages reachable as attributes after a plain ``import lt_det`` (imported on first access).
 _SUBMODULES = {
-    "benchmark", "config", "data", "decouple", "engine", "errors", "evaluation", "modeling",
+    "benchmark", "config", "data", "decouple", "engine", "errors", "evaluation", "model_zoo",
+    "modeling",
 }
 
 
