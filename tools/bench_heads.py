@@ -353,7 +353,7 @@ def bench_whitening(
     warmup: int,
     agnostic_box: bool = False,
     device: str = "cpu",
-) -> None:
+) -> Dict:
     """Forward + backward of the box predictor (cls_score + bbox_pred + softmax CE on (rois,
     features) box features) without and with Channel Whitening before cls_score.
 
@@ -398,9 +398,15 @@ def bench_whitening(
         f"{repeats}, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'variant':<28}{'median ms':>10}{'min ms':>10}{'ratio':>8}")
+    report = {"device": device, "rois": rois, "features": features, "columns": classes + 1,
+              "bbox_outputs": bbox_pred.out_features, "repeats": repeats,
+              "load_after": os.getloadavg()[0], "rows": {}}
     for n in variants:
         med = statistics.median(times[n])
         print(f"{n:<28}{med * 1e3:>10.1f}{min(times[n]) * 1e3:>10.1f}{med / ref:>8.2f}x")
+        report["rows"][n] = {"median_ms": med * 1e3, "min_ms": min(times[n]) * 1e3,
+                             "ratio": med / ref}
+    return report
 
 
 def main() -> None:
@@ -439,10 +445,15 @@ def main() -> None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         if args.devices not in ("auto",):
             devices = args.devices.split(",")
-        for device in devices:
+        reports = [
             bench_whitening(rois=args.rois, features=args.features, classes=args.classes,
                             group_sizes=args.group_sizes, repeats=args.repeats,
                             warmup=args.warmup, agnostic_box=args.agnostic_box, device=device)
+            for device in devices
+        ]
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump(reports, f, indent=1)
         return
     if args.allocator:  # child process: one allocator
         child(args)
