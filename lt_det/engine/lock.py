@@ -3,9 +3,12 @@
 ``setup_cfg`` takes it in the main process once every input check has passed, before anything
 else is written there, and keeps it for the life of the run. A second ``tools/train_net.py``
 (a new run, ``--resume`` or ``--eval-only``) into the same folder is refused while the first one
-is alive. The lock is the operating system's (``flock`` on POSIX, ``msvcrt.locking`` on Windows):
-it is released on any exit, ``kill -9`` included, so a lock file left by a dead run is stale by
-construction and never blocks. The file names the holder (pid, host, start time) for the message.
+is alive. The lock is the operating system's, taken on the open lock file with filelock's
+``lock_descriptor`` (``flock`` on POSIX, ``LockFileEx`` on Windows: ``filelock.FileLock``'s own
+primitive; ``FileLock`` itself is not used because filelock 3.x opens its file truncated, so a
+refused contender would erase the holder's line). It is released on any exit, ``kill -9``
+included, so a lock file left by a dead run is stale by construction and never blocks. The file
+names the holder (pid, host, start time) for the message.
 A folder whose disk is (nearly) full is refused at the same point, before config.yaml or log.txt
 would be created empty. :func:`refuse_if_in_use` lets the output-folder check name the holder
 instead of advising ``--resume`` / ``--overwrite-output``, which the lock would refuse too.
@@ -17,33 +20,18 @@ import shutil
 import socket
 from typing import IO, Dict
 
+from filelock import lock_descriptor, unlock_descriptor
+
 from ..errors import LTDetError
 
-try:  # feature test, once: POSIX flock, else Windows byte-range locking
-    import fcntl
 
-    def _try_lock(f: IO) -> bool:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+def _try_lock(f: IO) -> bool:
+    """Lock ``f``'s file for this process without waiting; False when another process holds it."""
+    return lock_descriptor(f.fileno(), blocking=False)
 
-    def _unlock(f: IO) -> None:
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-except ImportError:  # pragma: no cover - Windows
-    import msvcrt
-
-    def _try_lock(f: IO) -> bool:
-        try:
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _unlock(f: IO) -> None:
-        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+def _unlock(f: IO) -> None:
+    unlock_descriptor(f.fileno())
 
 
 __all__ = [
