@@ -1,29 +1,34 @@
 #!/usr/bin/env python
-"""Benchmark lt_det's LVIS evaluation against lvis-api on LVIS-v1-like synthetic data.
+"""Benchmark lt_det's LVIS evaluation against every installed peer, on the same files.
 
-For each image count (default 500 and 2000) it writes a ground truth with the 1203 LVIS v1
-categories and their real training image counts (hence the real r/c/f split and long tail;
-positives and negatives per image drawn in proportion to those counts; rectangular polygon masks)
-and a results file with ~300 detections per image (jittered copies of the gt boxes, confusions
-and background boxes; a few more than 300 so that the per-image cut matters), with boxes for
-"bbox" and RLE masks (the boxes' rectangles, no "bbox" key, so that both sides take areas from
-the masks) for "segm". Then, for each IoU type, it runs the command line a user runs, each in
-its own process, from interpreter start to exit:
+Peers: lvis-api (the reference), faster-coco-eval, hotcoco, ultrafast-pycocotools and vernier,
+each run as its documentation shows for LVIS (a few lines of Python: none of them has a
+command-line LVIS tool), with LVIS's per-image cap of 300. lt_det runs as users run it:
+``tools/lvis_eval.py --backend B``. A peer that needs other versions of shared packages (vernier
+0.5.4 needs numpy 2) runs in its own venv: ``--peer-python vernier=/path/to/venv/bin/python``.
+Peers that are not installed are left out, with a line saying so.
 
-  * lvis-api: ``python -c`` with ``LVIS(gt)``, ``LVISResults(gt, results, max_dets=300)``,
-    ``LVISEval(...).run()``, ``print_results()`` (lvis-api has no command-line tool);
-  * lt_det: ``tools/lvis_eval.py --gt ... --results ... --iou-type ...`` (``--class-chunk`` C for
-    each C given; default 100, the tool's default);
+Timing (default): for each image count (500 and 2000) and IoU type it writes a ground truth with
+the 1203 LVIS v1 categories and their real training image counts (the real r/c/f split and long
+tail; positives and negatives per image drawn in proportion to those counts, 10% of positives not
+exhaustive; rectangular polygon masks) and ~310 detections per image (jittered copies of the gt
+boxes, confusions and background boxes; more than 300 so that the per-image cut matters), boxes
+for "bbox" and RLE masks without "bbox" for "segm". Each evaluator runs in its own process, from
+interpreter start to exit; reported: CPU time (user + system from ``wait4``: on a loaded machine
+wall time counts the wait for a core), wall time, peak RSS (``VmHWM`` polled until exit), the
+largest difference of the 13 LVIS metrics to lvis-api's, and ``os.getloadavg()`` at the start.
+Beyond 5000 images (LVIS v1 val: 19,809) the results are streamed to the file from columns.
 
-and reports wall time of the whole process (interpreter start, imports, json parsing,
-evaluation, printing), its peak resident set (``VmHWM`` of the child, polled from /proc every few
-milliseconds until it exits; Linux), and the largest metric difference to lvis-api.
-``--breakdown`` adds in-process timings (from the json files to the metrics, and from
-predictions already in memory, the detectron2 evaluator's path).
+``--cases``: every peer and every lt_det backend on the project's exactness cases (area-0 ground
+truth and detections, annotation id 0, duplicate category ids, real COCO val2014 annotations with
+federated negatives and not-exhaustive classes, with and without a tenth of the entries of area
+0, LVIS-like data with 310 detections per image), bbox and segm, as the largest difference to
+lvis-api.
 
-    python tools/bench_eval.py [--images 500 2000] [--iou-types bbox segm] [--class-chunks 100]
-        [--cat-info lvis_v1_train_cat_info.json] [--breakdown] [--output bench.json]
-    python tools/bench_eval.py --full-scale 19809 [--iou-types bbox segm]   # LVIS v1 val scale
+    python tools/bench_eval.py [--images 500 2000] [--iou-types bbox segm] [--repeat 3]
+        [--backends fast] [--peers ...] [--peer-python NAME=PYTHON] [--output bench.json]
+    python tools/bench_eval.py --images 19809 --peers hotcoco ultrafast-pycocotools   # LVIS val
+    python tools/bench_eval.py --cases [--peer-python vernier=...]
 """
 import argparse
 import json
@@ -566,7 +571,7 @@ def run_cli(cmd: List[str], metrics_path: str, percent: bool) -> Dict:
     loaded machine), its peak RSS (VmHWM, polled until it exits; ``ru_maxrss`` would include
     this process's own peak, inherited through fork + exec) and the metrics it wrote (fractions,
     -1 where undefined)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = _child_env()
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
