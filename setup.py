@@ -78,6 +78,9 @@ setup(
         "PyYAML>=5.1",  # _BASE_ chains of yaml configs (yaml.safe_load)
         "tabulate>=0.8.3",  # markdown tables (tablefmt="github")
         "tqdm>=4",  # progress of long evaluations
+        # filelock.lock_descriptor: the OUTPUT_DIR lock (lt_det.engine.lock); torch installs
+        # filelock without a bound.
+        "filelock>=3.30",
     ],
     extras_require={
         # The "lvis" evaluation backend (TEST.LVIS.BACKEND lvis, tools/lvis_eval.py --backend
@@ -88,6 +91,14 @@ setup(
         # Faster reading of large result files (the stdlib json is used without it).
         "orjson": ["orjson>=3"],
         "test": ["pytest"],
+    },
+    # The programs of lt_det.tools (a checkout's tools/*.py run the same functions).
+    entry_points={
+        "console_scripts": [
+            "lt-train-net=lt_det.tools.train_net:cli",
+            "lt-benchmark=lt_det.tools.lt_benchmark:cli",
+            "lt-benchmark-summary=lt_det.tools.benchmark_summary:cli",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -14,6 +14,7 @@ list, another output folder) with the same key reuses it instead of training aga
 """
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .engine.signals import StopSignals, signal_name
 from .errors import LTDetError, RunStopped
@@ -31,28 +32,38 @@ from .fidelity import SUMMARY_SETTINGS, load_runs, settings_of
 from .registry import Registry
 
 __all__ = ["MethodSpec", "METHODS", "BENCHMARK_METHODS", "register_method", "run_benchmark",
-           "run_benchmark_seeds", "format_table", "summarize_runs", "TASKS"]
+           "run_benchmark_seeds", "format_table", "summarize_runs", "TASKS", "EtaEstimator", "Eta",
+           "TRAIN_NET_MODULE"]
+
+# Progress, the table and where files went: INFO records (tools/lt_benchmark.py shows them).
+logger = logging.getLogger(__name__)
+
+#: The training entry point every run starts (``python -m lt_det.tools.train_net``), part of
+#: the installed package.
+TRAIN_NET_MODULE = "lt_det.tools.train_net"
 
 #: Evaluated tasks, headline first: mask AP (LVIS's headline), then box AP.
 TASKS = ("segm", "bbox")
 
 
-def _checkout_paths(configs_dir: Optional[str], train_net: Optional[str]) -> Tuple[str, str]:
-    """The configs folder and tools/train_net.py, resolved once against the caller's working
-    directory (defaults: lt_det's shipped configs, :func:`lt_det.model_zoo.configs_dir`, and
-    ./tools/train_net.py of an lt_det checkout)."""
+def _resolve_paths(configs_dir: Optional[str], train_net: Optional[str]) -> "_Paths":
+    """The configs folder and the training script, resolved once against the caller's working
+    directory. Defaults: the configs lt_det ships (:func:`lt_det.model_zoo.configs_dir`, also in
+    an installed package) and the packaged entry point :data:`TRAIN_NET_MODULE` (``train_net``
+    None); ``train_net`` names a script to run instead (e.g. a checkout's tools/train_net.py)."""
     if configs_dir is None:
         from .model_zoo import configs_dir as shipped_configs
 
         configs_dir = shipped_configs()
     configs_dir = os.path.abspath(configs_dir)
-    train_net = os.path.abspath(train_net or os.path.join("tools", "train_net.py"))
+    train_net = os.path.abspath(train_net) if train_net else None
     for path, what, arg in ((configs_dir, "configs folder", "configs_dir"),
                             (train_net, "training entry point", "train_net")):
-        if not os.path.exists(path):
-            raise LTDetError(f"the benchmark's {what} '{path}' does not exist; run from the root "
-                             f"of an lt_det checkout or pass {arg} (--configs-dir / --train-net).")
-    return configs_dir, train_net
+        if path is not None and not os.path.exists(path):
+            raise LTDetError(f"the benchmark's {what} '{path}' does not exist; pass an existing "
+                             f"one ({arg}, --{arg.replace('_', '-')}) or leave it out for the "
+                             "one lt_det ships.")
+    return _Paths(configs_dir, train_net)
 
 
 @dataclass(frozen=True)
@@ -154,7 +165,7 @@ for _spec in (
 @dataclass
 class _Paths:
     configs_dir: str
-    train_net: str
+    train_net: Optional[str] = None  # a script; None: the packaged TRAIN_NET_MODULE
 
 
 @dataclass
@@ -190,9 +201,12 @@ def _dataset_opts(data: Dict[str, str]) -> List[str]:
 def _job_command(job: _Job, data: Dict[str, str], seed: int, jobs: Dict[str, _Job],
                  paths: Optional[_Paths] = None, resume: bool = False) -> List[str]:
     spec = job.spec
-    paths = paths or _Paths("configs", os.path.join("tools", "train_net.py"))
-    cmd = [sys.executable, paths.train_net,
-           "--config-file", os.path.join(paths.configs_dir, spec.config)]
+    if paths is None:
+        from .model_zoo import configs_dir
+
+        paths = _Paths(configs_dir())
+    entry = [paths.train_net] if paths.train_net else ["-m", TRAIN_NET_MODULE]
+    cmd = [sys.executable, *entry, "--config-file", os.path.join(paths.configs_dir, spec.config)]
     if spec.eval_only:
         cmd.append("--eval-only")
     elif resume:
@@ -247,7 +261,10 @@ def run_benchmark(
 ) -> Dict:
     """Run the benchmark and write results.json, results.md and the plots into ``out_dir``.
 
-    SIGTERM / SIGINT (Ctrl-C) stop it the way ``tools/train_net.py`` stops: the runs in
+    Progress (runs done, iterations, elapsed time, ETA from :class:`EtaEstimator`) is logged at
+    INFO by the logger ``lt_det.benchmark`` every ``progress_every`` seconds.
+
+    SIGTERM / SIGINT (Ctrl-C) stop it the way ``lt_det.tools.train_net`` stops: the runs in
     progress get SIGTERM, save a checkpoint and stop; the benchmark waits for them and ends
     with :class:`~lt_det.errors.RunStopped` (one line naming the runs and their iterations,
     exit status 128 + signal). ``resume=True`` (``--resume``) continues it: finished runs are
@@ -268,9 +285,8 @@ def run_benchmark(
         resume: continue the benchmark in ``out_dir`` (made with the same seed, preset,
             iterations and stage-1 method; other settings are refused).
         configs_dir / train_net: the configs folder (default: the configs lt_det ships,
-            :func:`lt_det.model_zoo.configs_dir`, also from an installed package) and
-            ``tools/train_net.py`` of an lt_det checkout (default: ``./tools/train_net.py`` of the
-            working directory).
+            :func:`lt_det.model_zoo.configs_dir`, also from an installed package) and a training
+            script each run starts (default: the packaged ``python -m lt_det.tools.train_net``).
         stage1_cache: folder of stage-1 runs shared across benchmarks (None = no sharing). A
             stage-1 run whose key (merged config, seed, iterations, dataset bytes) is there is
             reused; a new one is stored there when it finishes.
@@ -286,7 +302,7 @@ def run_benchmark(
         names.insert(0, stage1)
     names = sorted(set(names), key=lambda n: (METHODS[n].stage, list(METHODS).index(n)))
 
-    paths = _Paths(*_checkout_paths(configs_dir, train_net))
+    paths = _resolve_paths(configs_dir, train_net)
     out_dir = os.path.abspath(out_dir)  # the runs start in other working directories' terms
     data_dir = os.path.abspath(data_dir) if data_dir else None
     _refuse_earlier_benchmark(out_dir, overwrite, resume)
@@ -312,20 +328,20 @@ def _run_benchmark(out_dir, names, seed, iters, stage2_iters, preset, parallel, 
             "train_image_root": os.path.join(data_dir, "train"),
             "val_image_root": os.path.join(data_dir, "val")}
     if all(os.path.exists(p) for p in data.values()):
-        print(f"[lt_benchmark] reusing the dataset in {data_dir}", flush=True)
+        logger.info("reusing the dataset in %s", data_dir)
     elif own_data:  # an interruption leaves data.partial, never a half-written data/
         partial = data_dir + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
         s = generate_synthetic_lvis(partial, seed=seed, preset=preset)["summary"]
         os.replace(partial, data_dir)
-        print(f"[lt_benchmark] generated {data_dir}: {s['num_classes']} classes "
-              f"(r/c/f {s['groups']}), {_fmt_s(time.time() - t0)}", flush=True)
+        logger.info("generated %s: %d classes (r/c/f %s), %s", data_dir, s["num_classes"],
+                    s["groups"], _fmt_s(time.time() - t0))
     else:
         data = generate_synthetic_lvis(data_dir, seed=seed, preset=preset)
         s = data["summary"]
-        print(f"[lt_benchmark] generated {data_dir}: {s['num_classes']} classes "
-              f"(r/c/f {s['groups']}), {_fmt_s(time.time() - t0)}", flush=True)
+        logger.info("generated %s: %d classes (r/c/f %s), %s", data_dir, s["num_classes"],
+                    s["groups"], _fmt_s(time.time() - t0))
     with open(data["train_json"]) as f:
         data["num_classes"] = len(json.load(f)["categories"])
 
@@ -341,20 +357,15 @@ def _run_benchmark(out_dir, names, seed, iters, stage2_iters, preset, parallel, 
             if j.spec.stage == 1 and not j.spec.eval_only:
                 j.cache_entry = _stage1_cache_entry(stage1_cache, j, data, seed, paths)
                 if _load_cached_stage1(j, data["val_json"]):
-                    print(f"[lt_benchmark] {j.spec.name}: reusing stage-1 run {j.cache_entry}",
-                          flush=True)
+                    logger.info("%s: reusing stage-1 run %s", j.spec.name, j.cache_entry)
     if resume:
         for j in jobs.values():
             if not j.done:
                 _load_finished_run(j, data["val_json"])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    # Rough seconds per iteration used for the ETA until runs report their own pace.
-    pace = {1: 0.6, 2: 0.15}
-    eval_cost = 20.0
     stop.deferred, stop.on_signal = True, lambda signum: _stop_runs(jobs)
     try:
-        _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every, paths,
-                  resume, stop)
+        _run_jobs(jobs, data, seed, parallel, env, t0, progress_every, paths, resume, stop)
     finally:  # never leave runs behind when one fails
         for j in jobs.values():
             if j.proc is not None and j.proc.poll() is None:
@@ -381,9 +392,9 @@ def _run_benchmark(out_dir, names, seed, iters, stage2_iters, preset, parallel, 
     _write_json_atomic(os.path.join(out_dir, "results.json"), summary)
     _write_text_atomic(os.path.join(out_dir, "results.md"), table + "\n")
     _plots(out_dir, data, jobs, paths)
-    print(table, flush=True)
-    print(f"[lt_benchmark] wrote {out_dir}/results.json, results.md, ap_vs_frequency.png, "
-          f"classifier_norms.png in {_fmt_s(time.time() - t0)}", flush=True)
+    logger.info("results:\n%s", table)
+    logger.info("wrote %s/results.json, results.md, ap_vs_frequency.png, classifier_norms.png "
+                "in %s", out_dir, _fmt_s(time.time() - t0))
     return summary
 
 
@@ -414,7 +425,7 @@ def run_benchmark_seeds(out_dir: str, seeds: Sequence[int], **kwargs) -> str:
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})\n")
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(text)
-    print(text, flush=True)
+    logger.info("summary over seeds:\n%s", text)
     return text
 
 
@@ -503,7 +514,7 @@ def _load_finished_run(job: _Job, val_json: str) -> None:
     job.wall, job.done = job.wall_before, True
     if job.cache_entry and not os.path.isfile(os.path.join(job.cache_entry, "cache_info.json")):
         _store_stage1(job)
-    print(f"[lt_benchmark] {job.spec.name}: finished before, kept", flush=True)
+    logger.info("%s: finished before, kept", job.spec.name)
 
 
 def _stop_runs(jobs: Dict[str, _Job]) -> None:
@@ -656,15 +667,181 @@ def _store_stage1(job: _Job) -> None:
     os.replace(tmp, job.cache_entry)
 
 
-def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_every,
-              paths: _Paths, resume: bool = False, stop=None) -> None:
-    """Start runs as their stage-1 run finishes, `parallel` at a time; print progress + ETA.
+class Eta(NamedTuple):
+    """A time-to-finish estimate: ``seconds`` left; ``lower_bound`` when a part of it was not
+    measured yet (the start-up or the evaluation of a run before any run got there) and was
+    counted as zero."""
+
+    seconds: float
+    lower_bound: bool
+
+
+class _RunTimes:
+    """What the estimator saw of one run (clock readings in seconds)."""
+
+    def __init__(self, stage: int, iters: int, after: Optional[str]):
+        self.stage, self.iters, self.after = stage, iters, after
+        self.start: Optional[float] = None
+        self.first: Optional[Tuple[float, int]] = None  # first (time, iteration) seen, iteration > 0
+        self.last: Optional[Tuple[float, int]] = None  # latest (time, iteration)
+        self.end: Optional[float] = None
+        self.done = False
+
+
+class EtaEstimator:
+    """Time left of a set of runs, from the pace measured on the runs themselves.
+
+    Each run is ``(stage, iterations, after)``: ``after`` names the run it starts from (a stage-2
+    run waits for its stage-1 run); iterations 0 is an evaluation-only run. A run's time is
+    start-up (process start to its first iteration), ``iterations x pace`` and the tail (from
+    its last iteration to its exit: evaluation). Every part is measured:
+
+    - pace (seconds per iteration) of a stage: over the runs of that stage, the clock time
+      between the first and the latest iteration reported, divided by the iterations between
+      them (runs in parallel share the CPU; that is in the measurement). A stage not measured
+      yet takes the pace of the other stage.
+    - start-up: mean over runs that reported an iteration of (time to the first report minus
+      the iterations reported by then x pace).
+    - tail: mean over finished training runs of (exit time minus the time their last iteration
+      was seen); an evaluation-only run takes the mean wall time of finished evaluation-only
+      runs, else start-up + tail.
+
+    The time left is a list schedule of the remaining runs on ``parallel`` slots in the given
+    order, each run starting when a slot is free and the run it starts from has finished (what
+    :func:`run_benchmark` does).
+
+    Args:
+        runs: ``{name: (stage, iterations, after)}`` in start order.
+        parallel: runs at a time.
+        clock: seconds, monotonic (default :func:`time.monotonic`; tests pass a fake one).
+    """
+
+    def __init__(self, runs: Mapping[str, Tuple[int, int, Optional[str]]], parallel: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.runs = {n: _RunTimes(*r) for n, r in runs.items()}
+        self.parallel = max(1, parallel)
+        self.clock = clock
+
+    def started(self, name: str) -> None:
+        self.runs[name].start = self.clock()
+
+    def progress(self, name: str, iteration: int) -> None:
+        """The run has finished ``iteration`` iterations (read from its metrics.json)."""
+        r, now = self.runs[name], self.clock()
+        if iteration <= 0 or (r.last is not None and iteration <= r.last[1]):
+            return
+        if r.first is None:
+            r.first = (now, iteration)
+        r.last = (now, iteration)
+
+    def finished(self, name: str, measured: bool = True) -> None:
+        """The run ended; ``measured=False`` for one that did not run here (reused, cached)."""
+        r = self.runs[name]
+        r.done = True
+        r.end = self.clock() if measured and r.start is not None else None
+
+    def pace(self, stage: int) -> Optional[float]:
+        """Seconds per iteration of ``stage`` (the other stage's while it has none)."""
+        for want in (stage, 3 - stage):
+            spans = [(r.last[0] - r.first[0], r.last[1] - r.first[1])
+                     for r in self.runs.values()
+                     if r.stage == want and r.first is not None and r.last[1] > r.first[1]]
+            if spans:
+                return sum(t for t, _ in spans) / sum(i for _, i in spans)
+        return None
+
+    def _startup(self) -> Optional[float]:
+        seen = [max(0.0, r.first[0] - r.start - r.first[1] * self.pace(r.stage))
+                for r in self.runs.values()
+                if r.first is not None and r.start is not None and self.pace(r.stage) is not None]
+        return sum(seen) / len(seen) if seen else None
+
+    def _tail(self) -> Optional[float]:
+        seen = [r.end - r.last[0] for r in self.runs.values()
+                if r.end is not None and r.iters and r.last is not None and r.last[1] >= r.iters]
+        return sum(seen) / len(seen) if seen else None
+
+    def _eval_only(self) -> Optional[float]:
+        seen = [r.end - r.start for r in self.runs.values() if r.end is not None and not r.iters]
+        return sum(seen) / len(seen) if seen else None
+
+    def eta(self) -> Optional[Eta]:
+        """Seconds until every run has finished, or None while a run left to train has no
+        measured pace (no run has reported two iterations yet)."""
+        now = self.clock()
+        startup, tail, eval_only = self._startup(), self._tail(), self._eval_only()
+        guessed = False
+        left: Dict[str, float] = {}
+        for name, r in self.runs.items():
+            if r.done:
+                continue
+            if not r.iters:  # evaluation only
+                whole = eval_only
+                if whole is None:
+                    whole, guessed = (startup or 0.0) + (tail or 0.0), True
+                spent = now - r.start if r.start is not None else 0.0
+                left[name] = max(0.0, whole - spent)
+                continue
+            pace = self.pace(r.stage)
+            if pace is None:
+                return None
+            guessed |= tail is None
+            if r.last is not None:  # iterating (or evaluating after its last iteration)
+                rest = (r.iters - r.last[1]) * pace
+                end_tail = tail or 0.0
+                if r.last[1] >= r.iters:
+                    end_tail = max(0.0, end_tail - (now - r.last[0]))
+                left[name] = rest + end_tail
+                continue
+            guessed |= startup is None
+            spent = now - r.start if r.start is not None else 0.0
+            left[name] = max(0.0, (startup or 0.0) - spent) + r.iters * pace + (tail or 0.0)
+        return Eta(self._schedule(left), guessed)
+
+    def _schedule(self, left: Dict[str, float]) -> float:
+        """Finish time (from now) of the remaining runs: running ones hold their slots, waiting
+        ones start in order when a slot is free and the run they start from has finished."""
+        finish: Dict[str, float] = {n: 0.0 for n, r in self.runs.items() if r.done}
+        slots: List[float] = []
+        for name, r in self.runs.items():
+            if name in left and r.start is not None:
+                finish[name] = left[name]
+                slots.append(left[name])
+        waiting = [n for n, r in self.runs.items() if n in left and r.start is None]
+        slots += [0.0] * max(0, self.parallel - len(slots))
+        slots.sort()
+        for name in waiting:
+            after = self.runs[name].after
+            ready = finish.get(after, 0.0) if after else 0.0
+            slot = slots.pop(0)
+            finish[name] = max(slot, ready) + left[name]
+            slots.append(finish[name])
+            slots.sort()
+        return max(finish.values(), default=0.0)
+
+
+def _format_eta(eta: Optional[Eta]) -> str:
+    if eta is None:
+        return "ETA (measuring the pace)"
+    return f"ETA {'>=' if eta.lower_bound else ''}{_fmt_s(eta.seconds)}"
+
+
+def _run_jobs(jobs, data, seed, parallel, env, t0, progress_every, paths: _Paths,
+              resume: bool = False, stop=None, clock: Callable[[], float] = time.monotonic
+              ) -> None:
+    """Start runs as their stage-1 run finishes, ``parallel`` at a time; log progress and the
+    ETA (:class:`EtaEstimator`) every ``progress_every`` seconds.
 
     Once ``stop`` (a deferred :class:`~lt_det.engine.signals.StopSignals`) has a signal, no run
     starts, the runs in progress are sent SIGTERM (they save a checkpoint and stop) and this
     returns when all of them have ended. With ``resume`` a run whose folder holds a checkpoint
     continues from it (``train_net --resume``)."""
-    last_print = 0.0
+    eta = EtaEstimator({n: (j.spec.stage, j.iters, j.stage1) for n, j in jobs.items()},
+                       parallel, clock)
+    for n, j in jobs.items():
+        if j.done:  # reused from the stage-1 cache or kept from before an interruption
+            eta.finished(n, measured=False)
+    last_log = None
     ended = set()  # runs stopped by the signal
     while not all(j.done for j in jobs.values()):
         stopping = stop is not None and stop.signum is not None
@@ -673,6 +850,7 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
         running = [j for j in jobs.values()
                    if j.proc is not None and not j.done and j.spec.name not in ended]
         for j in running:
+            eta.progress(j.spec.name, _progress(j))
             rc = j.proc.poll()
             if rc is None:
                 continue
@@ -693,8 +871,7 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             j.results.update(_evaluate_ap_fixed(j.out_dir, data["val_json"], j.results))
             if j.cache_entry:
                 _store_stage1(j)
-            if j.iters:
-                pace[j.spec.stage] = max(1e-3, (elapsed - eval_cost) / j.iters)
+            eta.finished(j.spec.name)
         if stopping:
             if all(j.spec.name in ended or j.done for j in running):
                 return
@@ -715,20 +892,18 @@ def _run_jobs(jobs, data, seed, parallel, env, pace, eval_cost, t0, progress_eve
             j.proc = subprocess.Popen(_job_command(j, data, seed, jobs, paths, resume=go_on),
                                       env=env, stdout=open(j.log_path, "a" if go_on else "w"),
                                       stderr=subprocess.STDOUT)
+            eta.started(j.spec.name)
             if go_on:
-                print(f"[lt_benchmark] {j.spec.name}: continuing from its checkpoint", flush=True)
-        now = time.time()
-        if now - last_print >= progress_every or all(j.done for j in jobs.values()):
-            last_print = now
-            remaining = sum(
-                (j.iters - (_progress(j) if j.proc else 0)) * pace[j.spec.stage] + eval_cost
-                for j in jobs.values() if not j.done
-            )
+                logger.info("%s: continuing from its checkpoint", j.spec.name)
+        now = clock()
+        if last_log is None or now - last_log >= progress_every or all(
+                j.done for j in jobs.values()):
+            last_log = now
             active = ", ".join(f"{j.spec.name} {_progress(j)}/{j.iters}" for j in jobs.values()
                                if j.proc is not None and not j.done)
             n_done = sum(j.done for j in jobs.values())
-            print(f"[lt_benchmark] {n_done}/{len(jobs)} runs done | {active or '-'} | elapsed "
-                  f"{_fmt_s(now - t0)} | ETA {_fmt_s(remaining / parallel)}", flush=True)
+            logger.info("%d/%d runs done | %s | elapsed %s | %s", n_done, len(jobs),
+                        active or "-", _fmt_s(time.time() - t0), _format_eta(eta.eta()))
         time.sleep(0.5)
 
 

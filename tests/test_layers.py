@@ -2,7 +2,7 @@
 with ``ast``) goes down the layer order, and no modules import each other in a circle.
 
     config, errors, registry, class_stats, lvis_json  <  data, modeling, evaluation  <  decouple  <  engine
-    <  benchmark
+    <  benchmark  <  tools
 
 Modules of one layer may import each other as long as no circle forms.
 """
@@ -20,6 +20,7 @@ LAYERS = [
     {"decouple"},
     {"engine"},
     {"benchmark"},
+    {"tools"},  # the programs (lt_det.tools.train_net, ...): on top of everything
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 

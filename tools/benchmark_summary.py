@@ -1,45 +1,10 @@
 #!/usr/bin/env python
-"""Mean over seeds of several tools/lt_benchmark.py outputs, and the benchmark goal check.
-
-    python tools/benchmark_summary.py output/demo output/seed1 output/seed2
-
-Prints a Markdown table (AP, APr, APc, APf and AP-fixed: mean and min-max over the runs; mask AP
-when every run has it, else box AP, or --task) and, per run, the best stage-2 method by APr
-against softmax CE and repeat-factor sampling; writes nothing. Runs made with different settings
-(data preset, iterations, stage-1 method) are refused, or with --group get one table per setting.
-Folders of one seed and setting (methods added later in another --out) count as one run.
-"""
-import argparse
+"""Mean over seeds of benchmark outputs from a checkout: the program
+:mod:`lt_det.tools.benchmark_summary` (``lt-benchmark-summary`` from an installed package);
+``--help`` describes it."""
 import sys
-import warnings
 
-# detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
-warnings.filterwarnings(
-    "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
-)
-
-from lt_det.benchmark import summarize_runs  # noqa: E402
-from lt_det.errors import LTDetError, report_error  # noqa: E402
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("outs", nargs="+", help="lt_benchmark.py --out folders (each has results.json)")
-    p.add_argument("--task", choices=("segm", "bbox"),
-                   help="segm = mask AP, bbox = box AP (default: mask AP if every run has it)")
-    p.add_argument(
-        "--group",
-        action="store_true",
-        help="runs made with different settings (preset, iterations, stage-1 method): one table "
-        "per setting instead of an error",
-    )
-    args = p.parse_args(argv)
-    try:
-        print(summarize_runs(args.outs, task=args.task, group=args.group))
-    except LTDetError as e:
-        return report_error(e)
-    return 0
-
+from lt_det.tools.benchmark_summary import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

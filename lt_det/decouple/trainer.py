@@ -240,7 +240,8 @@ def build_decoupled_trainer(
     "none").
 
     Args:
-        cfg: the run's config.
+        cfg: the run's config, checked (:func:`check_decoupled_training`, which
+            :func:`lt_det.engine.check_config` runs before anything is built).
         trainer: the inner trainer ``DefaultTrainer`` built (its model, loader and optimizer are
             taken over).
         train_sampler: the sampler the trainer built for its loader (a
@@ -248,7 +249,6 @@ def build_decoupled_trainer(
             ``.sampler``). A Meta Sampler gets a :class:`MetaSamplerLearner` (the trainer's
             ``meta_learner``, to be registered with the checkpointer).
     """
-    check_decoupled_training(cfg)  # the checks made at the door (a Meta Sampler needs stage 2)
     sampler = getattr(train_sampler, "sampler", train_sampler)
     is_meta = isinstance(sampler, MetaSampler)
     if cfg.MODEL.DECOUPLE.METHOD == "none":

@@ -1,5 +1,6 @@
-"""Config set-up shared by the command-line tools: every check made at the door, before a model
-is built or anything is written to OUTPUT_DIR."""
+"""Config set-up shared by the command-line tools: every check of the inputs (config, datasets,
+weights, output folder) that can run before a model is built or anything is written to
+OUTPUT_DIR."""
 import difflib
 import functools
 import logging
@@ -143,7 +144,8 @@ def setup_cfg(args) -> CfgNode:
     ``default_setup``.
 
     Everything that can be checked before a model is built is checked here, before
-    ``default_setup`` writes anything to OUTPUT_DIR: the config alone (:func:`check_config`:
+    ``default_setup`` writes anything to OUTPUT_DIR: the config alone (:func:`check_config`,
+    unless :func:`check_launch` already checked these ``args``:
     method-selecting values, ranges, the stage-2 / sampler combination, the learning-rate
     schedule, AMP, the device and the process count), datasets (LVIS_FORMAT files fully,
     detectron2's builtin names by their files; test sets against what LVIS evaluation needs and
@@ -158,7 +160,8 @@ def setup_cfg(args) -> CfgNode:
     folder's checkpoint leaves that run's own files as they are.
     """
     cfg = load_config(args.config_file, args.opts)
-    check_config(cfg, eval_only=args.eval_only, num_gpus=getattr(args, "num_gpus", 1))
+    if getattr(args, "checked_config", None) != _config_checked_for(args):
+        check_config(cfg, eval_only=args.eval_only, num_gpus=getattr(args, "num_gpus", 1))
     cfg.freeze()
     check_dataset_files(cfg)
     register_datasets_from_cfg(cfg)
@@ -228,6 +231,16 @@ def check_launch(args) -> None:
     """
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg, eval_only=args.eval_only, num_gpus=args.num_gpus)
+    args.checked_config = _config_checked_for(args)
+
+
+def _config_checked_for(args) -> Tuple:
+    """What :func:`check_config` was run on for ``args``: :func:`check_launch` records it on
+    ``args`` (which reaches every worker process), :func:`setup_cfg` skips the checks for the
+    same arguments, so each start checks its config once. A copy of ``args`` with another config
+    or other overrides (each stage of a two-stage config) does not match and is checked."""
+    return (args.config_file, tuple(args.opts), bool(args.eval_only),
+            getattr(args, "num_gpus", 1))
 
 
 def check_weights_file(weights: str) -> None:
@@ -348,7 +361,7 @@ def check_solver(cfg: CfgNode) -> None:
 
 
 class _DropRecords(logging.Filter):
-    """A logging filter that drops every record (used while a door check runs detectron2 code
+    """A logging filter that drops every record (used while an input check runs detectron2 code
     that logs what the run will log again)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -713,61 +726,51 @@ def check_config_values(cfg: CfgNode) -> None:
     check_e2e_ranges(cfg)
 
 
+#: Valid ranges of the end-to-end keys (docs/e2e.md): ``{key: (low, high, closed)}``, ``None``
+#: for an open end; ``closed`` says whether (low, high) belong to the range.
+E2E_RANGES: Dict[str, Tuple[Optional[float], Optional[float], Tuple[bool, bool]]] = {
+    "MODEL.ROI_BOX_HEAD.LDAM.MAX_MARGIN": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.LDAM.SCALE": (0, None, (False, False)),
+    "MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA": (0, 1, (True, False)),
+    "MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.TAU": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.POSTHOC_TAU": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA": (0, 1, (True, False)),
+    "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.WHITENING.GROUP_SIZE": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.WHITENING.EPS": (0, None, (False, False)),
+    "MODEL.ROI_BOX_HEAD.WHITENING.MOMENTUM": (0, 1, (False, True)),
+    "DATALOADER.GRBS.NUM_GROUPS": (1, None, (True, False)),
+    "DATALOADER.GRBS.BALANCE": (0, 1, (True, True)),
+    "DATALOADER.GRBS.BET_FRACTION": (0, 1, (True, True)),
+}
+
+
+def _range_text(low, high, closed: Tuple[bool, bool]) -> str:
+    """``>= 0``, ``> 0``, ``in [0, 1)``: the range as the error message states it."""
+    if high is None:
+        return f"{'>=' if closed[0] else '>'} {low}"
+    return f"in {'[' if closed[0] else '('}{low}, {high}{']' if closed[1] else ')'}"
+
+
+def _in_range(value, low, high, closed: Tuple[bool, bool]) -> bool:
+    above = value >= low if closed[0] else value > low
+    below = high is None or (value <= high if closed[1] else value < high)
+    return above and below
+
+
 def check_e2e_ranges(cfg: CfgNode) -> None:
-    """Range checks of the end-to-end keys (docs/e2e.md), before anything is built or written.
+    """Range checks of the end-to-end keys (:data:`E2E_RANGES`), before anything is built or
+    written.
 
     Raises:
         LTDetError: naming the key, its value and the valid range.
     """
-    head, grbs = cfg.MODEL.ROI_BOX_HEAD, cfg.DATALOADER.GRBS
-    checks = [
-        ("MODEL.ROI_BOX_HEAD.LDAM.MAX_MARGIN", head.LDAM.MAX_MARGIN, ">= 0", lambda v: v >= 0),
-        ("MODEL.ROI_BOX_HEAD.LDAM.SCALE", head.LDAM.SCALE, "> 0", lambda v: v > 0),
-        ("MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA", head.LDAM.DRW_BETA, "in [0, 1)", lambda v: 0 <= v < 1),
-        (
-            "MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.TAU",
-            head.LOGIT_ADJUSTED.TAU,
-            ">= 0",
-            lambda v: v >= 0,
-        ),
-        (
-            "MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.POSTHOC_TAU",
-            head.LOGIT_ADJUSTED.POSTHOC_TAU,
-            ">= 0",
-            lambda v: v >= 0,
-        ),
-        (
-            "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA",
-            head.CLASS_BALANCED.BETA,
-            "in [0, 1)",
-            lambda v: 0 <= v < 1,
-        ),
-        (
-            "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA",
-            head.CLASS_BALANCED.FOCAL_GAMMA,
-            ">= 0",
-            lambda v: v >= 0,
-        ),
-        (
-            "MODEL.ROI_BOX_HEAD.WHITENING.GROUP_SIZE",
-            head.WHITENING.GROUP_SIZE,
-            ">= 0",
-            lambda v: v >= 0,
-        ),
-        ("MODEL.ROI_BOX_HEAD.WHITENING.EPS", head.WHITENING.EPS, "> 0", lambda v: v > 0),
-        (
-            "MODEL.ROI_BOX_HEAD.WHITENING.MOMENTUM",
-            head.WHITENING.MOMENTUM,
-            "in (0, 1]",
-            lambda v: 0 < v <= 1,
-        ),
-        ("DATALOADER.GRBS.NUM_GROUPS", grbs.NUM_GROUPS, ">= 1", lambda v: v >= 1),
-        ("DATALOADER.GRBS.BALANCE", grbs.BALANCE, "in [0, 1]", lambda v: 0 <= v <= 1),
-        ("DATALOADER.GRBS.BET_FRACTION", grbs.BET_FRACTION, "in [0, 1]", lambda v: 0 <= v <= 1),
-    ]
-    for key, value, valid, ok in checks:
-        if not ok(value):
-            raise LTDetError(f"{key} is {value!r}; it must be {valid}.")
+    for key, (low, high, closed) in E2E_RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if not _in_range(value, low, high, closed):
+            raise LTDetError(f"{key} is {value!r}; it must be {_range_text(low, high, closed)}.")
 
 
 # Files that mark OUTPUT_DIR as holding a (finished or interrupted) training run.
