@@ -26,6 +26,7 @@ from lt_det.modeling import (
     class_prior_from_cfg,
     use_cls_loss_in_torchvision,
 )
+from lt_det.modeling.normed_linear import NormedLinear
 
 K = 3
 LOSSES = ["softmax_ce", "sigmoid_ce", "balanced_softmax", "balanced_sigmoid"]
@@ -224,6 +225,57 @@ def test_keyword_predictor_losses_match_hand_computation(loss):
     probs = pred.predict_probs(pred(x), proposals)
     assert [p.shape for p in probs] == [(6, K + 1), (4, K + 1)]
     assert "cls_loss.class_prior" in pred.state_dict() or not loss.startswith("balanced")
+
+
+@pytest.mark.parametrize("cls_score, loss", [
+    ("linear", "softmax_ce"), ("normed_linear", "softmax_ce"), ("linear", "bags"),
+    ("normed_linear", "bags"),
+])
+def test_classifier_is_detectron2s_layer_kept_or_extended(cls_score, loss):
+    """The classifier is the layer detectron2's constructor built (same parameters, same
+    draws under one seed, box regression untouched); a loss with extra logits (BAGS) gets rows
+    appended below detectron2's K + 1, initialised as detectron2 does (N(0, 0.01^2))."""
+    kwargs = dict(box2box_transform=Box2BoxTransform(weights=(10, 10, 5, 5)), num_classes=K)
+    options = {"instance_counts": [5, 50, 500]} if loss == "bags" else None
+    torch.manual_seed(0)
+    plain = FastRCNNOutputLayers(ShapeSpec(channels=64), **kwargs)
+    torch.manual_seed(0)
+    pred = LTFastRCNNOutputLayers(ShapeSpec(channels=64), cls_loss=loss, cls_score=cls_score,
+                                  cls_loss_kwargs=options, **kwargs)
+    extra = getattr(pred.cls_loss, "num_extra_logits", 0)
+    assert (extra > 0) == (loss == "bags")
+    weight = pred.cls_score.weight
+    assert type(pred.cls_score) is (NormedLinear if cls_score == "normed_linear" else torch.nn.Linear)
+    assert weight.shape == (K + 1 + extra, 64) and pred.cls_score.bias.shape == (K + 1 + extra,)
+    assert weight.device.type == "cpu" and weight.requires_grad
+    assert torch.equal(weight[: K + 1], plain.cls_score.weight)
+    assert torch.equal(pred.bbox_pred.weight, plain.bbox_pred.weight)
+    if extra:
+        rows = weight[K + 1:].detach()
+        assert rows.abs().min() > 0 and 0.005 < float(rows.std()) < 0.02
+    names = [n for n, _ in pred.named_parameters() if n.startswith("cls_score")]
+    assert names == ["cls_score.weight", "cls_score.bias"]
+
+
+def test_predictor_losses_log_detectron2s_classification_statistics():
+    """loss_box_reg and the classification statistics come from detectron2's own losses();
+    the classification loss's gradient is the loss module's alone."""
+    gen = torch.Generator().manual_seed(1)
+    kwargs = dict(box2box_transform=Box2BoxTransform(weights=(10, 10, 5, 5)), num_classes=K)
+    pred = LTFastRCNNOutputLayers(ShapeSpec(channels=8), cls_loss="balanced_softmax",
+                                  class_prior=torch.tensor([0.4, 0.05, 0.2]), **kwargs)
+    x = torch.randn(10, 8, generator=gen)
+    proposals = _proposals(gen)
+    y = torch.cat([p.gt_classes for p in proposals])
+    scores, deltas = pred(x)
+    with EventStorage() as storage:
+        got = pred.losses((scores, deltas), proposals)
+    accuracy = storage.latest()["fast_rcnn/cls_accuracy"][0]
+    assert accuracy == pytest.approx(float((scores.argmax(1) == y).float().mean()))
+    assert set(got) == {"loss_cls", "loss_box_reg"}
+    (grad,) = torch.autograd.grad(got["loss_cls"], scores)
+    (expected,) = torch.autograd.grad(pred.cls_loss(scores, y), scores)
+    torch.testing.assert_close(grad, expected)
 
 
 def test_predictor_accepts_loss_module_and_rejects_mismatch():

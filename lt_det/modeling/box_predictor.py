@@ -19,11 +19,6 @@ from .losses import build_cls_loss, build_cls_loss_from_cfg
 from .normed_linear import NormedLinear
 from .whitening import ChannelWhitening
 
-try:  # present in detectron2 0.6 and later; logging only
-    from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
-except ImportError:  # pragma: no cover
-    _log_classification_stats = None
-
 __all__ = ["LTFastRCNNOutputLayers", "check_detectron2_cls_options"]
 
 #: Arguments of detectron2's ``FastRCNNOutputLayers`` (versions after 0.6) that select its own
@@ -153,19 +148,44 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
                 f"Unknown MODEL.ROI_BOX_HEAD.CLS_SCORE {cls_score!r}; choices: "
                 "['linear', 'normed_linear']."
             )
-        if cls_score == "normed_linear":
-            self.cls_score = NormedLinear(
-                self.cls_score.in_features,
-                self.num_classes + 1 + extra,
-                temperature=normed_linear_temperature,
+        if cls_score == "normed_linear" or extra:
+            self.cls_score = self._adapt_cls_score(
+                self.cls_score, extra, cls_score == "normed_linear", normed_linear_temperature
             )
-        elif extra:
-            self.cls_score = nn.Linear(self.cls_score.in_features, self.num_classes + 1 + extra)
-            nn.init.normal_(self.cls_score.weight, std=0.01)
-            nn.init.constant_(self.cls_score.bias, 0.0)
         self.cls_loss.init_cls_bias_(self.cls_score.bias)
         self.calibration = calibration
         self.whitening = whitening
+
+    @staticmethod
+    def _adapt_cls_score(
+        linear: nn.Linear, extra: int, normed: bool, temperature: float
+    ) -> nn.Linear:
+        """The classifier from the (K + 1)-output ``nn.Linear`` detectron2's constructor built
+        (weights ~ N(0, 0.01^2), bias 0), which has no hook for the layer: its parameters are
+        kept (a :class:`NormedLinear` shares them) and ``extra`` output rows, initialised the
+        same way, are appended below them. The new layer is created on the meta device, so its
+        own parameters are never allocated.
+
+        Args:
+            linear: detectron2's ``cls_score``, (K + 1) x D.
+            extra: the loss's ``num_extra_logits`` (0, or BAGS's 1 + G group logits).
+            normed: build a :class:`NormedLinear` (cosine classifier).
+            temperature: its temperature.
+
+        Returns:
+            a layer with K + 1 + ``extra`` outputs.
+        """
+        out = linear.out_features + extra
+        with torch.device("meta"):
+            layer = (NormedLinear(linear.in_features, out, temperature=temperature) if normed
+                     else nn.Linear(linear.in_features, out))
+        weight, bias = linear.weight, linear.bias
+        if extra:
+            rows = nn.init.normal_(weight.new_empty(extra, linear.in_features), std=0.01)
+            weight = nn.Parameter(torch.cat([weight.detach(), rows]))
+            bias = nn.Parameter(torch.cat([bias.detach(), bias.new_zeros(extra)]))
+        layer.weight, layer.bias = weight, bias
+        return layer
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
@@ -229,36 +249,21 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             {"loss_cls", "loss_box_reg"}, weighted by ``loss_weight``.
         """
         scores, proposal_deltas = predictions
+        # detectron2's losses: the box regression (box_reg_loss) and the classification
+        # statistics in the event storage; its own classification term, computed on scores cut
+        # from the graph (no gradient, no memory kept), is replaced by the loss module's.
+        losses = super().losses((scores.detach(), proposal_deltas), proposals)
         gt_classes = (
             cat([p.gt_classes for p in proposals], dim=0)
             if len(proposals)
             else torch.empty(0, dtype=torch.long, device=scores.device)
         )
-        if _log_classification_stats is not None:
-            _log_classification_stats(scores, gt_classes)
-
-        if len(proposals):
-            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
-            assert not proposal_boxes.requires_grad, "Proposals should not require gradients!"
-            # Without gt_boxes all proposals are background and the boxes are never read.
-            gt_boxes = cat(
-                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
-                dim=0,
-            )
-        else:
-            proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
-
         if getattr(self.cls_loss, "needs_rois_per_image", False):  # e.g. the federated loss
             loss_cls = self.cls_loss(scores, gt_classes, [len(p) for p in proposals])
         else:
             loss_cls = self.cls_loss(scores, gt_classes)
-        losses = {
-            "loss_cls": loss_cls,
-            "loss_box_reg": self.box_reg_loss(
-                proposal_boxes, gt_boxes, proposal_deltas, gt_classes
-            ),
-        }
-        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+        losses["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
+        return losses
 
     def inference(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
