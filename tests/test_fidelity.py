@@ -69,7 +69,7 @@ def test_shipped_tables_load_and_name_benchmark_methods():
     for t in tables:
         assert t["source"].startswith("https://")
         known = [m for m in t["rows"] if m in METHODS]
-        assert len(known) >= 3, (t["name"], known)
+        assert len(known) >= 2, (t["name"], known)  # tau needs two common methods
 
 
 def test_cli_and_bad_input(tmp_path):

