@@ -387,3 +387,70 @@ def test_ctrl_c_stops_the_benchmark_runs_with_a_checkpoint_and_resume_continues(
     other = subprocess.run(other_iters, capture_output=True, text=True, env=env,
                            cwd=str(tmp_path), timeout=1800)
     assert other.returncode == 2 and "other settings (iters 4 there, 8 now)" in other.stderr
+
+
+def test_eta_comes_from_the_measured_pace():
+    # A fake clock drives two stage-1 runs and a stage-2 run that waits for one of them, two
+    # at a time; every expected value is worked out by hand from the readings.
+    from lt_det.benchmark import Eta, EtaEstimator, _format_eta
+
+    now = [0.0]
+    eta = EtaEstimator({"rfs": (1, 100, None), "softmax": (1, 100, None), "crt": (2, 50, "rfs")},
+                       parallel=2, clock=lambda: now[0])
+
+    def at(t, **iterations):
+        now[0] = t
+        for name, it in iterations.items():
+            eta.progress(name, it)
+
+    eta.started("rfs")
+    eta.started("softmax")
+    at(25, rfs=20, softmax=20)
+    assert eta.eta() is None  # one reading per run: no pace yet
+    assert _format_eta(eta.eta()) == "ETA (measuring the pace)"
+    at(45, rfs=40, softmax=40)
+    # stage 1: 20 iterations in 20 s -> 1 s/it; stage 2 takes it until measured. Start-up:
+    # 25 s - 20 it x 1 s = 5 s. No run has finished: evaluation unmeasured (a lower bound).
+    # rfs, softmax: 60 it left -> 60 s; crt: starts after rfs at 60 s, 5 + 50 x 1 -> 115 s.
+    assert eta.eta() == Eta(115.0, True)
+    assert _format_eta(eta.eta()) == "ETA >=1:55"
+    at(105, rfs=100, softmax=100)
+    now[0] = 115.0
+    eta.finished("rfs")  # tail (evaluation): 115 - 105 = 10 s
+    eta.started("crt")
+    # softmax evaluated for 10 s of its 10 s tail; crt: 5 s start-up + 50 x 1 + 10 s tail
+    assert eta.eta() == Eta(65.0, False)
+    assert _format_eta(eta.eta()) == "ETA 1:05"
+    now[0] = 120.0
+    eta.finished("softmax")  # tail 15 s: mean tail 12.5 s
+    at(125, crt=10)
+    at(130, crt=20)  # stage 2: 10 it in 5 s -> 0.5 s/it; 30 it left -> 15 s + 12.5 s
+    assert eta.eta() == Eta(27.5, False)
+    now[0] = 150.0
+    eta.finished("crt")
+    assert eta.eta() == Eta(0.0, False)
+
+
+def test_eta_of_runs_reused_and_evaluation_only():
+    # Runs reused from the cache count as done (no time); an evaluation-only run takes the
+    # wall time of those measured, else start-up + tail.
+    from lt_det.benchmark import Eta, EtaEstimator
+
+    now = [0.0]
+    eta = EtaEstimator({"rfs": (1, 10, None), "tau_norm": (2, 0, "rfs"),
+                        "norcal": (2, 0, "rfs")}, parallel=1, clock=lambda: now[0])
+    eta.started("rfs")
+    for t, it in ((4, 2), (6, 4), (12, 10)):  # start-up 4 - 2 x 1 = 2 s, pace 1 s/it
+        now[0] = t
+        eta.progress("rfs", it)
+    now[0] = 15.0
+    eta.finished("rfs")  # tail 3 s
+    eta.started("tau_norm")
+    now[0] = 16.0
+    assert eta.eta() == Eta((2 + 3 - 1) + (2 + 3), True)  # no eval-only run measured yet
+    now[0] = 22.0
+    eta.finished("tau_norm")  # 7 s
+    assert eta.eta() == Eta(7.0, False)
+    cached = EtaEstimator({"rfs": (1, 10, None)}, parallel=2, clock=lambda: 0.0)
+    cached.finished("rfs", measured=False)
+    assert cached.eta() == Eta(0.0, False)

@@ -552,3 +552,36 @@ def test_out_of_range_values_are_refused_before_anything_is_built(key, value):
     cfg.merge_from_list([key, str(value)])
     with pytest.raises(LTDetError, match=key.replace(".", r"\.")):
         check_config_values(cfg)
+
+
+# key, a value just outside its range, the range as the message states it, a value at the edge
+# inside it (the range table of lt_det.engine.defaults.check_e2e_ranges, written out)
+E2E_RANGE_CASES = [
+    ("MODEL.ROI_BOX_HEAD.LDAM.MAX_MARGIN", -0.5, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.LDAM.SCALE", 0.0, "> 0", 0.5),
+    ("MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA", 1.0, "in [0, 1)", 0.0),
+    ("MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.TAU", -1.0, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.POSTHOC_TAU", -1.0, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA", 1.0, "in [0, 1)", 0.0),
+    ("MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA", -0.5, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.WHITENING.GROUP_SIZE", -1, ">= 0", 0),
+    ("MODEL.ROI_BOX_HEAD.WHITENING.EPS", 0.0, "> 0", 1e-5),
+    ("MODEL.ROI_BOX_HEAD.WHITENING.MOMENTUM", 0.0, "in (0, 1]", 1.0),
+    ("DATALOADER.GRBS.NUM_GROUPS", 0, ">= 1", 1),
+    ("DATALOADER.GRBS.BALANCE", 1.5, "in [0, 1]", 1.0),
+    ("DATALOADER.GRBS.BET_FRACTION", -0.1, "in [0, 1]", 0.0),
+]
+
+
+@pytest.mark.parametrize("key, bad, valid, edge", E2E_RANGE_CASES)
+def test_e2e_range_messages(key, bad, valid, edge):
+    from lt_det.engine.defaults import E2E_RANGES, check_e2e_ranges
+
+    assert len(E2E_RANGES) == len(E2E_RANGE_CASES)
+    cfg = add_lt_config(get_cfg())
+    cfg.merge_from_list([key, str(edge)])
+    check_e2e_ranges(cfg)
+    cfg.merge_from_list([key, str(bad)])
+    with pytest.raises(LTDetError) as e:
+        check_e2e_ranges(cfg)
+    assert str(e.value) == f"{key} is {bad!r}; it must be {valid}."

@@ -111,3 +111,40 @@ def test_runs_in_one_process_log_apart(tmp_path):
     one, two = (first / "log.txt").read_text(), (second / "log.txt").read_text()
     assert "first run" in one and "first lt_det" in one and "second" not in one
     assert "second run" in two and "second lt_det" in two and "first" not in two
+
+
+def test_each_start_checks_its_config_once(tmp_path, monkeypatch):
+    # check_launch (the launching process) records what it checked on args; setup_cfg (each
+    # worker, or the same process with one GPU) does not check those args again, but does check
+    # each stage of a two-stage config, whose arguments differ.
+    from lt_det.engine import defaults
+
+    checked = []
+    real = defaults.check_config
+    monkeypatch.setattr(defaults, "check_config",
+                        lambda cfg, **kw: (checked.append(cfg.MODEL.DECOUPLE.METHOD),
+                                           real(cfg, **kw)))
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):  # right after the config checks: no dataset is read
+        raise Stop
+
+    monkeypatch.setattr(defaults, "check_dataset_files", stop)
+    flagship = os.path.join(CONFIGS, "synthetic", "rfs_then_crt.yaml")
+    args = _args(flagship, tmp_path / "o", num_gpus=1)
+    defaults.check_launch(args)
+    assert checked == ["crt"]
+    with pytest.raises(Stop):
+        defaults.setup_cfg(args)
+    assert checked == ["crt"]  # not again for the same arguments
+    plan = two_stage_args(args)
+    for stage in (plan.stage1, plan.stage2):
+        with pytest.raises(Stop):
+            defaults.setup_cfg(stage)
+    assert checked == ["crt", "none", "crt"]
+    # setup_cfg alone (no launcher) checks
+    with pytest.raises(Stop):
+        defaults.setup_cfg(_args(flagship, tmp_path / "p", num_gpus=1))
+    assert checked == ["crt", "none", "crt", "crt"]
