@@ -1,5 +1,5 @@
 """MODEL.DECOUPLE.METHOD "crt": classifier re-training (Kang et al. 2020)."""
-from typing import List
+from typing import Any, Dict, List
 
 from detectron2.config import CfgNode
 from torch import nn
@@ -33,10 +33,8 @@ class ClassifierRetraining(DecoupleMethod):
         self.reinit = list(reinit)
 
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> "ClassifierRetraining":
-        return cls(
-            trainable=list(cfg.MODEL.DECOUPLE.TRAINABLE), reinit=list(cfg.MODEL.DECOUPLE.REINIT)
-        )
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        return {**super().from_config(cfg), "reinit": list(cfg.MODEL.DECOUPLE.REINIT)}
 
     def apply(self, model: nn.Module) -> nn.Module:
         super().apply(model)

@@ -1,4 +1,6 @@
 """MODEL.DECOUPLE.METHOD "none": ordinary (joint) training."""
+from typing import Any, Dict
+
 from detectron2.config import CfgNode
 from torch import nn
 
@@ -14,8 +16,8 @@ class NoDecoupling(DecoupleMethod):
     trains = True
 
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> "NoDecoupling":
-        return cls(trainable=[])
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        return {"trainable": []}
 
     def apply(self, model: nn.Module) -> nn.Module:
         return model

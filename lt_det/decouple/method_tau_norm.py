@@ -1,4 +1,6 @@
 """MODEL.DECOUPLE.METHOD "tau_norm": tau-normalised classifier, no training (Kang et al. 2020)."""
+from typing import Any, Dict
+
 from detectron2.config import CfgNode
 from torch import nn
 
@@ -31,8 +33,8 @@ class TauNormalization(DecoupleMethod):
         self.bias_mode = bias_mode
 
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> "TauNormalization":
-        return cls(tau=cfg.MODEL.DECOUPLE.TAU, bias_mode=cfg.MODEL.DECOUPLE.TAU_BIAS)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        return {"tau": cfg.MODEL.DECOUPLE.TAU, "bias_mode": cfg.MODEL.DECOUPLE.TAU_BIAS}
 
     def apply(self, model: nn.Module) -> nn.Module:
         for predictor in find_box_predictors(model).values():

@@ -11,7 +11,7 @@ the config and acts on a model at two moments:
 
 Adding a method is one new module plus one registration.
 """
-from typing import Callable, List
+from typing import Any, Callable, Dict, List
 
 from detectron2.config import CfgNode
 from torch import nn
@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 #: Stage-2 methods of decoupled training (Kang et al. 2020), keyed by MODEL.DECOUPLE.METHOD.
-#: Each entry is a DecoupleMethod subclass with ``from_config(cfg)``.
+#: Each entry is a DecoupleMethod subclass whose ``from_config(cfg)`` returns its constructor's
+#: keyword arguments (detectron2's ``from_config`` contract).
 LT_DECOUPLE_REGISTRY = Registry(
     "LT_DECOUPLE", config_key="MODEL.DECOUPLE.METHOD", what="stage-2 method"
 )
@@ -53,8 +54,11 @@ class DecoupleMethod:
         self.trainable = list(trainable)
 
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> "DecoupleMethod":
-        return cls(trainable=list(cfg.MODEL.DECOUPLE.TRAINABLE))
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        """Constructor keyword arguments read from ``cfg`` (detectron2's ``from_config(cfg) ->
+        kwargs`` contract; :func:`build_decouple_method` calls ``cls(**cls.from_config(cfg))``).
+        """
+        return {"trainable": list(cfg.MODEL.DECOUPLE.TRAINABLE)}
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Prepare ``model`` (in place, before any weights are loaded) and return it."""
@@ -82,7 +86,8 @@ def build_decouple_method(cfg: CfgNode) -> DecoupleMethod:
         lt_det.registry.UnknownChoiceError: for an unknown name; the message lists the
             registered ones.
     """
-    return LT_DECOUPLE_REGISTRY.get(cfg.MODEL.DECOUPLE.METHOD).from_config(cfg)
+    method_cls = LT_DECOUPLE_REGISTRY.get(cfg.MODEL.DECOUPLE.METHOD)
+    return method_cls(**method_cls.from_config(cfg))
 
 
 def apply_decoupling(model: nn.Module, cfg: CfgNode) -> nn.Module:

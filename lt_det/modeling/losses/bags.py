@@ -297,10 +297,10 @@ class BAGSLoss(ClsLoss):
         self.register_buffer("group_of_class", group_of)
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         from ...data.train_stats import train_class_stats
 
-        ret = super().kwargs_from_cfg(cfg)
+        ret = super().from_config(cfg)
         node = cfg.MODEL.ROI_BOX_HEAD.BAGS
         stats = train_class_stats(list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         ret.update(

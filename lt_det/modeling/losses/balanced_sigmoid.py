@@ -85,8 +85,8 @@ class BalancedSigmoidLoss(SigmoidCELoss):
         )
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        return super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        return super().from_config(cfg)
 
     def forward(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"

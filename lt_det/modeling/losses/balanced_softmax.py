@@ -127,8 +127,8 @@ class BalancedSoftmaxLoss(ClsLoss):
         self.background = background
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         ret["background"] = cfg.MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG
         return ret
 

@@ -176,8 +176,11 @@ class ClsLoss(nn.Module):
         self.register_buffer("class_prior", prior)
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        """Constructor keyword arguments read from a config (except ``class_prior``)."""
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        """Constructor keyword arguments read from a config (except ``class_prior``, which the
+        builder computes or is given): detectron2's ``from_config(cfg) -> kwargs`` contract, as
+        in ``FastRCNNOutputLayers``; ``cls(class_prior=..., **cls.from_config(cfg))`` builds the
+        loss. Subclasses extend the dict of ``super().from_config(cfg)``."""
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
 
     def forward(

@@ -216,9 +216,9 @@ class _CountsMixin:
         self.register_buffer("class_counts", counts.float())
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         return {
-            **super().kwargs_from_cfg(cfg),
+            **super().from_config(cfg),
             "num_images": num_train_images_for_counts(cfg),
             "beta": cfg.MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA,
         }
@@ -311,8 +311,8 @@ class ClassBalancedFocalLoss(_CountsMixin, SigmoidCELoss):
         self._init_counts(num_images, beta)
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         ret["gamma"] = cfg.MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA
         return ret
 
@@ -362,7 +362,7 @@ class ClassBalancedSigmoidLoss(ClassBalancedFocalLoss):
         )
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         del ret["gamma"]
         return ret

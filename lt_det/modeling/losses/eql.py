@@ -106,8 +106,8 @@ class EQLLoss(SigmoidCELoss):
         self.lambda_ = float(lambda_)
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         ret["lambda_"] = cfg.MODEL.ROI_BOX_HEAD.EQL.LAMBDA
         return ret
 

@@ -189,8 +189,8 @@ class EQLv2Loss(SigmoidCELoss):
         self.register_buffer("pos_neg", torch.full((k,), INITIAL_RATIO))
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         node = cfg.MODEL.ROI_BOX_HEAD.EQLV2
         ret.update(
             gamma=node.GAMMA, mu=node.MU, alpha=node.ALPHA, test_with_obj=node.TEST_WITH_OBJ

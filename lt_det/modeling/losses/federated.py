@@ -173,8 +173,8 @@ class FederatedLoss(SigmoidCELoss):
         self.generator = torch.Generator().manual_seed(int(seed))
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         head = cfg.MODEL.ROI_BOX_HEAD
         ret.update(
             num_classes_sampled=head.FED_LOSS_NUM_CLASSES,

@@ -170,9 +170,9 @@ class LDAMLoss(ClsLoss):
         self.register_buffer("drw_weights", weights)
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         c = cfg.MODEL.ROI_BOX_HEAD.LDAM
-        ret = super().kwargs_from_cfg(cfg)
+        ret = super().from_config(cfg)
         ret.update(
             max_margin=c.MAX_MARGIN, scale=c.SCALE, drw_start=c.DRW_START, drw_beta=c.DRW_BETA
         )

@@ -99,9 +99,9 @@ class LogitAdjustedLoss(ClsLoss):
         self.tau, self.posthoc_tau, self.background = float(tau), float(posthoc_tau), background
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         head = cfg.MODEL.ROI_BOX_HEAD
-        ret = super().kwargs_from_cfg(cfg)
+        ret = super().from_config(cfg)
         ret.update(
             tau=head.LOGIT_ADJUSTED.TAU,
             background=head.BALANCED_SOFTMAX_BG,

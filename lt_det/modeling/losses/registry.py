@@ -74,4 +74,4 @@ def build_cls_loss_from_cfg(
         from ..priors import class_prior_from_cfg
 
         class_prior = class_prior_from_cfg(cfg)
-    return loss_cls(class_prior=class_prior, **loss_cls.kwargs_from_cfg(cfg))
+    return loss_cls(class_prior=class_prior, **loss_cls.from_config(cfg))

@@ -185,8 +185,8 @@ class SeesawLoss(ClsLoss):
         self.register_buffer("counts", torch.zeros(self.num_classes))
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         node = cfg.MODEL.ROI_BOX_HEAD.SEESAW
         ret.update(p=node.P, q=node.Q, eps=node.EPS)
         return ret

@@ -110,8 +110,8 @@ class SigmoidCELoss(ClsLoss):
         self.bias_prior_prob = float(bias_prior_prob)
 
     @classmethod
-    def kwargs_from_cfg(cls, cfg: CfgNode) -> Dict[str, Any]:
-        ret = super().kwargs_from_cfg(cfg)
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        ret = super().from_config(cfg)
         ret["bias_prior_prob"] = cfg.MODEL.ROI_BOX_HEAD.SIGMOID_BIAS_PRIOR_PROB
         return ret
 
