@@ -38,8 +38,8 @@ def add_lt_config(cfg: CN) -> CN:
     # Choices: "unshifted" (foreground logits get +log(n_j / max n), background left as is: the
     #            most frequent class is trained as in plain CE)
     #          | "fg_mass" (foreground logits get +log(n_j / mean n), background left as is:
-    #            with equal foreground logits the background vs foreground odds are not moved;
-    #            measured better on the synthetic benchmark, docs/heads.md).
+    #            with equal foreground logits the background vs foreground odds are not moved,
+    #            so only the rebalancing inside the foreground changes; comparison: docs/heads.md).
     _C.MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG = "fg_mass"
 
     # ---------------------------------------------------------------- peer methods (losses,
@@ -260,7 +260,7 @@ def add_lt_config(cfg: CN) -> CN:
     # AP-pool (Dave et al. 2021) next to the per-class metrics, bbox only: detections of all
     # classes (and of each r/c/f group) in one precision-recall curve. True | False.
     _C.TEST.LVIS.AP_POOL = False
-    # Evaluate at most this many classes at a time (bounds memory, same numbers; 0 = all at once).
-    # 100 measured faster and lighter than 0 at LVIS scale (docs/evaluation.md).
+    # Evaluate at most this many classes at a time (bounds the memory of the matching at LVIS
+    # scale, same numbers; 0 = all at once). Memory and speed by chunk size: docs/evaluation.md.
     _C.TEST.LVIS.CLASS_CHUNK = 100
     return _C

@@ -1,5 +1,6 @@
-"""A seconds-long version of the main job (tools/lt_benchmark.py): every method runs, outputs are
-complete and finite."""
+"""The synthetic benchmark (lt_det.benchmark, tools/lt_benchmark.py): a seconds-long run in which
+every default method runs and the outputs are complete and finite; the table, the summary over
+seeds, the stage-1 cache, stopping and resuming, and the ETA estimator."""
 import json
 import math
 import os

@@ -1,4 +1,7 @@
-"""What a user meets in the first hour: warnings that name the way out, logs, tool help."""
+"""Warnings and messages that name what to do (FrozenBN at random init, missing synthetic data),
+the warning filters importing lt_det leaves alone, the bounded per-class log summary, and the
+class statistics --eval-only and the norm plot read (checkpoint prior, detectron2's builtin
+LVIS)."""
 import logging
 import os
 import subprocess
