@@ -124,6 +124,7 @@ def feature_neighbours(features: np.ndarray, labels: np.ndarray) -> Dict:
     spread = np.array([np.sqrt(((features[labels == c] - m) ** 2).sum(1).mean())
                        if (labels == c).sum() > 1 else np.nan for c, m in zip(classes, means)])
     spread = np.where(np.isnan(spread), np.nanmedian(spread), spread)
+    spread = np.maximum(spread, 1e-12)  # identical crops: no spread
     d = np.sqrt(((means[:, None] - means[None]) ** 2).sum(-1))
     np.fill_diagonal(d, np.inf)
     nbrs = (d < spread[:, None]).sum(1)
