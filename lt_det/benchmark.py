@@ -1,12 +1,14 @@
 """The synthetic long-tailed benchmark: every method from the same stage-1 model, one table.
 
-A method is a :class:`MethodSpec` registered in :data:`METHODS` (a config under ``configs/synthetic``
-plus overrides). :func:`run_benchmark` generates the data, runs each method as a
-``tools/train_net.py`` process (every stage-2 method starts from the ``model_final.pth`` of one
-stage-1 method, ``stage1``, RFS by default), at most ``parallel`` at a time with one torch thread
-each, and collects ``eval_results.json`` of every run into ``results.json``, ``results.md`` and
+A method is a :class:`MethodSpec` registered in :data:`METHODS` (a config under
+``configs/synthetic`` plus overrides). :func:`run_benchmark` generates the data, runs each method
+as a ``python -m lt_det.tools.train_net`` process (every stage-2 method starts from the
+``model_final.pth`` of one stage-1 method, ``stage1``, RFS by default), at most ``parallel`` at a
+time with one torch thread each, and collects ``eval_results.json`` of every run into ``results.json``, ``results.md`` and
 two plots. The detector is Mask R-CNN: mask AP is the headline number (LVIS's), box AP is reported
-beside it, and each is also scored under the AP-fixed protocol.
+beside it, and each is also scored under the AP-fixed protocol. Configs come from
+:mod:`lt_det.model_zoo` and runs from the packaged entry point, so an installed lt_det needs no
+checkout.
 
 Stage-1 models are shared: with ``stage1_cache`` a stage-1 run is stored under a key made of its
 merged config, seed, iterations and the dataset's bytes, and any later benchmark (another method
@@ -682,7 +684,7 @@ class _RunTimes:
     def __init__(self, stage: int, iters: int, after: Optional[str]):
         self.stage, self.iters, self.after = stage, iters, after
         self.start: Optional[float] = None
-        self.first: Optional[Tuple[float, int]] = None  # first (time, iteration) seen, iteration > 0
+        self.first: Optional[Tuple[float, int]] = None  # first (time, iteration > 0) seen
         self.last: Optional[Tuple[float, int]] = None  # latest (time, iteration)
         self.end: Optional[float] = None
         self.done = False
