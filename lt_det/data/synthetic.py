@@ -25,6 +25,10 @@ two parts are ``<split>/<file>``, so both lt_det's
 
 Everything is drawn from ``numpy.random.default_rng`` streams keyed by ``(seed, split, image)``: the
 same arguments give byte-identical json and PNG files.
+
+The presets ``icons`` / ``icons_tiny`` write classes that each have their own appearance
+(OpenMoji pictographs) instead of colour x shape combinations; ``generate_synthetic_lvis`` hands
+them to :func:`lt_det.data.synthetic_icons.generate_icons_lvis`.
 """
 import itertools
 import json
@@ -45,6 +49,7 @@ __all__ = [
     "COLOURS",
     "TEXTURES",
     "PRESETS",
+    "ICON_PRESET_NAMES",
     "COUNT_PROFILES",
     "class_image_counts",
     "generate_synthetic_lvis",
