@@ -30,6 +30,7 @@ The presets ``icons`` / ``icons_tiny`` write classes that each have their own ap
 (OpenMoji pictographs) instead of colour x shape combinations; ``generate_synthetic_lvis`` hands
 them to :func:`lt_det.data.synthetic_icons.generate_icons_lvis`.
 """
+import importlib
 import itertools
 import json
 import math
@@ -395,8 +396,9 @@ def _layout(
     )
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """Muted random base colour, a linear gradient, then lines and small blobs as clutter."""
+def background_image(rng: np.random.Generator, size: int) -> Image.Image:
+    """A (size, size) RGB background: muted random base colour, a linear gradient, then thin lines
+    and blobs smaller than the smallest object as clutter (shared by every preset)."""
     base = rng.uniform(80, 175) + rng.uniform(-18, 18, size=3)
     ramp = np.linspace(-1, 1, size)
     gx, gy = rng.uniform(-22, 22, size=(2, 3))
@@ -467,7 +469,7 @@ def _render(
     texture_of: np.ndarray,
     jitter: float = 1.0,
 ) -> np.ndarray:
-    canvas = np.asarray(_background(rng, size), dtype=np.float32).copy()
+    canvas = np.asarray(background_image(rng, size), dtype=np.float32).copy()
     for c, poly in objs:
         _paint(canvas, rng, poly, COLOURS[colour_of[c]][1], TEXTURES[texture_of[c]], jitter)
     canvas *= rng.uniform(0.92, 1.08, size=3).astype(np.float32)  # colour cast of the "camera"
@@ -515,7 +517,10 @@ def _resolve(preset: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
     return p
 
 
-def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
+def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Make ``out_dir/{train,val}``; a non-empty ``out_dir`` is refused (:class:`LTDetError`)
+    unless ``overwrite``, which removes only the dataset's own files (the two jsons and the two
+    image folders)."""
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         if not overwrite:
             raise LTDetError(
@@ -532,6 +537,12 @@ def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
         raise LTDetError(f"output path '{out_dir}' exists and is not a folder.")
     for name in ("train", "val"):
         os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+
+
+def _preset_generator(preset: str):
+    """The generator function a preset names (``PRESETS[preset]["generator"]``, a dotted path)."""
+    module, name = PRESETS[preset]["generator"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 def generate_synthetic_lvis(
@@ -610,7 +621,8 @@ def generate_synthetic_lvis(
         ``image_count_min`` and ``seconds`` (wall time).
     """
     if preset in ICON_PRESET_NAMES:
-        from .synthetic_icons import generate_icons_lvis
+        # The pictograph presets live in their own module, which builds on this one.
+        generate_icons_lvis = _preset_generator(preset)
 
         shape_knobs = dict(num_shapes=num_shapes, num_colours=num_colours,
                            num_textures=num_textures, count_profile=count_profile,
@@ -687,7 +699,7 @@ def generate_synthetic_lvis(
         val_counts = np.full(k, int(p["val_images_per_class"]), dtype=np.int64)
         val_plan = _plan_val(rng, k, val_counts, extras_pool)
 
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite)
     categories = []
     for cid, (s, c, t) in enumerate(combos, start=1):
         words = ([] if TEXTURES[t] == "solid" else [TEXTURES[t]]) + [COLOURS[c][0], SHAPES[s]]

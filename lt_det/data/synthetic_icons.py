@@ -35,6 +35,13 @@ from PIL import Image, ImageFilter, ImageFont, ImageDraw
 
 from ..class_stats import frequency_group
 from ..errors import LTDetError
+from .synthetic import (
+    TRAIN_JSON,
+    VAL_JSON,
+    background_image,
+    class_image_counts,
+    prepare_out_dir,
+)
 
 __all__ = ["ICON_PRESETS", "default_font_path", "icon_vocabulary", "generate_icons_lvis"]
 
@@ -238,11 +245,10 @@ def _compose(
 ) -> Tuple[np.ndarray, List[Tuple[int, List[np.ndarray]]]]:
     """One image: background, clutter, then the objects (one of every listed class, extra
     instances where they fit), each keeping >= ``min_visible`` of itself visible."""
-    from .synthetic import _background
 
     size = int(p["image_size"])
     smin, smax = (f * size for f in p["object_size"])
-    canvas = np.asarray(_background(rng, size), dtype=np.float32) / 255.0
+    canvas = np.asarray(background_image(rng, size), dtype=np.float32) / 255.0
     n_clutter = int(rng.integers(p["clutter"][0], p["clutter"][1] + 1))
     for _ in range(n_clutter):  # unannotated pictographs behind the objects
         g = clutter_glyphs[int(rng.integers(len(clutter_glyphs)))]
@@ -379,7 +385,6 @@ def generate_icons_lvis(out_dir: str, *, seed: int = 0, preset: str = "icons",
         LTDetError: unknown or bad knob (checked before anything is written), missing font,
             non-empty ``out_dir`` without ``overwrite``.
     """
-    from .synthetic import TRAIN_JSON, VAL_JSON, _prepare_out_dir, class_image_counts
 
     start = time.perf_counter()
     p = _resolve(preset, knobs)
@@ -405,7 +410,7 @@ def generate_icons_lvis(out_dir: str, *, seed: int = 0, preset: str = "icons",
                          np.round(float(p["val_fraction"]) * counts)).astype(np.int64)
     val_plan = _pack(rng, val_app, lo, hi)
 
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite)
     glyph_of = [_glyph(font, cp) for cp in codes]
     clutter_glyphs = [_glyph(font, cp) for cp in clutter_codes]
     categories = []
