@@ -365,3 +365,52 @@ def test_a_machine_other_than_rank_0_waits_no_longer_than_its_timeout(capfd):
     assert str(e.value).startswith(f"rank 1: not all 2 processes joined at {url} within 0:00:05")
     err = capfd.readouterr().err
     assert "Traceback" not in err
+
+
+def test_nccl_without_a_cuda_device_per_process_is_one_line():
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has a CUDA device per process")
+    with pytest.raises(LTDetError, match=r"backend 'nccl' needs a CUDA device per process: 2 "):
+        launch(_never_called, 2, dist_url="auto", backend="nccl")
+
+
+# ------------------------------------------------------------------ the training log
+def test_reported_errors_stay_out_of_the_training_log_only_while_training():
+    """detectron2's loop logs "Exception during training" with the traceback; an LTDetError (one
+    line from the entry point) is kept out of that log while training only, other errors are
+    logged, and importing lt_det leaves detectron2's logger alone."""
+    import logging
+
+    from lt_det.engine import trainer as trainer_module
+
+    code = ("import logging, lt_det.engine; "
+            "print(logging.getLogger('detectron2.engine.train_loop').filters)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+    log = logging.getLogger("detectron2.engine.train_loop")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(type(record.exc_info[1]).__name__)
+
+    handler = Keep(level=logging.ERROR)
+    filters = list(log.filters)
+    log.addHandler(handler)
+
+    def fail(error):
+        try:
+            raise error
+        except Exception:
+            log.exception("Exception during training:")
+
+    try:
+        with trainer_module.reported_errors_kept_out_of_log():
+            fail(LTDetError("bad input"))
+            fail(ValueError("a bug"))
+        assert log.filters == filters
+        fail(LTDetError("outside training"))
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["ValueError", "LTDetError"]

@@ -24,6 +24,10 @@
   checkpoint is left intact. Temporary files a killed save left behind are removed when the next
   run takes the folder (:func:`remove_stale_temporaries`). Remote folders (``://``) keep
   fvcore's behaviour.
+- **the optimizer state in every trainer checkpoint**: :meth:`LTCheckpointer.from_trainer`
+  saves a ``DefaultTrainer``'s state with its inner trainer's (``"_trainer"``: optimizer
+  momentum, AMP grad scaler) where detectron2 leaves it out (0.6), in the layout newer
+  detectron2 writes itself, so checkpoints resume across the two.
 """
 import logging
 import os
@@ -41,6 +45,7 @@ from ..errors import LTDetError
 __all__ = [
     "LTCheckpointer",
     "AtomicDetectionCheckpointer",
+    "TrainerWithInnerState",
     "atomic_torch_save",
     "remove_stale_temporaries",
     "write_failure_cause",
@@ -205,6 +210,24 @@ class LTCheckpointer(DetectionCheckpointer):
         self.not_loaded: List[str] = []
         self._loading: Optional[str] = None
 
+    @classmethod
+    def from_trainer(cls, checkpointer: DetectionCheckpointer, trainer) -> "LTCheckpointer":
+        """The LTCheckpointer that replaces the ``checkpointer`` a ``DefaultTrainer`` built: the
+        same model, folder, and checkpointables. The trainer's checkpointable saves its inner
+        trainer's state too; where detectron2's ``DefaultTrainer.state_dict`` has no
+        ``"_trainer"`` entry (0.6: the optimizer momentum would be lost on ``--resume``) it is
+        wrapped in :class:`TrainerWithInnerState` (a feature test, made here only).
+
+        Args:
+            checkpointer: the checkpointer ``DefaultTrainer.__init__`` built.
+            trainer: the ``DefaultTrainer`` (with its inner trainer ``_trainer`` built).
+        """
+        checkpointables = dict(checkpointer.checkpointables)
+        if "trainer" in checkpointables and "_trainer" not in trainer.state_dict():
+            checkpointables["trainer"] = TrainerWithInnerState(checkpointables["trainer"])
+        return cls(checkpointer.model, checkpointer.save_dir,
+                   save_to_disk=checkpointer.save_to_disk, **checkpointables)
+
     # ------------------------------------------------------------------ load
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         if not path:
@@ -310,6 +333,30 @@ class LTCheckpointer(DetectionCheckpointer):
         if "://" in self.save_dir:
             return super().tag_last_checkpoint(last_filename_basename)
         _atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+
+class TrainerWithInnerState:
+    """Checkpointable of a ``DefaultTrainer`` whose ``state_dict`` leaves out its inner
+    trainer (detectron2 0.6): the trainer's state plus ``"_trainer"`` (the inner
+    ``SimpleTrainer`` / ``AMPTrainer``: optimizer, grad scaler), as newer detectron2 saves it.
+
+    Args:
+        trainer: the ``DefaultTrainer`` (or a weak proxy of it); its inner trainer is read at
+            each save and load (stage 2 replaces it after construction).
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret = self.trainer.state_dict()
+        ret["_trainer"] = self.trainer._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state)
+        if "_trainer" in state:  # not in a checkpoint detectron2 0.6 wrote itself
+            self.trainer._trainer.load_state_dict(state["_trainer"])
 
 
 # The former name (atomic saves only); the same class.

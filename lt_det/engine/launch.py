@@ -1,11 +1,15 @@
 """Multi-process launch: works on CPU, stops its workers with it, says what it waits for.
 
 Contract (detectron2's): ``main_func(*args)`` runs in each of ``num_gpus_per_machine``
-processes. The backend is NCCL when every local process gets a GPU, gloo otherwise. Newer
-detectron2 (with ``comm.create_local_process_group``) launches gloo processes itself; its
-``launch`` is used whenever it picks the same backend. detectron2 0.6 hard-codes NCCL: then (and
-for a CPU run on a machine with GPUs) lt_det starts the processes itself. The choice is a feature
-test, made once (:data:`D2_LAUNCH_RUNS_GLOO`).
+processes. The backend is NCCL when every local process gets a GPU, gloo otherwise.
+detectron2's ``launch`` starts the processes whenever it picks the same backend: NCCL always in
+0.6, gloo without CUDA in newer versions (those with ``comm.create_local_process_group``; the
+feature test is made once, :data:`D2_LAUNCH_RUNS_GLOO`). lt_det starts them itself only where it
+cannot: gloo under detectron2 0.6, and a gloo (CPU) run on a machine with CUDA. Those processes
+get detectron2's local process group through ``comm.create_local_process_group`` where it
+exists; detectron2 0.6 has no public way to set it, so there (CPU processes under 0.6)
+``comm.get_local_rank()`` / ``get_local_size()`` are not available, and lt_det does not call
+them.
 
 On top of the contract, whichever launcher runs, every way a run ends is one line
 (:class:`~lt_det.errors.LTDetError`, ``lt_det: error: ...``), never a multiprocessing or gloo
@@ -93,6 +97,12 @@ def pick_backend(num_procs_per_machine: int) -> str:
     return "gloo"
 
 
+def _detectron2_backend() -> str:
+    """The backend detectron2's ``launch`` initialises: NCCL in 0.6; in newer versions NCCL with
+    CUDA, gloo without."""
+    return "nccl" if torch.cuda.is_available() or not D2_LAUNCH_RUNS_GLOO else "gloo"
+
+
 def _free_port() -> int:
     import socket
 
@@ -146,10 +156,15 @@ def launch(
     backend = backend or pick_backend(num_gpus_per_machine)
     if backend not in ("nccl", "gloo"):
         raise LTDetError(f"unknown torch.distributed backend {backend!r}; use 'nccl' or 'gloo'.")
+    if backend == "nccl" and torch.cuda.device_count() < num_gpus_per_machine:
+        raise LTDetError(
+            f"backend 'nccl' needs a CUDA device per process: {num_gpus_per_machine} processes, "
+            f"{torch.cuda.device_count()} devices. Lower --num-gpus, or use gloo."
+        )
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     work = (main_func, args, queue, os.getpid(), world_size, dist_url, timeout)
-    use_d2 = D2_LAUNCH_RUNS_GLOO and (backend == "nccl") == torch.cuda.is_available()
+    use_d2 = backend == _detectron2_backend()
     first_rank = machine_rank * num_gpus_per_machine
     watch = _Supervisor(queue, first_rank, num_gpus_per_machine, world_size, dist_url, timeout)
     # torch's "Terminating process N via signal SIGTERM" warnings: the launcher reports the end
@@ -310,7 +325,8 @@ class _Supervisor:
 
 
 def _worker(local_rank, world_size, per_machine, machine_rank, backend, work):
-    """lt_det's own worker (detectron2 0.6, or a CPU run on a machine with GPUs)."""
+    """lt_det's own worker: a gloo run that detectron2's ``launch`` does not start (0.6, or CUDA
+    present)."""
     main_func, args, queue, launcher_pid, _, dist_url, timeout = work
     rank = machine_rank * per_machine + local_rank
     try:
@@ -321,26 +337,22 @@ def _worker(local_rank, world_size, per_machine, machine_rank, backend, work):
     except Exception as e:
         _put(queue, _ERROR, local_rank, _rendezvous_error(e, rank, world_size, dist_url, timeout))
         sys.exit(_LTDET_EXIT)
-    if hasattr(comm, "create_local_process_group"):  # newer detectron2
+    if D2_LAUNCH_RUNS_GLOO:  # detectron2 0.6 has no public way to set the local group
         comm.create_local_process_group(per_machine)
-    else:  # detectron2 0.6 has no function for it; its launch sets this same attribute
-        for i in range(world_size // per_machine):
-            pg = dist.new_group(list(range(i * per_machine, (i + 1) * per_machine)))
-            if i == machine_rank:
-                comm._LOCAL_PROCESS_GROUP = pg
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
     try:
-        _worker_main(*work)
+        _worker_main(*work, local_rank=local_rank)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _worker_main(main_func, args, queue, launcher_pid, world_size, dist_url, timeout):
+def _worker_main(main_func, args, queue, launcher_pid, world_size, dist_url, timeout, *,
+                 local_rank: Optional[int] = None):
     """Run ``main_func(*args)`` in a worker whose process group is set up: every end that is
-    not a success goes to the launcher's queue as one message; stop if the launcher dies."""
-    local_rank = comm.get_local_rank()
+    not a success goes to the launcher's queue as one message; stop if the launcher dies.
+    ``local_rank``: given by lt_det's own worker; detectron2's launch sets up its local group."""
+    if local_rank is None:
+        local_rank = comm.get_local_rank()
     _put(queue, _JOINED, local_rank)
     _watch_launcher(launcher_pid)
     stop = StopSignals(where="outside the training iterations").install()

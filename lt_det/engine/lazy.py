@@ -45,7 +45,7 @@ from .checkpoint import LTCheckpointer
 from .defaults import check_output_dir
 from .lock import lock_output_dir, release_output_dir
 from .log_setup import setup_lt_logging
-from .trainer import create_ddp_model_any_device
+from .trainer import create_ddp_model_any_device, reported_errors_kept_out_of_log
 
 __all__ = [
     "is_lazy_config",
@@ -332,7 +332,8 @@ def do_train(
         checkpointer.must_load = "all"  # the run's own checkpoint: everything must fit
     checkpointer.resume_or_load(cfg.train.get("init_checkpoint", ""), resume=resume)
     try:  # a checkpoint holds the iteration that just finished
-        trainer.train(trainer.iter + 1 if resuming else 0, cfg.train.max_iter)
+        with reported_errors_kept_out_of_log():
+            trainer.train(trainer.iter + 1 if resuming else 0, cfg.train.max_iter)
     except FloatingPointError as e:  # detectron2's check of the losses
         detail = str(e).split("\n", 1)[-1].strip()
         raise LTDetError(

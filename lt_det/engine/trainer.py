@@ -22,7 +22,8 @@ import os
 import re
 import threading
 import weakref
-from typing import Callable, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,7 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.engine import (
     AMPTrainer,
@@ -62,7 +64,12 @@ from .log_setup import log_class_summary, log_write_failure
 from .resume import ResumableSampler, SeededBatches, StreamCheckpoint
 from .signals import StopOnSignal
 
-__all__ = ["LTTrainer", "EVALUATOR_BUILDERS", "ReportUnreadableImages"]
+__all__ = [
+    "LTTrainer",
+    "EVALUATOR_BUILDERS",
+    "ReportUnreadableImages",
+    "reported_errors_kept_out_of_log",
+]
 
 
 class _DropUserErrors(logging.Filter):
@@ -74,9 +81,20 @@ class _DropUserErrors(logging.Filter):
         return not (isinstance(exc, LTDetError) or (exc is not None and is_peer_lost(exc)))
 
 
-_TRAIN_LOOP_LOGGER = logging.getLogger("detectron2.engine.train_loop")
-if not any(isinstance(f, _DropUserErrors) for f in _TRAIN_LOOP_LOGGER.filters):
-    _TRAIN_LOOP_LOGGER.addFilter(_DropUserErrors())
+@contextmanager
+def reported_errors_kept_out_of_log() -> Iterator[None]:
+    """While training: detectron2's training loop logs the traceback of every exception it
+    re-raises ("Exception during training"); an :class:`LTDetError` or a lost peer process is
+    reported by the entry point as one line instead, so its traceback is kept out of the log.
+    The filter is on detectron2's ``detectron2.engine.train_loop`` logger for the duration only.
+    """
+    log = logging.getLogger("detectron2.engine.train_loop")
+    drop = _DropUserErrors()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def create_ddp_model_any_device(model, **kwargs):
@@ -188,24 +206,48 @@ def checkpoint_health(model: torch.nn.Module, path: str, batch, lr: float) -> st
     return ""
 
 
-# Newer detectron2 checkpoints the inner SimpleTrainer (optimizer) itself; 0.6 does not.
-_D2_SAVES_OPTIMIZER = "state_dict" in vars(DefaultTrainer)
+def _detectron2_can_wrap(cfg) -> bool:
+    """Whether ``DefaultTrainer.__init__`` can build this run: its ``create_ddp_model`` passes
+    ``device_ids=[local rank]``, which DistributedDataParallel refuses for a CPU model, so a CPU
+    model in several processes (gloo) is the one case it cannot wrap (detectron2 0.6 and later)."""
+    return comm.get_world_size() == 1 or torch.device(cfg.MODEL.DEVICE).type != "cpu"
 
 
 class LTTrainer(DefaultTrainer):
     """DefaultTrainer + lt_det samplers (``DATALOADER.SAMPLER_TRAIN``) + LVIS evaluation.
 
-    With ``MODEL.DECOUPLE.METHOD != "none"`` (stage 2, see lt_det/decouple): the model is frozen
-    and adapted when built, stage-1 weights are checked and re-initialised after loading, and
-    each iteration is a classifier-only step (:class:`~lt_det.decouple.DecoupledTrainer`).
+    detectron2's constructor builds the parts through the ``build_*`` hooks; afterwards the
+    sampler's stream state is registered with the checkpointer and, with
+    ``MODEL.DECOUPLE.METHOD != "none"`` (stage 2, see lt_det/decouple), the inner trainer becomes
+    the classifier-only :class:`~lt_det.decouple.DecoupledTrainer` (the model is frozen and
+    adapted when built, stage-1 weights are checked and re-initialised after loading).
     """
 
     def __init__(self, cfg):
         check_config_values(cfg)  # fail before building anything
         check_decoupled_training(cfg)
-        # DefaultTrainer.__init__'s steps, through the same public build_* hooks, except that
-        # a CPU model can be wrapped for several processes (detectron2 has no hook for the
-        # DistributedDataParallel wrapping) and the checkpointer is lt_det's.
+        self._stop_on_signal = StopOnSignal()
+        self._write_failure: Optional[OSError] = None
+        self._thread_write_error: Optional[OSError] = None
+        if _detectron2_can_wrap(cfg):
+            super().__init__(cfg)
+        else:
+            self._init_cpu_processes(cfg)
+        sampler = self.train_sampler
+        if sampler is not None:  # the sampler's stream state goes into every checkpoint
+            self.checkpointer.checkpointables["train_sampler"] = StreamCheckpoint(sampler)
+        # Stage 2: the inner trainer's run_step is the classifier-only step (it takes over the
+        # model, loader and optimizer the hooks were built with).
+        decoupled = build_decoupled_trainer(cfg, self._trainer, sampler)
+        if decoupled is not None:
+            self._trainer = decoupled
+            if decoupled.meta_learner is not None:  # saved with every checkpoint
+                self.checkpointer.checkpointables["meta_sampler"] = decoupled.meta_learner
+
+    def _init_cpu_processes(self, cfg) -> None:
+        """``DefaultTrainer.__init__`` for a CPU model in several processes, which detectron2
+        cannot wrap (:func:`_detectron2_can_wrap`): the same steps through the same hooks, the
+        model wrapped by DistributedDataParallel without device ids."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -218,33 +260,31 @@ class LTTrainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = LTCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        sampler = self.train_sampler
-        if sampler is not None:  # the sampler's stream state goes into every checkpoint
-            self.checkpointer.checkpointables["train_sampler"] = StreamCheckpoint(sampler)
-        # Stage 2: the inner trainer's run_step is the classifier-only step.
-        decoupled = build_decoupled_trainer(cfg, self._trainer, sampler)
-        if decoupled is not None:
-            self._trainer = decoupled
-            if decoupled.meta_learner is not None:  # saved with every checkpoint
-                self.checkpointer.checkpointables["meta_sampler"] = decoupled.meta_learner
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR,
+                                                  trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        # Last, so that a signal stop saves after the scheduler stepped and metrics were written.
-        self._stop_on_signal = StopOnSignal()
-        self._write_failure: Optional[OSError] = None
-        self._thread_write_error: Optional[OSError] = None
-        self.register_hooks(self.build_hooks() + [self._stop_on_signal])
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """detectron2's hooks, with lt_det's checkpointer (:class:`LTCheckpointer`: the load
+        guard, atomic saves; detectron2 builds its own just before, with no hook of its own) and
+        :class:`~lt_det.engine.signals.StopOnSignal` last, so that a signal stop saves after the
+        scheduler stepped and the metrics were written."""
+        self.checkpointer = LTCheckpointer.from_trainer(self.checkpointer, self)
+        return super().build_hooks() + [self._stop_on_signal]
 
     def train(self):
         """detectron2's training loop; SIGTERM / SIGINT save a checkpoint and stop it
-        (:class:`~lt_det.engine.signals.StopOnSignal`)."""
+        (:class:`~lt_det.engine.signals.StopOnSignal`); an error reported as one line keeps its
+        traceback out of the log (:func:`reported_errors_kept_out_of_log`)."""
         self._stop_on_signal.install()
         previous_hook = threading.excepthook
         threading.excepthook = self._writer_thread_failed
         try:
-            return super().train()
+            with reported_errors_kept_out_of_log():
+                return super().train()
         finally:
             threading.excepthook = previous_hook
             self._stop_on_signal.uninstall()
@@ -258,20 +298,6 @@ class LTTrainer(DefaultTrainer):
                 self._thread_write_error = args.exc_value
             return
         threading.__excepthook__(args)
-
-    def state_dict(self) -> Dict:
-        # detectron2 0.6's DefaultTrainer checkpoints only the iteration and hooks: the optimizer
-        # state (momentum) of its inner SimpleTrainer is lost on --resume. Newer detectron2 saves
-        # it as "_trainer"; do the same here.
-        ret = super().state_dict()
-        if not _D2_SAVES_OPTIMIZER:
-            ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict: Dict) -> None:
-        super().load_state_dict(state_dict)
-        if not _D2_SAVES_OPTIMIZER and "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
 
     @property
     def train_sampler(self) -> Optional[ResumableSampler]:
