@@ -663,7 +663,8 @@ def config_choices() -> Dict[str, List[str]]:
         SEM_SEG_HEADS_REGISTRY,
     )
 
-    from .. import modeling  # noqa: F401  (registers lt_det's heads and backbones)
+    # Importing lt_det.modeling registers its heads and backbones in detectron2's registries.
+    from ..modeling import roi_heads as _registration  # noqa: F401
     from ..data.samplers import LT_SAMPLER_REGISTRY
     from ..data.samplers.meta_sampler import INIT_POWERS
     from ..decouple import LT_DECOUPLE_REGISTRY
