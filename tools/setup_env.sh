@@ -52,7 +52,7 @@ fi
 
 log "installing pinned dependencies (requirements.txt)"
 "${PIP[@]}" install -q -r "$ROOT/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
-"$PY" -c "import numpy, lvis, pycocotools, faster_coco_eval, matplotlib, fvcore" \
+"$PY" -c "import numpy, lvis, pycocotools, hotcoco, matplotlib, fvcore" \
   || { echo "[setup] ERROR: dependencies from requirements.txt do not import; see above" >&2; exit 1; }
 
 # lt_det's small C++ extension in place of a detectron2 source tree's kernels.
@@ -175,6 +175,6 @@ if ! (cd / && "$PY" -c "import lt_det") 2>/dev/null; then
   "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
 fi
 
-"$PY" -c "import detectron2, lvis, lvis.vis, pycocotools, faster_coco_eval, matplotlib, lt_det" \
+"$PY" -c "import detectron2, lvis, lvis.vis, pycocotools, hotcoco, matplotlib, lt_det" \
   || { echo "[setup] ERROR: the environment does not import together" >&2; exit 1; }
 log "ready: $("$PY" -c 'import torch, detectron2, lt_det; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| lt_det", lt_det.__version__)')"
