@@ -7,7 +7,7 @@ per-image cap. Left to itself it differs from lvis-api on entries of area 0 (it 
 masks and boxes of width 0, and ground truth of ``area`` 0) and accepts ids lvis-api refuses or
 misreads; here it receives only what lt_det's rules let through (:mod:`lt_det.lvis_json`, the
 area-0 rule of :func:`lt_det.evaluation.drop_zero_area`, the per-image or AP-fixed cut), so its
-tables equal lvis-api's (``tests/test_eval_peers.py``).
+tables equal lvis-api's (``tests/test_eval_exact.py``).
 
 Ids are handed over as positions (image ``i`` of ``img_ids`` is ``i + 1``, likewise classes), so
 any int64 id lt_det accepts is exact, and columns go in as arrays (``COCO.from_arrays``,
