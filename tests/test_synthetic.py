@@ -83,7 +83,7 @@ def test_layout_and_lvis_fields(tiny):
     assert result["train_json"] == os.path.join(out, "lvis_v1_train.json")
     assert result["val_json"] == os.path.join(out, "lvis_v1_val.json")
     p = PRESETS["tiny"]
-    k = p["num_shapes"] * p["num_colours"] * p["num_textures"]
+    k = p.num_shapes * p.num_colours * p.num_textures
     assert [c["id"] for c in train["categories"]] == list(range(1, k + 1))
     assert train["categories"] == val["categories"]  # val carries the train statistics
     for c in train["categories"]:
@@ -93,7 +93,7 @@ def test_layout_and_lvis_fields(tiny):
         for img in data["images"]:
             assert IMAGE_KEYS <= set(img)
             assert os.path.isfile(os.path.join(root, img["file_name"]))
-            assert img["height"] == img["width"] == p["image_size"]
+            assert img["height"] == img["width"] == p.image_size
     train_ids = {i["id"] for i in train["images"]}
     assert not train_ids & {i["id"] for i in val["images"]}
 
@@ -109,7 +109,7 @@ def test_counts_and_frequency_follow_lvis_rules(tiny):
         assert c["instance_count"] == instances[c["id"]]
         assert c["frequency"] == _lvis_group(c["image_count"])
     ranked = sorted((c["image_count"] for c in train["categories"]), reverse=True)
-    tiny_max = PRESETS["tiny"]["max_train_images"]
+    tiny_max = PRESETS["tiny"].max_train_images
     assert ranked == class_image_counts(len(ranked), max_train_images=tiny_max).tolist()
     groups = {g: sum(c["frequency"] == g for c in train["categories"]) for g in "rcf"}
     assert groups == result["summary"]["groups"]
@@ -150,7 +150,7 @@ def test_objects_do_not_overlap(tiny):
 
 def test_every_class_in_val_and_negatives_absent(tiny):
     _, _, train, val = tiny
-    per_class = PRESETS["tiny"]["val_images_per_class"]
+    per_class = PRESETS["tiny"].val_images_per_class
     images_of = defaultdict(set)
     for a in val["annotations"]:
         images_of[a["category_id"]].add(a["image_id"])
@@ -310,3 +310,113 @@ def test_new_knobs_are_checked(tmp_path):
         with pytest.raises(LTDetError, match=msg):
             generate_synthetic_lvis(str(tmp_path / "x"), preset="tiny", **bad)
     assert not (tmp_path / "x").exists()
+
+
+def test_presets_are_specs_with_documented_knobs():
+    """Every preset resolves to a frozen spec dataclass whose every knob carries a help line;
+    "default" is the spec's own defaults; overrides are ``dataclasses.replace`` (None keeps the
+    preset's value) and a knob the spec lacks is refused by name."""
+    import dataclasses
+
+    from lt_det.data.synthetic import SyntheticSpec, preset_spec
+
+    assert PRESETS["default"] == SyntheticSpec()
+    for name in PRESETS:
+        spec = preset_spec(name)
+        assert dataclasses.is_dataclass(spec)
+        for f in dataclasses.fields(spec):
+            assert f.metadata["help"].strip(), (name, f.name)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.image_size = 1
+    tiny = preset_spec("tiny", num_textures=2, co_occurrence=None)
+    assert tiny == dataclasses.replace(PRESETS["tiny"], num_textures=2)
+    assert preset_spec("icons_tiny", num_classes=4).num_classes == 4
+    with pytest.raises(LTDetError, match=r"no knob\(s\) \['num_classes'\]"):
+        generate_synthetic_lvis("/nonexistent/never_written", preset="tiny", num_classes=4)
+
+
+def test_plan_render_write_steps(tmp_path):
+    """plan() draws no pixels and is a function of (spec, seed); render() draws from the plan
+    without changing it; the written annotations are the planned objects, class k is in
+    exactly counts[k] train images, and the three steps write what generate_synthetic_lvis
+    writes."""
+    from lt_det.data.synthetic import plan, preset_spec, render, write_dataset
+
+    spec = preset_spec("tiny")
+    first, again = plan(spec, 0), plan(spec, 0)
+    assert first.counts.tolist() == again.counts.tolist()
+    assert len(first.images) == len(again.images)
+    for a, b in zip(first.images, again.images):
+        assert (a.split, a.classes, a.rng_state) == (b.split, b.classes, b.rng_state)
+        assert all(ca == cb and np.array_equal(pa, pb)
+                   for (ca, pa), (cb, pb) in zip(a.objects, b.objects))
+    assert not list(tmp_path.iterdir())  # nothing written so far
+    train = [im for im in first.images if im.split == "train"]
+    assert [im.split for im in first.images] == ["train"] * len(train) + ["val"] * (
+        len(first.images) - len(train))
+    assert [sum(k in im.classes for im in train) for k in range(first.counts.size)] == (
+        first.counts.tolist())
+    for im in first.images:  # every required class placed, only planned classes
+        assert set(im.classes) == {c for c, _ in im.objects}
+
+    drawn = list(render(spec, first))
+    redrawn = list(render(spec, first))  # the plan is not used up
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(drawn, redrawn))
+    for im, r in zip(first.images, drawn):
+        assert r.pixels.shape == (spec.image_size, spec.image_size, 3)
+        assert [a["category_id"] - 1 for a in r.annotations] == [c for c, _ in im.objects]
+        assert [a["segmentation"][0] for a in r.annotations] == [
+            p.reshape(-1).tolist() for _, p in im.objects]
+        assert not {n - 1 for n in r.neg_category_ids} & set(im.classes)
+        assert len(r.neg_category_ids) == min(spec.neg_per_image, first.counts.size - len(
+            set(im.classes)))
+
+    reference = generate_synthetic_lvis(str(tmp_path / "one"), seed=0, preset="tiny")
+    with open(reference["train_json"]) as f:
+        info = json.load(f)["info"]
+    written = write_dataset(str(tmp_path / "three"), iter(drawn), categories=first.categories,
+                            planned_counts=first.counts, info=info, licenses=[])
+    assert _tree_digest(str(tmp_path / "three")) == _tree_digest(str(tmp_path / "one"))
+    assert written["summary"] == {k: v for k, v in reference["summary"].items()
+                                  if k != "seconds"}
+    with pytest.raises(LTDetError, match="not empty"):
+        write_dataset(str(tmp_path / "three"), iter(()), categories=first.categories,
+                      planned_counts=first.counts, info=info, licenses=[])
+
+
+def test_cli_flags_are_the_spec_fields(tmp_path):
+    """One flag per knob of either spec, named after the field with its help line (the shapes
+    spec's where both have the knob); a flag given on the command line writes what the same
+    keyword writes from Python."""
+    import dataclasses
+    import importlib.util
+
+    from lt_det.data.synthetic import SyntheticSpec
+    from lt_det.data.synthetic_icons import IconSpec
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_lvis", os.path.join(root, "tools", "make_synthetic_lvis.py")
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    actions = {a.dest: a for a in cli.build_parser()._actions}
+    shapes = {f.name for f in dataclasses.fields(SyntheticSpec)}
+    for f in dataclasses.fields(SyntheticSpec) + tuple(
+            f for f in dataclasses.fields(IconSpec) if f.name not in shapes):
+        action = actions[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        assert action.help.startswith(f.metadata["help"])
+    # the flags the tool has always had
+    for flag in ("num-shapes", "num-colours", "num-textures", "image-size", "max-train-images",
+                 "min-train-images", "count-profile", "count-source", "val-images-per-class",
+                 "co-occurrence", "max-classes-per-image", "max-instances-per-class",
+                 "neg-per-image", "max-objects", "val-profile", "val-fraction",
+                 "appearance-jitter"):
+        assert "--" + flag in actions[flag.replace("-", "_")].option_strings
+    out = str(tmp_path / "cli")
+    assert cli.main(["--out", out, "--preset", "tiny", "--object-size", "0.2", "0.4",
+                     "--num-textures", "2", "--val-profile", "train"]) == 0
+    generate_synthetic_lvis(str(tmp_path / "py"), preset="tiny", object_size=(0.2, 0.4),
+                            num_textures=2, val_profile="train")
+    assert _tree_digest(out) == _tree_digest(str(tmp_path / "py"))

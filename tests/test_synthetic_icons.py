@@ -44,13 +44,13 @@ def icons(tmp_path_factory):
 def test_presets_are_offered_and_font_installed():
     assert {"icons", "icons_tiny"} <= set(PRESETS)
     assert os.path.isfile(default_font_path()), "make setup extracts the OpenMoji font"
-    classes, clutter = icon_vocabulary(ICON_PRESETS["icons"]["num_classes"])
+    classes, clutter = icon_vocabulary(ICON_PRESETS["icons"].num_classes)
     assert len(set(classes)) == 200 and not set(classes) & set(clutter)
 
 
 def test_counts_groups_and_fields(icons):
     out, result, train, val = icons
-    k = ICON_PRESETS["icons_tiny"]["num_classes"]
+    k = ICON_PRESETS["icons_tiny"].num_classes
     assert [c["id"] for c in train["categories"]] == list(range(1, k + 1))
     assert train["categories"] == val["categories"]
     images_of, inst = defaultdict(set), defaultdict(int)
@@ -63,13 +63,13 @@ def test_counts_groups_and_fields(icons):
         assert c["frequency"] == ("r" if n <= 10 else "c" if n <= 100 else "f")
     ranked = sorted((c["image_count"] for c in train["categories"]), reverse=True)
     p = ICON_PRESETS["icons_tiny"]
-    assert ranked == class_image_counts(k, max_train_images=p["max_train_images"]).tolist()
+    assert ranked == class_image_counts(k, max_train_images=p.max_train_images).tolist()
     # every class is in at least val_min_images validation images
     val_images_of = defaultdict(set)
     for a in val["annotations"]:
         val_images_of[a["category_id"]].add(a["image_id"])
-    assert all(len(val_images_of[c]) >= p["val_min_images"] for c in range(1, k + 1))
-    lo, hi = p["classes_per_image"]
+    assert all(len(val_images_of[c]) >= p.val_min_images for c in range(1, k + 1))
+    lo, hi = p.classes_per_image
     per_image = defaultdict(set)
     for a in train["annotations"]:
         per_image[a["image_id"]].add(a["category_id"])
@@ -81,7 +81,7 @@ def test_counts_groups_and_fields(icons):
 
 def test_masks_are_visible_parts_and_boxes_tight(icons):
     _, _, train, _ = icons
-    size = ICON_PRESETS["icons_tiny"]["image_size"]
+    size = ICON_PRESETS["icons_tiny"].image_size
     for a in train["annotations"]:
         pts = np.concatenate([np.reshape(p, (-1, 2)) for p in a["segmentation"]])
         assert pts.min() >= 0 and pts.max() <= size

@@ -11,22 +11,54 @@ Writes DIR/lvis_v1_train.json, DIR/lvis_v1_val.json, DIR/train/*.png, DIR/val/*.
 (see docs/synthetic.md and lt_det/data/synthetic.py).
 """
 import argparse
+import dataclasses
 import sys
 import warnings
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 # detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
 warnings.filterwarnings(
     "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit"
 )
 
-from lt_det.data.synthetic import (  # noqa: E402
-    COUNT_PROFILES,
-    PRESETS,
-    VAL_PROFILES,
-    generate_synthetic_lvis,
-)
+from lt_det.data.synthetic import PRESETS, SyntheticSpec, generate_synthetic_lvis  # noqa: E402
+from lt_det.data.synthetic_icons import IconSpec  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402
+
+
+def knob_fields() -> Dict[Tuple[str, str], List[dataclasses.Field]]:
+    """The knobs the flags are made from, by (group title, preset whose default they show):
+    every SyntheticSpec field, then the IconSpec fields the shapes spec does not have."""
+    shapes = list(dataclasses.fields(SyntheticSpec))
+    names = {f.name for f in shapes}
+    return {
+        ("knobs (a flag left out keeps the preset's value)", "default"): shapes,
+        ("pictograph knobs (--preset icons / icons_tiny)", "icons"): [
+            f for f in dataclasses.fields(IconSpec) if f.name not in names
+        ],
+    }
+
+
+def _flag_kwargs(f: dataclasses.Field, preset: str) -> Dict[str, Any]:
+    """argparse keywords for one knob: its help, choices, and a type taken from its default;
+    a flag left out is absent from the parsed namespace."""
+    default = f.default
+    if isinstance(default, tuple):
+        default = "(" + ", ".join(f"{v:.3g}" for v in default) + ")"
+    kwargs: Dict[str, Any] = {
+        "help": f"{f.metadata['help']} [{preset} preset: {default}]",
+        "default": argparse.SUPPRESS,
+    }
+    if "choices" in f.metadata:
+        kwargs["choices"] = f.metadata["choices"]
+    if isinstance(f.default, tuple):
+        kwargs.update(nargs=len(f.default), type=type(f.default[0]),
+                      metavar=("LO", "HI")[: len(f.default)])
+    elif f.default is None or isinstance(f.default, str):
+        kwargs["type"] = str
+    else:
+        kwargs["type"] = type(f.default)
+    return kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,28 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=sorted(PRESETS), default="default")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    g = p.add_argument_group("knobs (default: the preset's value)")
-    g.add_argument("--num-shapes", type=int)
-    g.add_argument("--num-colours", type=int)
-    g.add_argument("--num-textures", type=int)
-    g.add_argument("--image-size", type=int)
-    g.add_argument("--max-train-images", type=int)
-    g.add_argument("--min-train-images", type=int)
-    g.add_argument("--count-profile", choices=COUNT_PROFILES)
-    g.add_argument(
-        "--count-source",
-        help="LVIS v1 cat_info json giving the tail's shape; 'lvis_v1' = the file `make setup` "
-        "installs (lt_det.data.lvis_v1_stats.default_cat_info_path())",
-    )
-    g.add_argument("--val-images-per-class", type=int)
-    g.add_argument("--co-occurrence", type=float)
-    g.add_argument("--max-classes-per-image", type=int)
-    g.add_argument("--max-instances-per-class", type=int)
-    g.add_argument("--neg-per-image", type=int)
-    g.add_argument("--max-objects", type=int)
-    g.add_argument("--val-profile", choices=VAL_PROFILES)
-    g.add_argument("--val-fraction", type=float)
-    g.add_argument("--appearance-jitter", type=float)
+    for (title, preset), group_fields in knob_fields().items():
+        g = p.add_argument_group(title)
+        for f in group_fields:
+            g.add_argument("--" + f.name.replace("_", "-"), **_flag_kwargs(f, preset))
     return p
 
 
@@ -82,34 +96,16 @@ def format_summary(result: dict, out: str, seed: int, preset: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    count_source = args.count_source
-    if count_source == "lvis_v1":
-        from lt_det.data.lvis_v1_stats import default_cat_info_path
-
-        count_source = default_cat_info_path()
+    knobs = {
+        f.name: getattr(args, f.name)
+        for group_fields in knob_fields().values()
+        for f in group_fields
+        if hasattr(args, f.name)
+    }
+    knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in knobs.items()}
     try:
         result = generate_synthetic_lvis(
-            args.out,
-            seed=args.seed,
-            preset=args.preset,
-            num_shapes=args.num_shapes,
-            num_colours=args.num_colours,
-            num_textures=args.num_textures,
-            image_size=args.image_size,
-            max_train_images=args.max_train_images,
-            min_train_images=args.min_train_images,
-            count_profile=args.count_profile,
-            count_source=count_source,
-            val_images_per_class=args.val_images_per_class,
-            co_occurrence=args.co_occurrence,
-            max_classes_per_image=args.max_classes_per_image,
-            max_instances_per_class=args.max_instances_per_class,
-            neg_per_image=args.neg_per_image,
-            max_objects=args.max_objects,
-            val_profile=args.val_profile,
-            val_fraction=args.val_fraction,
-            appearance_jitter=args.appearance_jitter,
-            overwrite=args.overwrite,
+            args.out, seed=args.seed, preset=args.preset, overwrite=args.overwrite, **knobs
         )
     except LTDetError as e:
         return report_error(e)

@@ -26,9 +26,14 @@ two parts are ``<split>/<file>``, so both lt_det's
 Everything is drawn from ``numpy.random.default_rng`` streams keyed by ``(seed, split, image)``: the
 same arguments give byte-identical json and PNG files.
 
+A dataset is a :class:`SyntheticSpec` (every knob, with its default and meaning; ``PRESETS`` names
+specs, ``dataclasses.replace`` overrides knobs) built in three steps: :func:`plan` (classes,
+instances and placements of every image; no pixels), :func:`render` (pixels and annotations) and
+:func:`write_dataset` (jsons and PNGs). :func:`generate_synthetic_lvis` runs all three.
+
 The presets ``icons`` / ``icons_tiny`` write classes that each have their own appearance
-(OpenMoji pictographs) instead of colour x shape combinations; ``generate_synthetic_lvis`` hands
-them to :func:`lt_det.data.synthetic_icons.generate_icons_lvis`.
+(OpenMoji pictographs) instead of colour x shape combinations; their spec is
+:class:`lt_det.data.synthetic_icons.IconSpec`.
 """
 import importlib
 import itertools
@@ -37,7 +42,8 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -52,6 +58,15 @@ __all__ = [
     "PRESETS",
     "ICON_PRESET_NAMES",
     "COUNT_PROFILES",
+    "VAL_PROFILES",
+    "SyntheticSpec",
+    "ImagePlan",
+    "DatasetPlan",
+    "RenderedImage",
+    "preset_spec",
+    "plan",
+    "render",
+    "write_dataset",
     "class_image_counts",
     "generate_synthetic_lvis",
     "register_synthetic_lvis",
@@ -113,64 +128,253 @@ COLOURS: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
 #: Texture names; "solid" classes carry no texture word in their name.
 TEXTURES: Tuple[str, ...] = ("solid", "striped", "dotted")
 COUNT_PROFILES = ("loglinear", "zipf")
+VAL_PROFILES = ("per_class", "train")
 
-#: Preset knob values; explicit arguments of ``generate_synthetic_lvis`` override them.
-PRESETS: Dict[str, Dict[str, Any]] = {
-    "default": dict(
-        num_shapes=8,
-        num_colours=6,
-        num_textures=1,
-        image_size=96,
-        max_train_images=350,
-        min_train_images=1,
-        count_profile="loglinear",
-        val_images_per_class=8,
-        co_occurrence=0.3,
-        max_classes_per_image=3,
-        max_instances_per_class=3,
-        neg_per_image=8,
-        object_size=(1 / 6, 1 / 2),
-        max_objects=6,
-        val_profile="per_class",
+
+def knob(default: Any, help: str, **metadata: Any) -> Any:
+    """A spec field: its default, its one-line ``help`` (the CLI flag's help too) and optional
+    ``choices``."""
+    return field(default=default, metadata=dict(metadata, help=help))
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Every knob of the colour x shape dataset; the defaults are the ``"default"`` preset.
+
+    ``PRESETS`` names specs; ``dataclasses.replace(spec, knob=value)`` overrides knobs. Build a
+    dataset with :meth:`plan` (no pixels), :meth:`render` and :func:`write_dataset`, or all three
+    with :func:`generate_synthetic_lvis`.
+    """
+
+    num_shapes: int = knob(8, f"first shapes of SHAPES (1..{len(SHAPES)})")
+    num_colours: int = knob(6, f"first colours of COLOURS (1..{len(COLOURS)})")
+    num_textures: int = knob(
+        1, f"first textures of TEXTURES (1..{len(TEXTURES)}); K = shapes x colours x textures"
+    )
+    image_size: int = knob(96, "square image side in pixels (>= 32)")
+    max_train_images: int = knob(350, "training images of the most frequent class")
+    min_train_images: int = knob(1, "training images of the rarest class (>= 1)")
+    count_profile: str = knob(
+        "loglinear",
+        "tail shape without count_source: log(count) linear in the rank (loglinear) or in "
+        "log(rank) (zipf); see class_image_counts",
+        choices=COUNT_PROFILES,
+    )
+    val_images_per_class: int = knob(
+        8, "validation images whose main class is each class (val_profile per_class)"
+    )
+    co_occurrence: float = knob(
+        0.3,
+        "share of a class's training images in which it is a secondary class beside another "
+        "class's objects, in [0, 1) (0: one class per image)",
+    )
+    max_classes_per_image: int = knob(3, "distinct classes in one image (1..4)")
+    max_instances_per_class: int = knob(
+        3, "instances of one class in one image (P(n) ~ 2^-n, only where they fit)"
+    )
+    neg_per_image: int = knob(8, "absent classes listed in an image's neg_category_ids")
+    object_size: Tuple[float, float] = knob(
+        (1 / 6, 1 / 2),
+        "(min, max) object side as fractions of image_size, log-uniform, "
+        "0 < min <= max <= 0.5",
+    )
+    max_objects: int = knob(
+        6, "objects per image, all classes together, required ones first "
+        "(>= max_classes_per_image)"
+    )
+    val_profile: str = knob(
+        "per_class",
+        "per_class: val_images_per_class val images per main class, secondary classes uniform; "
+        "train: class c leads max(1, round(val_fraction m_c)) val images (m_c: train images it "
+        "leads), secondary classes drawn in proportion to train counts",
+        choices=VAL_PROFILES,
+    )
+    val_fraction: float = knob(
+        0.2, "val / train share with val_profile train, in (0, 1] (LVIS v1: 19,809 / 100,170)"
+    )
+    appearance_jitter: float = knob(
+        1.0,
+        "scale j of the per-object colour variation, in [0, 5]: gain 1 - 0.18 j .. "
+        "1 + 0.12 j, additive N(0, 8 j) per channel",
+    )
+    count_source: Optional[Union[str, Sequence[Dict[str, Any]]]] = knob(
+        None,
+        "LVIS v1 cat_info json (or its loaded list) giving the tail's shape, overriding "
+        "count_profile; 'lvis_v1' = the file `make setup` installs "
+        "(lt_det.data.lvis_v1_stats.default_cat_info_path())",
+    )
+
+    def check(self) -> None:
+        """Raise :class:`LTDetError` naming every knob out of range (one line)."""
+        p = {f.name: getattr(self, f.name) for f in fields(self)}
+        checks = [
+            (1 <= p["num_shapes"] <= len(SHAPES), f"num_shapes must be in 1..{len(SHAPES)}"),
+            (1 <= p["num_colours"] <= len(COLOURS), f"num_colours must be in 1..{len(COLOURS)}"),
+            (
+                1 <= p["num_textures"] <= len(TEXTURES),
+                f"num_textures must be in 1..{len(TEXTURES)}",
+            ),
+            (p["image_size"] >= 32, "image_size must be >= 32 pixels"),
+            (p["min_train_images"] >= 1, "min_train_images must be >= 1"),
+            (p["max_train_images"] >= p["min_train_images"], "max_train_images < min_train_images"),
+            (p["val_images_per_class"] >= 1, "val_images_per_class must be >= 1"),
+            (0 <= p["co_occurrence"] < 1, "co_occurrence must be in [0, 1)"),
+            (1 <= p["max_classes_per_image"] <= 4, "max_classes_per_image must be in 1..4"),
+            (p["max_instances_per_class"] >= 1, "max_instances_per_class must be >= 1"),
+            (p["neg_per_image"] >= 0, "neg_per_image must be >= 0"),
+            (
+                0 < p["object_size"][0] <= p["object_size"][1] <= 0.5,
+                "object_size must be (min, max) fractions of image_size with 0 < min <= max <= 0.5",
+            ),
+            (
+                p["count_profile"] in COUNT_PROFILES,
+                f"count_profile must be one of {COUNT_PROFILES}",
+            ),
+            (
+                p["max_objects"] >= p["max_classes_per_image"],
+                "max_objects must be >= max_classes_per_image",
+            ),
+            (p["val_profile"] in VAL_PROFILES, f"val_profile must be one of {VAL_PROFILES}"),
+            (0 < p["val_fraction"] <= 1, "val_fraction must be in (0, 1]"),
+            (0 <= p["appearance_jitter"] <= 5, "appearance_jitter must be in [0, 5]"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise LTDetError("generate_synthetic_lvis: " + "; ".join(bad) + f" (got {p}).")
+
+    def unknown_knobs(self, preset: str, names: List[str]) -> str:
+        """The line that refuses knobs this spec does not have."""
+        return (
+            f"preset '{preset}' has no knob(s) {names}; its knobs are "
+            f"{[f.name for f in fields(self)]} (docs/synthetic.md)."
+        )
+
+    def plan(self, seed: int) -> "DatasetPlan":
+        """See :func:`plan`."""
+        return plan(self, seed)
+
+    def render(self, dataset_plan: "DatasetPlan") -> Iterator["RenderedImage"]:
+        """See :func:`render`."""
+        return render(self, dataset_plan)
+
+    def generate(self, out_dir: str, *, seed: int, preset: str, overwrite: bool) -> Dict[str, Any]:
+        """Plan, render and write (:func:`generate_synthetic_lvis` with this spec)."""
+        start = time.perf_counter()
+        dataset_plan = self.plan(seed)
+        info = {
+            "description": "lt_det synthetic long-tailed detection dataset (LVIS v1 format)",
+            "version": "1.0",
+            "generator": "lt_det.data.synthetic.generate_synthetic_lvis",
+            "seed": seed,
+            "preset": preset,
+            "params": spec_params(self),
+            "count_source": _source_name(dataset_plan.count_source),
+        }
+        result = write_dataset(
+            out_dir, self.render(dataset_plan), categories=dataset_plan.categories,
+            planned_counts=dataset_plan.counts, info=info, licenses=[], overwrite=overwrite,
+        )
+        result["summary"]["seconds"] = round(time.perf_counter() - start, 3)
+        return result
+
+
+def _icon_preset(name: str) -> Callable[[], Any]:
+    """The pictograph preset ``name``: its spec lives in lt_det.data.synthetic_icons, which
+    builds on this module (so it is imported by name, when asked for)."""
+
+    def icon_spec() -> Any:
+        return importlib.import_module("lt_det.data.synthetic_icons").ICON_PRESETS[name]
+
+    icon_spec.__doc__ = f"The ``{name}`` preset: ``lt_det.data.synthetic_icons.ICON_PRESETS``."
+    return icon_spec
+
+
+_DEFAULT = SyntheticSpec()
+#: Named datasets: a spec, or a function returning one (the pictograph presets, whose module
+#: builds on this one). ``preset_spec(name, **overrides)`` resolves either.
+PRESETS: Dict[str, Union[SyntheticSpec, Callable[[], Any]]] = {
+    "default": _DEFAULT,
+    # Seconds-long tests and smoke runs.
+    "tiny": replace(
+        _DEFAULT,
+        num_shapes=3,
+        num_colours=2,
+        image_size=48,
+        max_train_images=20,
+        val_images_per_class=2,
+        max_instances_per_class=2,
+        neg_per_image=2,
+    ),
+    # Closer to LVIS v1 in what docs/synthetic.md measured (tools/measure_dataset.py): the real
+    # LVIS v1 tail (r/c/f shares), more classes and instances per image, rare classes among
+    # frequent ones, a validation set whose class distribution follows training's (LVIS val:
+    # same image source), and more within-class appearance variation (so same-shape classes of
+    # close colours overlap).
+    "lvis_like": replace(
+        _DEFAULT,
+        count_source="lvis_v1",
+        co_occurrence=0.6,
+        max_classes_per_image=4,
+        max_instances_per_class=4,
+        max_objects=10,
+        object_size=(1 / 8, 3 / 8),
+        val_profile="train",
         val_fraction=0.2,
-        appearance_jitter=1.0,
-        count_source=None,
+        appearance_jitter=2.5,
     ),
 }
-# Seconds-long tests and smoke runs: only what differs from "default".
-PRESETS["tiny"] = dict(
-    PRESETS["default"],
-    num_shapes=3,
-    num_colours=2,
-    image_size=48,
-    max_train_images=20,
-    val_images_per_class=2,
-    max_instances_per_class=2,
-    neg_per_image=2,
-)
-# Closer to LVIS v1 in what docs/synthetic.md measured (tools/measure_dataset.py): the real LVIS
-# v1 tail (r/c/f shares), more classes and instances per image, rare classes among frequent ones,
-# a validation set whose class distribution follows training's (LVIS val: same image source),
-# and more within-class appearance variation (so same-shape classes of close colours overlap).
-PRESETS["lvis_like"] = dict(
-    PRESETS["default"],
-    count_source="lvis_v1",
-    co_occurrence=0.6,
-    max_classes_per_image=4,
-    max_instances_per_class=4,
-    max_objects=10,
-    object_size=(1 / 8, 3 / 8),
-    val_profile="train",
-    val_fraction=0.2,
-    appearance_jitter=2.5,
-)
-VAL_PROFILES = ("per_class", "train")
-# Classes with their own appearance (OpenMoji pictographs; lt_det.data.synthetic_icons): the
-# preset names are listed here so every tool's --preset offers them; their knobs live in
-# lt_det.data.synthetic_icons.ICON_PRESETS and generate_synthetic_lvis hands them over.
+#: Presets with pictograph classes (OpenMoji; lt_det.data.synthetic_icons.IconSpec).
 ICON_PRESET_NAMES = ("icons", "icons_tiny")
 for _name in ICON_PRESET_NAMES:
-    PRESETS[_name] = {"generator": "lt_det.data.synthetic_icons.generate_icons_lvis"}
+    PRESETS[_name] = _icon_preset(_name)
+
+
+def preset_spec(preset: str, **overrides: Any) -> Any:
+    """The spec of ``preset`` with ``overrides`` applied (``None`` values mean "the preset's").
+
+    Returns:
+        a :class:`SyntheticSpec`, or an ``IconSpec`` for the pictograph presets.
+
+    Raises:
+        LTDetError: unknown preset, or a knob the preset's spec does not have (values are checked
+            when the spec is planned).
+    """
+    if preset not in PRESETS:
+        raise LTDetError(f"preset '{preset}' is unknown; choose one of {list(PRESETS)}.")
+    spec = PRESETS[preset]
+    spec = spec if isinstance(spec, SyntheticSpec) else spec()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - {f.name for f in fields(spec)})
+    if unknown:
+        raise LTDetError(spec.unknown_knobs(preset, unknown))
+    return replace(spec, **given)
+
+
+def spec_params(spec: Any) -> Dict[str, Any]:
+    """The spec's knobs as the json's ``info["params"]`` records them (tuples as lists, a
+    loaded ``count_source`` list as ``"<list>"``)."""
+    out = {}
+    for f in fields(spec):
+        v = getattr(spec, f.name)
+        if f.name == "count_source":
+            v = _source_name(v)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _source_name(count_source: Any) -> Optional[str]:
+    if count_source is None or isinstance(count_source, (str, os.PathLike)):
+        return count_source and os.fspath(count_source)
+    return "<list>"
+
+
+def resolve_count_source(count_source: Any) -> Any:
+    """``"lvis_v1"`` -> the installed LVIS v1 cat_info json; anything else as it is."""
+    if isinstance(count_source, str) and count_source == "lvis_v1":
+        from .lvis_v1_stats import default_cat_info_path
+
+        return default_cat_info_path()
+    return count_source
 
 _MAX_ROTATION = math.radians(15)  # small, so a square never turns into a diamond
 _GAP = 1.0  # pixels kept free between object boxes
@@ -482,39 +686,248 @@ def _poly_area(p: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-# ----------------------------------------------------------------------------- public API
-def _resolve(preset: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    if preset not in PRESETS:
-        raise LTDetError(f"preset '{preset}' is unknown; choose one of {list(PRESETS)}.")
-    p = dict(PRESETS[preset])
-    p.update({k: v for k, v in overrides.items() if v is not None})
-    checks = [
-        (1 <= p["num_shapes"] <= len(SHAPES), f"num_shapes must be in 1..{len(SHAPES)}"),
-        (1 <= p["num_colours"] <= len(COLOURS), f"num_colours must be in 1..{len(COLOURS)}"),
-        (1 <= p["num_textures"] <= len(TEXTURES), f"num_textures must be in 1..{len(TEXTURES)}"),
-        (p["image_size"] >= 32, "image_size must be >= 32 pixels"),
-        (p["min_train_images"] >= 1, "min_train_images must be >= 1"),
-        (p["max_train_images"] >= p["min_train_images"], "max_train_images < min_train_images"),
-        (p["val_images_per_class"] >= 1, "val_images_per_class must be >= 1"),
-        (0 <= p["co_occurrence"] < 1, "co_occurrence must be in [0, 1)"),
-        (1 <= p["max_classes_per_image"] <= 4, "max_classes_per_image must be in 1..4"),
-        (p["max_instances_per_class"] >= 1, "max_instances_per_class must be >= 1"),
-        (p["neg_per_image"] >= 0, "neg_per_image must be >= 0"),
-        (
-            0 < p["object_size"][0] <= p["object_size"][1] <= 0.5,
-            "object_size must be (min, max) fractions of image_size with 0 < min <= max <= 0.5",
-        ),
-        (p["count_profile"] in COUNT_PROFILES, f"count_profile must be one of {COUNT_PROFILES}"),
-        (p["max_objects"] >= p["max_classes_per_image"],
-         "max_objects must be >= max_classes_per_image"),
-        (p["val_profile"] in VAL_PROFILES, f"val_profile must be one of {VAL_PROFILES}"),
-        (0 < p["val_fraction"] <= 1, "val_fraction must be in (0, 1]"),
-        (0 <= p["appearance_jitter"] <= 5, "appearance_jitter must be in [0, 5]"),
-    ]
-    bad = [msg for ok, msg in checks if not ok]
-    if bad:
-        raise LTDetError("generate_synthetic_lvis: " + "; ".join(bad) + f" (got {p}).")
-    return p
+# ----------------------------------------------------------------------------- plan / render / write
+@dataclass
+class ImagePlan:
+    """One image to draw.
+
+    Attributes:
+        split: "train" or "val".
+        classes: class indices in [0, K) the image must hold (a train image's main class first).
+        objects: (class index, polygon (n, 2) float64 in pixels) per placed object.
+        rng_state: state of the image's random stream after placing the objects; the pixels and
+            the negative classes are drawn from it (``numpy.random.PCG64.state``).
+    """
+
+    split: str
+    classes: List[int]
+    objects: List[Tuple[int, np.ndarray]]
+    rng_state: Dict[str, Any]
+
+
+@dataclass
+class DatasetPlan:
+    """Everything about a dataset but its pixels.
+
+    Attributes:
+        counts: int64 (K,): training images planned per class.
+        categories: LVIS category records (counts and ``frequency`` are filled when written).
+        images: the train images, then the val images.
+        count_source: the count source used (a path, a list, or None).
+    """
+
+    counts: np.ndarray
+    categories: List[Dict[str, Any]]
+    images: List[ImagePlan]
+    count_source: Any = None
+
+
+@dataclass
+class RenderedImage:
+    """One drawn image: ``pixels`` uint8 (H, W, 3); ``annotations`` LVIS records without
+    ``id`` / ``image_id`` (``category_id``, ``bbox``, ``area``, ``segmentation``);
+    ``neg_category_ids`` sorted category ids absent from the image."""
+
+    split: str
+    pixels: np.ndarray
+    annotations: List[Dict[str, Any]]
+    neg_category_ids: List[int]
+
+
+def _class_factors(spec: SyntheticSpec) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shape, colour, texture) index of every class, each int (K,), classes in product order."""
+    combos = list(
+        itertools.product(
+            range(spec.num_shapes), range(spec.num_colours), range(spec.num_textures)
+        )
+    )
+    return tuple(np.array([combo[i] for combo in combos], dtype=np.int64) for i in range(3))
+
+
+def plan(spec: SyntheticSpec, seed: int) -> DatasetPlan:
+    """Classes, object placements and random streams of every image; no pixels, no files.
+
+    Class counts and the train / val class lists come from ``default_rng([seed, 0])``; image
+    ``i`` of split ``s`` (0 train, 1 val) is placed with ``default_rng([seed, 1 + s, i])``.
+
+    Raises:
+        LTDetError: a knob out of range, an unreadable ``count_source``, or objects that do not
+            fit an image.
+    """
+    spec.check()
+    count_source = resolve_count_source(spec.count_source)
+    size = int(spec.image_size)
+    smin, smax = (float(f) * size for f in spec.object_size)
+    shape_of, colour_of, texture_of = _class_factors(spec)
+    k = shape_of.size
+
+    rng = np.random.default_rng([seed, 0])
+    ranked = class_image_counts(
+        k,
+        max_train_images=int(spec.max_train_images),
+        min_train_images=int(spec.min_train_images),
+        count_profile=spec.count_profile,
+        count_source=count_source,
+    )
+    counts = np.empty(k, dtype=np.int64)
+    counts[rng.permutation(k)] = ranked  # which class is rare is up to the seed
+    train_plan = _plan_train(
+        rng, counts, float(spec.co_occurrence), int(spec.max_classes_per_image)
+    )
+    extras_pool = np.array([len(c) - 1 for c in train_plan], dtype=np.int64)
+    if spec.val_profile == "train":
+        mains = np.bincount([c[0] for c in train_plan], minlength=k)  # images led by class c
+        val_counts = np.maximum(1, np.round(float(spec.val_fraction) * mains)).astype(np.int64)
+        val_plan = _plan_val(rng, k, val_counts, extras_pool, weights=counts.astype(np.float64))
+    else:
+        val_counts = np.full(k, int(spec.val_images_per_class), dtype=np.int64)
+        val_plan = _plan_val(rng, k, val_counts, extras_pool)
+
+    categories = []
+    for cid, (s, c, t) in enumerate(zip(shape_of, colour_of, texture_of), start=1):
+        words = ([] if TEXTURES[t] == "solid" else [TEXTURES[t]]) + [COLOURS[c][0], SHAPES[s]]
+        categories.append(
+            {
+                "id": cid,
+                "name": "_".join(words),
+                "synonyms": ["_".join(words)],
+                "def": f"a {' '.join(words)} drawn on a noisy background",
+                "synset": f"{'_'.join(words)}.n.01",
+                "frequency": None,
+                "image_count": 0,
+                "instance_count": 0,
+            }
+        )
+    images = []
+    for split_index, (split, class_lists) in enumerate((("train", train_plan), ("val", val_plan))):
+        for index, classes in enumerate(class_lists):
+            img_rng = np.random.default_rng([seed, 1 + split_index, index])
+            objs = _layout(
+                img_rng, classes, shape_of, size, smin, smax, int(spec.max_instances_per_class),
+                int(spec.max_objects),
+            )
+            images.append(ImagePlan(split, classes, objs, img_rng.bit_generator.state))
+    return DatasetPlan(counts, categories, images, count_source)
+
+
+def render(spec: SyntheticSpec, dataset_plan: DatasetPlan) -> Iterator[RenderedImage]:
+    """Draw the planned images one by one (background, objects, camera noise) and list their
+    annotations: bbox = polygon extent, area = polygon area (shoelace), negatives drawn last."""
+    size = int(spec.image_size)
+    _, colour_of, texture_of = _class_factors(spec)
+    k = colour_of.size
+    for im in dataset_plan.images:
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = im.rng_state
+        pixels = _render(rng, im.objects, size, colour_of, texture_of, float(spec.appearance_jitter))
+        absent = np.setdiff1d(np.arange(k), im.classes)
+        neg = rng.choice(absent, size=min(int(spec.neg_per_image), absent.size), replace=False)
+        annotations = []
+        for c, poly in im.objects:
+            x0, y0 = poly.min(0)
+            x1, y1 = poly.max(0)
+            annotations.append(
+                {
+                    "category_id": int(c) + 1,
+                    "bbox": [float(x0), float(y0), round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "area": round(_poly_area(poly), 2),
+                    "segmentation": [[float(v) for v in poly.reshape(-1)]],
+                }
+            )
+        yield RenderedImage(im.split, pixels, annotations, sorted(int(n) + 1 for n in neg))
+
+
+def write_dataset(
+    out_dir: str,
+    images: Iterable[RenderedImage],
+    *,
+    categories: List[Dict[str, Any]],
+    planned_counts: np.ndarray,
+    info: Dict[str, Any],
+    licenses: List[Dict[str, Any]],
+    overwrite: bool = False,
+) -> Dict[str, Any]:
+    """Write ``images`` (train first, then val; drawn as they are written) as LVIS v1 jsons and
+    PNGs under ``out_dir`` (layout in the module docstring).
+
+    Category ``image_count``, ``instance_count`` and ``frequency`` (LVIS rule, r <= 10 < c <= 100
+    < f) are counted from the written train annotations; val carries them too, as in LVIS v1.
+
+    Returns:
+        ``{"train_json", "val_json", "train_image_root", "val_image_root", "summary"}`` (summary
+        as :func:`generate_synthetic_lvis`'s, without ``seconds``).
+
+    Raises:
+        LTDetError: ``out_dir`` is not empty and not ``overwrite`` (checked before writing).
+        RuntimeError: a class's written train image count differs from ``planned_counts``.
+    """
+    prepare_out_dir(out_dir, overwrite)
+    categories = [dict(c) for c in categories]
+    records: Dict[str, List[Dict[str, Any]]] = {"train": [], "val": []}
+    annotations: Dict[str, List[Dict[str, Any]]] = {"train": [], "val": []}
+    image_id = ann_id = 0
+    for image in images:
+        image_id += 1
+        split = image.split
+        file_name = f"{image_id:06d}.png"
+        # noisy pixels barely compress: level 1 is as small as the default and 3x faster
+        Image.fromarray(image.pixels, "RGB").save(
+            os.path.join(out_dir, split, file_name), format="PNG", compress_level=1
+        )
+        height, width = image.pixels.shape[:2]
+        records[split].append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "coco_url": f"synthetic://lt_det/{split}/{file_name}",
+                "height": height,
+                "width": width,
+                "neg_category_ids": image.neg_category_ids,
+                "not_exhaustive_category_ids": [],
+            }
+        )
+        for ann in image.annotations:
+            ann_id += 1
+            annotations[split].append({"id": ann_id, "image_id": image_id, **ann})
+
+    images_of = [set() for _ in categories]
+    for ann in annotations["train"]:
+        images_of[ann["category_id"] - 1].add(ann["image_id"])
+        categories[ann["category_id"] - 1]["instance_count"] += 1
+    for cat, ims, target in zip(categories, images_of, planned_counts):
+        cat["image_count"] = len(ims)
+        cat["frequency"] = frequency_group(len(ims))
+        if len(ims) != target:  # the plan guarantees this; a failure is a bug here
+            raise RuntimeError(f"class {cat['name']}: {len(ims)} train images, planned {target}")
+
+    paths = {
+        "train_json": os.path.join(out_dir, TRAIN_JSON),
+        "val_json": os.path.join(out_dir, VAL_JSON),
+        "train_image_root": os.path.join(out_dir, "train"),
+        "val_image_root": os.path.join(out_dir, "val"),
+    }
+    for split in ("train", "val"):
+        data = {
+            "info": info,
+            "licenses": licenses,
+            "images": records[split],
+            "annotations": annotations[split],
+            "categories": categories,  # val carries the train counts, as in LVIS v1
+        }
+        with open(paths[f"{split}_json"], "w") as f:
+            f.write(json.dumps(data, separators=(",", ":")))  # C encoder: dumps, not dump
+
+    summary = {
+        "num_classes": len(categories),
+        "groups": {g: sum(c["frequency"] == g for c in categories) for g in "rcf"},
+        "train_images": len(records["train"]),
+        "train_instances": len(annotations["train"]),
+        "val_images": len(records["val"]),
+        "val_instances": len(annotations["val"]),
+        "image_count_max": int(planned_counts.max()),
+        "image_count_min": int(planned_counts.min()),
+    }
+    return dict(paths, summary=summary)
 
 
 def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
@@ -539,286 +952,41 @@ def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
         os.makedirs(os.path.join(out_dir, name), exist_ok=True)
 
 
-def _preset_generator(preset: str):
-    """The generator function a preset names (``PRESETS[preset]["generator"]``, a dotted path)."""
-    module, name = PRESETS[preset]["generator"].rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
-
-
+# ----------------------------------------------------------------------------- public API
 def generate_synthetic_lvis(
     out_dir: str,
     *,
     seed: int = 0,
     preset: str = "default",
-    num_shapes: Optional[int] = None,
-    num_colours: Optional[int] = None,
-    num_textures: Optional[int] = None,
-    image_size: Optional[int] = None,
-    max_train_images: Optional[int] = None,
-    min_train_images: Optional[int] = None,
-    count_profile: Optional[str] = None,
-    count_source: Optional[Union[str, Sequence[Dict[str, Any]]]] = None,
-    val_images_per_class: Optional[int] = None,
-    co_occurrence: Optional[float] = None,
-    max_classes_per_image: Optional[int] = None,
-    max_instances_per_class: Optional[int] = None,
-    neg_per_image: Optional[int] = None,
-    object_size: Optional[Tuple[float, float]] = None,
-    max_objects: Optional[int] = None,
-    val_profile: Optional[str] = None,
-    val_fraction: Optional[float] = None,
-    appearance_jitter: Optional[float] = None,
     overwrite: bool = False,
+    **overrides: Any,
 ) -> Dict[str, Any]:
-    """Write a long-tailed LVIS v1-format dataset (train + val) of coloured shapes.
-
-    Every knob left as None takes its value from ``preset`` (``PRESETS``); "default" values first,
-    "tiny" values in brackets.
+    """Write a long-tailed LVIS v1-format dataset (train + val) of coloured shapes or, with the
+    ``icons`` / ``icons_tiny`` presets, of pictographs.
 
     Args:
         out_dir: output folder; created; must be empty unless ``overwrite``.
         seed: everything (class counts, their assignment to classes, layouts, pixels) follows it.
-        preset: "default" (48 classes, 96 px), "tiny" (6 classes, 48 px, for tests),
-            "lvis_like", or "icons" / "icons_tiny" (pictograph classes:
-            :func:`lt_det.data.synthetic_icons.generate_icons_lvis`, which takes
-            ``image_size``, ``max_train_images``, ``min_train_images``, ``count_source``,
-            ``max_instances_per_class``, ``neg_per_image``, ``object_size``, ``max_objects``,
-            ``val_fraction`` and refuses the shape knobs).
-        num_shapes: 8 [3] first shapes of ``SHAPES``.
-        num_colours: 6 [2] first colours of ``COLOURS``.
-        num_textures: 1 [1] first textures of ``TEXTURES``; K = shapes x colours x textures.
-        image_size: 96 [48] square image side in pixels.
-        max_train_images: 350 [20] training images of the most frequent class.
-        min_train_images: 1 [1] training images of the rarest class.
-        count_profile: "loglinear" ["loglinear"] or "zipf"; see ``class_image_counts``.
-        count_source: None, or the LVIS v1 cat_info json path / list: take the shape of the long
-            tail from the real counts (overrides ``count_profile``; see ``class_image_counts``).
-        val_images_per_class: 8 [2] validation images whose main class is each class.
-        co_occurrence: 0.3 [0.3] fraction of a class's training images in which it is a secondary
-            class beside another class's objects (0: one class per image).
-        max_classes_per_image: 3 [3] distinct classes in one image (1..4).
-        max_instances_per_class: 3 [2] instances of one class in one image (P(n) ~ 2^-n; at most
-            6 objects per image and only where they fit).
-        neg_per_image: 8 [2] absent classes listed in an image's ``neg_category_ids``.
-        object_size: (1/6, 1/2) [same] min and max object side as fractions of ``image_size``
-            (16-48 px at 96 px), log-uniform.
-        max_objects: 6 [6] objects per image, all classes together (required ones first).
-        val_profile: "per_class" ["per_class"]: ``val_images_per_class`` images per class, the
-            secondary classes uniform; "train": class c is the main class of
-            max(1, round(val_fraction * m_c)) images (m_c = training images with c as main class)
-            and secondary classes are drawn in proportion to training image counts, so val
-            follows the training distribution (as LVIS val does) while every class is scored.
-        val_fraction: 0.2 [0.2] with ``val_profile="train"`` (LVIS v1: 19,809 / 100,170 images).
-        appearance_jitter: 1.0 [1.0] scale of the per-object colour variation (gain
-            1 - 0.18 j .. 1 + 0.12 j, additive N(0, 8 j) per channel).
+        preset: a name in ``PRESETS``: "default" (48 classes, 96 px), "tiny" (6 classes, 48 px,
+            for tests), "lvis_like", or "icons" / "icons_tiny" (pictograph classes,
+            :class:`lt_det.data.synthetic_icons.IconSpec`).
         overwrite: replace the dataset files (the two jsons, ``train/``, ``val/``) in a non-empty
             ``out_dir``; other files there are left alone.
+        **overrides: knobs of the preset's spec (:class:`SyntheticSpec` fields, documented there,
+            or ``IconSpec``'s); a ``None`` value keeps the preset's.
 
     Returns:
         ``{"train_json", "val_json", "train_image_root", "val_image_root", "summary"}``; summary
         has ``num_classes``, ``groups`` ({"r", "c", "f"}: number of classes), ``train_images``,
         ``train_instances``, ``val_images``, ``val_instances``, ``image_count_max``,
         ``image_count_min`` and ``seconds`` (wall time).
+
+    Raises:
+        LTDetError: unknown preset or knob, a knob out of range (all checked before anything is
+            written), a non-empty ``out_dir`` without ``overwrite``.
     """
-    if preset in ICON_PRESET_NAMES:
-        # The pictograph presets live in their own module, which builds on this one.
-        generate_icons_lvis = _preset_generator(preset)
-
-        shape_knobs = dict(num_shapes=num_shapes, num_colours=num_colours,
-                           num_textures=num_textures, count_profile=count_profile,
-                           val_images_per_class=val_images_per_class,
-                           co_occurrence=co_occurrence,
-                           max_classes_per_image=max_classes_per_image, val_profile=val_profile,
-                           appearance_jitter=appearance_jitter)
-        given = sorted(k for k, v in shape_knobs.items() if v is not None)
-        if given:
-            raise LTDetError(f"preset '{preset}' has pictograph classes; the shape knob(s) "
-                             f"{given} do not apply to it (docs/synthetic.md lists its knobs).")
-        return generate_icons_lvis(
-            out_dir, seed=seed, preset=preset, overwrite=overwrite, image_size=image_size,
-            max_train_images=max_train_images, min_train_images=min_train_images,
-            count_source=count_source, max_instances_per_class=max_instances_per_class,
-            neg_per_image=neg_per_image, object_size=object_size, max_objects=max_objects,
-            val_fraction=val_fraction)
-    start = time.perf_counter()
-    knobs = dict(
-        num_shapes=num_shapes,
-        num_colours=num_colours,
-        num_textures=num_textures,
-        image_size=image_size,
-        max_train_images=max_train_images,
-        min_train_images=min_train_images,
-        count_profile=count_profile,
-        val_images_per_class=val_images_per_class,
-        co_occurrence=co_occurrence,
-        max_classes_per_image=max_classes_per_image,
-        max_instances_per_class=max_instances_per_class,
-        neg_per_image=neg_per_image,
-        object_size=object_size,
-        max_objects=max_objects,
-        val_profile=val_profile,
-        val_fraction=val_fraction,
-        appearance_jitter=appearance_jitter,
-    )
-    p = _resolve(preset, knobs)
-    if count_source is None:
-        count_source = p["count_source"]
-    if count_source == "lvis_v1":
-        from .lvis_v1_stats import default_cat_info_path
-
-        count_source = default_cat_info_path()
-    size = int(p["image_size"])
-    smin, smax = (float(f) * size for f in p["object_size"])
-    combos = list(
-        itertools.product(range(p["num_shapes"]), range(p["num_colours"]), range(p["num_textures"]))
-    )
-    k = len(combos)
-    shape_of = np.array([s for s, _, _ in combos])
-    colour_of = np.array([c for _, c, _ in combos])
-    texture_of = np.array([t for _, _, t in combos])
-
-    rng = np.random.default_rng([seed, 0])
-    ranked = class_image_counts(
-        k,
-        max_train_images=int(p["max_train_images"]),
-        min_train_images=int(p["min_train_images"]),
-        count_profile=p["count_profile"],
-        count_source=count_source,
-    )
-    counts = np.empty(k, dtype=np.int64)
-    counts[rng.permutation(k)] = ranked  # which class is rare is up to the seed
-    train_plan = _plan_train(
-        rng, counts, float(p["co_occurrence"]), int(p["max_classes_per_image"])
-    )
-    extras_pool = np.array([len(c) - 1 for c in train_plan], dtype=np.int64)
-    if p["val_profile"] == "train":
-        mains = np.bincount([c[0] for c in train_plan], minlength=k)  # images led by class c
-        val_counts = np.maximum(1, np.round(float(p["val_fraction"]) * mains)).astype(np.int64)
-        val_plan = _plan_val(rng, k, val_counts, extras_pool, weights=counts.astype(np.float64))
-    else:
-        val_counts = np.full(k, int(p["val_images_per_class"]), dtype=np.int64)
-        val_plan = _plan_val(rng, k, val_counts, extras_pool)
-
-    prepare_out_dir(out_dir, overwrite)
-    categories = []
-    for cid, (s, c, t) in enumerate(combos, start=1):
-        words = ([] if TEXTURES[t] == "solid" else [TEXTURES[t]]) + [COLOURS[c][0], SHAPES[s]]
-        categories.append(
-            {
-                "id": cid,
-                "name": "_".join(words),
-                "synonyms": ["_".join(words)],
-                "def": f"a {' '.join(words)} drawn on a noisy background",
-                "synset": f"{'_'.join(words)}.n.01",
-                "frequency": None,
-                "image_count": 0,
-                "instance_count": 0,
-            }
-        )
-
-    images: Dict[str, List[Dict[str, Any]]] = {"train": [], "val": []}
-    annotations: Dict[str, List[Dict[str, Any]]] = {"train": [], "val": []}
-    image_id = ann_id = 0
-    for split_index, (split, plan) in enumerate((("train", train_plan), ("val", val_plan))):
-        for index, classes in enumerate(plan):
-            image_id += 1
-            img_rng = np.random.default_rng([seed, 1 + split_index, index])
-            objs = _layout(
-                img_rng, classes, shape_of, size, smin, smax, int(p["max_instances_per_class"]),
-                int(p["max_objects"]),
-            )
-            pixels = _render(
-                img_rng, objs, size, colour_of, texture_of, float(p["appearance_jitter"])
-            )
-            file_name = f"{image_id:06d}.png"
-            # noisy pixels barely compress: level 1 is as small as the default and 3x faster
-            Image.fromarray(pixels, "RGB").save(
-                os.path.join(out_dir, split, file_name), format="PNG", compress_level=1
-            )
-            absent = np.setdiff1d(np.arange(k), classes)
-            neg = img_rng.choice(
-                absent, size=min(int(p["neg_per_image"]), absent.size), replace=False
-            )
-            images[split].append(
-                {
-                    "id": image_id,
-                    "file_name": file_name,
-                    "coco_url": f"synthetic://lt_det/{split}/{file_name}",
-                    "height": size,
-                    "width": size,
-                    "neg_category_ids": sorted(int(n) + 1 for n in neg),
-                    "not_exhaustive_category_ids": [],
-                }
-            )
-            for c, poly in objs:
-                ann_id += 1
-                x0, y0 = poly.min(0)
-                x1, y1 = poly.max(0)
-                annotations[split].append(
-                    {
-                        "id": ann_id,
-                        "image_id": image_id,
-                        "category_id": int(c) + 1,
-                        "bbox": [float(x0), float(y0), round(x1 - x0, 2), round(y1 - y0, 2)],
-                        "area": round(_poly_area(poly), 2),
-                        "segmentation": [[float(v) for v in poly.reshape(-1)]],
-                    }
-                )
-
-    # counts and r/c/f groups from what was written to the train split
-    images_of = [set() for _ in range(k)]
-    for ann in annotations["train"]:
-        images_of[ann["category_id"] - 1].add(ann["image_id"])
-        categories[ann["category_id"] - 1]["instance_count"] += 1
-    for cat, ims, target in zip(categories, images_of, counts):
-        cat["image_count"] = len(ims)
-        cat["frequency"] = frequency_group(len(ims))
-        if len(ims) != target:  # the plan guarantees this; a failure is a bug here
-            raise RuntimeError(f"class {cat['name']}: {len(ims)} train images, planned {target}")
-
-    if count_source is None or isinstance(count_source, (str, os.PathLike)):
-        source_name = count_source and os.fspath(count_source)
-    else:
-        source_name = "<list>"
-    info = {
-        "description": "lt_det synthetic long-tailed detection dataset (LVIS v1 format)",
-        "version": "1.0",
-        "generator": "lt_det.data.synthetic.generate_synthetic_lvis",
-        "seed": seed,
-        "preset": preset,
-        "params": {kk: (list(v) if isinstance(v, tuple) else v) for kk, v in p.items()},
-        "count_source": source_name,
-    }
-    paths = {
-        "train_json": os.path.join(out_dir, TRAIN_JSON),
-        "val_json": os.path.join(out_dir, VAL_JSON),
-        "train_image_root": os.path.join(out_dir, "train"),
-        "val_image_root": os.path.join(out_dir, "val"),
-    }
-    for split in ("train", "val"):
-        data = {
-            "info": info,
-            "licenses": [],
-            "images": images[split],
-            "annotations": annotations[split],
-            "categories": categories,  # val carries the train counts, as in LVIS v1
-        }
-        with open(paths[f"{split}_json"], "w") as f:
-            f.write(json.dumps(data, separators=(",", ":")))  # C encoder: dumps, not dump
-
-    groups = {g: sum(c["frequency"] == g for c in categories) for g in "rcf"}
-    summary = {
-        "num_classes": k,
-        "groups": groups,
-        "train_images": len(images["train"]),
-        "train_instances": len(annotations["train"]),
-        "val_images": len(images["val"]),
-        "val_instances": len(annotations["val"]),
-        "image_count_max": int(counts.max()),
-        "image_count_min": int(counts.min()),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    return dict(paths, summary=summary)
+    spec = preset_spec(preset, **overrides)
+    return spec.generate(out_dir, seed=seed, preset=preset, overwrite=overwrite)
 
 
 def register_synthetic_lvis(out_dir: str, prefix: str = "synthetic_lvis") -> Tuple[str, str]:

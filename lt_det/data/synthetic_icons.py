@@ -21,14 +21,14 @@ ones); validation holds every class in at least ``val_min_images`` images and ot
 the training counts (``val_fraction``). The json files are LVIS v1 format, as the shapes
 generator writes them (same layout, fields and ``frequency`` rule).
 """
-import json
 import math
 import os
 import sys
 import time
 import unicodedata
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageFont, ImageDraw
@@ -36,35 +36,86 @@ from PIL import Image, ImageFilter, ImageFont, ImageDraw
 from ..class_stats import frequency_group
 from ..errors import LTDetError
 from .synthetic import (
-    TRAIN_JSON,
-    VAL_JSON,
+    RenderedImage,
+    SyntheticSpec,
     background_image,
     class_image_counts,
-    prepare_out_dir,
+    knob,
+    preset_spec,
+    resolve_count_source,
+    spec_params,
+    write_dataset,
 )
 
-__all__ = ["ICON_PRESETS", "default_font_path", "icon_vocabulary", "generate_icons_lvis"]
+__all__ = ["IconSpec", "ICON_PRESETS", "default_font_path", "icon_vocabulary", "generate_icons_lvis"]
 
-#: Knob values of the icon presets (``generate_synthetic_lvis(preset=...)`` dispatches here).
-ICON_PRESETS: Dict[str, Dict[str, Any]] = {
-    "icons": dict(
-        num_classes=200,
-        image_size=96,
-        count_source="lvis_v1",
-        max_train_images=120,
-        min_train_images=1,
-        classes_per_image=(4, 8),
-        max_instances_per_class=3,
-        max_objects=12,
-        object_size=(1 / 8, 1 / 3),
-        min_visible=0.5,
-        clutter=(0, 3),
-        val_min_images=8,
-        val_fraction=0.2,
-        neg_per_image=8,
-    ),
-}
-ICON_PRESETS["icons_tiny"] = dict(
+@dataclass(frozen=True)
+class IconSpec:
+    """Every knob of the pictograph dataset; the defaults are the ``"icons"`` preset.
+
+    ``ICON_PRESETS`` names specs (``generate_synthetic_lvis(preset=...)`` reaches them through
+    :data:`lt_det.data.synthetic.PRESETS`); ``dataclasses.replace(spec, knob=value)`` overrides
+    knobs.
+    """
+
+    num_classes: int = knob(200, "pictograph classes (>= 2)")
+    image_size: int = knob(96, "square image side in pixels (>= 32)")
+    count_source: Optional[Any] = knob(
+        "lvis_v1",
+        "LVIS v1 cat_info json (or its loaded list) giving the tail's shape; 'lvis_v1' = the "
+        "installed one; None: log-linear (see class_image_counts)",
+    )
+    max_train_images: int = knob(120, "training images of the most frequent class")
+    min_train_images: int = knob(1, "training images of the rarest class (>= 1)")
+    classes_per_image: Tuple[int, int] = knob(
+        (4, 8), "(lo, hi) distinct classes per image, uniform, 1 <= lo <= hi"
+    )
+    max_instances_per_class: int = knob(3, "instances of one class in one image (P(n) ~ 2^-n)")
+    max_objects: int = knob(12, "objects per image, all classes together")
+    object_size: Tuple[float, float] = knob(
+        (1 / 8, 1 / 3),
+        "(min, max) longest object side as fractions of image_size, log-uniform, "
+        "0 < min <= max <= 0.6",
+    )
+    min_visible: float = knob(0.5, "share of an object that later objects may not hide, (0, 1]")
+    clutter: Tuple[int, int] = knob(
+        (0, 3), "(lo, hi) unannotated pictographs drawn behind the objects per image"
+    )
+    val_min_images: int = knob(8, "val images holding each class, at least (>= 1)")
+    val_fraction: float = knob(
+        0.2, "class c is in max(val_min_images, round(val_fraction n_c)) val images, in [0, 1]"
+    )
+    neg_per_image: int = knob(8, "absent classes listed in an image's neg_category_ids")
+
+    def check(self) -> None:
+        """Raise :class:`LTDetError` naming every knob out of range (one line)."""
+        if self.max_train_images < self.min_train_images:
+            raise LTDetError("generate_synthetic_lvis: max_train_images < min_train_images "
+                             f"(got {self.max_train_images} < {self.min_train_images}).")
+        bad = [f"{k} must be {what} (got {getattr(self, k)!r})" for k, ok, what in _CHECKS
+               if not ok(getattr(self, k))]
+        if bad:
+            raise LTDetError("generate_synthetic_lvis: " + "; ".join(bad) + ".")
+
+    def unknown_knobs(self, preset: str, names: List[str]) -> str:
+        """The line that refuses knobs this spec does not have."""
+        shape = [n for n in names if n in {f.name for f in fields(SyntheticSpec)}]
+        if shape:
+            return (f"preset '{preset}' has pictograph classes; the shape knob(s) {shape} do not "
+                    "apply to it (docs/synthetic.md lists its knobs).")
+        return (f"preset '{preset}' (pictograph classes) has no knob(s) {names}; its knobs are "
+                f"{sorted(f.name for f in fields(self))}.")
+
+    def generate(self, out_dir: str, *, seed: int, preset: str, overwrite: bool,
+                 font_path: Optional[str] = None) -> Dict[str, Any]:
+        """Plan, render and write (:func:`generate_icons_lvis` with this spec)."""
+        return _generate(self, out_dir, seed=seed, preset=preset, overwrite=overwrite,
+                         font_path=font_path)
+
+
+#: The pictograph presets.
+ICON_PRESETS: Dict[str, IconSpec] = {"icons": IconSpec()}
+ICON_PRESETS["icons_tiny"] = replace(
     ICON_PRESETS["icons"],
     num_classes=6,
     image_size=64,
@@ -241,15 +292,15 @@ def _compose(
     classes: List[int],
     glyph_of: List[np.ndarray],
     clutter_glyphs: List[np.ndarray],
-    p: Dict[str, Any],
+    spec: "IconSpec",
 ) -> Tuple[np.ndarray, List[Tuple[int, List[np.ndarray]]]]:
     """One image: background, clutter, then the objects (one of every listed class, extra
     instances where they fit), each keeping >= ``min_visible`` of itself visible."""
 
-    size = int(p["image_size"])
-    smin, smax = (f * size for f in p["object_size"])
+    size = int(spec.image_size)
+    smin, smax = (f * size for f in spec.object_size)
     canvas = np.asarray(background_image(rng, size), dtype=np.float32) / 255.0
-    n_clutter = int(rng.integers(p["clutter"][0], p["clutter"][1] + 1))
+    n_clutter = int(rng.integers(spec.clutter[0], spec.clutter[1] + 1))
     for _ in range(n_clutter):  # unannotated pictographs behind the objects
         g = clutter_glyphs[int(rng.integers(len(clutter_glyphs)))]
         inst = _instance(rng, g, math.exp(rng.uniform(math.log(smin), math.log(smax))))
@@ -261,10 +312,10 @@ def _compose(
         canvas[y0:y0 + ih, x0:x0 + iw] = canvas[y0:y0 + ih, x0:x0 + iw] * (1 - a) + inst[..., :3] * a
     wanted = [(c, True) for c in classes]
     for c in classes:
-        extra = int(rng.choice(p["max_instances_per_class"],
-                               p=_geometric(p["max_instances_per_class"])))
+        extra = int(rng.choice(spec.max_instances_per_class,
+                               p=_geometric(spec.max_instances_per_class)))
         wanted += [(c, False)] * extra
-    wanted = wanted[: max(int(p["max_objects"]), len(classes))]
+    wanted = wanted[: max(int(spec.max_objects), len(classes))]
     # per placed object, bottom to top: class, full-image alpha, product of (1 - alpha) of the
     # objects above it, its full area
     cls: List[int] = []
@@ -286,7 +337,7 @@ def _compose(
                 continue
             cover = 1 - alpha
             # every earlier object keeps min_visible of itself once this one is on top
-            if any(float((a * ab * cover).sum()) < p["min_visible"] * f
+            if any(float((a * ab * cover).sum()) < spec.min_visible * f
                    for a, ab, f in zip(alphas, above, full)):
                 continue
             for ab in above:
@@ -339,20 +390,132 @@ _CHECKS = (
 )
 
 
-def _resolve(preset: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    p = dict(ICON_PRESETS[preset])
-    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in p)
-    if unknown:
-        raise LTDetError(f"preset '{preset}' (pictograph classes) has no knob(s) {unknown}; its "
-                         f"knobs are {sorted(p)}.")
-    p.update({k: v for k, v in overrides.items() if v is not None})
-    if p["max_train_images"] < p["min_train_images"]:
-        raise LTDetError("generate_synthetic_lvis: max_train_images < min_train_images "
-                         f"(got {p['max_train_images']} < {p['min_train_images']}).")
-    bad = [f"{k} must be {what} (got {p[k]!r})" for k, ok, what in _CHECKS if not ok(p[k])]
-    if bad:
-        raise LTDetError("generate_synthetic_lvis: " + "; ".join(bad) + ".")
-    return p
+@dataclass
+class IconPlan:
+    """Everything about a pictograph dataset but its layouts and pixels (which are drawn
+    together: an object's place depends on its jittered glyph).
+
+    Attributes:
+        counts: int64 (K,): training images planned per class.
+        categories: LVIS category records (counts and ``frequency`` are filled when written).
+        images: (split, class indices) of the train images, then the val images.
+        codes: the classes' code points; clutter_codes: the clutter pool's.
+        count_source: the count source used (a path, a list, or None).
+    """
+
+    counts: np.ndarray
+    categories: List[Dict[str, Any]]
+    images: List[Tuple[str, List[int]]]
+    codes: Tuple[int, ...]
+    clutter_codes: Tuple[int, ...]
+    count_source: Any = None
+
+
+def plan_icons(spec: IconSpec, seed: int, font_path: str) -> IconPlan:
+    """Vocabulary, class counts and the classes of every image (``default_rng([seed, 0])``).
+
+    Raises:
+        LTDetError: a knob out of range, a missing font, an unreadable ``count_source``.
+    """
+    spec.check()
+    count_source = resolve_count_source(spec.count_source)
+    k = int(spec.num_classes)
+    codes, clutter_codes = icon_vocabulary(k, font_path)
+    ranked = class_image_counts(k, max_train_images=int(spec.max_train_images),
+                                min_train_images=int(spec.min_train_images),
+                                count_source=count_source)
+    rng = np.random.default_rng([seed, 0])
+    counts = np.empty(k, dtype=np.int64)
+    counts[rng.permutation(k)] = ranked
+    lo, hi = (int(v) for v in spec.classes_per_image)
+    hi = min(hi, k)
+    lo = min(lo, hi)
+    train_plan = _pack(rng, counts, lo, hi)
+    val_app = np.maximum(int(spec.val_min_images),
+                         np.round(float(spec.val_fraction) * counts)).astype(np.int64)
+    val_plan = _pack(rng, val_app, lo, hi)
+    categories = []
+    for cid, cp in enumerate(codes, start=1):
+        name = unicodedata.name(chr(cp)).lower().replace(" ", "_").replace("-", "_")
+        categories.append({
+            "id": cid, "name": name, "synonyms": [name],
+            "def": f"the OpenMoji pictograph U+{cp:04X} ({unicodedata.name(chr(cp)).lower()})",
+            "synset": f"openmoji.u{cp:04x}", "frequency": None,
+            "image_count": 0, "instance_count": 0,
+        })
+    images = [("train", c) for c in train_plan] + [("val", c) for c in val_plan]
+    return IconPlan(counts, categories, images, codes, clutter_codes, count_source)
+
+
+def render_icons(spec: IconSpec, icon_plan: IconPlan, seed: int, font_path: str
+                 ) -> Iterator[RenderedImage]:
+    """Place and draw the planned images one by one; image ``i`` of split ``s`` (0 train, 1 val)
+    uses ``default_rng([seed, 1 + s, i, attempt])``, a new attempt when its required objects
+    do not fit. Annotations: visible-part polygons, bbox = their extent, area by pycocotools.
+
+    Raises:
+        LTDetError: an image's objects did not fit in 50 attempts.
+    """
+    glyph_of = [_glyph(font_path, cp) for cp in icon_plan.codes]
+    clutter_glyphs = [_glyph(font_path, cp) for cp in icon_plan.clutter_codes]
+    size = int(spec.image_size)
+    k = len(icon_plan.codes)
+    index = {"train": 0, "val": 0}
+    for split, classes in icon_plan.images:
+        split_index = 0 if split == "train" else 1
+        for attempt in range(50):
+            img_rng = np.random.default_rng([seed, 1 + split_index, index[split], attempt])
+            try:
+                pixels, objs = _compose(img_rng, classes, glyph_of, clutter_glyphs, spec)
+                break
+            except _NoRoom:
+                continue
+        else:
+            raise LTDetError(f"could not place {len(classes)} objects in a {size} px image; "
+                             "lower object_size or classes_per_image.")
+        index[split] += 1
+        absent = np.setdiff1d(np.arange(k), classes)
+        neg = img_rng.choice(absent, size=min(int(spec.neg_per_image), absent.size),
+                             replace=False)
+        annotations = []
+        for c, polys in objs:
+            pts = np.concatenate(polys)
+            x0, y0 = pts.min(0)
+            x1, y1 = pts.max(0)
+            segm = [[round(float(v), 2) for v in poly.reshape(-1)] for poly in polys]
+            annotations.append({
+                "category_id": int(c) + 1,
+                "bbox": [round(float(x0), 2), round(float(y0), 2),
+                         round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+                "area": round(_visible_area([np.asarray(s).reshape(-1, 2) for s in segm],
+                                            size, size), 2),
+                "segmentation": segm,
+            })
+        yield RenderedImage(split, pixels, annotations, sorted(int(n) + 1 for n in neg))
+
+
+def _generate(spec: IconSpec, out_dir: str, *, seed: int, preset: str, overwrite: bool,
+              font_path: Optional[str]) -> Dict[str, Any]:
+    start = time.perf_counter()
+    font = font_path or default_font_path()
+    icon_plan = plan_icons(spec, seed, font)
+    count_source = icon_plan.count_source
+    info = {
+        "description": "lt_det synthetic long-tailed detection dataset of OpenMoji pictographs "
+                       "(LVIS v1 format); artwork: OpenMoji (openmoji.org), CC BY-SA 4.0",
+        "version": "1.0",
+        "generator": "lt_det.data.synthetic_icons.generate_icons_lvis",
+        "seed": seed, "preset": preset,
+        "params": spec_params(spec),
+        "count_source": count_source if isinstance(count_source, (str, type(None))) else "<list>",
+    }
+    licenses = [{"id": 1, "name": "CC BY-SA 4.0 (OpenMoji artwork)",
+                 "url": "https://creativecommons.org/licenses/by-sa/4.0/"}]
+    result = write_dataset(out_dir, render_icons(spec, icon_plan, seed, font),
+                           categories=icon_plan.categories, planned_counts=icon_plan.counts,
+                           info=info, licenses=licenses, overwrite=overwrite)
+    result["summary"]["seconds"] = round(time.perf_counter() - start, 3)
+    return result
 
 
 def generate_icons_lvis(out_dir: str, *, seed: int = 0, preset: str = "icons",
@@ -367,16 +530,13 @@ def generate_icons_lvis(out_dir: str, *, seed: int = 0, preset: str = "icons",
         preset: "icons" (200 classes, 96 px) or "icons_tiny" (6 classes, 64 px, for tests).
         overwrite: replace the dataset files in a non-empty ``out_dir``.
         font_path: the OpenMoji COLR font (default :func:`default_font_path`).
-        **knobs: preset values to override ("icons" [icons_tiny]): ``num_classes`` 200 [6];
-            ``image_size`` 96 [64]; ``count_source`` "lvis_v1" [None: log-linear] (as
-            :func:`lt_det.data.synthetic.class_image_counts`); ``max_train_images`` 120 [12],
-            ``min_train_images`` 1; ``classes_per_image`` (4, 8) [(2, 3)]: distinct classes per
-            image, uniform; ``max_instances_per_class`` 3 (P(n) ~ 2^-n); ``max_objects`` 12 [5];
-            ``object_size`` (1/8, 1/3) [(1/5, 2/5)] of ``image_size``, log-uniform longest side;
-            ``min_visible`` 0.5: share of an object that later objects may not hide;
-            ``clutter`` (0, 3): unannotated pictographs behind the objects per image;
-            ``val_min_images`` 8 [2] and ``val_fraction`` 0.2: class c is in
-            max(val_min_images, round(val_fraction n_c)) val images; ``neg_per_image`` 8 [2].
+        **knobs: :class:`IconSpec` fields overriding the preset's ("icons" [icons_tiny]):
+            ``num_classes`` 200 [6]; ``image_size`` 96 [64]; ``count_source`` "lvis_v1"
+            [None: log-linear]; ``max_train_images`` 120 [12], ``min_train_images`` 1;
+            ``classes_per_image`` (4, 8) [(2, 3)]; ``max_instances_per_class`` 3;
+            ``max_objects`` 12 [5]; ``object_size`` (1/8, 1/3) [(1/5, 2/5)]; ``min_visible``
+            0.5; ``clutter`` (0, 3); ``val_min_images`` 8 [2]; ``val_fraction`` 0.2;
+            ``neg_per_image`` 8 [2]. A ``None`` value keeps the preset's.
 
     Returns:
         As :func:`lt_det.data.synthetic.generate_synthetic_lvis`.
@@ -385,123 +545,9 @@ def generate_icons_lvis(out_dir: str, *, seed: int = 0, preset: str = "icons",
         LTDetError: unknown or bad knob (checked before anything is written), missing font,
             non-empty ``out_dir`` without ``overwrite``.
     """
-
-    start = time.perf_counter()
-    p = _resolve(preset, knobs)
-    font = font_path or default_font_path()
-    count_source = p["count_source"]
-    if count_source == "lvis_v1":
-        from .lvis_v1_stats import default_cat_info_path
-
-        count_source = default_cat_info_path()
-    k = int(p["num_classes"])
-    codes, clutter_codes = icon_vocabulary(k, font)
-    ranked = class_image_counts(k, max_train_images=int(p["max_train_images"]),
-                                min_train_images=int(p["min_train_images"]),
-                                count_source=count_source)
-    rng = np.random.default_rng([seed, 0])
-    counts = np.empty(k, dtype=np.int64)
-    counts[rng.permutation(k)] = ranked
-    lo, hi = (int(v) for v in p["classes_per_image"])
-    hi = min(hi, k)
-    lo = min(lo, hi)
-    train_plan = _pack(rng, counts, lo, hi)
-    val_app = np.maximum(int(p["val_min_images"]),
-                         np.round(float(p["val_fraction"]) * counts)).astype(np.int64)
-    val_plan = _pack(rng, val_app, lo, hi)
-
-    prepare_out_dir(out_dir, overwrite)
-    glyph_of = [_glyph(font, cp) for cp in codes]
-    clutter_glyphs = [_glyph(font, cp) for cp in clutter_codes]
-    categories = []
-    for cid, cp in enumerate(codes, start=1):
-        name = unicodedata.name(chr(cp)).lower().replace(" ", "_").replace("-", "_")
-        categories.append({
-            "id": cid, "name": name, "synonyms": [name],
-            "def": f"the OpenMoji pictograph U+{cp:04X} ({unicodedata.name(chr(cp)).lower()})",
-            "synset": f"openmoji.u{cp:04x}", "frequency": None,
-            "image_count": 0, "instance_count": 0,
-        })
-    size = int(p["image_size"])
-    images: Dict[str, List[Dict[str, Any]]] = {"train": [], "val": []}
-    annotations: Dict[str, List[Dict[str, Any]]] = {"train": [], "val": []}
-    image_id = ann_id = 0
-    for split_index, (split, plan) in enumerate((("train", train_plan), ("val", val_plan))):
-        for index, classes in enumerate(plan):
-            image_id += 1
-            for attempt in range(50):
-                img_rng = np.random.default_rng([seed, 1 + split_index, index, attempt])
-                try:
-                    pixels, objs = _compose(img_rng, classes, glyph_of, clutter_glyphs, p)
-                    break
-                except _NoRoom:
-                    continue
-            else:
-                raise LTDetError(f"could not place {len(classes)} objects in a {size} px image; "
-                                 "lower object_size or classes_per_image.")
-            file_name = f"{image_id:06d}.png"
-            Image.fromarray(pixels, "RGB").save(os.path.join(out_dir, split, file_name),
-                                                format="PNG", compress_level=1)
-            absent = np.setdiff1d(np.arange(k), classes)
-            neg = img_rng.choice(absent, size=min(int(p["neg_per_image"]), absent.size),
-                                 replace=False)
-            images[split].append({
-                "id": image_id, "file_name": file_name,
-                "coco_url": f"synthetic://lt_det/{split}/{file_name}",
-                "height": size, "width": size,
-                "neg_category_ids": sorted(int(n) + 1 for n in neg),
-                "not_exhaustive_category_ids": [],
-            })
-            for c, polys in objs:
-                ann_id += 1
-                pts = np.concatenate(polys)
-                x0, y0 = pts.min(0)
-                x1, y1 = pts.max(0)
-                segm = [[round(float(v), 2) for v in poly.reshape(-1)] for poly in polys]
-                annotations[split].append({
-                    "id": ann_id, "image_id": image_id, "category_id": int(c) + 1,
-                    "bbox": [round(float(x0), 2), round(float(y0), 2),
-                             round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-                    "area": round(_visible_area([np.asarray(s).reshape(-1, 2) for s in segm],
-                                                size, size), 2),
-                    "segmentation": segm,
-                })
-
-    images_of = [set() for _ in range(k)]
-    for ann in annotations["train"]:
-        images_of[ann["category_id"] - 1].add(ann["image_id"])
-        categories[ann["category_id"] - 1]["instance_count"] += 1
-    for cat, ims, target in zip(categories, images_of, counts):
-        cat["image_count"] = len(ims)
-        cat["frequency"] = frequency_group(len(ims))
-        if len(ims) != target:  # every listed class is placed; a failure is a bug here
-            raise RuntimeError(f"class {cat['name']}: {len(ims)} train images, planned {target}")
-    info = {
-        "description": "lt_det synthetic long-tailed detection dataset of OpenMoji pictographs "
-                       "(LVIS v1 format); artwork: OpenMoji (openmoji.org), CC BY-SA 4.0",
-        "version": "1.0",
-        "generator": "lt_det.data.synthetic_icons.generate_icons_lvis",
-        "seed": seed, "preset": preset,
-        "params": {kk: (list(v) if isinstance(v, tuple) else v) for kk, v in p.items()},
-        "count_source": count_source if isinstance(count_source, (str, type(None))) else "<list>",
-    }
-    paths = {"train_json": os.path.join(out_dir, TRAIN_JSON),
-             "val_json": os.path.join(out_dir, VAL_JSON),
-             "train_image_root": os.path.join(out_dir, "train"),
-             "val_image_root": os.path.join(out_dir, "val")}
-    for split in ("train", "val"):
-        data = {"info": info, "licenses": [{"id": 1, "name": "CC BY-SA 4.0 (OpenMoji artwork)",
-                                            "url": "https://creativecommons.org/licenses/by-sa/4.0/"}],
-                "images": images[split], "annotations": annotations[split],
-                "categories": categories}
-        with open(paths[f"{split}_json"], "w") as f:
-            f.write(json.dumps(data, separators=(",", ":")))
-    groups = {g: sum(c["frequency"] == g for c in categories) for g in "rcf"}
-    summary = {
-        "num_classes": k, "groups": groups,
-        "train_images": len(images["train"]), "train_instances": len(annotations["train"]),
-        "val_images": len(images["val"]), "val_instances": len(annotations["val"]),
-        "image_count_max": int(counts.max()), "image_count_min": int(counts.min()),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    return dict(paths, summary=summary)
+    if preset not in ICON_PRESETS:
+        raise LTDetError(f"preset '{preset}' has no pictograph classes; choose one of "
+                         f"{list(ICON_PRESETS)}.")
+    spec = preset_spec(preset, **knobs)
+    return spec.generate(out_dir, seed=seed, preset=preset, overwrite=overwrite,
+                         font_path=font_path)
