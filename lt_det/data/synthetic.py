@@ -686,7 +686,7 @@ def _poly_area(p: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-# ----------------------------------------------------------------------------- plan / render / write
+# ---------------------------------------------------------------------- plan / render / write
 @dataclass
 class ImagePlan:
     """One image to draw.
@@ -819,7 +819,8 @@ def render(spec: SyntheticSpec, dataset_plan: DatasetPlan) -> Iterator[RenderedI
     for im in dataset_plan.images:
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = im.rng_state
-        pixels = _render(rng, im.objects, size, colour_of, texture_of, float(spec.appearance_jitter))
+        jitter = float(spec.appearance_jitter)
+        pixels = _render(rng, im.objects, size, colour_of, texture_of, jitter)
         absent = np.setdiff1d(np.arange(k), im.classes)
         neg = rng.choice(absent, size=min(int(spec.neg_per_image), absent.size), replace=False)
         annotations = []

@@ -33,7 +33,6 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFilter, ImageFont, ImageDraw
 
-from ..class_stats import frequency_group
 from ..errors import LTDetError
 from .synthetic import (
     RenderedImage,
@@ -47,7 +46,16 @@ from .synthetic import (
     write_dataset,
 )
 
-__all__ = ["IconSpec", "ICON_PRESETS", "default_font_path", "icon_vocabulary", "generate_icons_lvis"]
+__all__ = [
+    "IconSpec",
+    "ICON_PRESETS",
+    "IconPlan",
+    "plan_icons",
+    "render_icons",
+    "default_font_path",
+    "icon_vocabulary",
+    "generate_icons_lvis",
+]
 
 @dataclass(frozen=True)
 class IconSpec:
