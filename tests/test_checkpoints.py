@@ -106,7 +106,7 @@ def test_the_configs_prior_wins_over_the_checkpoints(tmp_path, caplog):
     cfg = load_config(CONFIG, [*TINY_OPTS, *opts, *loss, "MODEL.DECOUPLE.METHOD", "crt",
                                "DATALOADER.SAMPLER_TRAIN", "MetaSampler"])
     model = LTTrainer.build_model(cfg)
-    with caplog.at_level(logging.WARNING, logger="lt_det.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lt_det.checkpoint"):
         LTCheckpointer(model).load(path)
     assert torch.equal(model.state_dict()[key], config_prior)
     assert f"'{path}' holds another {key}" in caplog.text and "config's" in caplog.text

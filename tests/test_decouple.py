@@ -27,7 +27,7 @@ from lt_det.decouple import (
     stage1_load_guard,
     tau_normalize,
 )
-from lt_det.engine.checkpoint import LTCheckpointer
+from lt_det.checkpoint import LTCheckpointer
 from lt_det.errors import LTDetError
 from lt_det.modeling.losses import build_cls_loss
 

@@ -1,7 +1,8 @@
 """The package's layers: every import of every lt_det module (function-local ones included, read
 with ``ast``) goes down the layer order, and no modules import each other in a circle.
 
-    config, errors, registry, class_stats, lvis_json  <  data, modeling, evaluation, coco_to_lvis
+    config, errors, registry, class_stats, lvis_json  <  data, modeling, evaluation, coco_to_lvis,
+    checkpoint
     <  decouple  <  engine, model_zoo  <  benchmark  <  tools
 
 Modules of one layer may import each other as long as no circle forms.
@@ -16,7 +17,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 LAYERS = [
     {"config", "errors", "registry", "class_stats", "fidelity", "lvis_json"},
-    {"data", "modeling", "evaluation", "coco_to_lvis"},
+    {"data", "modeling", "evaluation", "coco_to_lvis", "checkpoint"},
     {"decouple"},
     {"engine", "model_zoo"},  # model_zoo loads shipped configs with the engine's loader
     {"benchmark"},

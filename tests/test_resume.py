@@ -15,7 +15,7 @@ from conftest import tiny_data_opts
 from detectron2.engine import HookBase
 
 from lt_det.engine import LTTrainer
-from lt_det.engine.checkpoint import AtomicDetectionCheckpointer
+from lt_det.checkpoint import AtomicDetectionCheckpointer
 from lt_det.errors import LTDetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -49,7 +49,7 @@ from lt_det.decouple import (  # noqa: E402
     write_sweep_table,
 )
 from lt_det.decouple.classifiers import TAU_BIAS_MODES  # noqa: E402
-from lt_det.engine.checkpoint import LTCheckpointer  # noqa: E402
+from lt_det.checkpoint import LTCheckpointer  # noqa: E402
 from lt_det.engine.defaults import check_num_classes, load_config  # noqa: E402
 from lt_det.engine.log_setup import setup_lt_logging  # noqa: E402
 from lt_det.errors import LTDetError, report_error  # noqa: E402

@@ -15,7 +15,7 @@ from typing import Dict, List
 
 from detectron2.modeling import GeneralizedRCNN
 
-from ..engine.checkpoint import LTCheckpointer
+from ..checkpoint import LTCheckpointer
 from ..errors import LTDetError
 from .registry import DecoupleMethod
 from .trainer import DecoupledStep

@@ -304,7 +304,7 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
     ``MODEL.WEIGHTS``: an empty or missing path is an error; a checkpoint that leaves any frozen
     parameter unloaded (missing or of another shape, e.g. another architecture or box-regression
     class count) is refused by the checkpointer's load guard (``checkpointer.must_load``, an
-    ``lt_det.engine.checkpoint.LTCheckpointer``); then the method's ``after_stage1_load`` runs
+    ``lt_det.checkpoint.LTCheckpointer``); then the method's ``after_stage1_load`` runs
     (cRT re-initialisation). A resumed run loads its own checkpoint and nothing is
     re-initialised.
     """
@@ -313,7 +313,7 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
         yield
         return
     check_stage1_weights(cfg)
-    # The checkpointer's load guard (lt_det.engine.checkpoint) refuses a file that leaves any
+    # The checkpointer's load guard (lt_det.checkpoint) refuses a file that leaves any
     # frozen parameter unloaded (missing or of another shape).
     if not hasattr(checkpointer, "must_load"):
         raise TypeError("stage1_load_guard needs an lt_det.engine.LTCheckpointer (its load guard).")

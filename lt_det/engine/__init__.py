@@ -2,7 +2,7 @@
 
 See docs/robustness.md.
 """
-from .checkpoint import AtomicDetectionCheckpointer, LTCheckpointer
+from ..checkpoint import AtomicDetectionCheckpointer, LTCheckpointer
 from .defaults import (
     check_config_values,
     check_num_classes,

@@ -7,7 +7,7 @@ What detectron2's ``tools/lazyconfig_train_net.py`` does, composed from detectro
 guarantees: every input is checked before anything is written (one line ``lt_det: error: ...``,
 exit status 2), one run per output folder (:mod:`lt_det.engine.lock`), an OUTPUT_DIR holding a run
 is refused unless ``--resume`` / ``--overwrite-output``, loads go through
-:class:`~lt_det.engine.checkpoint.LTCheckpointer` (``--resume`` and ``--eval-only`` must load every
+:class:`~lt_det.checkpoint.LTCheckpointer` (``--resume`` and ``--eval-only`` must load every
 parameter), the last evaluation is saved to ``eval_results.json``, and ``--eval-only`` writes into
 ``train.output_dir/inference`` (the training run's own files stay as they are).
 
@@ -41,7 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..data import register_lvis_format
 from ..errors import LTDetError
 from ..evaluation import save_eval_results
-from .checkpoint import LTCheckpointer
+from ..checkpoint import LTCheckpointer
 from .defaults import check_output_dir
 from .lock import lock_output_dir, release_output_dir
 from .log_setup import setup_lt_logging

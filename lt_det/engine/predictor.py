@@ -4,7 +4,7 @@
 out; resizing by ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``; ``INPUT.FORMAT`` honoured) with the
 model built and loaded the way ``tools/train_net.py --eval-only`` does: ``LTTrainer.build_model``
 (stage-2 classifiers of ``MODEL.DECOUPLE.METHOD``; the class prior read from the checkpoint when it
-holds one) and :class:`~lt_det.engine.checkpoint.LTCheckpointer` with ``must_load="all"``, so a
+holds one) and :class:`~lt_det.checkpoint.LTCheckpointer` with ``must_load="all"``, so a
 checkpoint of another architecture or class count is refused instead of leaving layers random.
 
 Drawing is detectron2's ``Visualizer`` (boxes, masks, "class score%" labels) at the image's own
@@ -22,7 +22,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import LTDetError
-from .checkpoint import LTCheckpointer
+from ..checkpoint import LTCheckpointer
 from .defaults import eval_only_config
 from .trainer import LTTrainer
 

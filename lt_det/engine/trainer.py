@@ -55,7 +55,7 @@ from ..decouple import (
     stage1_load_guard,
 )
 from ..errors import LTDetError
-from .checkpoint import LTCheckpointer, remove_stale_temporaries, write_failure_cause
+from ..checkpoint import LTCheckpointer, remove_stale_temporaries, write_failure_cause
 from .launch import is_peer_lost
 from .defaults import check_config_values, check_weights_file
 from .evaluators import EVALUATOR_BUILDERS

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..errors import LTDetError
+from .errors import LTDetError
 
 __all__ = [
     "LTCheckpointer",
