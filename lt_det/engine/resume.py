@@ -21,12 +21,11 @@ otherwise the resumed stream still starts after the consumed images, but the bat
 composed differently (see docs/robustness.md).
 """
 import itertools
-import random
 from typing import Any, Dict, Iterator, Optional
 
-import numpy as np
 import torch
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from torch.utils.data import Sampler
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "StreamCheckpoint",
     "SeededBatches",
     "iteration_seed",
-    "seed_all",
 ]
 
 
@@ -99,13 +97,6 @@ def iteration_seed(seed: int, iteration: int, rank: int, salt: int = 0) -> int:
     return (x ^ (x >> 16)) & 0x7FFFFFFF
 
 
-def seed_all(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class SeededBatches:
     """The training data loader LTTrainer hands to detectron2: it keeps the sampler it was built
     with and, with a seed, reseeds the global generators around every batch it hands out.
@@ -151,9 +142,9 @@ class SeededBatches:
             if self.seed is None:
                 batch = next(stream)
             else:
-                seed_all(iteration_seed(self.seed, self.next_iter, rank, 0))
+                seed_all_rng(iteration_seed(self.seed, self.next_iter, rank, 0))
                 batch = next(stream)
-                seed_all(iteration_seed(self.seed, self.next_iter, rank, 1))
+                seed_all_rng(iteration_seed(self.seed, self.next_iter, rank, 1))
             self.next_iter += 1
             self.last_batch = batch
             yield batch
