@@ -23,7 +23,6 @@ composed differently (see docs/robustness.md).
 import itertools
 from typing import Any, Dict, Iterator, Optional
 
-import torch
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from torch.utils.data import Sampler
