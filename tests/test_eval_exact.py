@@ -437,3 +437,105 @@ def test_per_class_report_is_utf8_under_the_c_locale(tmp_path):
     doc = read_per_class(str(per_class / "per_class_ap_bbox.json"))
     names = [c["name"] for c in doc["classes"]]
     assert names == ["crème_brûlée", "日本酒"]
+
+
+# ------------------------------------------------------------------ results read in pieces
+def _many_results(n, segm=False):
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):
+        box = [float(v) for v in rng.uniform(1, 40, 4)]
+        out.append(_det(1 + k % 2, 1 + k % 3, box, float(rng.random()), segm=segm))
+    return out
+
+
+def _table_equal(a, b):
+    assert np.array_equal(a.image_id, b.image_id) and a.image_id.dtype == np.int64
+    assert np.array_equal(a.category_id, b.category_id)
+    assert np.array_equal(a.score, b.score)
+    assert (a.bbox is None) == (b.bbox is None)
+    if a.bbox is not None:
+        assert np.array_equal(a.bbox, b.bbox)
+    assert a.segmentation == b.segmentation
+
+
+@pytest.mark.parametrize("segm", [False, True])
+@pytest.mark.parametrize("style", ["json.dump", "compact", "indent"])
+def test_a_file_read_in_pieces_gives_the_table_of_the_whole_list(tmp_path, segm, style):
+    from lt_det.evaluation import DetectionTable
+
+    results = _many_results(300, segm)
+    path = tmp_path / "results.json"
+    seps = {"json.dump": {}, "compact": {"separators": (",", ":")}, "indent": {"indent": 1}}
+    path.write_text(json.dumps(results, **seps[style]))
+    whole = DetectionTable.from_results(results)
+    for piece_bytes in (1, 97, 1000, 1 << 26):  # from one result per piece to one piece
+        _table_equal(DetectionTable.from_results(str(path), piece_bytes=piece_bytes), whole)
+
+
+def test_a_cut_that_is_not_between_two_results_never_gives_other_entries(tmp_path):
+    """A "}, {" inside a string or a nested list is no place to cut: such a piece is no valid
+    JSON, and the list is then read whole. Every piece size gives the list itself."""
+    from lt_det.evaluation._json import load_json_list
+
+    results = _many_results(60)
+    results[20]["note"] = 'a}, {"b": 1}, {'  # extra keys are allowed (and ignored)
+    results[40]["extra"] = [{"a": 1}, {"b": 2}]
+    path = tmp_path / "results.json"
+    for text in (json.dumps(results), json.dumps(results, separators=(",", ":"))):
+        path.write_text(text)
+        refused = 0
+        for piece_bytes in range(1, len(text) + 50, 37):
+            try:
+                pieces = list(load_json_list(str(path), piece_bytes))
+            except LTDetError:
+                refused += 1
+                continue
+            assert [r for p in pieces for r in p] == results, piece_bytes
+        assert 0 < refused < len(range(1, len(text) + 50, 37))
+        from lt_det.evaluation import DetectionTable
+
+        _table_equal(DetectionTable.from_results(str(path), piece_bytes=50),
+                     DetectionTable.from_results(results))
+
+
+@pytest.mark.parametrize("field, value", [("image_id", "7"), ("category_id", 2.5),
+                                          ("score", None), ("bbox", [1, 2, "3", 4])])
+def test_a_bad_entry_in_a_later_piece_is_named_by_its_place_in_the_file(tmp_path, field, value):
+    from lt_det.evaluation import DetectionTable
+
+    results = _many_results(200)
+    results[173][field] = value
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(LTDetError, match=rf"result 173 \(0-based\) has {field}"):
+        DetectionTable.from_results(str(path), piece_bytes=300)
+
+
+@pytest.mark.parametrize("bad", ["polygon", "counts list", "no size", "size of 3"])
+def test_the_mask_rule_names_the_first_mask_that_is_no_compressed_rle(bad):
+    from lt_det.evaluation import DetectionTable
+
+    results = _many_results(50, segm=True)
+    m = results[31]["segmentation"]
+    if bad == "polygon":
+        results[31]["segmentation"] = [[1, 1, 9, 1, 9, 9]]
+    elif bad == "counts list":
+        m["counts"] = [0, 10, 9990]
+    elif bad == "no size":
+        del m["size"]
+    else:
+        m["size"] = [H, W, 1]
+    with pytest.raises(LTDetError, match="result 31 has segmentation"):
+        DetectionTable.from_results(results)
+
+
+@pytest.mark.parametrize("box", [[1, 2, "3", 4], [1, 2, None, 4], [1, 2, [3], 4], [1, 2, 3],
+                                 "1234", 5])
+def test_a_box_that_is_not_4_numbers_is_refused_by_name(box):
+    from lt_det.evaluation import DetectionTable
+
+    results = _many_results(10)
+    results[6]["bbox"] = box
+    with pytest.raises(LTDetError, match=r"result 6 \(0-based\) has bbox"):
+        DetectionTable.from_results(results)

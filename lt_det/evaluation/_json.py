@@ -6,13 +6,16 @@ non-finite floats as the tokens NaN / Infinity, which orjson refuses; such a fil
 with the standard library so that the result validator can name the bad value. Files are read as
 bytes (JSON is UTF-8 whatever the locale).
 
+Reading a results list in pieces: :func:`load_json_list` (memory of one piece's Python objects
+at a time, not the whole file's).
+
 Writing: :func:`json_ready` turns the non-finite floats of a result (NaN = undefined metric) into
 ``None``, so the json written holds ``null`` there and is valid JSON (bare ``NaN`` is not).
 """
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import LTDetError
 
@@ -21,7 +24,14 @@ try:
 except ImportError:  # optional dependency (requirements.txt)
     orjson = None
 
-__all__ = ["load_json", "json_backend", "json_ready", "write_json", "save_eval_results"]
+__all__ = [
+    "load_json",
+    "load_json_list",
+    "json_backend",
+    "json_ready",
+    "write_json",
+    "save_eval_results",
+]
 
 
 def json_backend() -> str:
@@ -62,6 +72,60 @@ def load_json(path: str, what: str = "json file") -> Any:
         return json.loads(data)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise _not_json(path, what, e) from None
+
+
+#: Where one result ends and the next begins in the files that json.dump (", ") and orjson /
+#: separators=(",", ":") write.
+_BOUNDARIES = (b"}, {", b"},{")
+
+
+def load_json_list(path: str, piece_bytes: int = 64 << 20) -> Iterator[list]:
+    """The top-level list of the json file at ``path``, in consecutive pieces (lists of its
+    elements, in order), reading about ``piece_bytes`` of the file at a time.
+
+    A piece ends at the last ``}, {`` / ``},{`` of the bytes read so far; the piece is parsed
+    as a list on its own (``[`` and ``]`` added). A cut that is not between two elements of
+    the top-level list (inside a string or a nested list) leaves a piece that is not valid
+    JSON, so a piece that parses is exactly the elements it holds. Files with no such
+    boundary (pretty-printed ones) come in one piece.
+
+    Raises:
+        LTDetError: a piece does not parse as a list (a file that is not a list, not valid
+            JSON, holds NaN tokens, or orjson is not installed); the caller then reads the
+            whole file with :func:`load_json`, whose message names the place.
+    """
+    if orjson is None:
+        raise LTDetError(f"'{path}': piecewise reading needs orjson.")
+    head = b""  # b"[" once the file's own "[" has been passed
+    buf = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(piece_bytes)
+            if not head and not buf and len(block) < piece_bytes:  # the whole file at once
+                buf, block = block, b""
+            else:
+                buf = buf + block if buf else block
+            cut = max(buf.rfind(b) for b in _BOUNDARIES) if block else -1
+            if cut < 0 and block:
+                continue  # no boundary yet: read on
+            if cut < 0:  # end of file: the rest is the last piece
+                text, buf = head + buf, b""
+            else:  # up to and including the "}"; the rest starts with ", {" or ",{"
+                text = head + buf[: cut + 1] + b"]"
+                buf = buf[buf.index(b",", cut) + 1 :]
+            try:
+                piece = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise LTDetError(f"'{path}' does not parse piece by piece.") from None
+            del text
+            if not isinstance(piece, list):
+                raise LTDetError(f"'{path}' is not a list.")
+            if piece:
+                yield piece
+            del piece
+            if cut < 0:
+                return
+            head = b"["
 
 
 def json_ready(obj: Any) -> Any:

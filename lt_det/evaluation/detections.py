@@ -8,6 +8,8 @@ Shape shorthand: N = number of detections.
 """
 import json
 import os
+import warnings
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -16,9 +18,15 @@ from pycocotools import mask as mask_util
 
 from ..errors import LTDetError
 from ..lvis_json import id_column
-from ._json import load_json
+from ._json import load_json, load_json_list
 
 __all__ = ["DetectionTable", "top_k_per_group"]
+
+_IMAGE_ID, _CATEGORY_ID, _SCORE = (
+    itemgetter("image_id"), itemgetter("category_id"), itemgetter("score")
+)
+_BBOX, _SEGMENTATION = itemgetter("bbox"), itemgetter("segmentation")
+_COUNTS, _SIZE = itemgetter("counts"), itemgetter("size")
 
 
 @dataclass
@@ -47,10 +55,19 @@ class DetectionTable:
 
     @classmethod
     def from_results(
-        cls, results: Union[str, os.PathLike, Sequence[Dict[str, Any]]]
+        cls,
+        results: Union[str, os.PathLike, Sequence[Dict[str, Any]]],
+        *,
+        piece_bytes: int = 64 << 20,
     ) -> "DetectionTable":
         """Build from an LVIS results list (or the path of its json): dicts with ``image_id``,
         ``category_id``, ``score`` and ``bbox`` (XYWH) and/or ``segmentation`` (RLE).
+
+        A file is read in pieces of about ``piece_bytes`` bytes
+        (:func:`lt_det.evaluation._json.load_json_list`), each turned into columns before the
+        next is parsed, so at most one piece's dicts are alive at a time; any error sends the
+        whole file through the one-piece path, whose messages name the entry by its index in
+        the file.
 
         Raises:
             LTDetError: the file is missing or not valid JSON (e.g. truncated), a result is not a
@@ -63,16 +80,37 @@ class DetectionTable:
             source = os.fspath(results)
             if not os.path.isfile(source):
                 raise LTDetError(f"results json not found: '{source}'.")
-            results = load_json(source, "results json")
+            table = None
+            try:
+                pieces = [cls._from_list(p, source) for p in load_json_list(source, piece_bytes)]
+                if pieces:
+                    table = pieces[0] if len(pieces) == 1 else cls.concatenate(pieces)
+                del pieces
+            except LTDetError:
+                table = None
+            if table is None:  # not a list, not valid JSON, or a rule broken: named below
+                table = cls._from_list(load_json(source, "results json"), source)
+        else:
+            table = cls._from_list(results, source)
+        table.check(source)
+        return table
+
+    @classmethod
+    def _from_list(cls, results: Any, source: str) -> "DetectionTable":
+        """The columns of a results list, ids and numbers checked (not yet :meth:`check`).
+
+        One pass per key (``map(itemgetter(key), results)``) and one per column for the set of
+        value types; no per-entry Python code unless a rule is broken, to name the entry.
+        """
         if not isinstance(results, (list, tuple)):
             raise LTDetError(
                 f"'{source}': results must be a list of dicts, got {type(results).__name__}."
             )
         n = len(results)
         try:
-            image_id = id_column([r["image_id"] for r in results], "image_id", source)
-            category_id = id_column([r["category_id"] for r in results], "category_id", source)
-            score = _number_column([r["score"] for r in results], "score", source)
+            image_id = id_column(list(map(_IMAGE_ID, results)), "image_id", source)
+            category_id = id_column(list(map(_CATEGORY_ID, results)), "category_id", source)
+            score = _number_column(list(map(_SCORE, results)), "score", source)
         except KeyError as e:
             raise LTDetError(
                 f"'{source}': a result has no {e.args[0]!r}; each result needs 'image_id', "
@@ -85,13 +123,17 @@ class DetectionTable:
                 "results are dicts with 'image_id', 'category_id', 'score' and 'bbox' and/or "
                 "'segmentation'."
             ) from None
-        has_box = n > 0 and all("bbox" in r for r in results)
-        has_mask = n > 0 and all("segmentation" in r for r in results)
-        bbox = _box_column([r["bbox"] for r in results], source) if has_box else None
-        segm = [r["segmentation"] for r in results] if has_mask else None
-        table = cls(image_id, category_id, score, bbox, segm)
-        table.check(source)
-        return table
+        bbox = segm = None
+        if n:
+            try:  # every result has a box (a KeyError: not all do)
+                bbox = _box_column(list(map(_BBOX, results)), source)
+            except KeyError:
+                pass
+            try:
+                segm = list(map(_SEGMENTATION, results))
+            except KeyError:
+                pass
+        return cls(image_id, category_id, score, bbox, segm)
 
     def check(self, source: str = "<detections>") -> None:
         """The rules results must follow for either backend to score them the same way.
@@ -120,7 +162,9 @@ class DetectionTable:
                     f"'{source}': {bad.size} results have a box with a non-finite coordinate "
                     f"(e.g. result {int(bad[0])}: {self.bbox[bad[0]].tolist()})."
                 )
-        for i, m in enumerate(self.segmentation or ()):
+        if self.segmentation is None or _all_compressed_rle(self.segmentation):
+            return
+        for i, m in enumerate(self.segmentation):
             ok = (
                 isinstance(m, dict)
                 and isinstance(m.get("counts"), (str, bytes))
@@ -267,13 +311,17 @@ def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
 
 
 def _box_column(values: List[Any], source: str) -> np.ndarray:
-    """``values`` as an (N, 4) float64 array, refusing boxes that are not 4 numbers."""
-    try:
-        arr = np.array(values, dtype=np.float64)
-        if arr.ndim == 2 and arr.shape[1] == 4 or arr.size == 0:
-            return arr.reshape(-1, 4)
-    except (ValueError, TypeError):  # ragged, or not numbers
-        pass
+    """``values`` as an (N, 4) float64 array, refusing boxes that are not 4 numbers (strings,
+    null, lists of another length; numpy reads the column in one call when it is all numbers)."""
+    if set(map(type, values)) <= {list, tuple} and set(map(len, values)) <= {4}:
+        with warnings.catch_warnings():  # nested lists: an object array (numpy 1.23 warns)
+            warnings.simplefilter("ignore")
+            try:
+                arr = np.array(values)
+            except (ValueError, TypeError):
+                arr = None
+        if arr is not None and arr.dtype.kind in "iuf" and arr.shape == (len(values), 4):
+            return arr.astype(np.float64, copy=False).reshape(-1, 4)
     for i, b in enumerate(values):
         if not (
             isinstance(b, (list, tuple))
@@ -284,7 +332,28 @@ def _box_column(values: List[Any], source: str) -> np.ndarray:
                 f"'{source}': result {i} (0-based) has bbox {str(b)[:60]}; boxes are [x, y, "
                 "width, height] with 4 numbers."
             )
+    try:  # 4 numbers each, some beyond int64
+        return np.array(values, dtype=np.float64).reshape(-1, 4)
+    except (ValueError, TypeError, OverflowError):
+        pass
     raise LTDetError(f"'{source}': the boxes could not be read as [x, y, width, height] numbers.")
+
+
+def _all_compressed_rle(masks: List[Any]) -> bool:
+    """Whether every mask is a dict with ``counts`` a str / bytes and ``size`` a 2-list: a few
+    passes over the list, each in C; :meth:`DetectionTable.check` names the first that is not."""
+    if not set(map(type, masks)) <= {dict}:
+        return False
+    try:
+        counts = list(map(_COUNTS, masks))
+        sizes = list(map(_SIZE, masks))
+    except KeyError:
+        return False
+    return (
+        set(map(type, counts)) <= {str, bytes}
+        and set(map(type, sizes)) <= {list, tuple}
+        and set(map(len, sizes)) <= {2}
+    )
 
 
 def top_k_per_group(group: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
