@@ -1,6 +1,6 @@
 """Which detectron2 evaluator a test dataset gets, by its ``evaluator_type`` metadata.
 
-Read by ``LTTrainer.build_evaluator`` and, at the door, by ``check_datasets`` (a test dataset
+Read by ``LTTrainer.build_evaluator`` and, before anything is written, by ``check_datasets`` (a test dataset
 without an evaluator is refused before training starts, not after it).
 """
 from typing import Callable, Dict

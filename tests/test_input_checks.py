@@ -1,4 +1,4 @@
-"""Inputs checked once, at the door, by one rule for every path, before anything is written.
+"""Inputs checked once, by one rule for every path, before anything is written.
 
 Datasets (LVIS_FORMAT files and detectron2's builtin names), annotation records (polygons,
 duplicate ids, image ids, crowd regions) for training and both evaluation backends alike, result
@@ -33,7 +33,7 @@ def data_opts(js, root):
 
 
 def train_refuses(tmp_path, data, root, *needles):
-    """The training door (tools/train_net.py main) refuses ``data``; nothing is written."""
+    """tools/train_net.py (main) refuses ``data``; nothing is written."""
     js = write_json(tmp_path, data)
     out = tmp_path / "out"
     msg = main_error(tmp_path, *data_opts(js, root), out_dir=out)
@@ -63,7 +63,7 @@ def eval_refuses(gt, needles, iou_type="bbox"):
             assert needle in str(e.value), (backend, needle, str(e.value))
 
 
-# ------------------------------------------------------------------ datasets at the door
+# ------------------------------------------------------------------ datasets, checked before training
 def test_builtin_dataset_without_its_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # detectron2's builtin paths are relative (./datasets)
     out = tmp_path / "out"
@@ -239,7 +239,7 @@ def test_cls_loss_with_detectron2_standard_roi_heads(tmp_path):
     assert "MODEL.ROI_HEADS.NAME LTStandardROIHeads" in msg and not out.exists()
 
 
-def test_eval_only_of_a_method_that_trains_nothing_passes_the_door(tmp_path):
+def test_eval_only_of_a_method_that_trains_nothing_passes_the_checks(tmp_path):
     """tau-norm is evaluated with --eval-only: the stage-2 training checks do not apply."""
     from test_checkpoints import train_net_error
 
@@ -277,7 +277,7 @@ def choice_keys_of_config_py():
     return keys
 
 
-def test_every_key_with_choices_is_checked_at_the_door(tmp_path):
+def test_every_key_with_choices_is_checked_before_anything_is_written(tmp_path):
     from detectron2.config import get_cfg
 
     from lt_det.config import add_lt_config
@@ -301,13 +301,13 @@ def test_every_key_with_choices_is_checked_at_the_door(tmp_path):
         elif key == "MODEL.MNV2.PRETRAINED_PATH":  # a path: checked as a file where it is used
             assert "'no_such_choice' does not exist" in msg, msg
         else:
-            assert key in choices, f"{key} has choices in lt_det/config.py but no door check"
+            assert key in choices, f"{key} has choices in lt_det/config.py but no check"
             assert f"{key} is 'no_such_choice'" in msg and str(choices[key]) in msg
 
 
 def test_mnv2_imagenet_file_is_checked_only_where_it_is_loaded(tmp_path):
     """The synthetic configs use the MobileNetV2 backbone from MODEL.MNV2.PRETRAINED_PATH; with
-    MODEL.WEIGHTS set the file is not read, and the door does not ask for it."""
+    MODEL.WEIGHTS set the file is not read, and the checks do not ask for it."""
     from lt_det.engine import load_config
     from lt_det.engine.defaults import check_config
 
@@ -343,7 +343,7 @@ def test_lr_steps_that_fvcore_refuses(tmp_path, steps, max_iter, reason):
     assert "< SOLVER.MAX_ITER" in msg and not out.exists()
 
 
-def test_lr_steps_detectron2_accepts_pass_the_door():
+def test_lr_steps_detectron2_accepts_pass_the_checks():
     from lt_det.engine import load_config
     from lt_det.engine.defaults import check_solver
 
@@ -413,7 +413,7 @@ def two_sets(tmp_path, train, test, root):
 
 def test_coco_style_test_set_is_refused_before_training(tmp_path):
     """A json without LVIS's per-image neg_category_ids trains (training does not need it) but
-    cannot be evaluated: refused at the door when it is a test set, naming the dataset, the
+    cannot be evaluated: refused before training when it is a test set, naming the dataset, the
     file, the image and the key."""
     data, root = make_data(tmp_path)
     coco = copy.deepcopy(data)
@@ -425,7 +425,7 @@ def test_coco_style_test_set_is_refused_before_training(tmp_path):
     assert "DATASETS.TEST dataset 't_val' cannot be evaluated" in msg and te in msg
     assert "image id 1 has no 'neg_category_ids'" in msg and not out.exists()
     assert f"tools/coco_to_lvis.py --input {te}" in msg
-    # with the LVIS keys the same data passes the door
+    # with the LVIS keys the same data passes the checks
     from detectron2.config import CfgNode
 
     from lt_det.engine.defaults import check_eval_ground_truth
@@ -500,7 +500,7 @@ def test_eval_only_never_replaces_a_runs_results_with_another_models(tmp_path, w
     assert tree(out) == before
 
 
-def test_eval_only_of_the_runs_own_checkpoint_passes_the_door(tmp_path):
+def test_eval_only_of_the_runs_own_checkpoint_passes_the_checks(tmp_path):
     from lt_det.engine import load_config
     from lt_det.engine.defaults import check_start_weights
 
