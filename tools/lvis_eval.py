@@ -101,8 +101,8 @@ def main() -> int:
     p.add_argument("--output", default="", help="write metrics (percent) and run info as json")
     p.add_argument("--per-class-dir", default="", help="write per-class AP json/csv here")
     args = p.parse_args()
-    # This process holds the parsed json (about 10 Python objects per detection) and forms no
-    # reference cycles: the cyclic collector would only walk them, repeatedly, as they are made.
+    # This process parses the json (about 10 Python objects per detection, a piece at a time)
+    # and forms no reference cycles: the cyclic collector would only walk them as they are made.
     gc.disable()
     lt_logger = logging.getLogger("lt_det")  # loading times and progress, on stderr
     lt_logger.addHandler(logging.StreamHandler(sys.stderr))

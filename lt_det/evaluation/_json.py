@@ -79,7 +79,7 @@ def load_json(path: str, what: str = "json file") -> Any:
 _BOUNDARIES = (b"}, {", b"},{")
 
 
-def load_json_list(path: str, piece_bytes: int = 64 << 20) -> Iterator[list]:
+def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
     """The top-level list of the json file at ``path``, in consecutive pieces (lists of its
     elements, in order), reading about ``piece_bytes`` of the file at a time.
 
