@@ -104,3 +104,20 @@ def test_mask_areas_of_many_results_equal_each_masks_own_area():
         results.append({"image_id": 1, "category_id": 1, "score": 0.5, "segmentation": rle})
     area = DetectionTable.from_results(results).with_area("segm").area
     assert area.tolist() == [(1 + i % 20) * (1 + i % 30) for i in range(600)]
+
+
+@pytest.mark.parametrize("offset", [0, 2**16, -5, 2**40])  # radix path (16-bit keys), lexsort
+def test_top_k_per_group_keeps_what_a_stable_sort_per_group_keeps(offset):
+    """The rows lvis-api keeps: per group, Python's stable ``sorted(..., reverse=True)`` by score
+    (ties in row order), the first k; on many ties, for both sorting paths."""
+    from lt_det.evaluation.detections import top_k_per_group
+
+    rng = np.random.default_rng(3)
+    group = rng.integers(0, 40, 3000) + offset
+    score = rng.integers(0, 6, 3000) / 5.0  # many ties
+    for k in (1, 7, 100):
+        expected = []
+        for g in np.unique(group):
+            rows = np.flatnonzero(group == g).tolist()
+            expected += sorted(rows, key=lambda i: score[i], reverse=True)[:k]
+        assert top_k_per_group(group, score, k).tolist() == sorted(expected)

@@ -152,7 +152,12 @@ def select_detections(
     not in the ground truth, or in images where their class is neither positive nor negative,
     are then dropped (lvis-api drops them too, after the cut).
     """
-    unknown = ~np.isin(dets.image_id, gt.img_ids)
+    # Position of each result's image in gt.img_ids (sorted), to group by it below.
+    img_pos = np.searchsorted(gt.img_ids, dets.image_id)
+    unknown = np.ones(len(dets), dtype=bool)
+    if len(gt.img_ids):
+        found = gt.img_ids[np.minimum(img_pos, len(gt.img_ids) - 1)] == dets.image_id
+        unknown = (img_pos >= len(gt.img_ids)) | ~found
     if unknown.any():
         bad = np.unique(dets.image_id[unknown])[:5].tolist()
         raise LTDetError(
@@ -162,8 +167,8 @@ def select_detections(
     if ap_fixed:
         keep = top_k_per_group(dets.category_id, dets.score, max_dets_per_class)
     else:
-        keep = top_k_per_group(dets.image_id, dets.score, max_dets_per_image)
-    img_idx = np.searchsorted(gt.img_ids, dets.image_id[keep])
+        keep = top_k_per_group(img_pos, dets.score, max_dets_per_image)
+    img_idx = img_pos[keep]
     cat_idx = np.searchsorted(gt.cat_ids, dets.category_id[keep])
     known = (cat_idx < len(gt.cat_ids)) & (
         gt.cat_ids[np.minimum(cat_idx, len(gt.cat_ids) - 1)] == dets.category_id[keep]
