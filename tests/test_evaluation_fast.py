@@ -121,3 +121,11 @@ def test_top_k_per_group_keeps_what_a_stable_sort_per_group_keeps(offset):
             rows = np.flatnonzero(group == g).tolist()
             expected += sorted(rows, key=lambda i: score[i], reverse=True)[:k]
         assert top_k_per_group(group, score, k).tolist() == sorted(expected)
+
+
+def test_the_progress_bar_counts_every_class_from_where_it_appears(capsys):
+    from lt_det.evaluation.lvis_eval import _progress_bar
+
+    assert list(_progress_bar(range(0, 10, 3), "LVIS bbox", 3, 10, after_s=-1)) == [0, 3, 6, 9]
+    err = capsys.readouterr().err
+    assert "LVIS bbox" in err and "10/10" in err

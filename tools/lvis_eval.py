@@ -7,7 +7,8 @@ r"""Evaluate an LVIS results file offline and print the LVIS metrics (percent).
         [--max-dets-per-image 300] [--output metrics.json] [--per-class-dir DIR]
 
 Prints the metrics (AP ... AR@300; AR@-1 under --ap-fixed, which has no per-image cap) and,
-with --class-chunk > 0, a progress bar with ETA over the class chunks on stderr. Writes nothing
+with --class-chunk > 0, a progress bar with ETA over the class chunks on stderr (once the
+evaluation has taken a second). Writes nothing
 unless asked: ``--output`` writes the metrics and run info as json (``null`` where a metric is
 undefined, e.g. APr without rare classes); ``--per-class-dir`` writes
 ``per_class_ap_<iou-type>.{json,csv}`` (AP per class with its frequency group and the training

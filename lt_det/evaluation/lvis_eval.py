@@ -229,8 +229,9 @@ def evaluate_lvis(
         ap_pool: also compute AP-pool over all classes and per frequency group (``APpool``,
             ``APpool_r/c/f``; bbox only, :mod:`lt_det.evaluation.ap_pool`) on the same
             detections.
-        progress: show a progress bar with ETA over the class chunks on stderr (tqdm), and log
-            the loading times; only useful with ``class_chunk`` > 0.
+        progress: show a progress bar with ETA over the class chunks on stderr (tqdm; from
+            the first second on, so short runs print none), and log the loading times; only
+            useful with ``class_chunk`` > 0.
     """
     if iou_type not in ("bbox", "segm"):
         raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
@@ -313,18 +314,34 @@ def evaluate_lvis(
     return LVISEvalResult(iou_type, metrics, precision, recall, gt.categories, num_gt, info)
 
 
-def _progress_bar(starts: range, desc: str, chunk: int, num_classes: int):
-    """tqdm over class chunks, counted in classes, with ETA (stderr; sparse off a terminal)."""
+def _progress_bar(starts: range, desc: str, chunk: int, num_classes: int, after_s: float = 1.0):
+    """tqdm over class chunks, counted in classes, with ETA (stderr; sparse off a terminal).
+
+    The bar appears once the chunks have taken ``after_s`` seconds, starting at the classes
+    done by then: a run that ends sooner prints no bar and does not import tqdm (whose import
+    costs about 0.06 s of CPU, a tenth of a 500-image evaluation).
+    """
     import sys
 
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=num_classes, desc=desc, unit="class", mininterval=0.5 if tty else 10)
-    with bar:
+    tic, bar, done = time.perf_counter(), None, 0
+    try:
         for lo in starts:
             yield lo
-            bar.update(min(chunk, num_classes - lo))
+            n = min(chunk, num_classes - lo)
+            done += n
+            if bar is not None:
+                bar.update(n)
+            elif time.perf_counter() - tic > after_s and done < num_classes:
+                from tqdm import tqdm
+
+                tty = sys.stderr.isatty()
+                bar = tqdm(
+                    total=num_classes, initial=done, desc=desc, unit="class",
+                    mininterval=0.5 if tty else 10,
+                )
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def recall_key(ap_fixed: bool, max_dets_per_image: int) -> str:
