@@ -79,6 +79,17 @@ def load_json(path: str, what: str = "json file") -> Any:
 _BOUNDARIES = (b"}, {", b"},{")
 
 
+def _last_boundary(buf: bytes) -> int:
+    """Index of the "}" of the last boundary in ``buf``, -1 if none: looked for in the last
+    4 kB first (a file holds only one of the two forms, and rfind of the other would scan the
+    whole buffer)."""
+    for lo in (max(0, len(buf) - 4096), 0):
+        cut = max(buf.rfind(b, lo) for b in _BOUNDARIES)
+        if cut >= 0:
+            return cut
+    return -1
+
+
 def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
     """The top-level list of the json file at ``path``, in consecutive pieces (lists of its
     elements, in order), reading about ``piece_bytes`` of the file at a time.
@@ -105,7 +116,7 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
                 buf, block = block, b""
             else:
                 buf = buf + block if buf else block
-            cut = max(buf.rfind(b) for b in _BOUNDARIES) if block else -1
+            cut = _last_boundary(buf) if block else -1
             if cut < 0 and block:
                 continue  # no boundary yet: read on
             if cut < 0:  # end of file: the rest is the last piece
