@@ -513,3 +513,43 @@ def test_eval_only_of_the_runs_own_checkpoint_passes_the_checks(tmp_path):
     fresh = load_config(CONFIG, ["OUTPUT_DIR", str(tmp_path / "new")])
     with pytest.raises(LTDetError, match="randomly initialised"):  # nothing to resume: random
         check_start_weights(fresh, resume=True, eval_only=True)
+
+
+
+def _refusal(tmp_path, *flags_and_opts, out):
+    """tools/train_net.py's main on the tiny config with ``flags_and_opts`` (flags first); the
+    LTDetError message."""
+    from test_bad_input import load_train_net
+
+    train_net = load_train_net()
+    data, root = make_data(tmp_path)
+    js = write_json(tmp_path, data)
+    flags = [a for a in flags_and_opts if a.startswith("--")]
+    opts = [a for a in flags_and_opts if not a.startswith("--")]
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", CONFIG, *flags, *TINY_OPTS, *data_opts(js, root),
+         "OUTPUT_DIR", str(out), *opts]
+    )
+    with pytest.raises(LTDetError) as e:
+        train_net.main(args)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("eval_only", [False, True])
+def test_weights_url_that_cannot_be_fetched_is_one_line_before_anything_is_written(
+    tmp_path, eval_only
+):
+    """A MODEL.WEIGHTS URL is fetched before OUTPUT_DIR is made (offline: refused, the message
+    says to copy the file and pass its path); port 9 on the loopback refuses at once."""
+    out = tmp_path / "out"
+    url = "http://127.0.0.1:9/R-50.pkl"
+    flags = ["--eval-only"] if eval_only else []
+    msg = _refusal(tmp_path, *flags, "MODEL.WEIGHTS", url, out=out)
+    assert f"MODEL.WEIGHTS '{url}' cannot be fetched" in msg and "pass its path" in msg, msg
+    assert not out.exists()
+
+
+def test_missing_weights_of_an_evaluation_do_not_suggest_random_initialisation(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    msg = _refusal(tmp_path, "--eval-only", "MODEL.WEIGHTS", missing, out=tmp_path / "out")
+    assert f"MODEL.WEIGHTS '{missing}' does not exist" in msg and 'WEIGHTS ""' not in msg, msg

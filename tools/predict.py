@@ -106,7 +106,7 @@ def setup(args):
             "MODEL.WEIGHTS is empty: predict.py draws a trained model's predictions. Add "
             "--opts MODEL.WEIGHTS path/to/model_final.pth (last on the line)."
         )
-    check_weights_file(cfg.MODEL.WEIGHTS)
+    check_weights_file(cfg.MODEL.WEIGHTS, trained=True)
     targets = output_paths(list_images(args.input), args.output, force=args.force)
     cfg.freeze()
     check_dataset_files(cfg)

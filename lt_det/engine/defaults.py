@@ -243,14 +243,37 @@ def _config_checked_for(args) -> Tuple:
             getattr(args, "num_gpus", 1))
 
 
-def check_weights_file(weights: str) -> None:
-    """A local ``MODEL.WEIGHTS`` must exist (fvcore would fail with a bare assertion); empty
-    (the backbone's own initialisation) and URLs (``scheme://``) pass.
+def check_weights_file(weights: str, *, trained: bool = False) -> None:
+    """A local ``MODEL.WEIGHTS`` must exist (fvcore would fail with a bare assertion); a URL
+    (``detectron2://``, ``https://``, ...) is fetched now, into detectron2's download cache where
+    the later load finds it, so that a machine without internet is told before anything is
+    written; empty (the backbone's own initialisation) passes.
+
+    Args:
+        weights: MODEL.WEIGHTS.
+        trained: the weights must be a trained model (``--eval-only``, drawing predictions): the
+            message of a missing file does not offer ``""`` (random initialisation).
 
     Raises:
-        LTDetError: a local path that is not a file.
+        LTDetError: a local path that is not a file, or a URL that cannot be fetched.
     """
-    if weights and "://" not in weights and not os.path.isfile(weights):
+    if weights and "://" in weights:
+        from detectron2.utils.file_io import PathManager
+
+        try:
+            PathManager.get_local_path(weights)
+        except Exception as e:  # noqa: BLE001  (urllib, http and handler errors alike)
+            raise LTDetError(
+                f"MODEL.WEIGHTS '{weights}' cannot be fetched ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]}). Offline, download the file on a machine with "
+                "internet, copy it here and pass its path (MODEL.WEIGHTS /path/to/file)."
+            ) from None
+    elif weights and not os.path.isfile(weights):
+        if trained:
+            raise LTDetError(
+                f"MODEL.WEIGHTS '{weights}' does not exist. Pass the trained model's checkpoint "
+                "(e.g. OUTPUT_DIR/model_final.pth of its training run)."
+            )
         raise LTDetError(
             f"MODEL.WEIGHTS '{weights}' does not exist. Fix the path, or set MODEL.WEIGHTS \"\" "
             "to start from the backbone's own initialisation."
@@ -301,7 +324,6 @@ def check_eval_weights(cfg: CfgNode) -> None:
             f"the checkpoint to evaluate, e.g. MODEL.WEIGHTS {suggestion} (or --resume for "
             "OUTPUT_DIR's last checkpoint)."
         )
-    check_weights_file(weights)
     run = [m for m in RUN_MARKERS if out and os.path.exists(os.path.join(out, m))]
     inside = "://" not in weights and os.path.dirname(os.path.realpath(weights)) == (
         os.path.realpath(out)
@@ -314,6 +336,7 @@ def check_eval_weights(cfg: CfgNode) -> None:
             f"MODEL.WEIGHTS {suggestion} (or --resume) to evaluate the run, or another OUTPUT_DIR "
             "to evaluate these weights."
         )
+    check_weights_file(weights, trained=True)
 
 
 def check_solver(cfg: CfgNode) -> None:
