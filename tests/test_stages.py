@@ -114,9 +114,9 @@ def test_runs_in_one_process_log_apart(tmp_path):
 
 
 def test_each_start_checks_its_config_once(tmp_path, monkeypatch):
-    # check_launch (the launching process) records what it checked on args; setup_cfg (each
-    # worker, or the same process with one GPU) does not check those args again, but does check
-    # each stage of a two-stage config, whose arguments differ.
+    # check_launch (the launching process) records what it checked; setup_cfg in the same process
+    # (one GPU) does not check those arguments again, but does check each stage of a two-stage
+    # config, whose arguments differ.
     from lt_det.engine import defaults
 
     checked = []

@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 import yaml
@@ -160,7 +160,7 @@ def setup_cfg(args) -> CfgNode:
     folder's checkpoint leaves that run's own files as they are.
     """
     cfg = load_config(args.config_file, args.opts)
-    if getattr(args, "checked_config", None) != _config_checked_for(args):
+    if _config_checked_for(args) not in _CHECKED_CONFIGS:
         check_config(cfg, eval_only=args.eval_only, num_gpus=getattr(args, "num_gpus", 1))
     cfg.freeze()
     check_dataset_files(cfg)
@@ -231,14 +231,19 @@ def check_launch(args) -> None:
     """
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg, eval_only=args.eval_only, num_gpus=args.num_gpus)
-    args.checked_config = _config_checked_for(args)
+    _CHECKED_CONFIGS.add(_config_checked_for(args))
+
+
+# What check_launch checked in this process (not recorded on ``args``: detectron2 logs them).
+_CHECKED_CONFIGS: Set[Tuple] = set()
 
 
 def _config_checked_for(args) -> Tuple:
-    """What :func:`check_config` was run on for ``args``: :func:`check_launch` records it on
-    ``args`` (which reaches every worker process), :func:`setup_cfg` skips the checks for the
-    same arguments, so each start checks its config once. A copy of ``args`` with another config
-    or other overrides (each stage of a two-stage config) does not match and is checked."""
+    """What :func:`check_config` was run on for ``args``: :func:`check_launch` records it in this
+    process, :func:`setup_cfg` skips the checks for the same arguments there, so a start checks
+    its config once (a worker process started by the launcher checks it again: milliseconds).
+    Another config or other overrides (each stage of a two-stage config) do not match and are
+    checked."""
     return (args.config_file, tuple(args.opts), bool(args.eval_only),
             getattr(args, "num_gpus", 1))
 
