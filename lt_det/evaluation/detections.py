@@ -9,8 +9,8 @@ Shape shorthand: N = number of detections.
 import json
 import os
 import warnings
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
