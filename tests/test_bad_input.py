@@ -129,15 +129,16 @@ def test_cli_refuses_to_overwrite_a_finished_run(tmp_path):
     assert snapshot(out) == before
 
 
-def test_cli_missing_image_during_training(tmp_path):
-    data, root = make_data(tmp_path, images=1, missing_files=(1,))
+def test_cli_missing_image_is_refused_before_training(tmp_path):
+    data, root = make_data(tmp_path, images=2, missing_files=(1,))
     js = write_json(tmp_path, data)
     out = tmp_path / "out"
     rc, stdout, err = cli(tmp_path, *data_opts(js, root), "OUTPUT_DIR", str(out),
                           "SOLVER.MAX_ITER", "2")
     line = assert_one_clean_message(rc, stdout, err, os.path.join(root, "1.png"), "image id 1",
-                                    "No such file")
-    assert "Restore the file" in line
+                                    "No such file", "1 image(s)")
+    assert "Restore the files" in line
+    assert not out.exists()  # refused before anything is written
 
 
 def test_cli_error_in_a_spawned_worker_is_one_message(tmp_path):

@@ -141,6 +141,16 @@ def load_lvis_format_json(
     return dicts
 
 
+def _missing_images(data: Dict[str, Any], image_root: str) -> Tuple[int, Optional[str]]:
+    """(how many images of the json are not files under ``image_root``, a description of the
+    first one); one stat per image (about a second for LVIS's 100k)."""
+    missing = [img for img in data["images"] if not os.path.isfile(_image_path(image_root, img))]
+    if not missing:
+        return 0, None
+    first = missing[0]
+    return len(missing), f"image id {first.get('id')}: '{_image_path(image_root, first)}'"
+
+
 def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
     """Register an LVIS-format dataset under ``name`` (lazily loaded; metadata set now).
 
@@ -170,6 +180,9 @@ def register_lvis_format(name: str, json_file: str, image_root: str) -> None:
         thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(ids)},
         class_frequency=groups,
         annotations_without_segmentation=(len(no_segm), no_segm[0] if no_segm else None),
+        # (count, first) of the images that are not in image_root (checked in setup_cfg for the
+        # datasets a run reads: registering for statistics alone needs no images).
+        missing_images=_missing_images(data, image_root),
         **class_stats_to_metadata(ids, stats),
     )
 

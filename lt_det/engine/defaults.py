@@ -38,6 +38,7 @@ __all__ = [
     "check_solver",
     "check_eval_weights",
     "check_eval_ground_truth",
+    "check_image_files",
     "check_test_categories",
     "check_output_dir",
     "config_choices",
@@ -170,6 +171,7 @@ def setup_cfg(args) -> CfgNode:
     check_test_categories(cfg)
     check_eval_ground_truth(cfg)
     check_mask_annotations(cfg, eval_only=args.eval_only)
+    check_image_files(cfg, eval_only=args.eval_only)
     check_run_folder = functools.partial(
         check_output_dir,
         cfg.OUTPUT_DIR,
@@ -828,6 +830,26 @@ def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool = False) 
             "changed. Continue it with --resume, choose another OUTPUT_DIR, or pass "
             "--overwrite-output to start a new run there (its checkpoints will be replaced)."
         )
+
+
+def check_image_files(cfg: CfgNode, *, eval_only: bool = False) -> None:
+    """The images of the LVIS_FORMAT datasets a run reads (DATASETS.TEST, and DATASETS.TRAIN
+    unless ``eval_only``) must all be in their image folders (counted when registered), so that
+    a missing image stops the run before anything is written, not in the middle of training.
+
+    Raises:
+        LTDetError: naming the dataset, the first missing image and how many are missing.
+    """
+    keys = ("DATASETS.TEST",) if eval_only else ("DATASETS.TRAIN", "DATASETS.TEST")
+    for key in keys:
+        for name in cfg.DATASETS[key.split(".")[1]]:
+            count, first = MetadataCatalog.get(name).get("missing_images", (0, None))
+            if count:
+                raise LTDetError(
+                    f"{key} dataset '{name}': {count} image(s) of its json are not in its image "
+                    f"folder, the first {first} (No such file). Restore the files, point the "
+                    "image folder at where they are, or remove their images from the json."
+                )
 
 
 def check_mask_annotations(cfg: CfgNode, *, eval_only: bool = False) -> None:

@@ -204,7 +204,8 @@ def metadata_for_drawing(cfg, dataset_name: Optional[str] = None):
     if len(classes) != k:
         raise LTDetError(
             f"MODEL.ROI_HEADS.NUM_CLASSES is {k} but dataset '{names[0]}' has {len(classes)} "
-            "classes; the model and the class names would not match. Name the dataset the model "
-            "was trained for."
+            f"classes; the model and the class names would not match. Set "
+            f"MODEL.ROI_HEADS.NUM_CLASSES {len(classes)} (after --opts) if the model was trained "
+            "on it, else name the dataset the model was trained for (DATASETS.TEST)."
         )
     return meta
