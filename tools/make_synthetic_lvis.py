@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the whole dataset")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     for (title, preset), group_fields in knob_fields().items():

@@ -250,8 +250,12 @@ def check_lazy_datasets(cfg: DictConfig, *, eval_only: bool = False) -> None:
             json_file = MetadataCatalog.get(name).get("json_file", None)
             if json_file and "://" not in json_file and not os.path.isfile(json_file):
                 raise LTDetError(
-                    f"{key}: dataset '{name}' reads '{json_file}', which does not exist "
-                    "(detectron2's builtin datasets live under $DETECTRON2_DATASETS)."
+                    f"{key}: dataset '{name}' reads '{json_file}', which does not exist. Set "
+                    "DETECTRON2_DATASETS to the folder that holds detectron2's builtin datasets "
+                    "(lvis/, coco/), or register your own files with \"datasets.lvis_format="
+                    "[[my_train,train.json,images],[my_val,val.json,images]]\" and name them in "
+                    "dataloader.train.dataset.names / dataloader.test.dataset.names "
+                    "(docs/lazyconfig.md)."
                 )
     heads = _roi_heads(cfg)
     train = _dataset_names(cfg, "dataloader.train.dataset.names")
