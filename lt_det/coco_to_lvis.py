@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from .class_stats import class_stats_from_lvis_json
 from .errors import LTDetError
 from .evaluation._json import load_json
-from .lvis_json import check_lvis_records
+from .lvis_json import check_json_sections, check_lvis_records
 
 __all__ = ["coco_to_lvis", "convert_coco_json", "read_coco_json", "LVIS_IMAGE_KEYS"]
 
@@ -60,17 +60,10 @@ def read_coco_json(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise LTDetError(f"COCO json not found: '{path}'.")
     data = load_json(path, "COCO json")
-    if not isinstance(data, dict):
-        raise LTDetError(
-            f"'{path}': top level is a {type(data).__name__}; a COCO instances json is an object "
-            "with 'images', 'annotations' and 'categories'."
-        )
-    missing = [k for k in ("images", "annotations", "categories") if k not in data]
-    if missing:
-        raise LTDetError(
-            f"'{path}' has no key(s) {missing}; a COCO instances json has 'images', "
-            "'annotations' and 'categories' (a results list or a panoptic json is not one)."
-        )
+    check_json_sections(
+        data, path, kind="a COCO instances json",
+        hint=" (A results list or a panoptic json is not one.)",
+    )
     for key in ("images", "annotations"):
         if not isinstance(data[key], list):
             raise LTDetError(f"'{path}': '{key}' is a {type(data[key]).__name__}, not a list.")

@@ -41,7 +41,7 @@ import numpy as np
 
 from .errors import LTDetError
 
-__all__ = ["check_lvis_records", "id_column", "INT64_MAX", "INT64_MIN"]
+__all__ = ["check_json_sections", "check_lvis_records", "id_column", "INT64_MAX", "INT64_MIN"]
 
 #: The largest / smallest id the evaluators can hold (numpy int64).
 INT64_MAX = 2**63 - 1
@@ -111,6 +111,37 @@ def _check_categories(categories: Any, source: str) -> set:
             )
         cat_ids.add(cid)
     return cat_ids
+
+
+SECTIONS = ("images", "annotations", "categories")
+
+
+def check_json_sections(
+    data: Any, source: str, *, kind: str = "an LVIS-format json", hint: str = ""
+) -> None:
+    """``data`` (a parsed json) is an object with the three sections of an LVIS / COCO instances
+    json: ``images``, ``annotations`` and ``categories``.
+
+    Args:
+        data: the parsed file.
+        source: the file's path (or a description), for the message.
+        kind: what the file should be, for the message ("a COCO instances json").
+        hint: appended to the message (e.g. the expected folder layout).
+
+    Raises:
+        LTDetError: ``data`` is not an object, or lacks sections (named).
+    """
+    if not isinstance(data, dict):
+        raise LTDetError(
+            f"'{source}': top level is a {type(data).__name__}; {kind} is an object with "
+            f"'images', 'annotations' and 'categories'.{hint}"
+        )
+    missing = [k for k in SECTIONS if k not in data]
+    if missing:
+        raise LTDetError(
+            f"'{source}' has no key(s) {missing}; {kind} has 'images', 'annotations' and "
+            f"'categories'.{hint}"
+        )
 
 
 def check_lvis_records(data: Dict[str, Any], source: str) -> None:

@@ -28,7 +28,7 @@ from detectron2.structures import BoxMode
 
 from ..class_stats import class_stats_from_lvis_json, class_stats_to_metadata
 from ..errors import LTDetError
-from ..lvis_json import check_lvis_records
+from ..lvis_json import check_json_sections, check_lvis_records
 
 __all__ = [
     "register_lvis_format",
@@ -68,11 +68,7 @@ def read_lvis_json(json_file: str) -> Dict[str, Any]:
             f"'{json_file}' is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). "
             "Regenerate or repair the file."
         ) from None
-    if not isinstance(data, dict):
-        raise LTDetError(f"'{json_file}': top level must be a JSON object. {_LAYOUT}")
-    missing = [k for k in ("images", "annotations", "categories") if k not in data]
-    if missing:
-        raise LTDetError(f"'{json_file}' has no key(s) {missing}. {_LAYOUT}")
+    check_json_sections(data, json_file, hint=f" {_LAYOUT}")
     check_lvis_records(data, json_file)  # the rules evaluation applies too
     return data
 

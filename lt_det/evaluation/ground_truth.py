@@ -14,7 +14,7 @@ import numpy as np
 from ..class_stats import frequency_group
 from ..errors import LTDetError
 from ._json import load_json
-from ..lvis_json import check_lvis_records
+from ..lvis_json import check_json_sections, check_lvis_records
 
 __all__ = ["LVISGroundTruth"]
 
@@ -73,17 +73,7 @@ class LVISGroundTruth:
             raise LTDetError(
                 f"ground truth must be a json path or a dict, got {type(gt).__name__}."
             )
-        if not isinstance(data, dict):
-            raise LTDetError(
-                f"'{self.source}': top level is a {type(data).__name__}; an LVIS-format json is an "
-                "object with 'images', 'annotations' and 'categories'."
-            )
-        missing = [k for k in ("images", "annotations", "categories") if k not in data]
-        if missing:
-            raise LTDetError(
-                f"'{self.source}' has no key(s) {missing}; an LVIS-format json needs 'images', "
-                "'annotations' and 'categories'."
-            )
+        check_json_sections(data, self.source)
         self.images: List[Dict[str, Any]] = data["images"]
         for img in self.images:
             for key in _REQUIRED_IMAGE_KEYS:
