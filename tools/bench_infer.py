@@ -194,20 +194,7 @@ def bench_boxes(name: str, device: str, repeats: int, ref_repeats: int) -> Dict:
             ref_repeats,
             repeats,
         )
-    ref_s, lt_s = statistics.median(ref_t), statistics.median(lt_t)
-    return dict(
-        setting=name,
-        device=device,
-        candidates=candidates,
-        detections=len(got[0][0]),
-        detectron2_s=ref_s,
-        lt_det_s=lt_s,
-        ratio=ref_s / lt_s,
-        equal=equal_results(ref, got),
-        detectron2_times=ref_t,
-        lt_det_times=lt_t,
-        detections_result=got[0][0],
-    )
+    return _row(name, device, candidates, ref_t, lt_t, ref, got)
 
 
 def bench_equal_scores(device: str, repeats: int, ref_repeats: int) -> Dict:
@@ -229,11 +216,18 @@ def bench_equal_scores(device: str, repeats: int, ref_repeats: int) -> Dict:
         ref_repeats,
         repeats,
     )
+    candidates = int((scores[0][:, :-1] > setting["score_thresh"]).sum())
+    name = "lvis-softmax, scores on a 2^-16 grid (post-processing only)"
+    return _row(name, device, candidates, ref_t, lt_t, ref, got)
+
+
+def _row(name: str, device: str, candidates: int, ref_t, lt_t, ref, got) -> Dict:
+    """One result row: median times, their ratio and whether the detections are equal."""
     ref_s, lt_s = statistics.median(ref_t), statistics.median(lt_t)
     return dict(
-        setting="lvis-softmax, scores on a 2^-16 grid (post-processing only)",
+        setting=name,
         device=device,
-        candidates=int((scores[0][:, :-1] > setting["score_thresh"]).sum()),
+        candidates=candidates,
         detections=len(got[0][0]),
         detectron2_s=ref_s,
         lt_det_s=lt_s,
