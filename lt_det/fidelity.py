@@ -25,6 +25,7 @@ __all__ = [
     "PUBLISHED_LVIS",
     "kendall_tau",
     "load_published",
+    "TABLE_TASKS",
     "load_runs",
     "settings_of",
     "SUMMARY_SETTINGS",
@@ -70,9 +71,18 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return (concordant - discordant) / denom if denom > 0 else float("nan")
 
 
+#: What a table's AP values measure: "segm" (mask AP, the default) or "bbox" (box AP only).
+TABLE_TASKS = ("segm", "bbox")
+
+
 def load_published(path: str = PUBLISHED_LVIS) -> List[Dict]:
     """Published tables from a json file ``{"tables": [{"name", "source", "dataset", "metric",
-    "rows": {method: {"label", "AP", "APr", ...}}}, ...]}`` (method = a benchmark method name).
+    "task", "rows": {method: {"label", "AP", "APr", ...}}}, ...]}``.
+
+    ``method`` is a benchmark method name; names not registered (yet) are kept, since only the
+    methods a run and a table share are compared. ``task`` (optional, one of
+    :data:`TABLE_TASKS`, default "segm") says what the table's AP values measure: a table of a
+    box-only detector is "bbox" and is compared with the benchmark's box AP.
 
     Raises:
         LTDetError: the file is missing or not in that form.
@@ -91,6 +101,9 @@ def load_published(path: str = PUBLISHED_LVIS) -> List[Dict]:
         missing = [k for k in ("name", "source", "rows") if k not in t]
         if missing or not isinstance(t["rows"], dict):
             raise LTDetError(f"'{path}': table {i} lacks {missing or ['rows as a dict']}.")
+        if t.get("task", "segm") not in TABLE_TASKS:
+            raise LTDetError(f"'{path}': table '{t['name']}': task {t['task']!r} is not one of "
+                             f"{list(TABLE_TASKS)}.")
         for method, row in t["rows"].items():
             bad = [k for k, v in row.items() if k.startswith("AP") and
                    not isinstance(v, (int, float))]
@@ -172,16 +185,19 @@ def rank_agreement(
     Args:
         table: one entry of :func:`load_published`.
         run: one loaded ``results.json``.
-        task: "segm" (mask AP) or "bbox" (box AP) of the benchmark run.
+        task: "segm" (mask AP) or "bbox" (box AP) of the benchmark run; a table with its own
+            ``task`` (a box-only table: "bbox") is compared on that one instead.
         metrics: metric names present in both.
 
     Returns:
-        ``{"methods": [common method names], metric: {"tau": float or None, "published":
-        [values], "synthetic": [values]}}``; tau is None with fewer than 2 common methods.
+        ``{"methods": [common method names], "task": the task compared, metric: {"tau": float
+        or None, "published": [values], "synthetic": [values]}}``; tau is None with fewer than
+        2 common methods.
     """
+    task = table.get("task", task)
     synth = {m["method"]: m.get(task, {}) for m in run["methods"]}
     common = [m for m in table["rows"] if m in synth]
-    out: Dict = {"methods": common}
+    out: Dict = {"methods": common, "task": task}
     for k in metrics:
         names = [m for m in common if k in table["rows"][m] and k in synth[m]]
         pub = [float(table["rows"][m][k]) for m in names]
@@ -205,13 +221,16 @@ def format_agreement(
     label: Optional[str] = None,
 ) -> str:
     """Markdown: per published table, the published order, each run's order and Kendall tau per
-    metric, and the mean tau over the runs."""
+    metric, and the mean tau over the runs. ``task`` as in :func:`rank_agreement` (a table's own
+    ``task`` wins; the task column says which was compared). Orders are by the first of
+    ``metrics`` that the table gives (AP where a table has no APr)."""
     lines = []
     for t in tables:
+        by = next((k for k in metrics if any(k in row for row in t["rows"].values())),
+                  metrics[0])
         lines.append(f"### {t['name']}" + (f" ({label})" if label else ""))
         lines.append("")
-        header = ["run", "preset", "task"] + [f"tau {k}" for k in metrics] + \
-            [f"order by {metrics[0]}"]
+        header = ["run", "preset", "task"] + [f"tau {k}" for k in metrics] + [f"order by {by}"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         taus: Dict[str, List[float]] = {k: [] for k in metrics}
@@ -219,22 +238,22 @@ def format_agreement(
         for r in runs:
             agr = rank_agreement(t, r, task=task, metrics=metrics)
             first = first or agr
-            cells = [f"seed {r.get('seed', '?')}", str(r.get("preset", "?")), task]
+            cells = [f"seed {r.get('seed', '?')}", str(r.get("preset", "?")), agr["task"]]
             for k in metrics:
                 tau = agr[k]["tau"]
                 if tau is not None and not math.isnan(tau):
                     taus[k].append(tau)
                 cells.append("-" if tau is None else f"{tau:+.2f}")
-            a = agr[metrics[0]]
+            a = agr[by]
             cells.append(_order(a["methods"], a["synthetic"]) or "-")
             lines.append("| " + " | ".join(cells) + " |")
         mean_cells = ["mean", "", ""] + [
             f"{sum(v) / len(v):+.2f}" if v else "-" for v in taus.values()] + [""]
         lines.append("| " + " | ".join(mean_cells) + " |")
         if first is not None:
-            a = first[metrics[0]]
+            a = first[by]
             lines.append("")
-            lines.append(f"published order by {metrics[0]} ({t.get('dataset', '')}): "
+            lines.append(f"published order by {by} ({t.get('dataset', '')}): "
                          f"{_order(a['methods'], a['published']) or '-'}")
         lines.append("")
     return "\n".join(lines)

@@ -7,8 +7,9 @@
 
 Prints, per published table (default: the tables shipped in lt_det/data/published_lvis.json,
 sources in docs/synthetic.md), each run's Kendall tau on the metrics over the methods that the
-table and the run both have, the mean over the runs, and the published order. Folders of one
-seed and setting (methods added later in another --out) count as one run.
+table and the run both have, the mean over the runs, and the published order. A table of box AP
+only (its "task" is "bbox") is compared with the runs' box AP whatever --task says. Folders of
+one seed and setting (methods added later in another --out) count as one run.
 """
 import argparse
 import sys
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("outs", nargs="+", help="lt_benchmark.py --out folders (each has results.json)")
     p.add_argument("--published", default=PUBLISHED_LVIS, help="published tables (json)")
     p.add_argument("--task", default="segm", choices=("segm", "bbox"),
-                   help="benchmark AP compared: segm = mask AP (default), bbox = box AP")
+                   help="benchmark AP compared: segm = mask AP (default), bbox = box AP "
+                   "(box-AP-only tables always use bbox)")
     p.add_argument("--metrics", nargs="+", default=["APr", "AP"], help="default: APr AP")
     args = p.parse_args(argv)
     try:
