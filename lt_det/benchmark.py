@@ -118,6 +118,8 @@ for _spec in (
     MethodSpec("tau_norm", "synthetic/stage2_tau_norm.yaml", stage=2, eval_only=True,
                label="tau-norm", default=False),
     MethodSpec("lws", "synthetic/stage2_lws.yaml", stage=2, label="LWS", default=False),
+    MethodSpec("disalign", "synthetic/stage2_disalign.yaml", stage=2,
+               label="DisAlign (calibration + GRW)", default=False),
     MethodSpec("balanced_softmax", "synthetic/stage2_balanced_softmax.yaml", stage=2,
                label="Balanced Softmax", default=False),
     MethodSpec("balanced_sigmoid", "synthetic/stage2_balanced_sigmoid.yaml", stage=2,

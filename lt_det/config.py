@@ -91,6 +91,12 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.ROI_BOX_HEAD.BAGS.BINS = [10, 100, 1000]
     # BAGS: "others" ROIs kept per ROI of a group, in expectation (> 0; 8 in the paper).
     _C.MODEL.ROI_BOX_HEAD.BAGS.OTHERS_RATIO = 8.0
+    # CLS_LOSS "grw" (generalized re-weighting, DisAlign's stage-2 loss, Zhang et al. 2021):
+    # softmax CE with ROI weight w_y, w_j ∝ (n_j / sum n) ** -RHO normalised to mean 1 over the
+    # K classes (n_j from PRIOR.SOURCE), background weight 1; mean = sum w_y CE / sum w_y.
+    _C.MODEL.ROI_BOX_HEAD.GRW = CN()
+    # RHO >= 0; 0 = plain softmax CE, 1 = inverse frequency; 0.8 = the reference's LVIS v1 config.
+    _C.MODEL.ROI_BOX_HEAD.GRW.RHO = 0.8
     # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
     # Choices: "none"
@@ -157,7 +163,9 @@ def add_lt_config(cfg: CN) -> CN:
     # Stage-2 method (registry LT_DECOUPLE_REGISTRY).
     # Choices: "none" (ordinary training) | "crt" (re-initialise and retrain the classifier)
     #          | "finetune" (fine-tune the stage-1 classifier) | "lws" (learn one scale per class)
-    #          | "tau_norm" (no training; normalise weights).
+    #          | "tau_norm" (no training; normalise weights)
+    #          | "disalign" (DisAlign: learn a per-class magnitude and margin of the stage-1
+    #            logits blended by a per-ROI confidence gate; with CLS_LOSS "grw").
     _C.MODEL.DECOUPLE.METHOD = "none"
     # Parameter-name prefixes that stay trainable in stage 2 (exact module-path prefixes,
     # matched at "." boundaries; everything else is frozen and runs in eval mode).
@@ -169,6 +177,12 @@ def add_lt_config(cfg: CN) -> CN:
     # What tau_norm does with the classifier bias. Choices: "keep" | "zero" | "scale"
     # ("scale" divides the bias by the same norm factor as its weight row).
     _C.MODEL.DECOUPLE.TAU_BIAS = "keep"
+    # DisAlign (METHOD "disalign"): z_j <- z_j + sigma(x) * ((alpha_j - 1) z_j + beta_j) on the K
+    # foreground logits (background kept), alpha = 1, beta = 0 at the start (the stage-1 logits),
+    # sigma(x) = sigmoid(g . x + c) from the box feature x.
+    _C.MODEL.DECOUPLE.DISALIGN = CN()
+    # Std of the N(0, std^2) initial gate weights g (c starts at 0); >= 0; 0.01 = the reference's.
+    _C.MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD = 0.01
     # Two stages in one command (tools/train_net.py): a config file trained first as stage 1
     # (relative to the folder of the config file given on the command line), into
     # OUTPUT_DIR/stage1; this config then trains as stage 2 from that run's model_final.pth, into

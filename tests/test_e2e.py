@@ -570,6 +570,8 @@ E2E_RANGE_CASES = [
     ("DATALOADER.GRBS.NUM_GROUPS", 0, ">= 1", 1),
     ("DATALOADER.GRBS.BALANCE", 1.5, "in [0, 1]", 1.0),
     ("DATALOADER.GRBS.BET_FRACTION", -0.1, "in [0, 1]", 0.0),
+    ("MODEL.ROI_BOX_HEAD.GRW.RHO", -0.5, ">= 0", 0.0),
+    ("MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD", -0.01, ">= 0", 0.0),
 ]
 
 

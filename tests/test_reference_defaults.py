@@ -33,6 +33,7 @@ from lt_det.modeling.losses import (
     eqlv2_loss,
     federated_class_mask,
     federated_loss,
+    grw_loss,
     ldam_loss,
     logit_adjusted_loss,
     seesaw_loss,
@@ -416,6 +417,31 @@ def test_class_balanced_losses_equal_reference_on_foreground_rois():
     torch.testing.assert_close(class_balanced_focal_loss(z, y, n, beta=beta, gamma=gamma), ref)
 
 
+# ------------------------------------------------------------------ GRW (DisAlign's loss)
+def _ref_grw_weight(num_shots, exp_scale):
+    """Megvii-BaseDetection/DisAlign instance_seg/lvis1.0/.../disalign.1x/roi_heads/fast_rcnn.py
+    GRWFastRCNNOutputs._init_weights: ratio = n / sum n, 1 / ratio ** exp_scale normalised to sum
+    K, then a (K + 1,) weight with 1 for the background."""
+    ratio_list = num_shots / num_shots.sum()
+    exp_reweight = 1 / (ratio_list**exp_scale)
+    exp_reweight = exp_reweight / exp_reweight.sum() * len(num_shots)
+    final = torch.ones(len(num_shots) + 1, dtype=num_shots.dtype)
+    final[:-1] = exp_reweight
+    return final
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.8, 1.2])
+def test_grw_equals_reference(rho):
+    # the reference's loss: F.cross_entropy(logits, gt, weight=final_reweight, reduction="mean")
+    z, y = _logits()
+    n = _counts()
+    ref = F.cross_entropy(z, y, weight=_ref_grw_weight(n, rho), reduction="mean")
+    torch.testing.assert_close(grw_loss(z, y, n, rho=rho), ref)
+    module = build_cls_loss("grw", num_classes=K, class_prior=n / n.sum(), rho=rho)
+    torch.testing.assert_close(module(z.float(), y), ref.float())
+    assert torch.equal(module.predict_probs(z), F.softmax(z, dim=1))  # no weight at inference
+
+
 # ------------------------------------------------------------------ NorCal
 def _ref_norcal(z, n, gamma):
     """tydpan/NorCal projects/NorCal/norcal/roi_heads.py predict_probs with the defaults
@@ -503,6 +529,41 @@ def test_lws_equals_reference():
     torch.testing.assert_close(layer(x), linear(x) * layer.scale)
 
 
+def _ref_disalign_forward(x, weight, bias, logit_scale, logit_bias, conf_weight, conf_bias):
+    """Megvii-BaseDetection/cvpods cvpods/modeling/roi_heads/disalign_fast_rcnn.py
+    DisAlignFastRCNNOutputLayers.forward (scores part): only the foreground columns are adjusted,
+    sigma * (z * alpha + beta) + (1 - sigma) * z; the background column as is."""
+    scores = F.linear(x, weight, bias)
+    confidence = torch.sigmoid(F.linear(x, conf_weight, conf_bias))
+    scores_tmp = confidence * (scores[:, :-1] * logit_scale + logit_bias)
+    scores_tmp = scores_tmp + (1 - confidence) * scores[:, :-1]
+    return torch.cat([scores_tmp, scores[:, -1].view(-1, 1)], dim=1)
+
+
+def test_disalign_equals_reference():
+    from lt_det.decouple import DisAlignLinear
+
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(8, K + 1)
+    layer = DisAlignLinear.from_linear(linear)
+    # the reference's init: alpha 1, beta 0, gate bias 0 (gate weight ~ N(0, 0.01^2))
+    assert torch.equal(layer.logit_scale, torch.ones(K))
+    assert torch.equal(layer.logit_bias, torch.zeros(K))
+    assert torch.equal(layer.confidence_layer.bias, torch.zeros(1))
+    assert 0 < float(layer.confidence_layer.weight.detach().std()) < 0.03
+    with torch.no_grad():
+        layer.logit_scale.copy_(torch.rand(K, generator=g) * 2)
+        layer.logit_bias.copy_(torch.randn(K, generator=g))
+        layer.confidence_layer.weight.copy_(torch.randn(1, 8, generator=g))
+        layer.confidence_layer.bias.fill_(0.3)
+    x = torch.randn(5, 8, generator=g)
+    ref = _ref_disalign_forward(
+        x, linear.weight, linear.bias, layer.logit_scale, layer.logit_bias,
+        layer.confidence_layer.weight, layer.confidence_layer.bias,
+    )
+    torch.testing.assert_close(layer(x), ref)
+
+
 # Stage-2 methods without maths of their own: what the reference trains is pinned by
 # tests/test_decouple.py (cRT: classifier alone, re-initialised; finetune: the stage-1 classifier
 # alone; none: ordinary training).
@@ -529,12 +590,14 @@ LOSS_TESTS = {
     "class_balanced_softmax": test_class_balanced_losses_equal_reference_on_foreground_rois,
     "class_balanced_sigmoid": test_class_balanced_losses_equal_reference_on_foreground_rois,
     "class_balanced_focal": test_class_balanced_losses_equal_reference_on_foreground_rois,
+    "grw": test_grw_equals_reference,
 }
 CALIBRATION_TESTS = {
     "norcal": test_norcal_equals_reference,
     "logit_adjustment": test_posthoc_logit_adjustment_equals_reference_on_foreground_scores,
 }
-STAGE2_TESTS = {"tau_norm": test_tau_norm_equals_reference, "lws": test_lws_equals_reference}
+STAGE2_TESTS = {"tau_norm": test_tau_norm_equals_reference, "lws": test_lws_equals_reference,
+                "disalign": test_disalign_equals_reference}
 
 
 def test_every_registered_method_has_a_reference_test():
@@ -569,6 +632,7 @@ def _pure_calls():
         ("class_balanced_softmax_loss", lambda z, y: class_balanced_softmax_loss(z, y, n)),
         ("class_balanced_focal_loss", lambda z, y: class_balanced_focal_loss(z, y, n)),
         ("class_balanced_sigmoid_loss", lambda z, y: class_balanced_sigmoid_loss(z, y, n)),
+        ("grw_loss", lambda z, y: grw_loss(z, y, n)),
         ("bags_loss", lambda z, y: bags_loss(
             torch.cat([z, z[:, : 1 + len(groups)]], dim=1), y, groups)),
     ]

@@ -7,6 +7,7 @@ for BALMS) and re-initialises after loading stage-1 weights (:func:`stage1_load_
 docs/decouple.md.
 """
 from . import method_crt as _crt  # registration  # noqa: F401
+from . import method_disalign as _disalign  # registration  # noqa: F401
 from . import method_finetune as _finetune  # registration  # noqa: F401
 from . import method_lws as _lws  # registration  # noqa: F401
 from . import method_none as _none  # registration  # noqa: F401
@@ -26,6 +27,7 @@ from .freeze import (
     prefix_matches,
 )
 from .method_crt import ClassifierRetraining
+from .method_disalign import DisAlignLinear, DistributionAlignment, disalign_logits
 from .method_finetune import ClassifierFineTuning
 from .method_lws import LearnableWeightScaling
 from .method_none import NoDecoupling
@@ -65,6 +67,9 @@ __all__ = [
     "ClassifierRetraining",
     "ClassifierFineTuning",
     "LearnableWeightScaling",
+    "DistributionAlignment",
+    "DisAlignLinear",
+    "disalign_logits",
     "TauNormalization",
     "LWSLinear",
     "TauNormLinear",

@@ -773,6 +773,8 @@ E2E_RANGES: Dict[str, Tuple[Optional[float], Optional[float], Tuple[bool, bool]]
     "DATALOADER.GRBS.NUM_GROUPS": (1, None, (True, False)),
     "DATALOADER.GRBS.BALANCE": (0, 1, (True, True)),
     "DATALOADER.GRBS.BET_FRACTION": (0, 1, (True, True)),
+    "MODEL.ROI_BOX_HEAD.GRW.RHO": (0, None, (True, False)),
+    "MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD": (0, None, (True, False)),
 }
 
 
