@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
@@ -63,6 +64,17 @@ def test_distillation_term_on_hand_made_features():
     assert t_grad.grad is None and torch.isfinite(s_grad.grad).all()
     # d/ds (1 - s.t_hat / |s|) at s = (1, 0), t = (0, 2): -t_hat / |s| / R = (0, -1) / 5
     torch.testing.assert_close(s_grad.grad[1], torch.tensor([0.0, -0.2]))
+    # the closed-form gradient equals autograd through plain ops (float64, random features)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    w = torch.rand(7, generator=g, dtype=torch.float64)
+    (cbd_distillation_loss(a, b, reduction="none") * w).sum().backward()
+    fast = a.grad.clone()
+    a.grad = None
+    plain = 1 - (F.normalize(a, dim=1, eps=1e-6) * F.normalize(b, dim=1, eps=1e-6)).sum(1)
+    (plain * w).sum().backward()
+    torch.testing.assert_close(fast, a.grad)
     empty = torch.zeros(0, 4, requires_grad=True)
     out = cbd_distillation_loss(empty, torch.zeros(0, 4))
     assert out.item() == 0.0 and out.requires_grad

@@ -6,7 +6,7 @@ features close to the stage-1 ones:
 
     loss = (1 - ALPHA) * (box-predictor losses) + ALPHA * BETA * mean_r (1 - cos(s_r, t_r))
 
-(Iscen et al. 2021, Sec. 3, Eq. 2-3; google-research/google-research
+(Iscen et al. 2021; google-research/google-research
 ``class_balanced_distillation/train.py`` ``train_step`` and ``compute_feat_distillation`` at
 1d4d2f1a; ``configs/stage_two_cbd.py``: ALPHA 0.4, BETA 100).
 
@@ -38,6 +38,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.layers import cat
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import LTDetError
 from .features import frozen_box_batch, unwrap_model
@@ -59,23 +60,48 @@ TEACHER_ATTR = "cbd_teacher"
 # The student modules: the box head is the representation CBD trains on.
 _BOX_HEAD = "roi_heads.box_head"
 _BOX_PREDICTOR = "roi_heads.box_predictor"
-# TensorFlow's tf.nn.l2_normalize floor on the squared norm (the reference's normalisation).
-_SQ_NORM_EPS = 1e-12
+# TensorFlow's tf.nn.l2_normalize floor, 1e-12 on the squared norm, i.e. 1e-6 on the norm.
+_NORM_EPS = 1e-6
 
 
-def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    # tf.nn.l2_normalize(x, axis=1): x * rsqrt(max(sum(x^2), 1e-12)).
-    return x * torch.rsqrt(torch.clamp((x * x).sum(dim=1, keepdim=True), min=_SQ_NORM_EPS))
+class _CosineDistance(torch.autograd.Function):
+    """Per-ROI ``1 - <s, t> / (max(||s||, 1e-6) max(||t||, 1e-6))`` for (R, D) s and a constant t.
+
+    No (R, D) temporary in the forward pass (row norms and a batched row dot product); the
+    backward pass writes the gradient into one (R, D) buffer:
+    ``d/ds = cos * s / ||s||^2 - t / (||s|| ||t||)`` (the first term 0 where ||s|| is floored).
+    """
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        inv_s = 1.0 / torch.linalg.vector_norm(student, dim=1).clamp(min=_NORM_EPS)
+        inv_t = 1.0 / torch.linalg.vector_norm(teacher, dim=1).clamp(min=_NORM_EPS)
+        dot = torch.bmm(student.unsqueeze(1), teacher.unsqueeze(2)).view(-1)
+        cos = dot * inv_s * inv_t
+        ctx.save_for_backward(student, teacher, inv_s, inv_t, cos)
+        return 1.0 - cos
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        student, teacher, inv_s, inv_t, cos = ctx.saved_tensors
+        floored = inv_s >= 1.0 / _NORM_EPS  # the norm's floor: no gradient through it
+        radial = torch.where(floored, torch.zeros_like(cos), cos * inv_s * inv_s)
+        grad = student * (grad_out * radial).unsqueeze(1)
+        grad.addcmul_(teacher, (grad_out * inv_s * inv_t).unsqueeze(1), value=-1.0)
+        return grad, None
 
 
 def cbd_distillation_loss(
     student: torch.Tensor, teacher: torch.Tensor, *, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Cosine feature distillation ``1 - <s / ||s||, t / ||t||>`` (CBD, Iscen et al. 2021, Eq. 3).
+    """Cosine feature distillation ``1 - <s / ||s||, t / ||t||>`` (CBD, Iscen et al. 2021).
 
     Both feature sets are L2-normalised as TensorFlow's ``tf.nn.l2_normalize`` does
     (``x * rsqrt(max(||x||^2, 1e-12))``), as the reference's ``compute_feat_distillation``
-    (google-research ``class_balanced_distillation/train.py`` at 1d4d2f1a).
+    (google-research ``class_balanced_distillation/train.py`` at 1d4d2f1a). The maths run in
+    ``promote_types(student.dtype, float32)``; the gradient (student only) comes from
+    :class:`_CosineDistance` in closed form.
 
     Args:
         student: (R, D) student features (gradients flow into them).
@@ -90,7 +116,9 @@ def cbd_distillation_loss(
         ValueError: the shapes differ or are not (R, D), or an unknown reduction.
     """
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cbd_distillation_loss: reduction must be mean|sum|none, got {reduction!r}.")
+        raise ValueError(
+            f"cbd_distillation_loss: reduction must be mean|sum|none, got {reduction!r}."
+        )
     if student.dim() != 2 or student.shape != teacher.shape:
         raise ValueError(
             f"cbd_distillation_loss: student and teacher features must both be (R, D); got "
@@ -99,10 +127,10 @@ def cbd_distillation_loss(
     if student.shape[0] == 0:
         zero = student.sum() * 0.0
         return student.sum(dim=1) * 0.0 if reduction == "none" else zero
-    t_hat = _l2_normalize(teacher.detach().to(student.dtype))
-    # <s, t_hat> / ||s||: one (R, D) temporary instead of normalising s first.
-    inv_norm = torch.rsqrt(torch.clamp((student * student).sum(dim=1), min=_SQ_NORM_EPS))
-    per_roi = 1.0 - (student * t_hat).sum(dim=1) * inv_norm
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    per_roi = _CosineDistance.apply(
+        student.to(dtype).contiguous(), teacher.detach().to(dtype).contiguous()
+    )
     if reduction == "none":
         return per_roi
     return per_roi.mean() if reduction == "mean" else per_roi.sum()

@@ -41,7 +41,8 @@ class DecoupledGeneralizedRCNN(GeneralizedRCNN):
         """
         Args:
             decouple: the stage-2 method (e.g. :class:`~lt_det.decouple.ClassifierRetraining`);
-                its ``trains`` must be True.
+                its ``trains`` must be True; its ``step_class`` (if set, e.g. CBD's
+                ``DistilledStep``) replaces the classifier-only step.
             stage1_weights: the stage-1 checkpoint (a local ``.pth`` or a URL); every frozen
                 parameter must load from it (same architecture and class count).
             kwargs: the arguments of detectron2's ``GeneralizedRCNN``.
