@@ -139,6 +139,8 @@ for _spec in (
     MethodSpec("federated", "synthetic/federated.yaml", label="federated loss + RFS (stage 1)",
                default=False),
     MethodSpec("bags", "synthetic/stage2_bags.yaml", stage=2, label="BAGS", default=False),
+    MethodSpec("cbd", "synthetic/stage2_cbd.yaml", stage=2,
+               label="CBD (class-balanced distillation)", default=False),
     MethodSpec("norcal", "synthetic/norcal.yaml", stage=2, eval_only=True,
                label="NorCal (post-hoc)", default=False),
     MethodSpec("logit_adjustment", "synthetic/logit_adjustment.yaml", stage=2, eval_only=True,

@@ -165,12 +165,13 @@ def add_lt_config(cfg: CN) -> CN:
     #          | "finetune" (fine-tune the stage-1 classifier) | "lws" (learn one scale per class)
     #          | "tau_norm" (no training; normalise weights)
     #          | "disalign" (DisAlign: learn a per-class magnitude and margin of the stage-1
-    #            logits blended by a per-ROI confidence gate; with CLS_LOSS "grw").
+    #            logits blended by a per-ROI confidence gate; with CLS_LOSS "grw")
+    #          | "cbd" (train box head + classifier, distilled to the frozen stage-1 box head).
     _C.MODEL.DECOUPLE.METHOD = "none"
     # Parameter-name prefixes that stay trainable in stage 2 (exact module-path prefixes,
     # matched at "." boundaries; everything else is frozen and runs in eval mode).
     _C.MODEL.DECOUPLE.TRAINABLE = ["roi_heads.box_predictor.cls_score"]
-    # Parameter-name prefixes re-initialised after the stage-1 weights are loaded ("crt").
+    # Parameter-name prefixes re-initialised after the stage-1 weights are loaded ("crt", "cbd").
     _C.MODEL.DECOUPLE.REINIT = ["roi_heads.box_predictor.cls_score"]
     # tau-normalisation exponent: w_c <- w_c / ||w_c|| ** TAU.
     _C.MODEL.DECOUPLE.TAU = 1.0
@@ -189,6 +190,15 @@ def add_lt_config(cfg: CN) -> CN:
     # OUTPUT_DIR. Command-line overrides apply to both stages. "" = this config alone (stage 2
     # configs then name the stage-1 checkpoint in MODEL.WEIGHTS).
     _C.MODEL.DECOUPLE.STAGE1_CONFIG = ""
+    # Class-Balanced Distillation (METHOD "cbd", Iscen et al. 2021; docs/decouple.md): stage-2
+    # loss (1 - ALPHA) * (box-predictor losses) + ALPHA * BETA * mean_r (1 - cos(s_r, t_r)),
+    # s_r / t_r the student / frozen stage-1 box-head features of sampled ROI r.
+    _C.MODEL.DECOUPLE.CBD = CN()
+    # Weight of the distillation against the box-predictor losses, in [0, 1) (0: no
+    # distillation, the plain fine-tune of TRAINABLE). The authors' 0.4.
+    _C.MODEL.DECOUPLE.CBD.ALPHA = 0.4
+    # Scale of the cosine-distance term, >= 0 (0: no distillation). The authors' 100.
+    _C.MODEL.DECOUPLE.CBD.BETA = 100.0
 
     # ---------------------------------------------------------------- MobileNetV2 backbone
     # Read by MODEL.BACKBONE.NAME "build_mnv2_fpn_backbone" (lt_det/modeling/backbone/).

@@ -562,6 +562,39 @@ def test_disalign_equals_reference():
         layer.confidence_layer.weight, layer.confidence_layer.bias,
     )
     torch.testing.assert_close(layer(x), ref)
+def _ref_cbd_loss(logits, labels, features, teacher_features, alpha, beta):
+    """google-research class_balanced_distillation/train.py (1d4d2f1a) train_step with one
+    teacher: (1 - alpha) * mean CE + alpha * beta * compute_feat_distillation, the latter
+    1 - <l2_normalize(f), l2_normalize(t)> averaged (tf.nn.l2_normalize: x / sqrt(max(|x|^2,
+    1e-12))). The model's features are already normalised there; normalising twice is the
+    same."""
+    def l2n(x):
+        return x / torch.sqrt(torch.clamp((x * x).sum(dim=1, keepdim=True), min=1e-12))
+
+    ce = F.cross_entropy(logits, labels)
+    feat = (1.0 - (l2n(features) * l2n(teacher_features)).sum(dim=-1)).mean()
+    return (1 - alpha) * ce + alpha * beta * feat
+
+
+def test_cbd_loss_equals_reference_on_foreground_rois():
+    from detectron2.config import get_cfg
+
+    from lt_det.config import add_lt_config
+    from lt_det.decouple import BoxFeatureTeacher
+
+    cfg = add_lt_config(get_cfg())  # the defaults are configs/stage_two_cbd.py's
+    alpha, beta = cfg.MODEL.DECOUPLE.CBD.ALPHA, cfg.MODEL.DECOUPLE.CBD.BETA
+    assert (alpha, beta) == (0.4, 100.0)
+    z, y = _logits(fg_only=True)
+    g = torch.Generator().manual_seed(5)
+    student = torch.randn(len(y), 16, generator=g, dtype=torch.float64)
+    pooled = torch.randn(len(y), 16, generator=g, dtype=torch.float64)
+    pooled[0] = 0.0  # an all-zero teacher feature (the normalisation's floor)
+    teacher = BoxFeatureTeacher(torch.nn.Identity(), alpha=alpha, beta=beta)
+    out = teacher.losses({"loss_cls": softmax_ce_loss(z, y)}, student, pooled)
+    torch.testing.assert_close(
+        sum(out.values()), _ref_cbd_loss(z[:, :K], y, student, pooled, alpha, beta)
+    )
 
 
 # Stage-2 methods without maths of their own: what the reference trains is pinned by
@@ -597,7 +630,8 @@ CALIBRATION_TESTS = {
     "logit_adjustment": test_posthoc_logit_adjustment_equals_reference_on_foreground_scores,
 }
 STAGE2_TESTS = {"tau_norm": test_tau_norm_equals_reference, "lws": test_lws_equals_reference,
-                "disalign": test_disalign_equals_reference}
+                "disalign": test_disalign_equals_reference,
+                "cbd": test_cbd_loss_equals_reference_on_foreground_rois}
 
 
 def test_every_registered_method_has_a_reference_test():

@@ -1,4 +1,5 @@
-"""Decoupled training of the box classifier (Kang et al., ICLR 2020): cRT, LWS, tau-norm; BALMS.
+"""Decoupled training of the box classifier (Kang et al., ICLR 2020): cRT, LWS, tau-norm; BALMS;
+Class-Balanced Distillation (CBD, Iscen et al., BMVC 2021: box head trained on, distilled).
 
 ``MODEL.DECOUPLE.METHOD`` selects a method of :data:`LT_DECOUPLE_REGISTRY`;
 :func:`apply_decoupling` prepares a freshly built model, ``LTTrainer`` runs the classifier-only
@@ -6,6 +7,7 @@ stage-2 step (:class:`DecoupledTrainer`, with the Meta Sampler's :class:`MetaSam
 for BALMS) and re-initialises after loading stage-1 weights (:func:`stage1_load_guard`). See
 docs/decouple.md.
 """
+from . import method_cbd as _cbd  # registration  # noqa: F401
 from . import method_crt as _crt  # registration  # noqa: F401
 from . import method_disalign as _disalign  # registration  # noqa: F401
 from . import method_finetune as _finetune  # registration  # noqa: F401
@@ -25,6 +27,12 @@ from .freeze import (
     frozen_module_roots,
     keep_frozen_in_eval,
     prefix_matches,
+)
+from .method_cbd import (
+    BoxFeatureTeacher,
+    ClassBalancedDistillation,
+    DistilledStep,
+    cbd_distillation_loss,
 )
 from .method_crt import ClassifierRetraining
 from .method_disalign import DisAlignLinear, DistributionAlignment, disalign_logits
@@ -71,6 +79,10 @@ __all__ = [
     "DisAlignLinear",
     "disalign_logits",
     "TauNormalization",
+    "ClassBalancedDistillation",
+    "BoxFeatureTeacher",
+    "DistilledStep",
+    "cbd_distillation_loss",
     "LWSLinear",
     "TauNormLinear",
     "tau_normalize",

@@ -16,6 +16,8 @@ __all__ = ["ClassifierRetraining"]
 class ClassifierRetraining(DecoupleMethod):
     """cRT: re-initialise the modules named by ``reinit`` and retrain ``trainable`` alone."""
 
+    requires_reinit = True  # an empty ``reinit`` is refused (that is "finetune")
+
     def __init__(self, *, trainable: List[str], reinit: List[str]):
         """
         Args:
@@ -24,7 +26,7 @@ class ClassifierRetraining(DecoupleMethod):
                 (``MODEL.DECOUPLE.REINIT``), e.g. ``roi_heads.box_predictor.cls_score``.
         """
         super().__init__(trainable=trainable)
-        if not reinit:
+        if not reinit and self.requires_reinit:
             raise LTDetError(
                 "MODEL.DECOUPLE.METHOD 'crt' re-initialises the modules in MODEL.DECOUPLE.REINIT, "
                 "which is empty. To fine-tune the stage-1 classifier instead, use METHOD "

@@ -7,11 +7,16 @@ the config and acts on a model at two moments:
    classifier layers (LWS, tau-norm), freeze by ``MODEL.DECOUPLE.TRAINABLE`` and keep the frozen
    parts in eval mode. Stage-1 checkpoints load into the result unchanged.
 2. :meth:`DecoupleMethod.after_stage1_load` after the stage-1 weights were loaded for a *new*
-   stage-2 run (never when a stage-2 run resumes from its own checkpoint): cRT re-initialises.
+   stage-2 run (never when a stage-2 run resumes from its own checkpoint): cRT re-initialises;
+   CBD copies its teacher. :meth:`DecoupleMethod.stage1_parameters` names what that load must
+   provide.
+
+Training runs the method's ``step_class`` (None: the classifier-only
+:class:`~lt_det.decouple.trainer.DecoupledStep`).
 
 Adding a method is one new module plus one registration.
 """
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from detectron2.config import CfgNode
 from torch import nn
@@ -41,10 +46,12 @@ class DecoupleMethod:
     Attributes:
         name: the registry name.
         trains: whether stage 2 trains anything (tau_norm does not).
+        step_class: the ``DecoupledStep`` subclass that trains it (None: ``DecoupledStep``).
     """
 
     name: str = ""
     trains: bool = True
+    step_class: Optional[type] = None
 
     def __init__(self, *, trainable: List[str]):
         """
@@ -65,6 +72,10 @@ class DecoupleMethod:
         freeze_all_but(model, self.trainable)
         keep_frozen_in_eval(model)
         return model
+
+    def stage1_parameters(self, model: nn.Module) -> List[str]:
+        """Names of the parameters a stage-1 checkpoint must provide: the frozen ones."""
+        return [n for n, p in model.named_parameters() if not p.requires_grad]
 
     def after_stage1_load(self, model: nn.Module) -> None:
         """Called once the stage-1 weights are in ``model`` for a new (not resumed) stage-2 run."""

@@ -41,7 +41,8 @@ class DecoupledGeneralizedRCNN(GeneralizedRCNN):
         """
         Args:
             decouple: the stage-2 method (e.g. :class:`~lt_det.decouple.ClassifierRetraining`);
-                its ``trains`` must be True.
+                its ``trains`` must be True; its ``step_class`` (if set, e.g. CBD's
+                ``DistilledStep``) replaces the classifier-only step.
             stage1_weights: the stage-1 checkpoint (a local ``.pth`` or a URL); every frozen
                 parameter must load from it (same architecture and class count).
             kwargs: the arguments of detectron2's ``GeneralizedRCNN``.
@@ -69,13 +70,14 @@ class DecoupledGeneralizedRCNN(GeneralizedRCNN):
         super().__init__(**kwargs)
         self.decouple = decouple
         decouple.apply(self)
-        frozen = [n for n, p in self.named_parameters() if not p.requires_grad]
+        frozen = decouple.stage1_parameters(self)
         # Only the model is read from the file (not its optimizer or iteration); the load guard
         # refuses a checkpoint that leaves any frozen parameter at its random value.
         LTCheckpointer(self, must_load=frozen).load(stage1_weights, checkpointables=[])
         decouple.after_stage1_load(self)
-        DecoupledStep.check_model(self)
-        self._step = DecoupledStep()
+        step_class = decouple.step_class or DecoupledStep
+        step_class.check_model(self)
+        self._step = step_class()
 
     def forward(self, batched_inputs: List[Dict]):
         """Training: the stage-2 losses of :meth:`DecoupledStep.losses` (those that do not

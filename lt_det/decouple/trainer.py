@@ -217,7 +217,7 @@ class DecoupledTrainer(SimpleTrainer):
     def __init__(self, model, data_loader, optimizer, *, step: Optional[DecoupledStep] = None):
         super().__init__(model, data_loader, optimizer)
         self.step = step or DecoupledStep()
-        DecoupledStep.check_model(model)
+        self.step.check_model(model)
 
     @property
     def meta_learner(self) -> Optional[MetaSamplerLearner]:
@@ -254,7 +254,8 @@ def build_decoupled_trainer(
     if cfg.MODEL.DECOUPLE.METHOD == "none":
         return None
     model = unwrap_model(trainer.model)
-    DecoupledStep.check_model(model)
+    step_class = build_decouple_method(cfg).step_class or DecoupledStep
+    step_class.check_model(model)
     meta_learner, class_frequency = None, None
     if is_meta:
         predictor = model.roi_heads.box_predictor
@@ -264,7 +265,7 @@ def build_decoupled_trainer(
         class_frequency = train_class_frequency(
             cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES
         )
-    step = DecoupledStep(
+    step = step_class(
         meta_learner=meta_learner, class_frequency=class_frequency, amp=cfg.SOLVER.AMP.ENABLED
     )
     return DecoupledTrainer(trainer.model, trainer.data_loader, trainer.optimizer, step=step)
@@ -304,9 +305,9 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
     ``MODEL.WEIGHTS``: an empty or missing path is an error; a checkpoint that leaves any frozen
     parameter unloaded (missing or of another shape, e.g. another architecture or box-regression
     class count) is refused by the checkpointer's load guard (``checkpointer.must_load``, an
-    ``lt_det.checkpoint.LTCheckpointer``); then the method's ``after_stage1_load`` runs
-    (cRT re-initialisation). A resumed run loads its own checkpoint and nothing is
-    re-initialised.
+    ``lt_det.checkpoint.LTCheckpointer``; the method's ``stage1_parameters``); then the method's
+    ``after_stage1_load`` runs (cRT re-initialisation, CBD's teacher copy). A resumed run loads
+    its own checkpoint and nothing is re-initialised.
     """
     model = unwrap_model(model)
     if resume and checkpointer.has_checkpoint():
@@ -317,10 +318,11 @@ def stage1_load_guard(cfg: CfgNode, model: nn.Module, checkpointer, resume: bool
     # frozen parameter unloaded (missing or of another shape).
     if not hasattr(checkpointer, "must_load"):
         raise TypeError("stage1_load_guard needs an lt_det.engine.LTCheckpointer (its load guard).")
+    method = build_decouple_method(cfg)
     previous = checkpointer.must_load
-    checkpointer.must_load = [n for n, p in model.named_parameters() if not p.requires_grad]
+    checkpointer.must_load = method.stage1_parameters(model)
     try:
         yield
     finally:
         checkpointer.must_load = previous
-    build_decouple_method(cfg).after_stage1_load(model)
+    method.after_stage1_load(model)
