@@ -1,6 +1,7 @@
 """Adaptive Class Suppression Loss, ACSL (Wang et al., "Adaptive Class Suppression Loss for
-Long-Tail Object Detection", CVPR 2021, Sec. 3.3, eq. 5-6; reference code CASIA-IVA-Lab/ACSL,
-``mmdet/models/losses/acsl.py`` and ``mmdet/models/bbox_heads/bbox_head.py``, commit dd84144).
+Long-Tail Object Detection", CVPR 2021; the formulas below are those of the authors' code,
+CASIA-IVA-Lab/ACSL ``mmdet/models/losses/acsl.py`` and ``mmdet/models/bbox_heads/bbox_head.py``
+at commit dd84144a, which the paper points to).
 
 Shape shorthand: R ROIs, K foreground classes, logits (R, K + 1) with column K = background,
 gt_classes (R,) in [0, K], class_group (K,) the LVIS frequency group of each class (0 rare,

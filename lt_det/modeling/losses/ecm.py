@@ -1,6 +1,7 @@
 """Effective Class-Margin loss, ECM (Cho & Krähenbühl, "Long-tail Detection with Effective
-Class-Margins", ECCV 2022, Sec. 4; reference code janghyuncho/ECM-Loss,
-``mmdet/models/losses/effective_class_margin_loss.py`` and ``ecm_utils.py``, commit a637240).
+Class-Margins", ECCV 2022; the formulas below are those of the authors' code,
+janghyuncho/ECM-Loss ``mmdet/models/losses/effective_class_margin_loss.py`` and
+``ecm_utils.py`` at commit a6372408, which the paper points to).
 
 Shape shorthand: R ROIs, K foreground classes, logits (R, K + 1) with column K = background,
 gt_classes (R,) in [0, K], class_counts (K,) training instance counts n_j (only their ratios
