@@ -359,7 +359,11 @@ class ACSLLoss(SigmoidCELoss):
             return empty_loss(logits, reduction)
         bg_keep = self._draw(gt_classes, self.generator)
         return acsl_loss(
-            logits, gt_classes, self.class_group, bg_keep, score_thr=self.score_thr,
+            logits,
+            gt_classes,
+            self.class_group,
+            bg_keep,
+            score_thr=self.score_thr,
             reduction=reduction,
         )
 
@@ -369,9 +373,7 @@ class ACSLLoss(SigmoidCELoss):
         copy = torch.Generator().manual_seed(0)
         copy.set_state(self.generator.get_state())
         bg_keep = self._draw(gt_classes, copy)
-        return acsl_per_roi(
-            logits, gt_classes, self.class_group, bg_keep, score_thr=self.score_thr
-        )
+        return acsl_per_roi(logits, gt_classes, self.class_group, bg_keep, score_thr=self.score_thr)
 
     @torch.no_grad()
     def init_cls_bias_(self, bias: torch.Tensor) -> None:

@@ -128,16 +128,16 @@ class _MarginSigmoidCE(torch.autograd.Function):
                 logits, shift, logits.new_empty(logits.shape, dtype=shift.dtype)
             )
         r, c = grad.shape
-        step = max(1, _CHUNK_ELEMS // max(c, 1))
-        w2 = 2.0 * weight
-        for start in range(0, r, step):
-            grad[start : start + step].sigmoid_()
-        _subtract_at(grad, gt_classes, 1.0)
         scale = _row_scale(grad_out, r, ctx.reduction)
-        if scale.dim() == 0:
-            grad.mul_(w2 * scale)
-        else:  # reduction "none": (R, 1) row factors
-            grad.mul_(w2).mul_(scale.to(grad.dtype))
+        factor = 2.0 * weight * scale if scale.dim() == 0 else 2.0 * weight
+        rows = None if scale.dim() == 0 else scale.to(grad.dtype)  # reduction "none": (R, 1)
+        step = max(1, _CHUNK_ELEMS // max(c, 1))
+        for start in range(0, r, step):  # chunks that stay in cache
+            g = grad[start : start + step].sigmoid_()
+            _subtract_at(g, gt_classes[start : start + step], 1.0)
+            g.mul_(factor)
+            if rows is not None:
+                g.mul_(rows[start : start + step])
         return grad.to(logits.dtype), None, None, None, None
 
 
@@ -271,7 +271,10 @@ class ECMLoss(ClsLoss):
         self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
     ) -> torch.Tensor:
         return ecm_loss(
-            logits, gt_classes, self.class_counts, fg_bg_ratio=self.fg_bg_ratio,
+            logits,
+            gt_classes,
+            self.class_counts,
+            fg_bg_ratio=self.fg_bg_ratio,
             reduction=reduction,
         )
 
