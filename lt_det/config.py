@@ -44,7 +44,7 @@ def add_lt_config(cfg: CN) -> CN:
 
     # ---------------------------------------------------------------- peer methods (losses,
     # classifier layer, post-hoc calibration); CLS_LOSS also takes "eql" | "eqlv2" | "seesaw"
-    # | "federated" | "bags" (lt_det/modeling/losses/, docs/peers.md).
+    # | "federated" | "bags" | "ecm" | "acsl" (lt_det/modeling/losses/, docs/peers.md).
     # Box classifier layer. Choices: "linear" (detectron2's nn.Linear)
     #   | "normed_linear" (cosine classifier: temperature * <x/|x|, w/|w|> + b, Seesaw's head).
     _C.MODEL.ROI_BOX_HEAD.CLS_SCORE = "linear"
@@ -66,6 +66,19 @@ def add_lt_config(cfg: CN) -> CN:
     # as in the reference). Choices: True (the reference's default test_with_obj: every class
     # score multiplied by 1 - sigmoid(z_bg)) | False (the K class sigmoids alone).
     _C.MODEL.ROI_BOX_HEAD.EQLV2.TEST_WITH_OBJ = True
+    _C.MODEL.ROI_BOX_HEAD.ECM = CN()
+    # ECM (Cho & Kraehenbuehl 2022): margins and weights from the training instance counts, the
+    # background counted as FG_BG_RATIO times all foreground instances (> 0; 6.3313, the
+    # reference's). The classifier bias starts at 0 (SIGMOID_BIAS_PRIOR_PROB is not read).
+    _C.MODEL.ROI_BOX_HEAD.ECM.FG_BG_RATIO = 6.3313
+    _C.MODEL.ROI_BOX_HEAD.ACSL = CN()
+    # ACSL (Wang et al. 2021): on foreground ROIs a negative class (background column included)
+    # is trained only where its sigmoid is >= SCORE_THR, in (0, 1); 0.7 in the paper.
+    _C.MODEL.ROI_BOX_HEAD.ACSL.SCORE_THR = 0.7
+    # ACSL: fractions of a batch's background ROIs, drawn at random, on which the rare, common
+    # and frequent classes (LVIS groups of DATASETS.TRAIN) are trained as negatives; three
+    # values in [0, 1]. [0.01, 0.1, 1.0], the reference code's.
+    _C.MODEL.ROI_BOX_HEAD.ACSL.BG_FRACTIONS = [0.01, 0.1, 1.0]
     _C.MODEL.ROI_BOX_HEAD.SEESAW = CN()
     # Seesaw: mitigation exponent (>= 0; 0.8 in the paper).
     _C.MODEL.ROI_BOX_HEAD.SEESAW.P = 0.8

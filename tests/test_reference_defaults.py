@@ -20,6 +20,8 @@ from lt_det.decouple import LT_DECOUPLE_REGISTRY, LWSLinear, TauNormLinear, tau_
 from lt_det.modeling.calibration import CALIBRATION_METHODS, PosthocCalibration
 from lt_det.modeling.losses import (
     LT_CLS_LOSS_REGISTRY,
+    acsl_class_groups,
+    acsl_loss,
     balanced_sigmoid_loss,
     balanced_softmax_loss,
     bags_groups,
@@ -29,6 +31,7 @@ from lt_det.modeling.losses import (
     class_balanced_focal_loss,
     class_balanced_sigmoid_loss,
     class_balanced_softmax_loss,
+    ecm_loss,
     eql_loss,
     eqlv2_loss,
     federated_class_mask,
@@ -440,6 +443,163 @@ def test_grw_equals_reference(rho):
     module = build_cls_loss("grw", num_classes=K, class_prior=n / n.sum(), rho=rho)
     torch.testing.assert_close(module(z.float(), y), ref.float())
     assert torch.equal(module.predict_probs(z), F.softmax(z, dim=1))  # no weight at inference
+# ------------------------------------------------------------------ ECM
+class _RefECM:
+    """janghyuncho/ECM-Loss mmdet/models/losses/effective_class_margin_loss.py (+ ecm_utils.py
+    get_detection_weight): counts n with the background appended as sum(n) * fg_bg_ratio,
+    two-sided sigmoid with the margins added to +z and -z, per-column weights, sum / B."""
+
+    def __init__(self, n, fg_bg_ratio=6.3313):
+        n = torch.cat([n, n.sum()[None] * fg_bg_ratio])
+        self.sample_n = n
+        a = (n.sum() - n) / n
+        self.detection_cls_weight = (a * ((1 + a) / a).log())[None]
+
+    def compute_weight(self, cls_score):
+        b, c = cls_score.shape
+        n_pos = self.sample_n
+        n_neg = self.sample_n.sum() - self.sample_n
+        pos_w = (n_neg.pow(1 / 4) / (n_pos.pow(1 / 4) + n_neg.pow(1 / 4))).pow(-1).log()
+        neg_w = (n_pos.pow(1 / 4) / (n_pos.pow(1 / 4) + n_neg.pow(1 / 4))).pow(-1).log()
+        return pos_w.view(1, -1).expand(b, c), neg_w.view(1, -1).expand(b, c)
+
+    def __call__(self, cls_score, labels):
+        b, c = cls_score.shape[0], cls_score.shape[1] - 1
+        target = cls_score.new_zeros(b, c + 1)
+        target[torch.arange(b), labels] = 1
+        pos_w, neg_w = self.compute_weight(cls_score)
+        score_exp_pos = (cls_score + pos_w).exp()
+        score_exp_neg = (-cls_score + neg_w).exp()
+        pred_pos = score_exp_pos / (score_exp_pos + score_exp_neg)
+        pred_neg = score_exp_neg / (score_exp_pos + score_exp_neg)
+        loss_cls = -(pred_pos.log() * target + pred_neg.log() * (1 - target))
+        return (loss_cls * self.detection_cls_weight).sum() / b
+
+    def get_activation(self, cls_score):
+        s = cls_score.sigmoid()
+        s[:, :-1] *= 1 - s[:, -1:]
+        return s
+
+
+def test_ecm_loss_and_scores_equal_reference():
+    # lt_det's background column K is the reference's last column (mmdet 2.x: label K = bg)
+    z, y = _logits()
+    n = _counts()
+    ref = _RefECM(n)
+    torch.testing.assert_close(ecm_loss(z, y, n), ref(z, y))
+    torch.testing.assert_close(ecm_loss(z, y, n / n.sum()), ref(z, y))  # only ratios matter
+    loss = build_cls_loss("ecm", num_classes=K, class_counts=n.tolist()).double()
+    torch.testing.assert_close(loss(z, y), ref(z, y))
+    torch.testing.assert_close(loss.predict_probs(z)[:, :K], ref.get_activation(z)[:, :K])
+    assert float(loss.predict_probs(z)[:, K].abs().max()) == 0.0
+    assert loss.fg_bg_ratio == 6.3313
+
+
+def test_ecm_counts_instances_of_the_training_set():
+    # the reference's lvis_v1_image_count.pkl holds LVIS v1 train's instance_count values:
+    # instance counts [10, 4, 2] with image counts [2, 4, 1] give counts proportional to [10, 4, 2]
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from lt_det import add_lt_config
+    from lt_det.modeling.losses import build_cls_loss_from_cfg
+
+    def ann(c):
+        return {"category_id": c, "iscrowd": 0, "bbox": [0, 0, 4, 4], "bbox_mode": 1}
+
+    images = [[0] * 5 + [1], [0] * 5 + [1, 2, 2], [1], [1]]
+    dicts = [{"image_id": i, "annotations": [ann(c) for c in cs]} for i, cs in enumerate(images)]
+    name = "reference_defaults_ecm_counts"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: dicts)
+    try:
+        cfg = add_lt_config(get_cfg())
+        cfg.DATASETS.TRAIN = (name,)
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+        cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS = "ecm"
+        loss = build_cls_loss_from_cfg(cfg)
+        counts = loss.class_counts / loss.class_counts[0] * 10
+        torch.testing.assert_close(counts, torch.tensor([10.0, 4.0, 2.0]))
+    finally:
+        DatasetCatalog.remove(name)
+
+
+# ------------------------------------------------------------------ ACSL
+def _ref_acsl(cls_logits, labels, freq_group, score_thr, choose):
+    """CASIA-IVA-Lab/ACSL mmdet/models/losses/acsl.py ACSL.forward (mmdet v1: label 0 and column
+    0 are the background, classes 1..K). ``freq_group`` {"rare", "common", "freq"}: category ids;
+    ``choose(cls_inds, size)`` stands for ``np.random.choice(cls_inds, size, replace=False)``."""
+    n_i, n_c = cls_logits.size()
+    target = cls_logits.new_zeros(n_i, n_c)
+    unique_label = torch.unique(labels)
+    with torch.no_grad():
+        sigmoid_cls_logits = torch.sigmoid(cls_logits)
+    high_score_inds = torch.nonzero(sigmoid_cls_logits >= score_thr)
+    weight_mask = cls_logits.new_zeros(n_i, n_c)  # the reference: a sparse_coo_tensor, densified
+    weight_mask[high_score_inds[:, 0], high_score_inds[:, 1]] = 1
+    for cls in unique_label:
+        cls = cls.item()
+        cls_inds = torch.nonzero(labels == cls).squeeze(1)
+        if cls == 0:
+            target[cls_inds, 0] = 1
+            weight_mask[cls_inds] = 0
+            for group, frac in (("rare", 0.01), ("common", 0.1), ("freq", 1.0)):
+                cats = torch.tensor(freq_group[group], dtype=torch.long)
+                chosen = choose(cls_inds, int(len(cls_inds) * frac))
+                tmp = weight_mask[chosen]
+                tmp[:, cats] = 1
+                weight_mask[chosen] = tmp
+            weight_mask[cls_inds, 0] = 1
+        else:
+            tmp_label_vec = cls_logits.new_zeros(n_c)
+            tmp_label_vec[cls] = 1
+            target[cls_inds] = tmp_label_vec.expand(cls_inds.numel(), n_c)
+            tmp = weight_mask[cls_inds]
+            tmp[:, cls] = 1
+            weight_mask[cls_inds] = tmp
+    cls_loss = F.binary_cross_entropy_with_logits(cls_logits, target, reduction="none")
+    return torch.sum(weight_mask * cls_loss) / n_i
+
+
+def test_acsl_equals_reference_with_the_same_background_draws():
+    # 300 ROIs, 200 of them background: the reference keeps int(200 * 0.01) = 2 for rare and
+    # int(200 * 0.1) = 20 for common classes; both are given the same draws
+    r, n_bg = 300, 200
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(r, K + 1, generator=g, dtype=torch.float64) * 2
+    y = torch.full((r,), K)
+    y[:100] = torch.randint(0, K, (100,), generator=g)
+    y = y[torch.randperm(r, generator=g)]
+    frequency = ["f", "f", "c", "c", "r", "r"]
+    groups = acsl_class_groups(frequency)
+    loss = build_cls_loss("acsl", num_classes=K, class_frequency=frequency, seed=3).double()
+    assert (loss.score_thr, loss.bg_fractions) == (0.7, (0.01, 0.1, 1.0))
+    copy = torch.Generator().manual_seed(0)
+    copy.set_state(loss.generator.get_state())
+    keep = loss._draw(y, copy)
+    assert keep.sum(dim=0).tolist() == [2, 20, n_bg]
+    # the reference's layout: column 0 / label 0 background, class j in column j + 1
+    z_ref = torch.cat([z[:, K:], z[:, :K]], dim=1)
+    y_ref = torch.where(y == K, torch.zeros_like(y), y + 1)
+    freq_group = {name: [j + 1 for j in range(K) if frequency[j] == letter]
+                  for name, letter in (("rare", "r"), ("common", "c"), ("freq", "f"))}
+    draws = iter([torch.nonzero(keep[:, gi]).flatten() for gi in range(3)])
+
+    def choose(cls_inds, size):
+        chosen = next(draws)
+        assert len(chosen) == size and bool(torch.isin(chosen, cls_inds).all())
+        return chosen
+
+    expected = _ref_acsl(z_ref, y_ref, freq_group, 0.7, choose)
+    torch.testing.assert_close(acsl_loss(z, y, groups, keep), expected)
+    torch.testing.assert_close(loss(z, y), expected)  # the module draws the same
+    # scores: the reference's use_sigmoid test path, background column dropped
+    torch.testing.assert_close(loss.predict_probs(z)[:, :K], torch.sigmoid(z[:, :K]))
+    # the reference's init_weights: every bias, background included, at -log(99)
+    bias = torch.zeros(K + 1)
+    loss.init_cls_bias_(bias)
+    torch.testing.assert_close(bias, torch.full((K + 1,), -math.log(99.0)))
 
 
 # ------------------------------------------------------------------ NorCal
@@ -624,6 +784,8 @@ LOSS_TESTS = {
     "class_balanced_sigmoid": test_class_balanced_losses_equal_reference_on_foreground_rois,
     "class_balanced_focal": test_class_balanced_losses_equal_reference_on_foreground_rois,
     "grw": test_grw_equals_reference,
+    "ecm": test_ecm_loss_and_scores_equal_reference,
+    "acsl": test_acsl_equals_reference_with_the_same_background_draws,
 }
 CALIBRATION_TESTS = {
     "norcal": test_norcal_equals_reference,
@@ -667,6 +829,9 @@ def _pure_calls():
         ("class_balanced_focal_loss", lambda z, y: class_balanced_focal_loss(z, y, n)),
         ("class_balanced_sigmoid_loss", lambda z, y: class_balanced_sigmoid_loss(z, y, n)),
         ("grw_loss", lambda z, y: grw_loss(z, y, n)),
+        ("ecm_loss", lambda z, y: ecm_loss(z, y, n)),
+        ("acsl_loss", lambda z, y: acsl_loss(
+            z, y, acsl_class_groups("ffccrr"), torch.ones(len(y), 3, dtype=torch.bool))),
         ("bags_loss", lambda z, y: bags_loss(
             torch.cat([z, z[:, : 1 + len(groups)]], dim=1), y, groups)),
     ]

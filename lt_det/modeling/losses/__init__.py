@@ -1,4 +1,11 @@
 """Box-classification losses. Importing this package registers every loss."""
+from .acsl import (
+    ACSLLoss,
+    acsl_background_draw,
+    acsl_class_groups,
+    acsl_loss,
+    acsl_per_roi,
+)
 from .balanced_sigmoid import BalancedSigmoidLoss, balanced_sigmoid_loss
 from .balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss, balanced_softmax_shift
 from .bags import BAGSLoss, bags_groups, bags_loss, bags_per_roi, bags_probs
@@ -12,6 +19,7 @@ from .class_balanced import (
     class_balanced_softmax_loss,
     effective_number_weights,
 )
+from .ecm import ECMLoss, ecm_loss, ecm_margins, ecm_per_roi
 from .eql import EQLLoss, eql_loss
 from .eqlv2 import EQLv2Loss, eqlv2_loss, eqlv2_weights
 from .federated import FederatedLoss, federated_class_mask, federated_loss
