@@ -91,6 +91,18 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.ROI_BOX_HEAD.BAGS.BINS = [10, 100, 1000]
     # BAGS: "others" ROIs kept per ROI of a group, in expectation (> 0; 8 in the paper).
     _C.MODEL.ROI_BOX_HEAD.BAGS.OTHERS_RATIO = 8.0
+    _C.MODEL.ROI_BOX_HEAD.GOL = CN()
+    # GOL (Alexandridis et al. 2022), CLS_LOSS "gol": Gumbel BCE over the K + 1 columns. Logits
+    # are clamped to [CLAMP_MIN, CLAMP_MAX] before the activation (no gradient outside), as the
+    # reference: -4 and 10; -50 <= CLAMP_MIN < CLAMP_MAX (CLAMP_MAX may be .inf) ...
+    _C.MODEL.ROI_BOX_HEAD.GOL.CLAMP_MIN = -4.0
+    # ... (see CLAMP_MIN).
+    _C.MODEL.ROI_BOX_HEAD.GOL.CLAMP_MAX = 10.0
+    # GOL: the batch loss is capped at this (no gradient above it; the reference's 20); >= 0,
+    # 0 disables.
+    _C.MODEL.ROI_BOX_HEAD.GOL.MAX_LOSS = 20.0
+    # GOL: initial bias of all K + 1 classifier outputs (the reference's -2: score exp(-e^2)).
+    _C.MODEL.ROI_BOX_HEAD.GOL.BIAS_INIT = -2.0
     # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
     # Choices: "none"
