@@ -110,8 +110,11 @@ def add_lt_config(cfg: CN) -> CN:
     #     count of class j (NORCAL_COUNTS), background kept, renormalised per ROI; for sigmoid
     #     heads per class against its complement)
     #   | "logit_adjustment" (Menon et al. 2021: foreground logits z_j - TAU * log pi_j, pi the
-    #     class prior of PRIOR.SOURCE; background logit unchanged).
-    # Both act on the foreground logits before the loss's own activation (predict_probs).
+    #     class prior of PRIOR.SOURCE; background logit unchanged)
+    #   | "fracal" (Alexandridis et al. 2025: z_j - FRACAL_FREQ_WEIGHT * log(K pi_j)
+    #     - FRACAL_LAMBDA * log D_j, pi_j image fractions, D_j the fractal dimension of class j's
+    #     training box centres; per-class heads: a(z) * a(z - shift); modeling/calibration.py).
+    # They act on the foreground logits before the loss's own activation (predict_probs).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD = "none"
     # NorCal strength gamma (>= 0; 0 changes nothing; pick it with tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.GAMMA = 0.0
@@ -120,6 +123,15 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS = "image"
     # Logit-adjustment strength tau (>= 0; 0 changes nothing; tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.TAU = 0.0
+    # FRACAL: exponent lambda of the fractal dimension (>= 0; the reference's fractal_l 2; the
+    # strength tools/calibration_sweep.py sweeps).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_LAMBDA = 2.0
+    # FRACAL: weight w of the frequency term (>= 0): 1 / ln 10 = the reference's "base10"
+    # variant (1 = "raw", 1 / ln 2 = "base2"); with FRACAL_LAMBDA 0, 0 changes nothing.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_FREQ_WEIGHT = 0.4342944819032518
+    # FRACAL: box-counting grid sizes 1..FRACAL_MAX_GRID (>= 1; the reference's 64), each used
+    # for the classes with at least its square of training boxes.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_MAX_GRID = 64
 
     # Class prior used by the balanced losses (and reported by tools).
     _C.MODEL.ROI_BOX_HEAD.PRIOR = CN()

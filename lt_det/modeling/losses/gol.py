@@ -138,8 +138,10 @@ class _GumbelBCE(torch.autograd.Function):
             torch.sum(elem, dim=1, out=per_roi[start:stop])
             lo_hi = torch.aminmax(raw)
             if float(lo_hi.min) <= lo or float(lo_hi.max) >= hi:  # no gradient where clamped
-                inside = torch.minimum(torch.sub(raw, lo, out=x), torch.neg(raw, out=w).add_(hi), out=x)
-                g.mul_(inside.mul_(1e30).clamp_(0.0, 1.0))  # 0 at or outside the ends, else 1
+                # min(z - lo, hi - z) * 1e30 clamped to [0, 1]: 0 at or outside the ends, else 1
+                # (the spacing of floats near the ends is far above 1e-30).
+                torch.minimum(torch.sub(raw, lo, out=x), torch.neg(raw, out=w).add_(hi), out=x)
+                g.mul_(x.mul_(1e30).clamp_(0.0, 1.0))
         return per_roi, grad
 
     @staticmethod
