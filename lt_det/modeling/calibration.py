@@ -3,8 +3,8 @@
 Shape shorthand: R ROIs, K foreground classes, logits (R, K + 1 [+ extra]) with the K foreground
 classes in the first K columns, column K = background.
 
-Both methods subtract ``strength * log c_j`` from the K foreground logits and leave every other
-column as it is; the loss module's own activation (``predict_probs``) then turns the adjusted
+``norcal`` and ``logit_adjustment`` subtract ``strength * log c_j`` from the K foreground logits
+and leave every other column as it is; the loss module's own activation (``predict_probs``) then turns the adjusted
 logits into scores, so the calibration composes with every head:
 
 - ``norcal`` (Pan et al., "On Model Calibration for Long-Tailed Object Detection and Instance
@@ -30,8 +30,8 @@ class j over all training images), frequency weight w (1 / ln 10: the reference'
 ``base10`` variant) and strength lambda (2):
 
 - softmax heads: ``z_j - w log(K pi_j) - lambda log D_j`` for the K foreground logits, background
-  unchanged, then the loss's activation: the reference's ``softmax(z + w') / D'^lambda``
-  renormalised;
+  unchanged, then the loss's activation: the reference's ``softmax(z + wy) / D^lambda``
+  renormalised (wy_j = -w log(K pi_j); background: 0 and 1);
 - other heads (per-class scores p = a(z), sigmoid or Gumbel): ``a(z_j) * a(z_j - s_j)`` with
   ``s_j = w log(K pi_j) + (lambda log D_j - log mean_k D_k^lambda) / ln 10``, the reference's
   product of the plain and the adjusted score (the spatial term is in base 10 there, whatever w).

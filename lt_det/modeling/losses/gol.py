@@ -20,12 +20,12 @@ dataset do. Reference: kostas1515/GOL ``mmdet/models/losses/gumbel_ce.py`` (``Gu
 - scores at inference: ``exp(-exp(-z_j))`` of the K class columns (the reference computes all
   K + 1 and mmdetection's ``multiclass_nms`` drops the background column; no objectness product).
 
-The two terms written without cancellation (u = exp(-z)):
-``-log p = u`` and ``-log(1 - p) = -log(1 - e^{-u})``, the latter from ``-expm1(-u)`` where
-``1 - e^{-u}`` would cancel (u < 0.5) and through ``z - log((1 - e^{-u}) / u)`` where u
-underflows; their derivatives ``d(-log p)/dz = -u`` and ``d(-log(1 - p))/dz = u e^{-u} /
-(1 - e^{-u})``. Finite for every finite z, in float32 and under bf16 autocast (the maths runs in
-float32 at least).
+The two terms are evaluated without forming 1 - p (u = exp(-z)): ``-log p = u`` and
+``-log(1 - p) = z - log((1 - e^{-u}) / u)``, the ratio taken without cancellation (Kahan's form
+in the fused loss, ``expm1`` in the plain one); their derivatives ``d(-log p)/dz = -u`` and
+``d(-log(1 - p))/dz = u e^{-u} / (1 - e^{-u})``. Finite for every finite z and clamp range, in
+float32 and under bf16 autocast (the maths runs in float32 at least); the reference's float32
+``binary_cross_entropy(p, t)`` loses up to 0.1 % of the second term at z = 10.
 """
 import math
 from typing import Any, Dict, Optional
