@@ -148,6 +148,9 @@ for _spec in (
                label="NorCal (post-hoc)", default=False),
     MethodSpec("logit_adjustment", "synthetic/logit_adjustment.yaml", stage=2, eval_only=True,
                label="logit adjustment (post-hoc)", default=False),
+    MethodSpec("gol", "synthetic/gol.yaml", label="GOL, Gumbel BCE (stage 1)", default=False),
+    MethodSpec("fracal", "synthetic/fracal.yaml", stage=2, eval_only=True,
+               label="FRACAL (post-hoc)", default=False),
     # End-to-end long-tail training (docs/e2e.md): stage-1 rows from the same initialisation,
     # measured on demand.
     MethodSpec("e2e_whitening", "synthetic/e2e_whitening.yaml",

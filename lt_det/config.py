@@ -110,6 +110,18 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.ROI_BOX_HEAD.GRW = CN()
     # RHO >= 0; 0 = plain softmax CE, 1 = inverse frequency; 0.8 = the reference's LVIS v1 config.
     _C.MODEL.ROI_BOX_HEAD.GRW.RHO = 0.8
+    _C.MODEL.ROI_BOX_HEAD.GOL = CN()
+    # GOL (Alexandridis et al. 2022), CLS_LOSS "gol": Gumbel BCE over the K + 1 columns. Logits
+    # are clamped to [CLAMP_MIN, CLAMP_MAX] before the activation (no gradient outside), as the
+    # reference: -4 and 10; -50 <= CLAMP_MIN < CLAMP_MAX (CLAMP_MAX may be .inf) ...
+    _C.MODEL.ROI_BOX_HEAD.GOL.CLAMP_MIN = -4.0
+    # ... (see CLAMP_MIN).
+    _C.MODEL.ROI_BOX_HEAD.GOL.CLAMP_MAX = 10.0
+    # GOL: the batch loss is capped at this (no gradient above it; the reference's 20); >= 0,
+    # 0 disables.
+    _C.MODEL.ROI_BOX_HEAD.GOL.MAX_LOSS = 20.0
+    # GOL: initial bias of all K + 1 classifier outputs (the reference's -2: score exp(-e^2)).
+    _C.MODEL.ROI_BOX_HEAD.GOL.BIAS_INIT = -2.0
     # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
     # Choices: "none"
@@ -117,8 +129,11 @@ def add_lt_config(cfg: CN) -> CN:
     #     count of class j (NORCAL_COUNTS), background kept, renormalised per ROI; for sigmoid
     #     heads per class against its complement)
     #   | "logit_adjustment" (Menon et al. 2021: foreground logits z_j - TAU * log pi_j, pi the
-    #     class prior of PRIOR.SOURCE; background logit unchanged).
-    # Both act on the foreground logits before the loss's own activation (predict_probs).
+    #     class prior of PRIOR.SOURCE; background logit unchanged)
+    #   | "fracal" (Alexandridis et al. 2025: z_j - FRACAL_FREQ_WEIGHT * log(K pi_j)
+    #     - FRACAL_LAMBDA * log D_j, pi_j image fractions, D_j the fractal dimension of class j's
+    #     training box centres; per-class heads: a(z) * a(z - shift); modeling/calibration.py).
+    # They act on the foreground logits before the loss's own activation (predict_probs).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD = "none"
     # NorCal strength gamma (>= 0; 0 changes nothing; pick it with tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.GAMMA = 0.0
@@ -127,6 +142,15 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS = "image"
     # Logit-adjustment strength tau (>= 0; 0 changes nothing; tools/calibration_sweep.py).
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.TAU = 0.0
+    # FRACAL: exponent lambda of the fractal dimension (>= 0; the reference's fractal_l 2; the
+    # strength tools/calibration_sweep.py sweeps).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_LAMBDA = 2.0
+    # FRACAL: weight w of the frequency term (>= 0): 1 / ln 10 = the reference's "base10"
+    # variant (1 = "raw", 1 / ln 2 = "base2"); with FRACAL_LAMBDA 0, 0 changes nothing.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_FREQ_WEIGHT = 0.4342944819032518
+    # FRACAL: box-counting grid sizes 1..FRACAL_MAX_GRID (>= 1; the reference's 64), each used
+    # for the classes with at least its square of training boxes.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_MAX_GRID = 64
 
     # Class prior used by the balanced losses (and reported by tools).
     _C.MODEL.ROI_BOX_HEAD.PRIOR = CN()

@@ -37,6 +37,7 @@ from lt_det.modeling.losses import (
     federated_class_mask,
     federated_loss,
     grw_loss,
+    gol_loss,
     ldam_loss,
     logit_adjusted_loss,
     seesaw_loss,
@@ -366,6 +367,42 @@ def test_ldam_equals_reference_on_foreground_rois():
     torch.testing.assert_close(got, ref)
 
 
+# ------------------------------------------------------------------ GOL
+def _ref_gumbel_ce(cls_score, labels):
+    """kostas1515/GOL mmdet/models/losses/gumbel_ce.py (GumbelCE with its bbox head's avg_factor,
+    the number of sampled ROIs): logits clamped to [-4, 10], p = 1 / exp(exp(-z)), one-hot over
+    all K + 1 channels (a background ROI's 1 in channel K), BCE summed over the channels and
+    divided by the ROIs, the result clamped to [0, 20]."""
+    pred = torch.clamp(cls_score, min=-4, max=10)
+    pestim = 1 / (torch.exp(torch.exp(-pred)))
+    target = F.one_hot(labels, cls_score.shape[1]).to(cls_score.dtype)
+    loss = F.binary_cross_entropy(pestim, target, reduction="none").sum() / cls_score.shape[0]
+    return torch.clamp(loss, min=0, max=20)
+
+
+def test_gol_loss_scores_and_bias_equal_reference():
+    loss = build_cls_loss("gol", num_classes=K)
+    for scale, shift in ((2.0, -2.0), (4.0, 0.0), (8.0, 4.0)):  # the last: loss above 20
+        z, y = _logits(r=20)
+        z = z * scale + shift
+        a, b = z.clone().requires_grad_(), z.clone().requires_grad_()
+        got, expected = loss(a, y), _ref_gumbel_ce(b, y)
+        torch.testing.assert_close(got, expected)
+        got.backward()
+        expected.backward()
+        torch.testing.assert_close(a.grad, b.grad)
+    assert float(expected.detach()) == 20.0 and float(a.grad.abs().max()) == 0.0  # capped
+    # scores: the reference's get_activation of the K class channels (multiclass_nms drops K)
+    z, _ = _logits()
+    scores = loss.predict_probs(z)
+    torch.testing.assert_close(scores[:, :K], (1 / torch.exp(torch.exp(-z)))[:, :K])
+    assert float(scores[:, K].abs().max()) == 0.0
+    # init_cfg Constant(bias=-2) of fc_cls: every one of the K + 1 outputs
+    bias = torch.zeros(K + 1)
+    loss.init_cls_bias_(bias)
+    assert torch.equal(bias, torch.full((K + 1,), -2.0))
+
+
 # ------------------------------------------------------------------ logit adjustment
 def test_logit_adjusted_loss_equals_reference_on_foreground_rois():
     # google-research logit_adjustment utils.py build_loss_fn: CE(z + log(pi^tau + 1e-12), y)
@@ -651,6 +688,95 @@ def test_norcal_counts_classes_by_images_by_default(tmp_path):
         DatasetCatalog.remove(name)
 
 
+# ------------------------------------------------------------------ FRACAL
+def _ref_fractal_dims(cx, cy, categories, num_classes, dims):
+    """kostas1515/FRACAL stat_files/calculate_fractality.py (variant box_dim): occupied cells of
+    a dim x dim grid per class for dim = 1..dims, a line fitted to log N against log dim over
+    the dims with frequency >= dim^2 (curve_fit of a line = least squares), 1 below 4 boxes,
+    slopes below 1 raised to 1."""
+    import numpy as np
+
+    frequencies = np.bincount(categories, minlength=num_classes)
+    boxes = []
+    for dim in range(1, dims + 1):
+        step = 1 / dim
+        loc = np.zeros((dim, dim, num_classes))
+        for j in range(dim):
+            for i in range(dim):
+                mask = (cx >= i * step) & (cx < (i + 1) * step)
+                mask &= (cy >= j * step) & (cy < (j + 1) * step)
+                loc[j, i, :] = np.bincount(categories[mask], minlength=num_classes)
+        boxes.append((loc > 0).sum(axis=0).sum(axis=0))
+    grid = np.arange(dims) + 1
+    out = []
+    for k in range(num_classes):
+        if frequencies[k] < 4:
+            out.append(1.0)
+            continue
+        cut = frequencies[k] >= grid * grid
+        n = np.array([boxes[i][k] for i in range(dims)], dtype=float)
+        a = np.stack([np.log(grid)[cut], np.ones(int(cut.sum()))], axis=1)
+        slope = np.linalg.lstsq(a, np.log(n)[cut], rcond=None)[0][0]
+        out.append(max(slope, 1.0))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _ref_fracal_scores(z, base10, fractal, fractal_l, use_sigmoid, activation):
+    """kostas1515/FRACAL mmdet/models/roi_heads/bbox_heads/fracal_bbox_head.py
+    (_predict_by_feat_single, get_fracal_weights with variant "base10"): wy = base10 + ptarget,
+    ptarget = -log10(sum(freqs) / freqs) with freqs all equal (= -log10 K); base10_j =
+    log10(N / n_j) is the csv column (e.g. LVIS v1 aerosol_can: log10(100170 / 64) = 3.1946).
+    softmax: softmax(z + [wy, 0]) / [D, 1]^l, renormalised; sigmoid: a(z) * a(z + wy + fp),
+    fp = -log10(D^l / sum D^l) + log10(1 / K)."""
+    k = base10.shape[0]
+    wy = base10 - math.log10(k)
+    if not use_sigmoid:
+        scores = F.softmax(z + torch.cat([wy, wy.new_zeros(1)]), dim=-1)
+        scores = scores / torch.cat([fractal, fractal.new_ones(1)]) ** fractal_l
+        return scores / scores.sum(dim=1, keepdim=True)
+    fw = fractal**fractal_l
+    fw = fw / fw.sum()
+    fractal_prob = -torch.log10(fw) + math.log10(1 / k)
+    x = z[:, :k]
+    return activation(x) * activation(x + wy + fractal_prob)
+
+
+def test_fracal_dimensions_and_scores_equal_reference():
+    import numpy as np
+
+    from lt_det.modeling.calibration import fractal_dimensions
+
+    rng = np.random.RandomState(0)
+    sizes = [300, 120, 40, 9, 4, 3, 0]
+    cats = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+    cx, cy = rng.rand(len(cats)), rng.rand(len(cats))
+    cy[:120] = 0.3 + 0.05 * cx[:120]  # class 0 partly on a line
+    cx[300:320] = 0.41 + 0.01 * rng.rand(20)  # class 1 partly in a column
+    cx[:6] = [0.5, 0.25, 1 / 3, 2 / 3, 1.0, 0.0]  # cell edges, and a centre on the image edge
+    k = len(sizes)
+    ref = _ref_fractal_dims(cx, cy, cats, k, dims=16)
+    centres = torch.from_numpy(np.stack([cx, cy], axis=1))
+    got = fractal_dimensions(torch.from_numpy(cats), centres, k, max_grid=16)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    assert got[:5].gt(1.0).all() and got[5:].eq(1.0).all()  # below 4 boxes / none: 1
+
+    z, _ = _logits()
+    n_img, counts = 1000.0, _counts()
+    base10 = torch.log10(n_img / counts)
+    dims = torch.tensor([1.9, 1.5, 1.2, 1.0, 1.7, 1.05], dtype=torch.float64)
+    log_ref = torch.stack([torch.log(K * counts / n_img), torch.log(dims)])
+    for lam in (0.0, 1.0, 2.0):
+        cal = PosthocCalibration(method="fracal", log_ref=log_ref, strength=lam)
+        softmax = build_cls_loss("softmax_ce", num_classes=K)
+        expected = _ref_fracal_scores(z, base10, dims, lam, False, None)
+        torch.testing.assert_close(cal.predict_probs(z, softmax).double(), expected)
+        gumbel = lambda x: 1 / torch.exp(torch.exp(-x))  # noqa: E731
+        for name, act in (("sigmoid_ce", torch.sigmoid), ("gol", gumbel)):
+            loss = build_cls_loss(name, num_classes=K)
+            expected = _ref_fracal_scores(z, base10, dims, lam, True, act)
+            torch.testing.assert_close(cal.predict_probs(z, loss)[:, :K].double(), expected)
+
+
 # ------------------------------------------------------------------ stage 2
 def _ref_pnorm(weights, p):
     """facebookresearch/classifier-balancing tau_norm.py pnorm: row c divided by ||w_c||^p."""
@@ -786,10 +912,12 @@ LOSS_TESTS = {
     "grw": test_grw_equals_reference,
     "ecm": test_ecm_loss_and_scores_equal_reference,
     "acsl": test_acsl_equals_reference_with_the_same_background_draws,
+    "gol": test_gol_loss_scores_and_bias_equal_reference,
 }
 CALIBRATION_TESTS = {
     "norcal": test_norcal_equals_reference,
     "logit_adjustment": test_posthoc_logit_adjustment_equals_reference_on_foreground_scores,
+    "fracal": test_fracal_dimensions_and_scores_equal_reference,
 }
 STAGE2_TESTS = {"tau_norm": test_tau_norm_equals_reference, "lws": test_lws_equals_reference,
                 "disalign": test_disalign_equals_reference,
@@ -834,6 +962,7 @@ def _pure_calls():
             z, y, acsl_class_groups("ffccrr"), torch.ones(len(y), 3, dtype=torch.bool))),
         ("bags_loss", lambda z, y: bags_loss(
             torch.cat([z, z[:, : 1 + len(groups)]], dim=1), y, groups)),
+        ("gol_loss", lambda z, y: gol_loss(z, y)),
     ]
 
 
@@ -841,7 +970,7 @@ def _pure_calls():
 def test_pure_losses_refuse_a_wrong_width_and_out_of_range_labels(name, call):
     z, y = _logits()
     assert torch.isfinite(call(z, y))
-    with_k = name not in ("softmax_ce_loss", "sigmoid_ce_loss")  # K is read from the logits
+    with_k = name not in ("softmax_ce_loss", "sigmoid_ce_loss", "gol_loss")  # K from the logits
     if with_k:
         with pytest.raises(ValueError, match=rf"{name}: logits have \d+ columns.* K = {K}"):
             call(torch.cat([z, z[:, :1]], dim=1), y)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Pick the strength of post-hoc calibration (NorCal gamma, logit-adjustment tau) on a validation
-set, for one trained model and any box-classification head.
+"""Pick the strength of post-hoc calibration (NorCal gamma, logit-adjustment tau, FRACAL lambda)
+on a validation set, for one trained model and any box-classification head.
 
     python tools/calibration_sweep.py --config-file configs/synthetic/rfs.yaml \
         --weights output/synthetic/rfs/model_final.pth \
@@ -13,8 +13,8 @@ the box predictor (with ``MODEL.ROI_BOX_HEAD.CALIBRATION`` set to it), detectron
 
 Writes OUT/calibration_sweep.csv and OUT/calibration_sweep.md; prints the table and, per method,
 the best value by AP (ties: the smaller value). Put the winner in the config
-(``MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD`` + ``GAMMA`` / ``TAU``). An OUT that already holds a
-sweep is refused unless ``--force``.
+(``MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD`` + ``GAMMA`` / ``TAU`` / ``FRACAL_LAMBDA``). An OUT
+that already holds a sweep is refused unless ``--force``.
 """
 import argparse
 import os
@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", required=True, help="its checkpoint (.pth / .pkl)")
     p.add_argument("--methods", nargs="+", default=["norcal"], choices=CALIBRATION_METHODS[1:])
     p.add_argument("--values", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
-                   help="gamma (norcal) / tau (logit_adjustment) values; 0 = uncalibrated")
+                   help="gamma (norcal) / tau (logit_adjustment) / lambda (fracal) values; 0 = "
+                        "uncalibrated (fracal: its frequency term alone)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dataset", help="evaluation dataset (default DATASETS.TEST[0])")
     p.add_argument("--max-images", type=int, default=0, help="evaluate the first N images (0: all)")
@@ -98,7 +99,8 @@ def sweep(cfg, args) -> List[Dict[str, float]]:
         log_ref = calibration_log_ref(cfg, method)
         for v in args.values:
             calibrations[(method, v)] = PosthocCalibration(
-                method=method, log_ref=log_ref, strength=v
+                method=method, log_ref=log_ref, strength=v,
+                freq_weight=cfg.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_FREQ_WEIGHT,
             )
             ev = build_lvis_evaluator(cfg, dataset, os.path.join(args.out, f"{method}_{v:g}"))
             ev.reset()
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
     except LTDetError as e:
         return report_error(e)
     for method, r in write_outputs(rows, args.out).items():
-        key = "GAMMA" if method == "norcal" else "TAU"
+        key = {"norcal": "GAMMA", "fracal": "FRACAL_LAMBDA"}.get(method, "TAU")
         print(f"best {method}: {key} {r['value']:g} (AP {r['AP']:.2f}, APr {r['APr']:.2f})")
     return 0
 

@@ -299,6 +299,8 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         post-hoc calibration when one is set."""
         scores, _ = predictions
         if self.calibration is not None:
-            scores = self.calibration(scores)
+            probs = self.calibration.predict_probs(scores, self.cls_loss)
+        else:
+            probs = self.cls_loss.predict_probs(scores)
         num_inst_per_image = [len(p) for p in proposals]
-        return self.cls_loss.predict_probs(scores).split(num_inst_per_image, dim=0)
+        return probs.split(num_inst_per_image, dim=0)

@@ -24,6 +24,7 @@ from .eql import EQLLoss, eql_loss
 from .eqlv2 import EQLv2Loss, eqlv2_loss, eqlv2_weights
 from .federated import FederatedLoss, federated_class_mask, federated_loss
 from .grw import GRWLoss, grw_loss, grw_weights
+from .gol import GOLLoss, gol_loss, gol_per_roi, gumbel_probs
 from .ldam import LDAMLoss, ldam_loss, ldam_margins
 from .logit_adjusted import LogitAdjustedLoss, logit_adjusted_loss
 from .registry import (
