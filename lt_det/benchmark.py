@@ -136,6 +136,7 @@ for _spec in (
                default=False),
     MethodSpec("federated", "synthetic/federated.yaml", label="federated loss + RFS (stage 1)",
                default=False),
+    MethodSpec("pcb", "synthetic/pcb.yaml", label="PCB + RFS (stage 1)", default=False),
     MethodSpec("bags", "synthetic/stage2_bags.yaml", stage=2, label="BAGS", default=False),
     MethodSpec("norcal", "synthetic/norcal.yaml", stage=2, eval_only=True,
                label="NorCal (post-hoc)", default=False),

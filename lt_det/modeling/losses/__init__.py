@@ -17,6 +17,7 @@ from .eqlv2 import EQLv2Loss, eqlv2_loss, eqlv2_weights
 from .federated import FederatedLoss, federated_class_mask, federated_loss
 from .ldam import LDAMLoss, ldam_loss, ldam_margins
 from .logit_adjusted import LogitAdjustedLoss, logit_adjusted_loss
+from .pcb import PCBLoss, pcb_loss, pcb_soft_targets
 from .registry import (
     LT_CLS_LOSS_REGISTRY,
     build_cls_loss,
