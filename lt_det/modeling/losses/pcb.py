@@ -1,5 +1,5 @@
 """Pairwise Class Balance, PCB (He et al., "Relieving Long-tailed Instance Segmentation via
-Pairwise Class Balance", CVPR 2022, Sec. 3; reference code megvii-research/PCB at 066cd923,
+Pairwise Class Balance", CVPR 2022; reference code megvii-research/PCB at 066cd923,
 ``mmdet/models/losses/cross_entropy_pcb_loss.py`` (``CrossEntropyPCBLoss``) and
 ``mmdet/models/losses/seesaw_pcb_loss.py`` (``SeesawPCBLoss``)).
 
@@ -175,7 +175,7 @@ def pcb_loss(
 
 
 #: Rows per block of the (rows, K) temporaries (gathered soft targets, foreground softmax): a
-#: block stays in cache and no (R, K) buffer is allocated besides the log-softmax.
+#: block stays in cache and no (R, K) buffer is allocated besides the softmax.
 _BLOCK = 1024
 
 
