@@ -141,6 +141,7 @@ for _spec in (
     MethodSpec("ecm", "synthetic/ecm.yaml", label="ECM + cosine classifier (stage 1)",
                default=False),
     MethodSpec("acsl", "synthetic/acsl.yaml", label="ACSL (stage 1)", default=False),
+    MethodSpec("pcb", "synthetic/pcb.yaml", label="PCB + RFS (stage 1)", default=False),
     MethodSpec("bags", "synthetic/stage2_bags.yaml", stage=2, label="BAGS", default=False),
     MethodSpec("cbd", "synthetic/stage2_cbd.yaml", stage=2,
                label="CBD (class-balanced distillation)", default=False),

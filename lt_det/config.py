@@ -122,6 +122,21 @@ def add_lt_config(cfg: CN) -> CN:
     _C.MODEL.ROI_BOX_HEAD.GOL.MAX_LOSS = 20.0
     # GOL: initial bias of all K + 1 classifier outputs (the reference's -2: score exp(-e^2)).
     _C.MODEL.ROI_BOX_HEAD.GOL.BIAS_INIT = -2.0
+    # PCB (He et al. 2022), CLS_LOSS "pcb": a (K, K) confusion matrix of the foreground softmax,
+    # accumulated in training, gives a class-y ROI the soft target "column y of the matrix,
+    # normalised"; loss (1 - ALPHA) * base + ALPHA * KL(target || softmax) (losses/pcb.py).
+    _C.MODEL.ROI_BOX_HEAD.PCB = CN()
+    # Base loss. Choices: "softmax_ce" (the reference's CrossEntropyPCBLoss)
+    #   | "seesaw" (SeesawPCBLoss; reads SEESAW.{P, Q, EPS}; pair with CLS_SCORE normed_linear).
+    _C.MODEL.ROI_BOX_HEAD.PCB.BASE = "softmax_ce"
+    # Regulariser weight alpha in [0, 1]; 0 = the base loss. Reference: 0.4 with softmax CE, 0.05
+    # with Seesaw.
+    _C.MODEL.ROI_BOX_HEAD.PCB.ALPHA = 0.4
+    # Momentum m in [0, 1) of the matrix rows: row i <- m row_i + (1 - m) batch mean (0.99).
+    _C.MODEL.ROI_BOX_HEAD.PCB.MOMENTUM = 0.99
+    # The regulariser is on from iteration round(START * SOLVER.MAX_ITER) (once every class had a
+    # foreground ROI); START in [0, 1]. Reference: epoch 17 of 24 (17 / 24). 0 = from the start.
+    _C.MODEL.ROI_BOX_HEAD.PCB.START = 17.0 / 24.0
     # Post-hoc calibration of the box scores, applied at inference only, with any CLS_LOSS.
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
     # Choices: "none"

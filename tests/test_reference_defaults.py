@@ -40,6 +40,7 @@ from lt_det.modeling.losses import (
     gol_loss,
     ldam_loss,
     logit_adjusted_loss,
+    pcb_loss,
     seesaw_loss,
     sigmoid_ce_loss,
     softmax_ce_loss,
@@ -295,6 +296,127 @@ def test_seesaw_equals_reference_on_foreground_rois(p, q):
     expected = _ref_seesaw_ce(z[:, :K], y, counts, p, q, 0.01)
     got = seesaw_loss(z, y, counts, p=p, q=q, eps=0.01, reduction="none")
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ PCB
+class _RefPCB:
+    """megvii-research/PCB mmdet/models/losses/cross_entropy_pcb_loss.py (CrossEntropyPCBLoss)
+    and seesaw_pcb_loss.py (SeesawPCBLoss), one process (the all_gather sums are the batch's own
+    statistics), past start_epoch, the last pass of the iterative head (iter_id = n_iter - 1, so
+    alpha is the configured one). ``forward`` is the reference's order: ``update`` (matrix, counts
+    and Seesaw's cum_samples), then ``loss``; both are separate here so that the loss with the
+    state before the batch (lt_det's order) can be read off too."""
+
+    def __init__(self, k, momentum=0.99, alpha=0.4, seesaw=False, p=0.8, q=2.0):
+        self.k, self.momentum, self.alpha = k, momentum, alpha
+        self.seesaw, self.p, self.q = seesaw, p, q
+        self.fg_confusion_matrix = torch.zeros(k, k, dtype=torch.float64)
+        self.num_inst_cnt = torch.zeros(k, dtype=torch.float64)
+        self.cum_samples = torch.zeros(k + 1, dtype=torch.float64)
+
+    def update(self, cls_score, label):
+        k = self.k
+        for u in label.unique():  # SeesawPCBLoss: cum_samples of every label, before the loss
+            self.cum_samples[u] += (label == u).sum()
+        pos = label < k
+        if pos.sum() > 0:
+            pred = F.softmax(cls_score[pos, :k], dim=1)
+            tmp = torch.zeros_like(self.fg_confusion_matrix).scatter_add_(
+                0, label[pos].view(-1, 1).repeat(1, k), pred)
+            cnt = torch.zeros_like(self.num_inst_cnt).scatter_add_(
+                0, label[pos], torch.ones(int(pos.sum()), dtype=torch.float64))
+            nz = cnt != 0
+            tmp[nz] = tmp[nz] / cnt[nz].view(-1, 1)
+            m = self.fg_confusion_matrix
+            m[nz] = m[nz] * self.momentum + tmp[nz] * (1 - self.momentum)
+            m[nz] /= m[nz].sum(1, keepdim=True)
+            self.num_inst_cnt = self.num_inst_cnt + cnt
+
+    def active(self):
+        return bool((self.num_inst_cnt == 0).sum() == 0)
+
+    def targets(self, label):
+        cm = self.fg_confusion_matrix.clone()
+        cm /= cm.sum(0, keepdim=True)  # C x C (GT vs. Predict)
+        return cm[: self.k, label].t()
+
+    def loss(self, cls_score, label):
+        k, n, alpha = self.k, len(label), self.alpha
+        pos, neg = label < k, label == k
+        if self.seesaw:  # classes branch of SeesawPCBLoss (the objectness branch is its own)
+            z, y = cls_score[pos, :k], label[pos]
+            classes = _ref_seesaw_ce(z, y, self.cum_samples[:k], self.p, self.q, 0.01).sum() / n
+            if not self.active():
+                return classes
+            shifted = _ref_seesaw_logits(z, y, self.cum_samples[:k], self.p, self.q, 0.01)
+            soft = -(self.targets(y) * F.log_softmax(shifted, dim=1)).sum(1).sum() / n
+            return classes * (1 - alpha) + soft * alpha
+        if not self.active():
+            return F.cross_entropy(cls_score, label, reduction="sum") / n
+        objectness = F.cross_entropy(cls_score[neg], label[neg], reduction="sum") / n
+        classes = F.cross_entropy(cls_score[pos], label[pos], reduction="sum") / n * (1 - alpha)
+        p_t = self.targets(label[pos])
+        p_t = torch.cat([p_t, p_t.new_zeros(p_t.size(0), 1)], dim=1)
+        p_s = F.log_softmax(cls_score[pos, :], dim=1)
+        kl = F.kl_div(p_s, p_t, reduction="sum") / n * alpha
+        return objectness + classes + kl
+
+    def forward(self, cls_score, label):
+        self.update(cls_score, label)
+        return self.loss(cls_score, label)
+
+
+def _ref_seesaw_logits(cls_score, labels, cum_samples, p, q, eps):
+    """The seesaw-modified logits of mmdetection's seesaw_ce_loss (what SeesawPCBLoss's soft
+    target cross-entropy takes the log-softmax of)."""
+    c = cls_score.shape[1]
+    onehot = F.one_hot(labels, c)
+    ratio = cum_samples[None, :].clamp(min=1) / cum_samples[:, None].clamp(min=1)
+    index = (ratio < 1.0).to(cls_score.dtype)
+    w = (ratio.pow(p) * index + (1 - index))[labels]
+    scores = F.softmax(cls_score.detach(), dim=1)
+    m = scores / scores[torch.arange(len(scores)), labels][:, None].clamp(min=eps)
+    index = (m > 1.0).to(cls_score.dtype)
+    w = w * (m.pow(q) * index + (1 - index))
+    return cls_score + w.log() * (1 - onehot)
+
+
+@pytest.mark.parametrize("momentum", [0.99, 0.5])
+def test_pcb_equals_reference_over_iterations(momentum):
+    ref = _RefPCB(K, momentum=momentum)
+    loss = build_cls_loss("pcb", num_classes=K, momentum=momentum).double()
+    for it in range(5):
+        z, y = _logits(r=20, seed=it)
+        z = z * 3
+        expected = ref.loss(z, y)  # lt_det's order: the loss with the state before the batch
+        got = loss(z.clone().requires_grad_(), y)
+        ref.update(z, y)
+        torch.testing.assert_close(got.detach(), expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(loss.confusion, ref.fg_confusion_matrix, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(loss.counts, ref.num_inst_cnt)
+        # the reference's own order (update, then loss): the pure function on the updated state
+        torch.testing.assert_close(pcb_loss(z, y, ref.fg_confusion_matrix), ref.loss(z, y))
+    assert ref.active()  # every class was counted from the first batch on: regulariser on
+    torch.testing.assert_close(loss.predict_probs(z), F.softmax(z, dim=1))  # get_activation
+
+
+def test_pcb_seesaw_base_equals_reference_on_foreground_rois():
+    # matched settings: every ROI foreground, background logit -1e4; the reference's PCB term is a
+    # soft-target cross-entropy, lt_det's the KL divergence: they differ by alpha * H(t_y) / R
+    alpha = 0.05
+    ref = _RefPCB(K, momentum=0.9, alpha=alpha, seesaw=True)
+    loss = build_cls_loss("pcb", num_classes=K, momentum=0.9, alpha=alpha, base="seesaw").double()
+    for it in range(4):
+        z, y = _logits(r=24, seed=it, fg_only=True)
+        active = ref.active()
+        entropy = torch.special.entr(ref.targets(y)).sum(1).sum() / len(y) if active else 0.0
+        expected = ref.loss(z, y) - alpha * entropy
+        got = loss(z.clone().requires_grad_(), y)
+        ref.update(z, y)
+        torch.testing.assert_close(got.detach(), expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(loss.confusion, ref.fg_confusion_matrix, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(loss.counts, ref.cum_samples[:K])
+    assert ref.active()
 
 
 # ------------------------------------------------------------------ BAGS
@@ -913,6 +1035,7 @@ LOSS_TESTS = {
     "ecm": test_ecm_loss_and_scores_equal_reference,
     "acsl": test_acsl_equals_reference_with_the_same_background_draws,
     "gol": test_gol_loss_scores_and_bias_equal_reference,
+    "pcb": test_pcb_equals_reference_over_iterations,
 }
 CALIBRATION_TESTS = {
     "norcal": test_norcal_equals_reference,
@@ -950,6 +1073,7 @@ def _pure_calls():
         ("eql_loss", lambda z, y: eql_loss(z, y, prior)),
         ("eqlv2_loss", lambda z, y: eqlv2_loss(z, y, ones, ones)),
         ("seesaw_loss", lambda z, y: seesaw_loss(z, y, n)),
+        ("pcb_loss", lambda z, y: pcb_loss(z, y, torch.eye(K, dtype=torch.float64) * 0.5 + 0.1)),
         ("federated_loss", lambda z, y: federated_loss(z, y, mask)),
         ("ldam_loss", lambda z, y: ldam_loss(z, y, prior)),
         ("logit_adjusted_loss", lambda z, y: logit_adjusted_loss(z, y, prior)),

@@ -704,6 +704,7 @@ def config_choices() -> Dict[str, List[str]]:
     from ..modeling.calibration import CALIBRATION_METHODS, NORCAL_COUNTS
     from ..modeling.losses.balanced_softmax import BACKGROUND_CHOICES
     from ..modeling.losses.federated import CLASS_SETS
+    from ..modeling.losses.pcb import PCB_BASES
     from ..modeling.losses.registry import LT_CLS_LOSS_REGISTRY
     from ..modeling.normed_linear import CLS_SCORE_CHOICES
     from ..modeling.priors import PRIOR_SOURCES
@@ -718,6 +719,7 @@ def config_choices() -> Dict[str, List[str]]:
         "MODEL.ROI_BOX_HEAD.FED_LOSS_CLASS_SETS": list(CLASS_SETS),
         "MODEL.ROI_BOX_HEAD.CALIBRATION.METHOD": list(CALIBRATION_METHODS),
         "MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS": list(NORCAL_COUNTS),
+        "MODEL.ROI_BOX_HEAD.PCB.BASE": list(PCB_BASES),
         "MODEL.ROI_BOX_HEAD.PRIOR.SOURCE": list(PRIOR_SOURCES),
         "MODEL.ROI_BOX_HEAD.BALANCED_SOFTMAX_BG": list(BACKGROUND_CHOICES),
         "DATALOADER.SAMPLER_TRAIN": LT_SAMPLER_REGISTRY.choices(),
@@ -767,6 +769,9 @@ E2E_RANGES: Dict[str, Tuple[Optional[float], Optional[float], Tuple[bool, bool]]
     "MODEL.ROI_BOX_HEAD.LOGIT_ADJUSTED.POSTHOC_TAU": (0, None, (True, False)),
     "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.BETA": (0, 1, (True, False)),
     "MODEL.ROI_BOX_HEAD.CLASS_BALANCED.FOCAL_GAMMA": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.PCB.ALPHA": (0, 1, (True, True)),
+    "MODEL.ROI_BOX_HEAD.PCB.MOMENTUM": (0, 1, (True, False)),
+    "MODEL.ROI_BOX_HEAD.PCB.START": (0, 1, (True, True)),
     "MODEL.ROI_BOX_HEAD.WHITENING.GROUP_SIZE": (0, None, (True, False)),
     "MODEL.ROI_BOX_HEAD.WHITENING.EPS": (0, None, (False, False)),
     "MODEL.ROI_BOX_HEAD.WHITENING.MOMENTUM": (0, 1, (False, True)),

@@ -27,6 +27,7 @@ from .grw import GRWLoss, grw_loss, grw_weights
 from .gol import GOLLoss, gol_loss, gol_per_roi, gumbel_probs
 from .ldam import LDAMLoss, ldam_loss, ldam_margins
 from .logit_adjusted import LogitAdjustedLoss, logit_adjusted_loss
+from .pcb import PCBLoss, pcb_loss, pcb_soft_targets
 from .registry import (
     LT_CLS_LOSS_REGISTRY,
     build_cls_loss,
