@@ -129,3 +129,41 @@ def test_the_progress_bar_counts_every_class_from_where_it_appears(capsys):
     assert list(_progress_bar(range(0, 10, 3), "LVIS bbox", 3, 10, after_s=-1)) == [0, 3, 6, 9]
     err = capsys.readouterr().err
     assert "LVIS bbox" in err and "10/10" in err
+
+
+def test_gc_paused_nests_and_restores_the_collector_state():
+    import gc
+
+    from lt_det.evaluation._json import gc_paused
+
+    was = gc.isenabled()
+    try:
+        for start in (True, False):
+            gc.enable() if start else gc.disable()
+            with gc_paused():
+                assert not gc.isenabled()
+                with gc_paused():
+                    assert not gc.isenabled()
+                assert not gc.isenabled()  # the inner block does not re-enable it
+            assert gc.isenabled() == start
+        gc.enable()
+        with pytest.raises(ValueError):
+            with gc_paused():
+                raise ValueError
+        assert gc.isenabled()  # restored on an error too
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+def test_reading_results_leaves_the_collector_enabled(tmp_path):
+    import gc
+    import json
+
+    from lt_det.evaluation.detections import DetectionTable
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.5,
+                                 "bbox": [0, 0, 2, 2]}]))
+    assert gc.isenabled()
+    table = DetectionTable.from_results(str(path))
+    assert gc.isenabled() and len(table) == 1

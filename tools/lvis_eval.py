@@ -15,7 +15,6 @@ undefined, e.g. APr without rare classes); ``--per-class-dir`` writes
 image count stored in the gt categories), the input of ``tools/plot_ap_vs_frequency.py``.
 """
 import argparse
-import gc
 import json
 import logging
 import os
@@ -102,9 +101,6 @@ def main() -> int:
     p.add_argument("--output", default="", help="write metrics (percent) and run info as json")
     p.add_argument("--per-class-dir", default="", help="write per-class AP json/csv here")
     args = p.parse_args()
-    # This process parses the json (about 10 Python objects per detection, a piece at a time)
-    # and forms no reference cycles: the cyclic collector would only walk them as they are made.
-    gc.disable()
     lt_logger = logging.getLogger("lt_det")  # loading times and progress, on stderr
     lt_logger.addHandler(logging.StreamHandler(sys.stderr))
     lt_logger.setLevel(logging.INFO)

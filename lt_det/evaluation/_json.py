@@ -9,9 +9,16 @@ bytes (JSON is UTF-8 whatever the locale).
 Reading a results list in pieces: :func:`load_json_list` (memory of one piece's Python objects
 at a time, not the whole file's).
 
+Python's cyclic garbage collector is paused while results and ground truth are read and
+evaluated (:func:`gc_paused`): those steps allocate millions of dicts and lists that stay alive
+(no reference cycles), and each automatic collection walks every one of them again, which made
+reading 620k mask results 3-5x slower (CPU 3.5-5.0 s instead of 0.8-1.0 s).
+
 Writing: :func:`json_ready` turns the non-finite floats of a result (NaN = undefined metric) into
 ``None``, so the json written holds ``null`` there and is valid JSON (bare ``NaN`` is not).
 """
+import contextlib
+import gc
 import json
 import math
 import os
@@ -25,6 +32,7 @@ except ImportError:  # optional dependency (requirements.txt)
     orjson = None
 
 __all__ = [
+    "gc_paused",
     "load_json",
     "load_json_list",
     "json_backend",
@@ -32,6 +40,20 @@ __all__ = [
     "write_json",
     "save_eval_results",
 ]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector inside the block (nesting-safe: it is enabled
+    again on exit only if it was enabled on entry). Reference counting still frees everything
+    that is dropped; only objects in reference cycles wait for the next collection."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def json_backend() -> str:
@@ -63,6 +85,11 @@ def load_json(path: str, what: str = "json file") -> Any:
     """
     with open(path, "rb") as f:
         data = f.read()
+    with gc_paused():
+        return _parse(data, path, what)
+
+
+def _parse(data: bytes, path: str, what: str) -> Any:
     try:
         if orjson is not None:
             try:

@@ -18,7 +18,7 @@ from pycocotools import mask as mask_util
 
 from ..errors import LTDetError
 from ..lvis_json import id_column
-from ._json import load_json, load_json_list
+from ._json import gc_paused, load_json, load_json_list
 
 __all__ = ["DetectionTable", "top_k_per_group"]
 
@@ -54,6 +54,7 @@ class DetectionTable:
         return len(self.score)
 
     @classmethod
+    @gc_paused()  # millions of live dicts: automatic collections would walk them again and again
     def from_results(
         cls,
         results: Union[str, os.PathLike, Sequence[Dict[str, Any]]],

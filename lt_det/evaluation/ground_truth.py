@@ -13,7 +13,7 @@ import numpy as np
 
 from ..class_stats import frequency_group
 from ..errors import LTDetError
-from ._json import load_json
+from ._json import gc_paused, load_json
 from ..lvis_json import check_json_sections, check_lvis_records
 
 __all__ = ["LVISGroundTruth"]
@@ -46,6 +46,7 @@ class LVISGroundTruth:
             for bbox and segm alike (a box of width 0 with a positive ``area`` stays).
     """
 
+    @gc_paused()  # see lt_det.evaluation._json
     def __init__(
         self,
         gt: Union[str, os.PathLike, Dict[str, Any]],

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import LTDetError
 from .backends import get_lvis_backend
 from .backends.common import AREA_RNGS, IOU_THRS, REC_THRS
+from ._json import gc_paused
 from .detections import DetectionTable, top_k_per_group
 from .ground_truth import LVISGroundTruth
 
@@ -195,6 +196,7 @@ def drop_zero_area(dets: DetectionTable, iou_type: str) -> DetectionTable:
     return dets if keep.all() else dets.take(np.flatnonzero(keep))
 
 
+@gc_paused()  # see lt_det.evaluation._json
 def evaluate_lvis(
     gt: Union[str, Dict[str, Any], LVISGroundTruth],
     results: Union[str, Sequence[Dict[str, Any]], DetectionTable],
