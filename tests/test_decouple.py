@@ -179,6 +179,34 @@ def test_lws_starts_as_identity_and_trains_only_scales():
     assert torch.equal(layer(x), base.roi_heads.box_predictor.cls_score(x))
 
 
+def test_lws_on_a_cosine_classifier_scales_the_cosine_logits():
+    # the stage-1 cosine classifier's normalisation and temperature are kept: at scale 1 the
+    # logits are the stage-1 ones, with scales s they are s * the stage-1 ones
+    cosine = {"MODEL.ROI_BOX_HEAD.CLS_SCORE": "normed_linear"}
+    base = make_model(tiny_cfg("none", **cosine))
+    model = make_model(tiny_cfg("lws", **cosine, **{"MODEL.DECOUPLE.TRAINABLE": [CLS + ".scale"]}))
+    model.load_state_dict(base.state_dict(), strict=False)
+    layer = model.roi_heads.box_predictor.cls_score
+    x = torch.randn(4, 32)
+    stage1 = base.roi_heads.box_predictor.cls_score(x)
+    assert torch.equal(layer(x), stage1)
+    with torch.no_grad():
+        layer.scale.copy_(torch.arange(1.0, K + 2))
+    torch.testing.assert_close(layer(x), stage1 * torch.arange(1.0, K + 2))
+    # a layer LWS cannot reproduce is refused
+    with pytest.raises(LTDetError, match="'lws' scales an nn.Linear or normed_linear"):
+        LWSLinear.from_linear(layer)
+
+
+def test_tau_norm_on_a_cosine_classifier_is_refused_before_building():
+    from lt_det.decouple import check_stage2_classifier
+
+    cfg = tiny_cfg("tau_norm", **{"MODEL.ROI_BOX_HEAD.CLS_SCORE": "normed_linear"})
+    with pytest.raises(LTDetError, match="changes nothing. Use 'lws' or 'crt'"):
+        check_stage2_classifier(cfg)
+    check_stage2_classifier(tiny_cfg("tau_norm"))  # a linear classifier is fine
+
+
 def _save_stage1(tmp_path, cfg):
     model = make_model(cfg)
     with torch.no_grad():  # make every parameter differ from a fresh init

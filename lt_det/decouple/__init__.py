@@ -61,6 +61,7 @@ from .trainer import (
     DecoupledTrainer,
     build_decoupled_trainer,
     check_decoupled_training,
+    check_stage2_classifier,
     check_stage1_weights,
     stage1_load_guard,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "MetaSamplerLearner",
     "ClassBalancedFeatureBank",
     "check_decoupled_training",
+    "check_stage2_classifier",
     "check_stage1_weights",
     "stage1_load_guard",
     "SWEEP_METRICS",

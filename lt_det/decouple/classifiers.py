@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from ..errors import LTDetError
 from ..modeling.losses.base import ClsLoss
+from ..modeling.normed_linear import NormedLinear
 
 __all__ = [
     "find_box_predictors",
@@ -109,22 +110,54 @@ class LWSLinear(nn.Linear):
 
     ``scale`` has one entry per output row, background included (K + 1 for softmax heads; with
     sigmoid losses the background column is unused and its scale gets no gradient). It starts
-    at 1, so a fresh LWS layer computes exactly what the wrapped layer computed.
+    at 1, so a fresh LWS layer computes exactly what the wrapped layer computed: built from a
+    cosine classifier (:class:`~lt_det.modeling.normed_linear.NormedLinear`, ``CLS_SCORE:
+    normed_linear``) it scales the cosine logits ``temperature * cos(x, w_c) + b_c``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        temperature: Optional[float] = None,
+        eps: float = 1e-6,
+        **kwargs,
+    ):
+        """
+        Args:
+            in_features, out_features, bias: as ``nn.Linear``.
+            temperature, eps: those of the wrapped cosine classifier; None = a plain linear one.
+        """
         super().__init__(in_features, out_features, bias=bias, **kwargs)
+        self.temperature = None if temperature is None else float(temperature)
+        self.eps = float(eps)
         self.scale = nn.Parameter(
             torch.ones(out_features, device=self.weight.device, dtype=self.weight.dtype)
         )
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "LWSLinear":
-        """An LWS layer sharing ``linear``'s weight and bias, with scales 1."""
+        """An LWS layer sharing ``linear``'s weight and bias, with scales 1.
+
+        Raises:
+            LTDetError: ``linear`` is neither an ``nn.Linear`` nor a ``NormedLinear`` (e.g. an
+                other stage-2 layer), whose logits the layer could not reproduce.
+        """
+        if type(linear) not in (nn.Linear, NormedLinear):
+            raise LTDetError(
+                "MODEL.DECOUPLE.METHOD 'lws' scales an nn.Linear or normed_linear cls_score, got "
+                f"{type(linear).__name__}; build the stage-2 model from the stage-1 architecture "
+                "without another stage-2 layer."
+            )
+        cosine = isinstance(linear, NormedLinear)
         layer = cls(
             linear.in_features,
             linear.out_features,
             bias=linear.bias is not None,
+            temperature=linear.temperature if cosine else None,
+            eps=linear.eps if cosine else 1e-6,
             device=linear.weight.device,
             dtype=linear.weight.dtype,
         )
@@ -132,7 +165,13 @@ class LWSLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(R, D) -> (R, C)."""
-        return F.linear(x, self.weight, self.bias) * self.scale
+        if self.temperature is None:
+            return F.linear(x, self.weight, self.bias) * self.scale
+        return NormedLinear.forward(self, x) * self.scale  # reads weight, bias, temperature, eps
+
+    def extra_repr(self) -> str:
+        cosine = "" if self.temperature is None else f", temperature={self.temperature:g}"
+        return f"{super().extra_repr()}{cosine}"
 
 
 class TauNormLinear(nn.Linear):
@@ -174,7 +213,25 @@ class TauNormLinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "TauNormLinear":
-        """A tau-norm layer sharing ``linear``'s weight and bias (kwargs: tau, ...)."""
+        """A tau-norm layer sharing ``linear``'s weight and bias (kwargs: tau, ...).
+
+        Raises:
+            LTDetError: ``linear`` is a cosine classifier (``CLS_SCORE: normed_linear``), whose
+                weights are normalised in every forward pass, so tau-normalisation would change
+                nothing; or another ``nn.Linear`` subclass (another stage-2 layer).
+        """
+        if isinstance(linear, NormedLinear):
+            raise LTDetError(
+                "MODEL.DECOUPLE.METHOD 'tau_norm' on a cosine classifier (MODEL.ROI_BOX_HEAD."
+                "CLS_SCORE 'normed_linear'): its weights are normalised in every forward pass, so "
+                "tau-normalisation changes nothing. Use 'lws' or 'crt' for this model."
+            )
+        if type(linear) is not nn.Linear:
+            raise LTDetError(
+                "MODEL.DECOUPLE.METHOD 'tau_norm' normalises an nn.Linear cls_score, got "
+                f"{type(linear).__name__}; build the stage-2 model from the stage-1 architecture "
+                "without another stage-2 layer."
+            )
         layer = cls(
             linear.in_features,
             linear.out_features,

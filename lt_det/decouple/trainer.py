@@ -40,6 +40,21 @@ __all__ = [
 ]
 
 
+def check_stage2_classifier(cfg: CfgNode) -> None:
+    """Fail early on a stage-2 method that cannot act on the configured classifier: tau-norm on a
+    cosine classifier (``CLS_SCORE: normed_linear``, whose weights every forward pass
+    normalises, so tau-normalisation would change nothing). Training and evaluation alike."""
+    if (
+        cfg.MODEL.DECOUPLE.METHOD == "tau_norm"
+        and cfg.MODEL.ROI_BOX_HEAD.CLS_SCORE == "normed_linear"
+    ):
+        raise LTDetError(
+            "MODEL.DECOUPLE.METHOD 'tau_norm' with MODEL.ROI_BOX_HEAD.CLS_SCORE 'normed_linear': "
+            "a cosine classifier's weights are normalised in every forward pass, so "
+            "tau-normalisation changes nothing. Use 'lws' or 'crt' for this model."
+        )
+
+
 def check_decoupled_training(cfg: CfgNode) -> None:
     """Fail early (before anything is built or written) on a stage-2 config that cannot train,
     and on a Meta Sampler outside a decoupled stage 2."""

@@ -209,10 +209,11 @@ def check_config(cfg: CfgNode, *, eval_only: bool = False, num_gpus: int = 1) ->
     Raises:
         LTDetError: the first problem found, naming the key, its value and what to do.
     """
-    from ..decouple import check_decoupled_training
+    from ..decouple import check_decoupled_training, check_stage2_classifier
     from ..evaluation.backends import get_lvis_backend
 
     check_config_values(cfg)
+    check_stage2_classifier(cfg)
     get_lvis_backend(cfg.TEST.LVIS.BACKEND)  # one whose optional library cannot run is refused
     if not eval_only:
         check_decoupled_training(cfg)
