@@ -28,7 +28,10 @@ def add_lt_config(cfg: CN) -> CN:
     # ---------------------------------------------------------------- box classification head
     # Classification loss of the Fast R-CNN box predictor (registry LT_CLS_LOSS_REGISTRY).
     # Choices: "softmax_ce" | "sigmoid_ce" | "balanced_softmax" | "balanced_sigmoid"
-    #          | "eql" | "eqlv2" | "seesaw" | "federated" | "bags" (docs/peers.md).
+    #          | "eql" | "eqlv2" | "seesaw" | "federated" | "bags" | "ecm" | "acsl" | "gol"
+    #          | "pcb" | "grw" (docs/peers.md)
+    #          | "ldam" | "logit_adjusted" | "class_balanced_softmax" | "class_balanced_sigmoid"
+    #          | "class_balanced_focal" (docs/e2e.md).
     _C.MODEL.ROI_BOX_HEAD.CLS_LOSS = "softmax_ce"
     # Sigmoid-family losses: classifier bias initialised to -log((1 - p) / p) with this p
     # (0 disables the special init and keeps detectron2's zero bias).
@@ -44,7 +47,8 @@ def add_lt_config(cfg: CN) -> CN:
 
     # ---------------------------------------------------------------- peer methods (losses,
     # classifier layer, post-hoc calibration); CLS_LOSS also takes "eql" | "eqlv2" | "seesaw"
-    # | "federated" | "bags" | "ecm" | "acsl" (lt_det/modeling/losses/, docs/peers.md).
+    # | "federated" | "bags" | "ecm" | "acsl" | "gol" | "pcb" | "grw" (lt_det/modeling/losses/,
+    # docs/peers.md).
     # Box classifier layer. Choices: "linear" (detectron2's nn.Linear)
     #   | "normed_linear" (cosine classifier: temperature * <x/|x|, w/|w|> + b, Seesaw's head).
     _C.MODEL.ROI_BOX_HEAD.CLS_SCORE = "linear"
