@@ -136,3 +136,46 @@ def test_lvis_settings_infer_and_evaluate_1203_classes(lvis_scale_cfg):
         metrics = results[task]
         for key in ("AP", "AP50", "APr", "APc", "APf"):
             assert math.isfinite(metrics[key]) and 0 <= metrics[key] <= 100, (task, key)
+
+
+def test_mask_head_keeps_only_the_predicted_class_and_equals_detectron2(lvis_scale_cfg):
+    # The LVIS configs' mask head computes each detection's predicted-class mask only; its masks
+    # equal detectron2's head (same weights), which predicts all 1203 and keeps one.
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
+    from detectron2.structures import Boxes, Instances
+
+    from lt_det.modeling import LTMaskRCNNConvUpsampleHead
+
+    assert lvis_scale_cfg.MODEL.ROI_MASK_HEAD.NAME == "LTMaskRCNNConvUpsampleHead"
+    kwargs = dict(num_classes=NUM_CLASSES, conv_dims=[16, 16], conv_norm="")
+    shape = ShapeSpec(channels=8, width=7, height=7)
+    torch.manual_seed(0)
+    ours = LTMaskRCNNConvUpsampleHead(shape, **kwargs).eval()
+    theirs = MaskRCNNConvUpsampleHead(shape, **kwargs).eval()
+    with torch.no_grad():
+        ours.predictor.bias.normal_()  # a bias that matters
+    theirs.load_state_dict(ours.state_dict())  # same parameters, same keys
+    g = torch.Generator().manual_seed(1)
+    per_image = [300, 0, 7]  # LVIS's 300, an image without detections, a few
+    x = torch.randn(sum(per_image), 8, 7, 7, generator=g)
+
+    def instances():
+        out = []
+        for n in per_image:
+            inst = Instances((32, 32))
+            inst.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]]).repeat(n, 1))
+            inst.pred_classes = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+            out.append(inst)
+        return out
+
+    a = instances()
+    b = [Instances(i.image_size, **i.get_fields()) for i in a]
+    with torch.no_grad():
+        ours(x, a)
+        theirs(x, b)
+    for i, j, n in zip(a, b, per_image):
+        assert i.pred_masks.shape == j.pred_masks.shape == (n, 1, 14, 14)
+        torch.testing.assert_close(i.pred_masks, j.pred_masks, rtol=0, atol=1e-6)
+    with torch.no_grad():  # no detections at all: detectron2's path
+        assert len(ours(x[:0], [instances()[1]])[0].pred_masks) == 0

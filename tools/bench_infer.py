@@ -26,7 +26,9 @@ per-class NMS; the two post-processing functions alone are timed.
 
 Masks (LVIS settings): detectron2's ``MaskRCNNConvUpsampleHead`` (4 convs, 256 channels, 1203
 classes) on 300 ROIs of 256 x 14 x 14 features for the lvis-softmax detections, its 1 x 1
-class predictor alone (its share), and ``paste_masks_in_image`` of the 300 masks into the image.
+class predictor alone (its share), lt_det's ``LTMaskRCNNConvUpsampleHead`` with the same weights
+(only each detection's predicted-class mask; the largest difference of the masks is printed),
+and ``paste_masks_in_image`` of the 300 masks into the image.
 
 detectron2's inference runs ``--ref-repeats`` times at LVIS size (seconds each) and as often as
 lt_det's at COCO size (4 x ``--repeats``, milliseconds each); medians are reported.
@@ -63,7 +65,7 @@ from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead  # 
 from detectron2.structures import Boxes, Instances, pairwise_iou  # noqa: E402
 from torchvision.ops import nms  # noqa: E402
 
-from lt_det.modeling import LTFastRCNNOutputLayers  # noqa: E402
+from lt_det.modeling import LTFastRCNNOutputLayers, LTMaskRCNNConvUpsampleHead  # noqa: E402
 from lt_det.modeling.fast_inference import fast_rcnn_inference_topk  # noqa: E402
 
 SETTINGS = {
@@ -253,8 +255,18 @@ def bench_masks(dets: Instances, device: str, repeats: int) -> Dict:
     inst = Instances(dets.image_size)
     inst.pred_boxes = Boxes(dets.pred_boxes.tensor.to(device))
     inst.pred_classes = dets.pred_classes.to(device)
+    ours = LTMaskRCNNConvUpsampleHead(
+        ShapeSpec(channels=256, width=14, height=14),
+        num_classes=classes,
+        conv_dims=[256] * 5,
+        conv_norm="",
+    ).to(device).eval()
+    ours.load_state_dict(head.state_dict())
+    inst_ours = Instances(dets.image_size, **inst.get_fields())
     with torch.no_grad():
         head_t, out = timed(lambda: head(feats, [inst]), device, repeats)
+        ours_t, out_ours = timed(lambda: ours(feats, [inst_ours]), device, repeats)
+        diff = float((out_ours[0].pred_masks - out[0].pred_masks).abs().max())
         x = feats  # the head is an nn.Sequential: convs, deconv, relu, then the predictor
         for layer in list(head)[:-1]:
             x = layer(x)
@@ -270,6 +282,8 @@ def bench_masks(dets: Instances, device: str, repeats: int) -> Dict:
         device=device,
         detections=len(dets),
         mask_head_s=statistics.median(head_t),
+        lt_mask_head_s=statistics.median(ours_t),
+        lt_max_abs_diff=diff,
         class_predictor_s=statistics.median(pred_t),
         paste_s=statistics.median(paste_t),
         pasted_bytes=pasted.numel() * pasted.element_size(),
@@ -342,14 +356,16 @@ def main(argv=None) -> int:
         and r["ratio"] < GOAL_LVIS
     ]
     if mask_rows:
-        print("\n| masks (LVIS, 1203 classes) | device | detections | mask head s | "
-              "of which 1x1 class predictor s | paste_masks_in_image s | pasted masks MB |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n| masks (LVIS, 1203 classes) | device | detections | detectron2 mask head s | "
+              "of which 1x1 class predictor s | lt_det mask head s | ratio | max abs diff | "
+              "paste_masks_in_image s | pasted masks MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for m in mask_rows:
             print(
                 f"| | {m['device']} | {m['detections']} | {m['mask_head_s']:.3f} | "
-                f"{m['class_predictor_s']:.3f} | {m['paste_s']:.3f} | "
-                f"{m['pasted_bytes'] / 1e6:.0f} |"
+                f"{m['class_predictor_s']:.3f} | {m['lt_mask_head_s']:.3f} | "
+                f"{m['mask_head_s'] / m['lt_mask_head_s']:.1f}x | {m['lt_max_abs_diff']:.1e} | "
+                f"{m['paste_s']:.3f} | {m['pasted_bytes'] / 1e6:.0f} |"
             )
     if failed:
         names = ", ".join(f"{r['setting']} {r['device']}" for r in failed)

@@ -28,14 +28,14 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
-from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead
 from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 import torch
 
 from lt_det.evaluation import LTLVISEvaluator
-from lt_det.modeling import LTFastRCNNOutputLayers, LTStandardROIHeads
+from lt_det.modeling import LTFastRCNNOutputLayers, LTMaskRCNNConvUpsampleHead, LTStandardROIHeads
 
 model = L(GeneralizedRCNN)(
     backbone=L(FPN)(
@@ -102,7 +102,7 @@ model = L(GeneralizedRCNN)(
             sampling_ratio=0,
             pooler_type="ROIAlignV2",
         ),
-        mask_head=L(MaskRCNNConvUpsampleHead)(
+        mask_head=L(LTMaskRCNNConvUpsampleHead)(
             input_shape=ShapeSpec(channels=256, width=14, height=14),
             num_classes="${..num_classes}",
             conv_dims=[256, 256, 256, 256, 256],

@@ -35,6 +35,7 @@ from .losses import (
     sigmoid_ce_loss,
     softmax_ce_loss,
 )
+from .mask_head import LTMaskRCNNConvUpsampleHead  # registration, as roi_heads
 from .normed_linear import NormedLinear
 from .priors import class_prior_from_cfg, class_prior_from_counts
 from .roi_heads import LTCascadeROIHeads, LTStandardROIHeads
@@ -67,6 +68,7 @@ __all__ = [
     "seesaw_loss",
     "federated_loss",
     "bags_loss",
+    "LTMaskRCNNConvUpsampleHead",
     "NormedLinear",
     "PosthocCalibration",
     "calibration_from_cfg",
