@@ -121,13 +121,17 @@ def test_out_of_range_weights_are_refused_before_building(key, value):
     "trainable,match",
     [
         ([CLS], "leaves roi_heads.box_head frozen"),
-        (TRAINABLE + ["backbone.bottom_up.res5"], "also makes .*backbone"),
-        (TRAINABLE + ["cbd_teacher"], "names the CBD teacher"),
+        (TRAINABLE + ["backbone.bottom_up.res5"], r"also names \['backbone.bottom_up.res5'\]"),
+        (TRAINABLE + ["cbd_teacher"], r"also names \['cbd_teacher'\]"),
+        (["roi_heads"], r"also names \['roi_heads'\]"),  # holds the mask head too
     ],
 )
 def test_trainable_must_be_box_head_and_predictor(trainable, match):
+    cfg = tiny_cfg("cbd", **{"MODEL.DECOUPLE.TRAINABLE": trainable})
     with pytest.raises(LTDetError, match=match):
-        make_model(tiny_cfg("cbd", **{"MODEL.DECOUPLE.TRAINABLE": trainable}))
+        check_decoupled_training(cfg)  # at the door, from the config alone
+    with pytest.raises(LTDetError, match=match):
+        make_model(cfg)
 
 
 def test_empty_reinit_is_allowed_and_keeps_the_stage1_classifier(tmp_path):

@@ -8,6 +8,7 @@ Expected values are derived here from the definitions (docs/e2e.md):
 Statistical checks use fixed seeds (deterministic) and bounds of 5 standard deviations.
 """
 import math
+import re
 
 import pytest
 import torch
@@ -555,8 +556,8 @@ def test_out_of_range_values_are_refused_before_anything_is_built(key, value):
 
 
 # key, a value just outside its range, the range as the message states it, a value at the edge
-# inside it (the range table of lt_det.engine.defaults.check_e2e_ranges, written out)
-E2E_RANGE_CASES = [
+# inside it (the range table of lt_det.engine.defaults.check_key_ranges, written out)
+KEY_RANGE_CASES = [
     ("MODEL.ROI_BOX_HEAD.LDAM.MAX_MARGIN", -0.5, ">= 0", 0.0),
     ("MODEL.ROI_BOX_HEAD.LDAM.SCALE", 0.0, "> 0", 0.5),
     ("MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA", 1.0, "in [0, 1)", 0.0),
@@ -572,18 +573,51 @@ E2E_RANGE_CASES = [
     ("DATALOADER.GRBS.BET_FRACTION", -0.1, "in [0, 1]", 0.0),
     ("MODEL.ROI_BOX_HEAD.GRW.RHO", -0.5, ">= 0", 0.0),
     ("MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD", -0.01, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.PCB.ALPHA", 1.5, "in [0, 1]", 1.0),
+    ("MODEL.ROI_BOX_HEAD.PCB.MOMENTUM", 1.0, "in [0, 1)", 0.0),
+    ("MODEL.ROI_BOX_HEAD.PCB.START", -0.1, "in [0, 1]", 0.0),
+    ("MODEL.DECOUPLE.CBD.ALPHA", 1.0, "in [0, 1)", 0.0),
+    ("MODEL.DECOUPLE.CBD.BETA", -1.0, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.ECM.FG_BG_RATIO", 0.0, "> 0", 0.5),
+    ("MODEL.ROI_BOX_HEAD.ACSL.SCORE_THR", 1.0, "in (0, 1)", 0.5),
+    ("MODEL.ROI_BOX_HEAD.GOL.CLAMP_MIN", -51.0, ">= -50", -50.0),
+    ("MODEL.ROI_BOX_HEAD.GOL.MAX_LOSS", -1.0, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_LAMBDA", -1.0, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_FREQ_WEIGHT", -0.5, ">= 0", 0.0),
+    ("MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_MAX_GRID", 0, ">= 1", 1),
 ]
 
 
-@pytest.mark.parametrize("key, bad, valid, edge", E2E_RANGE_CASES)
-def test_e2e_range_messages(key, bad, valid, edge):
-    from lt_det.engine.defaults import E2E_RANGES, check_e2e_ranges
+@pytest.mark.parametrize("key, value, message", [
+    ("MODEL.ROI_BOX_HEAD.ACSL.BG_FRACTIONS", [0.01, 0.1], "must be three values in [0, 1]"),
+    ("MODEL.ROI_BOX_HEAD.ACSL.BG_FRACTIONS", [0.01, 0.1, 1.5], "must be three values in [0, 1]"),
+    ("MODEL.ROI_BOX_HEAD.GOL.CLAMP_MIN", 11.0, "must be below MODEL.ROI_BOX_HEAD.GOL.CLAMP_MAX"),
+    ("MODEL.ROI_BOX_HEAD.GOL.BIAS_INIT", float("nan"), "it must be finite"),
+])
+def test_key_relation_messages(key, value, message):
+    from lt_det.engine.defaults import check_config_values
 
-    assert len(E2E_RANGES) == len(E2E_RANGE_CASES)
+    cfg = add_lt_config(get_cfg())
+    check_config_values(cfg)  # the defaults pass
+    node = cfg
+    *path, last = key.split(".")
+    for part in path:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(LTDetError, match=re.escape(message)) as e:
+        check_config_values(cfg)
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("key, bad, valid, edge", KEY_RANGE_CASES)
+def test_key_range_messages(key, bad, valid, edge):
+    from lt_det.engine.defaults import KEY_RANGES, check_key_ranges
+
+    assert len(KEY_RANGES) == len(KEY_RANGE_CASES)
     cfg = add_lt_config(get_cfg())
     cfg.merge_from_list([key, str(edge)])
-    check_e2e_ranges(cfg)
+    check_key_ranges(cfg)
     cfg.merge_from_list([key, str(bad)])
     with pytest.raises(LTDetError) as e:
-        check_e2e_ranges(cfg)
+        check_key_ranges(cfg)
     assert str(e.value) == f"{key} is {bad!r}; it must be {valid}."

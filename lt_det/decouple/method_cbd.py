@@ -217,6 +217,33 @@ def check_cbd_weights(alpha: float, beta: float) -> None:
         raise LTDetError(f"MODEL.DECOUPLE.CBD.BETA is {beta!r}; it must be >= 0.")
 
 
+def check_cbd_trainable(trainable: List[str]) -> None:
+    """The ``MODEL.DECOUPLE.TRAINABLE`` prefixes of CBD, from the config alone (before anything
+    is built): each at or below ``roi_heads.box_head`` or ``roi_heads.box_predictor``, at least
+    one at or below the box head. The parameter-level check of the built model follows in
+    ``apply``.
+
+    Raises:
+        LTDetError: a prefix outside them (e.g. the backbone, which also feeds the frozen RPN and
+            mask head, or ``roi_heads``, which holds the mask head), or none in the box head.
+    """
+    outside = [
+        t for t in trainable
+        if not (prefix_matches(t, _BOX_HEAD) or prefix_matches(t, _BOX_PREDICTOR))
+    ]
+    if outside:
+        raise LTDetError(
+            f"MODEL.DECOUPLE.METHOD 'cbd' trains the box head and box predictor only, but "
+            f"MODEL.DECOUPLE.TRAINABLE also names {outside} (the backbone feeds the frozen RPN "
+            f"and mask head). Use e.g. ['{_BOX_HEAD}', '{_BOX_PREDICTOR}']."
+        )
+    if not any(prefix_matches(t, _BOX_HEAD) for t in trainable):
+        raise LTDetError(
+            "MODEL.DECOUPLE.METHOD 'cbd' distils the box features, but MODEL.DECOUPLE.TRAINABLE "
+            f"leaves {_BOX_HEAD} frozen (that is cRT). Add '{_BOX_HEAD}' to it."
+        )
+
+
 def find_teacher(model: nn.Module) -> BoxFeatureTeacher:
     """The model's :class:`BoxFeatureTeacher`.
 
@@ -324,6 +351,7 @@ class ClassBalancedDistillation(ClassifierRetraining):
         """
         super().__init__(trainable=trainable, reinit=reinit)
         check_cbd_weights(alpha, beta)
+        check_cbd_trainable(self.trainable)
         self.alpha, self.beta = float(alpha), float(beta)
 
     @classmethod

@@ -4,6 +4,7 @@ OUTPUT_DIR."""
 import difflib
 import functools
 import logging
+import math
 import os
 import re
 from typing import Dict, List, Optional, Set, Tuple
@@ -757,12 +758,15 @@ def check_config_values(cfg: CfgNode) -> None:
             node = node[part]
         if node not in valid:
             raise LTDetError(f"{key} is {node!r}, which is not one of the valid values {valid}.")
-    check_e2e_ranges(cfg)
+    check_key_ranges(cfg)
+    check_key_relations(cfg)
 
 
-#: Valid ranges of the end-to-end keys (docs/e2e.md): ``{key: (low, high, closed)}``, ``None``
-#: for an open end; ``closed`` says whether (low, high) belong to the range.
-E2E_RANGES: Dict[str, Tuple[Optional[float], Optional[float], Tuple[bool, bool]]] = {
+#: Valid ranges of the numeric method keys (losses, calibration, samplers, stage 2, end to end):
+#: ``{key: (low, high, closed)}``, ``None`` for an open end; ``closed`` says whether (low, high)
+#: belong to the range. Checked at the door for every config, whichever method it selects, so a
+#: bad value is refused before anything is written (the modules check again when built).
+KEY_RANGES: Dict[str, Tuple[Optional[float], Optional[float], Tuple[bool, bool]]] = {
     "MODEL.ROI_BOX_HEAD.LDAM.MAX_MARGIN": (0, None, (True, False)),
     "MODEL.ROI_BOX_HEAD.LDAM.SCALE": (0, None, (False, False)),
     "MODEL.ROI_BOX_HEAD.LDAM.DRW_BETA": (0, 1, (True, False)),
@@ -781,7 +785,41 @@ E2E_RANGES: Dict[str, Tuple[Optional[float], Optional[float], Tuple[bool, bool]]
     "DATALOADER.GRBS.BET_FRACTION": (0, 1, (True, True)),
     "MODEL.ROI_BOX_HEAD.GRW.RHO": (0, None, (True, False)),
     "MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD": (0, None, (True, False)),
+    "MODEL.DECOUPLE.CBD.ALPHA": (0, 1, (True, False)),
+    "MODEL.DECOUPLE.CBD.BETA": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.ECM.FG_BG_RATIO": (0, None, (False, False)),
+    "MODEL.ROI_BOX_HEAD.ACSL.SCORE_THR": (0, 1, (False, False)),
+    "MODEL.ROI_BOX_HEAD.GOL.CLAMP_MIN": (-50, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.GOL.MAX_LOSS": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_LAMBDA": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_FREQ_WEIGHT": (0, None, (True, False)),
+    "MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL_MAX_GRID": (1, None, (True, False)),
 }
+
+
+def check_key_relations(cfg: CfgNode) -> None:
+    """The method keys whose valid values are not one range: ACSL's three background fractions,
+    GOL's clamp interval and bias (before anything is built or written).
+
+    Raises:
+        LTDetError: naming the key, its value and what it must be.
+    """
+    node = cfg.MODEL.ROI_BOX_HEAD
+    fractions = list(node.ACSL.BG_FRACTIONS)
+    if len(fractions) != 3 or not all(0.0 <= float(f) <= 1.0 for f in fractions):
+        raise LTDetError(
+            f"MODEL.ROI_BOX_HEAD.ACSL.BG_FRACTIONS is {fractions!r}; it must be three values in "
+            "[0, 1] (rare, common, frequent), e.g. [0.01, 0.1, 1.0]."
+        )
+    if not node.GOL.CLAMP_MIN < node.GOL.CLAMP_MAX:
+        raise LTDetError(
+            f"MODEL.ROI_BOX_HEAD.GOL.CLAMP_MIN ({node.GOL.CLAMP_MIN!r}) must be below "
+            f"MODEL.ROI_BOX_HEAD.GOL.CLAMP_MAX ({node.GOL.CLAMP_MAX!r})."
+        )
+    if not math.isfinite(node.GOL.BIAS_INIT):
+        raise LTDetError(
+            f"MODEL.ROI_BOX_HEAD.GOL.BIAS_INIT is {node.GOL.BIAS_INIT!r}; it must be finite."
+        )
 
 
 def _range_text(low, high, closed: Tuple[bool, bool]) -> str:
@@ -797,14 +835,14 @@ def _in_range(value, low, high, closed: Tuple[bool, bool]) -> bool:
     return above and below
 
 
-def check_e2e_ranges(cfg: CfgNode) -> None:
-    """Range checks of the end-to-end keys (:data:`E2E_RANGES`), before anything is built or
+def check_key_ranges(cfg: CfgNode) -> None:
+    """Range checks of the end-to-end keys (:data:`KEY_RANGES`), before anything is built or
     written.
 
     Raises:
         LTDetError: naming the key, its value and the valid range.
     """
-    for key, (low, high, closed) in E2E_RANGES.items():
+    for key, (low, high, closed) in KEY_RANGES.items():
         value = cfg
         for part in key.split("."):
             value = value[part]
