@@ -243,7 +243,8 @@ def format_agreement(
                 tau = agr[k]["tau"]
                 if tau is not None and not math.isnan(tau):
                     taus[k].append(tau)
-                cells.append("-" if tau is None else f"{tau:+.2f}")
+                # undefined (fewer than 2 methods, or one side all ties, e.g. every APr 0)
+                cells.append("-" if tau is None or math.isnan(tau) else f"{tau:+.2f}")
             a = agr[by]
             cells.append(_order(a["methods"], a["synthetic"]) or "-")
             lines.append("| " + " | ".join(cells) + " |")
