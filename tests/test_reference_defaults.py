@@ -10,6 +10,7 @@ draws at random (federated negatives, BAGS "others"), inputs for which the draw 
 
 Also here: the checks of logits width and label range every pure loss function makes.
 """
+import contextlib
 import math
 
 import pytest
@@ -62,6 +63,26 @@ def _logits(r=12, k=K, seed=0, fg_only=False):
         y[k] = k  # and the background
     return z, y
 
+
+
+@contextlib.contextmanager
+def _counts_dataset(name):
+    """A registered 4-image training set: instance counts [10, 4, 2], image counts [2, 4, 1]
+    for classes 0, 1, 2 (removed from the catalog afterwards)."""
+    from detectron2.data import DatasetCatalog
+
+    def ann(c):
+        return {"category_id": c, "iscrowd": 0, "bbox": [0, 0, 4, 4], "bbox_mode": 1}
+
+    images = [[0] * 5 + [1], [0] * 5 + [1, 2, 2], [1], [1]]
+    dicts = [{"image_id": i, "annotations": [ann(c) for c in cs]} for i, cs in enumerate(images)]
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: dicts)
+    try:
+        yield name
+    finally:
+        DatasetCatalog.remove(name)
 
 def _counts(k=K):
     return torch.tensor([500.0, 120.0, 40.0, 9.0, 3.0, 1.0][:k], dtype=torch.float64)
@@ -658,21 +679,11 @@ def test_ecm_counts_instances_of_the_training_set():
     # the reference's lvis_v1_image_count.pkl holds LVIS v1 train's instance_count values:
     # instance counts [10, 4, 2] with image counts [2, 4, 1] give counts proportional to [10, 4, 2]
     from detectron2.config import get_cfg
-    from detectron2.data import DatasetCatalog
 
     from lt_det import add_lt_config
     from lt_det.modeling.losses import build_cls_loss_from_cfg
 
-    def ann(c):
-        return {"category_id": c, "iscrowd": 0, "bbox": [0, 0, 4, 4], "bbox_mode": 1}
-
-    images = [[0] * 5 + [1], [0] * 5 + [1, 2, 2], [1], [1]]
-    dicts = [{"image_id": i, "annotations": [ann(c) for c in cs]} for i, cs in enumerate(images)]
-    name = "reference_defaults_ecm_counts"
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: dicts)
-    try:
+    with _counts_dataset("reference_defaults_ecm_counts") as name:
         cfg = add_lt_config(get_cfg())
         cfg.DATASETS.TRAIN = (name,)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
@@ -680,8 +691,6 @@ def test_ecm_counts_instances_of_the_training_set():
         loss = build_cls_loss_from_cfg(cfg)
         counts = loss.class_counts / loss.class_counts[0] * 10
         torch.testing.assert_close(counts, torch.tensor([10.0, 4.0, 2.0]))
-    finally:
-        DatasetCatalog.remove(name)
 
 
 # ------------------------------------------------------------------ ACSL
@@ -782,21 +791,11 @@ def test_norcal_counts_classes_by_images_by_default(tmp_path):
     # the reference reads LVIS's image_count (_get_frequencies(cfg, by="image")): image counts
     # [2, 4, 1] with instance counts [10, 4, 2] give n = [2, 4, 1]
     from detectron2.config import get_cfg
-    from detectron2.data import DatasetCatalog
 
     from lt_det import add_lt_config
     from lt_det.modeling.calibration import calibration_log_ref
 
-    def ann(c):
-        return {"category_id": c, "iscrowd": 0, "bbox": [0, 0, 4, 4], "bbox_mode": 1}
-
-    images = [[0] * 5 + [1], [0] * 5 + [1, 2, 2], [1], [1]]
-    dicts = [{"image_id": i, "annotations": [ann(c) for c in cs]} for i, cs in enumerate(images)]
-    name = "reference_defaults_norcal_counts"
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: dicts)
-    try:
+    with _counts_dataset("reference_defaults_norcal_counts") as name:
         cfg = add_lt_config(get_cfg())
         cfg.DATASETS.TRAIN = (name,)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
@@ -806,8 +805,6 @@ def test_norcal_counts_classes_by_images_by_default(tmp_path):
         cfg.MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL_COUNTS = "instance"
         n = calibration_log_ref(cfg, "norcal").exp()
         torch.testing.assert_close(n, torch.tensor([10.0, 4.0, 2.0]))
-    finally:
-        DatasetCatalog.remove(name)
 
 
 # ------------------------------------------------------------------ FRACAL
