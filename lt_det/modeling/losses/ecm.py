@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from ...errors import LTDetError
 from ._fused import _reduce, _row_scale, _softplus, _subtract_at
 from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss
-from .eqlv2 import eqlv2_probs
+from .eqlv2 import eqlv2_probs, objectness_product_nll
 from .registry import register_cls_loss
 
 __all__ = ["ecm_margins", "ecm_loss", "ecm_per_roi", "ECMLoss"]
@@ -287,13 +287,7 @@ class ECMLoss(ClsLoss):
 
     def plain_per_roi(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """(R,) Bernoulli negative log-likelihood of the K scores of :meth:`predict_probs`."""
-        k = logits.shape[1] - 1
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        z = logits.to(dtype)
-        log_s = F.logsigmoid(z[:, :k]) + F.logsigmoid(-z[:, k : k + 1])
-        target = F.one_hot(gt_classes, k + 1)[:, :k].to(dtype)
-        log_not_s = torch.log1p(-torch.exp(log_s))
-        return -(target * log_s + (1 - target) * log_not_s).sum(dim=1)
+        return objectness_product_nll(logits, gt_classes)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fg_bg_ratio={self.fg_bg_ratio:g}"

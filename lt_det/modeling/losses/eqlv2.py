@@ -142,6 +142,19 @@ def eqlv2_gradient_sums(
     return pos * pos_weight.float(), neg * neg_weight.float()
 
 
+def objectness_product_nll(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    """(R,) Bernoulli negative log-likelihood of the scores ``s_j = sigmoid(z_j) (1 -
+    sigmoid(z_K))`` (the objectness-product scores of :func:`eqlv2_probs` with ``test_with_obj``,
+    also ECM's), from plain torch ops: logits (R, K + 1), gt_classes (R,) in [0, K]."""
+    k = logits.shape[1] - 1
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    z = logits.to(dtype)
+    log_s = F.logsigmoid(z[:, :k]) + F.logsigmoid(-z[:, k : k + 1])
+    target = F.one_hot(gt_classes, k + 1)[:, :k].to(dtype)
+    log_not_s = torch.log1p(-torch.exp(log_s))
+    return -(target * log_s + (1 - target) * log_not_s).sum(dim=1)
+
+
 @register_cls_loss("eqlv2")
 class EQLv2Loss(SigmoidCELoss):
     """Module form of :func:`eqlv2_loss` holding the accumulated gradients as buffers
@@ -237,13 +250,7 @@ class EQLv2Loss(SigmoidCELoss):
         """(R,) Bernoulli negative log-likelihood of the K scores of :meth:`predict_probs`."""
         if not self.test_with_obj:
             return super().plain_per_roi(logits, gt_classes)
-        k = logits.shape[1] - 1
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        z = logits.to(dtype)
-        log_s = F.logsigmoid(z[:, :k]) + F.logsigmoid(-z[:, k : k + 1])
-        target = F.one_hot(gt_classes, k + 1)[:, :k].to(dtype)
-        log_not_s = torch.log1p(-torch.exp(log_s))
-        return -(target * log_s + (1 - target) * log_not_s).sum(dim=1)
+        return objectness_product_nll(logits, gt_classes)
 
     def extra_repr(self) -> str:
         return (
