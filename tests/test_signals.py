@@ -213,3 +213,25 @@ def test_a_killed_worker_ends_the_run_with_one_line(tmp_path):
     assert f"rank 1 (pid {workers[1]}) was killed by SIGKILL" in line
     assert "--resume" in line
     wait_for(lambda: not any(alive(p) for p in workers), "the other worker to end")
+
+
+def test_the_launchers_own_signal_names_the_stop():
+    """Ctrl-C reaches the launcher and its workers at once; a worker that torch's spawn then
+    terminates (SIGTERM) reports SIGTERM. The run's line and exit status are the user's signal."""
+    import importlib
+    import multiprocessing
+
+    from lt_det.errors import RunStopped
+
+    launch_mod = importlib.import_module("lt_det.engine.launch")  # the module, not the function
+
+    queue = multiprocessing.get_context("spawn").SimpleQueue()
+    watch = launch_mod._Supervisor(queue, 0, 2, 2, "tcp://127.0.0.1:1", launch_mod.DEFAULT_TIMEOUT)
+    term = "rank 1: " + str(launch_mod.stopped_outside(signal.SIGTERM))
+    intr = "rank 0: " + str(launch_mod.stopped_outside(signal.SIGINT))
+    watch.errors = [(term, 128 + signal.SIGTERM), (intr, 128 + signal.SIGINT)]
+    error = launch_mod._outcome(None, watch, signal.SIGINT, 0)
+    assert isinstance(error, RunStopped) and error.exit_code == 130 and str(error) == intr
+    # no signal of its own (a worker stopped alone): the first worker's line
+    error = launch_mod._outcome(None, watch, None, 0)
+    assert error.exit_code == 143 and str(error) == term

@@ -200,11 +200,13 @@ def launch(
 
 
 def _forward_to_workers(signum: int) -> None:
-    """SIGTERM / SIGINT of the launcher go to every worker as SIGTERM (they save a checkpoint
-    and stop); the launcher keeps waiting for them."""
+    """SIGTERM / SIGINT of the launcher go to every worker as the same signal (they save a
+    checkpoint and stop); the launcher keeps waiting for them. The same signal, so a Ctrl-C that
+    reaches the launcher and its workers at once (the terminal signals the whole process group)
+    gives every process one signal to report."""
     for child in mp.active_children():
         try:
-            os.kill(child.pid, signal.SIGTERM)
+            os.kill(child.pid, signum)
         except OSError:  # already gone
             pass
 
@@ -216,7 +218,10 @@ def _outcome(error, watch: "_Supervisor", signum: Optional[int],
     if watch.timed_out:
         return LTDetError(watch.timeout_text())
     if watch.errors:
-        text, exit_code = watch.errors[0]
+        # the launcher's own signal names the stop: a worker that torch's spawn terminated
+        # (SIGTERM) after a peer stopped reports the stop it saw, not the one the user sent
+        own = [e for e in watch.errors if signum is not None and e[1] == 128 + signum]
+        text, exit_code = (own or watch.errors)[0]
         cls = RunStopped if exit_code > 128 else LTDetError
         return cls(text, exit_code=exit_code)
     if signum is not None:
