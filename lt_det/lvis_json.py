@@ -35,7 +35,8 @@ refuses such an ``image_id`` (no image has it) and drops such a ``category_id`` 
 lt_det refuses both, naming the file, the field and the value.
 """
 import math
-from typing import Any, Dict, Sequence
+from itertools import chain, repeat
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -156,6 +157,9 @@ def check_lvis_records(data: Dict[str, Any], source: str) -> None:
         LTDetError: naming ``source``, the record (category / image / annotation id) and the key.
     """
     cat_ids = _check_categories(data["categories"], source)
+    if _records_pass(data["images"], data["annotations"], cat_ids):
+        return
+    # Some record breaks a rule: the loops below find the first one and name it.
     image_ids = set()
     for img in data["images"]:
         iid = img.get("id") if isinstance(img, dict) else None
@@ -247,6 +251,107 @@ def check_lvis_records(data: Dict[str, Any], source: str) -> None:
             _check_segmentation(ann["segmentation"], where)
         if ann.get("iscrowd", 0) not in (0, 1):
             raise LTDetError(f"{where} has iscrowd {ann.get('iscrowd')!r}; it must be 0 or 1.")
+
+
+_ABSENT = object()
+
+
+def _column(records: List[dict], key: str, default: Any = _ABSENT) -> List[Any]:
+    """``record.get(key, default)`` of every record, in one pass in C."""
+    return list(map(dict.get, records, repeat(key), repeat(default)))
+
+
+def _ints(values: List[Any], lo: int = INT64_MIN) -> bool:
+    """Every value is an int (not a bool) in [lo, 2**63 - 1]."""
+    if not set(map(type, values)) <= {int}:
+        return False
+    if not values:
+        return True
+    try:
+        column = np.fromiter(values, np.int64, len(values))
+    except OverflowError:
+        return False
+    return bool(column.min() >= lo)
+
+
+def _finite_numbers(values, at_least: float = -math.inf) -> bool:
+    """Every value is an int or float (not a bool), finite and >= ``at_least``."""
+    values = list(values)
+    if not set(map(type, values)) <= {int, float}:
+        return False
+    try:
+        column = np.fromiter(values, np.float64, len(values))
+    except OverflowError:  # an int beyond float range: not finite
+        return False
+    return bool(np.isfinite(column).all() and (column >= at_least).all())
+
+
+def _records_pass(images: Any, anns: Any, cat_ids: set) -> bool:
+    """Whether every image and annotation follows the rules, column by column (each rule one
+    pass in C or numpy instead of Python code per record). Accepts only what the record-by-record
+    checks of :func:`check_lvis_records` accept; anything else (including value types those
+    checks would accept but this pass does not know, e.g. dict subclasses) returns False, and
+    those checks then run and name the first bad record."""
+    if not (isinstance(images, list) and isinstance(anns, list)):
+        return False
+    if not set(map(type, images)) <= {dict} or not set(map(type, anns)) <= {dict}:
+        return False
+    image_ids = _column(images, "id")
+    if not _ints(image_ids) or len(set(image_ids)) != len(image_ids):
+        return False
+    if not _finite_numbers(_column(images, "height"), 0) or not _finite_numbers(
+        _column(images, "width"), 0
+    ):
+        return False
+    if 0 in set(_column(images, "height")) | set(_column(images, "width")):
+        return False  # positive sizes
+    for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+        lists = _column(images, key, [])
+        if not set(map(type, lists)) <= {list}:
+            return False
+        listed = list(chain.from_iterable(lists))
+        if not (set(map(type, listed)) <= {int} and set(listed) <= cat_ids):
+            return False
+    ann_ids = _column(anns, "id")
+    if not _ints(ann_ids) or len(set(ann_ids)) != len(ann_ids) or 0 in set(ann_ids):
+        return False
+    ann_images = _column(anns, "image_id")
+    if not (set(map(type, ann_images)) <= {int} and set(ann_images) <= set(image_ids)):
+        return False
+    ann_cats = _column(anns, "category_id")
+    if not (set(map(type, ann_cats)) <= {int} and set(ann_cats) <= cat_ids):
+        return False
+    boxes = _column(anns, "bbox")
+    if not (set(map(type, boxes)) <= {list} and set(map(len, boxes)) <= {4}):
+        return False
+    if not _finite_numbers(chain.from_iterable(boxes)):
+        return False
+    if boxes and (np.array(boxes, dtype=np.float64)[:, 2:] < 0).any():
+        return False
+    areas = [a for a in _column(anns, "area") if a is not _ABSENT]
+    if not _finite_numbers(areas, 0):
+        return False
+    try:
+        if not set(_column(anns, "iscrowd", 0)) <= {0, 1}:
+            return False
+    except TypeError:  # an unhashable value (a list): not 0 or 1
+        return False
+    segms = [m for m in _column(anns, "segmentation") if m is not _ABSENT]
+    if not set(map(type, segms)) <= {list, dict}:
+        return False
+    polygons = [m for m in segms if type(m) is list]
+    rles = [m for m in segms if type(m) is dict]
+    if not all(rles) or not all("size" in m and "counts" in m for m in rles):
+        return False
+    if not all(polygons):  # an empty list holds no polygon
+        return False
+    polys = list(chain.from_iterable(polygons))
+    if not set(map(type, polys)) <= {list}:
+        return False
+    lengths = set(map(len, polys))
+    if any(n < 6 or n % 2 for n in lengths):
+        return False
+    return _finite_numbers(chain.from_iterable(polys))
 
 
 def _first_bad_id(values: Sequence[Any]) -> int:

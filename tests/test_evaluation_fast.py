@@ -167,3 +167,37 @@ def test_reading_results_leaves_the_collector_enabled(tmp_path):
     assert gc.isenabled()
     table = DetectionTable.from_results(str(path))
     assert gc.isenabled() and len(table) == 1
+
+
+@pytest.mark.parametrize("lo, span", [(1, 1203), (-5, 40), (2**62, 2**40), (-(2**63), 2**63)])
+def test_id_positions_table_and_search_agree(lo, span):
+    """positions(): a table lookup where ids span few integers, a sorted search beyond; both
+    give np.searchsorted's positions, and not-found for ids outside or between the known ones."""
+    from lt_det.evaluation.ground_truth import POSITION_TABLE_SIZE, positions
+
+    rng = np.random.default_rng(0)
+    known = np.unique(np.r_[lo, lo + span - 1, lo + rng.integers(0, span, 300, dtype=np.int64)])
+    probe = np.r_[known, known[:-1] + 1, lo - 1 if lo > -(2**63) else lo, 2**63 - 1, -(2**63)]
+    pos, found = positions(known, probe)
+    expected = np.isin(probe, known)
+    assert np.array_equal(found, expected)
+    assert np.array_equal(pos[found], np.searchsorted(known, probe[found]))
+    assert (pos[~found] == 0).all()
+    assert (span <= POSITION_TABLE_SIZE) == (int(known[-1]) - int(known[0]) < POSITION_TABLE_SIZE)
+
+
+def test_evaluated_pairs_table_and_sorted_search_agree(monkeypatch):
+    """is_evaluated(): the (images x classes) table and the sorted search of the pair keys that
+    replaces it on very large ground truths answer the same."""
+    import lt_det.evaluation.ground_truth as ground_truth
+
+    gt = ground_truth.LVISGroundTruth(_random_data(4, num_images=12)[0])
+    img = np.repeat(np.arange(len(gt.img_ids)), len(gt.cat_ids))
+    cat = np.tile(np.arange(len(gt.cat_ids)), len(gt.img_ids))
+    expected = np.isin(img * len(gt.cat_ids) + cat, gt.evaluated_pairs())
+    assert 0 < expected.sum() < expected.size
+    table = gt.is_evaluated(img, cat)
+    assert gt._evaluated_table is not None and np.array_equal(table, expected)
+    monkeypatch.setattr(ground_truth, "EVALUATED_TABLE_CELLS", 0)
+    gt._evaluated_table = None
+    assert np.array_equal(gt.is_evaluated(img, cat), expected) and gt._evaluated_table is None

@@ -10,6 +10,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -329,8 +330,17 @@ def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
 
 def _box_column(values: List[Any], source: str) -> np.ndarray:
     """``values`` as an (N, 4) float64 array, refusing boxes that are not 4 numbers (strings,
-    null, lists of another length; numpy reads the column in one call when it is all numbers)."""
+    null, booleans, lists of another length). The usual column (lists of 4 ints / floats) is
+    read flat: one pass for the set of value types, one ``np.fromiter``; others (numpy scalars
+    from a Python caller) in one ``np.array`` call."""
     if set(map(type, values)) <= {list, tuple} and set(map(len, values)) <= {4}:
+        flat = list(chain.from_iterable(values))
+        if set(map(type, flat)) <= {int, float}:
+            try:
+                return np.fromiter(flat, np.float64, len(flat)).reshape(-1, 4)
+            except OverflowError:  # an int beyond float64: named below
+                pass
+        del flat
         with warnings.catch_warnings():  # nested lists: an object array (numpy 1.23 warns)
             warnings.simplefilter("ignore")
             try:

@@ -7,7 +7,7 @@ without the two id lists; so does :class:`LVISGroundTruth`, naming the file, the
 import logging
 import os
 from collections import defaultdict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -86,6 +86,7 @@ class LVISGroundTruth:
                         "lists if the dataset is exhaustively annotated."
                     )
         check_lvis_records(data, self.source)  # the rules training applies too
+        self._evaluated_table: Optional[np.ndarray] = None
         self.img_ids = np.array(sorted(img["id"] for img in self.images), dtype=np.int64)
         self.image_by_id = {img["id"]: img for img in self.images}
 
@@ -162,6 +163,37 @@ class LVISGroundTruth:
             ids |= self.neg_images.get(int(c), set())
         return np.array(sorted(ids), dtype=np.int64)
 
+    def image_index(self, image_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Positions of ``image_ids`` in :attr:`img_ids` and whether each is there.
+
+        Returns:
+            (N,) int64 positions (0 where not found) and (N,) bool found.
+        """
+        return positions(self.img_ids, image_ids)
+
+    def category_index(self, category_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Positions of ``category_ids`` in :attr:`cat_ids` and whether each is there (as
+        :meth:`image_index`)."""
+        return positions(self.cat_ids, category_ids)
+
+    def is_evaluated(self, img_index: np.ndarray, cat_index: np.ndarray) -> np.ndarray:
+        """(N,) bool: whether LVIS evaluates class ``cat_ids[cat_index]`` in image
+        ``img_ids[img_index]`` (positive or negative there), for index arrays of one length.
+
+        A lookup in an (images x classes) bool table (24 MB at LVIS v1 val: 19,809 x 1203) when
+        it holds at most :data:`EVALUATED_TABLE_CELLS` cells; a sorted search of
+        :meth:`evaluated_pairs` beyond.
+        """
+        K = len(self.cat_ids)
+        keys = np.asarray(img_index, np.int64) * K + np.asarray(cat_index, np.int64)
+        if len(self.img_ids) * K > EVALUATED_TABLE_CELLS:
+            return np.isin(keys, self.evaluated_pairs())
+        if self._evaluated_table is None:
+            table = np.zeros(len(self.img_ids) * K, dtype=bool)
+            table[self.evaluated_pairs()] = True
+            self._evaluated_table = table
+        return self._evaluated_table[keys]
+
     def evaluated_pairs(self) -> np.ndarray:
         """Sorted int64 keys ``image_index * K + category_index`` of the (image, class) pairs LVIS
         evaluates: the class is positive or negative in the image."""
@@ -202,3 +234,41 @@ class LVISGroundTruth:
         sub = LVISGroundTruth(data)
         sub.source = f"{self.source} ({len(keep)} of {len(self.img_ids)} images)"
         return sub
+
+
+#: Largest (images x classes) table of :meth:`LVISGroundTruth.is_evaluated` (128 MB of bools).
+EVALUATED_TABLE_CELLS = 2**27
+
+#: Largest id range (max - min + 1) that :func:`positions` looks up in a table (4M entries,
+#: 32 MB); wider ranges are searched.
+POSITION_TABLE_SIZE = 2**22
+
+
+def positions(sorted_ids: np.ndarray, values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Positions of ``values`` in the sorted unique ``sorted_ids`` and whether each is there.
+
+    Where the ids span at most :data:`POSITION_TABLE_SIZE` integers (LVIS: image ids up to
+    ~600k, category ids 1..1203), one gather from a table indexed by id; otherwise
+    ``np.searchsorted``. The same answer either way.
+
+    Args:
+        sorted_ids: (M,) int64, increasing.
+        values: (N,) int64.
+
+    Returns:
+        (N,) int64 positions (0 where not found) and (N,) bool found.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    if len(sorted_ids) == 0 or len(values) == 0:
+        return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+    lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
+    if hi - lo < POSITION_TABLE_SIZE:
+        table = np.full(hi - lo + 1, -1, dtype=np.int64)
+        table[sorted_ids - lo] = np.arange(len(sorted_ids))
+        inside = (values >= lo) & (values <= hi)
+        pos = np.where(inside, table[np.clip(values, lo, hi) - lo], -1)
+        found = pos >= 0
+        return np.maximum(pos, 0), found
+    pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    found = sorted_ids[pos] == values
+    return np.where(found, pos, 0), found

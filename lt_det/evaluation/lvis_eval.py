@@ -154,11 +154,8 @@ def select_detections(
     are then dropped (lvis-api drops them too, after the cut).
     """
     # Position of each result's image in gt.img_ids (sorted), to group by it below.
-    img_pos = np.searchsorted(gt.img_ids, dets.image_id)
-    unknown = np.ones(len(dets), dtype=bool)
-    if len(gt.img_ids):
-        found = gt.img_ids[np.minimum(img_pos, len(gt.img_ids) - 1)] == dets.image_id
-        unknown = (img_pos >= len(gt.img_ids)) | ~found
+    img_pos, found = gt.image_index(dets.image_id)
+    unknown = ~found
     if unknown.any():
         bad = np.unique(dets.image_id[unknown])[:5].tolist()
         raise LTDetError(
@@ -169,13 +166,8 @@ def select_detections(
         keep = top_k_per_group(dets.category_id, dets.score, max_dets_per_class)
     else:
         keep = top_k_per_group(img_pos, dets.score, max_dets_per_image)
-    img_idx = img_pos[keep]
-    cat_idx = np.searchsorted(gt.cat_ids, dets.category_id[keep])
-    known = (cat_idx < len(gt.cat_ids)) & (
-        gt.cat_ids[np.minimum(cat_idx, len(gt.cat_ids) - 1)] == dets.category_id[keep]
-    )
-    key = img_idx * len(gt.cat_ids) + cat_idx
-    evaluated = known & np.isin(key, gt.evaluated_pairs())
+    cat_idx, known = gt.category_index(dets.category_id[keep])
+    evaluated = known & gt.is_evaluated(img_pos[keep], cat_idx)
     return dets.take(keep[evaluated])
 
 
@@ -264,10 +256,10 @@ def evaluate_lvis(
     dets = drop_zero_area(dets, iou_type)
 
     K = len(gt.cat_ids)
-    cat_idx = np.searchsorted(gt.cat_ids, dets.category_id)
-    # Largest (image, class) count: the backend's own max-dets must cap nothing.
-    pair = np.searchsorted(gt.img_ids, dets.image_id) * K + cat_idx
-    max_pair = int(np.unique(pair, return_counts=True)[1].max()) if len(pair) else 1
+    cat_idx = gt.category_index(dets.category_id)[0]
+    # The backend's own max-dets must cap nothing: no (image, class) pair has more detections
+    # than its image.
+    max_pair = int(np.bincount(gt.image_index(dets.image_id)[0]).max()) if len(dets) else 1
     order = np.argsort(cat_idx, kind="stable")
     bounds = np.searchsorted(cat_idx[order], np.arange(K + 1))
     chunk = K if class_chunk == 0 else class_chunk
