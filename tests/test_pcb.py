@@ -246,6 +246,26 @@ def test_regulariser_waits_for_the_start_iteration_and_every_class():
         assert torch.equal(loss(z, y), base)
 
 
+def test_the_regulariser_logs_when_it_waits_and_when_it_comes_on(caplog):
+    z, y, _, counts = _inputs()
+    loss = build_cls_loss("pcb", num_classes=K, start_iter=2).double()
+    with torch.no_grad():
+        loss.counts.copy_(counts)
+        loss.counts[1] = 0
+    caplog.set_level("INFO", logger="lt_det.modeling.losses.pcb")
+    for it in range(6):
+        with EventStorage(it):
+            if it == 4:
+                loss.counts.fill_(1.0)
+            loss(z.clone().requires_grad_(), torch.full_like(y, K))  # background: counts stay
+    lines = [r.getMessage() for r in caplog.records if r.name == "lt_det.modeling.losses.pcb"]
+    assert lines == [
+        f"PCB: iteration 2 reached START, but 1 of {K} classes have had no ROI labelled with them "
+        "yet; the regulariser starts once every class has had one.",
+        "PCB: the confusion regulariser (alpha=0.4) is on from iteration 4.",
+    ]
+
+
 def test_state_updates_after_the_loss_and_only_when_trained_on():
     z, y, _, _ = _inputs()
     loss = _primed()

@@ -48,6 +48,7 @@ head, the loss on each with alpha scaled by 0, 1/2, 1 and weights 0.2, 0.2, 0.6,
 updated on each pass); lt_det's single pass is its last one (full alpha, one update per
 iteration). Differences from the reference: docs/peers.md.
 """
+import logging
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -60,6 +61,8 @@ from .base import ClsLoss, check_logits_and_labels, check_reduction, empty_loss,
 from .ldam import _current_iteration
 from .registry import register_cls_loss
 from .seesaw import seesaw_loss, seesaw_shift
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PCB_BASES",
@@ -378,6 +381,7 @@ class PCBLoss(ClsLoss):
         k = self.num_classes
         self.register_buffer("confusion", torch.zeros(k, k))
         self.register_buffer("counts", torch.zeros(k))
+        self._logged = set()  # schedule lines already written ("waiting", "on")
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
@@ -415,10 +419,31 @@ class PCBLoss(ClsLoss):
     def forward(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, *, reduction: str = "mean"
     ) -> torch.Tensor:
-        loss = pcb_loss(logits, gt_classes, self.confusion, reduction=reduction, **self._kwargs())
+        kwargs = self._kwargs()
+        loss = pcb_loss(logits, gt_classes, self.confusion, reduction=reduction, **kwargs)
         if torch.is_grad_enabled() and logits.requires_grad:  # a loss that will be trained on
+            self._log_schedule(kwargs["alpha"])
             self.update_state_(logits, gt_classes)
         return loss
+
+    def _log_schedule(self, alpha: float) -> None:
+        """One log line when the regulariser comes on, and one if, at ``start_iter``, it must
+        still wait for classes that no ROI has been labelled with yet."""
+        it = _current_iteration()
+        if self.alpha == 0 or it is None or it < self.start_iter:
+            return
+        if alpha > 0 and "on" not in self._logged:
+            self._logged.add("on")
+            logger.info(f"PCB: the confusion regulariser (alpha={self.alpha:g}) is on from "
+                        f"iteration {it}.")
+        elif alpha == 0 and "waiting" not in self._logged:
+            self._logged.add("waiting")
+            missing = int((self.counts == 0).sum())
+            logger.info(
+                f"PCB: iteration {it} reached START, but {missing} of {self.num_classes} classes "
+                "have had no ROI labelled with them yet; the regulariser starts once every class "
+                "has had one."
+            )
 
     @torch.no_grad()
     def update_state_(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> None:
