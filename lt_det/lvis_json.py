@@ -24,9 +24,9 @@ Ground-truth rules:
     - ``segmentation``, when present, is a list of polygons with at least 3 points each
       (an even number >= 6 of coordinates) or an RLE dict (``size``, ``counts``); detectron2's
       own LVIS loader refuses polygons with fewer points too;
-    - ``iscrowd``, when present, is 0 or 1. Crowd regions (``iscrowd`` 1) are not objects: the
-      training mapper drops them from the targets and evaluation leaves them out of the ground
-      truth (docs/robustness.md).
+    - ``iscrowd``, when present, is the number 0 or 1 (not ``true`` / ``false``). Crowd regions
+      (``iscrowd`` 1) are not objects: the training mapper drops them from the targets and
+      evaluation leaves them out of the ground truth (docs/robustness.md).
 
 Results rules (:func:`id_column`): ``image_id`` and ``category_id`` are JSON numbers holding an
 integer in the int64 range (1 and 1.0 are the same id, as in lvis-api's dict lookups); strings
@@ -249,7 +249,8 @@ def check_lvis_records(data: Dict[str, Any], source: str) -> None:
             )
         if "segmentation" in ann:
             _check_segmentation(ann["segmentation"], where)
-        if ann.get("iscrowd", 0) not in (0, 1):
+        crowd = ann.get("iscrowd", 0)
+        if type(crowd) is bool or crowd not in (0, 1):
             raise LTDetError(f"{where} has iscrowd {ann.get('iscrowd')!r}; it must be 0 or 1.")
 
 
@@ -331,11 +332,9 @@ def _records_pass(images: Any, anns: Any, cat_ids: set) -> bool:
     areas = [a for a in _column(anns, "area") if a is not _ABSENT]
     if not _finite_numbers(areas, 0):
         return False
-    try:
-        if not set(_column(anns, "iscrowd", 0)) <= {0, 1}:
-            return False
-    except TypeError:  # an unhashable value (a list): not 0 or 1
-        return False
+    crowd = _column(anns, "iscrowd", 0)
+    if not (set(map(type, crowd)) <= {int, float} and set(crowd) <= {0, 1}):
+        return False  # (a list would be unhashable: the type test comes first)
     segms = [m for m in _column(anns, "segmentation") if m is not _ABSENT]
     if not set(map(type, segms)) <= {list, dict}:
         return False

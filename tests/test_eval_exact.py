@@ -265,6 +265,31 @@ def tool_refuses(tmp_path, gt, results, *needles):
     return lines[0]
 
 
+def test_the_tool_never_replaces_its_earlier_output_without_force(tmp_path):
+    gt = _two_images_class_1()
+    p, out, per_class, _ = run_tool(tmp_path, gt, _perfect(gt))
+    assert p.returncode == 0, p.stderr
+    written = {f: f.read_bytes() for f in [out, *per_class.iterdir()]}
+    for path in (out, per_class / "per_class_ap_bbox.json"):
+        p, *_ = run_tool(tmp_path, gt, _perfect(gt))
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert "--force" in p.stderr and str(path.parent if path != out else path) in p.stderr
+        assert {f: f.read_bytes() for f in written} == written
+        if path == out:
+            out.unlink()
+            written.pop(out)
+    p, *_ = run_tool(tmp_path, gt, _perfect(gt), "--force")
+    assert p.returncode == 0 and out.exists(), p.stderr
+
+
+def test_results_of_another_split_are_one_line_naming_the_results(tmp_path):
+    gt = _two_images_class_1()
+    results = _perfect(gt) + [{"image_id": 77, "category_id": 1, "bbox": [1, 1, 5, 5],
+                               "score": 0.5}]
+    line = tool_refuses(tmp_path, gt, results, "results.json", "image_id 77", "gt.json")
+    assert "same split" in line
+
+
 def eval_refuses(gt, results, *needles):
     for backend in BACKENDS:
         with pytest.raises(LTDetError) as e:
@@ -306,6 +331,8 @@ def _gt_breaking(rule):
         gt["annotations"][1]["area"] = -4.0
     elif rule == "unknown neg id":
         gt["images"][1]["neg_category_ids"] = [9]
+    elif rule == "iscrowd true":
+        gt["annotations"][1]["iscrowd"] = True
     return gt
 
 
@@ -319,6 +346,7 @@ GT_RULES = {
     "annotation id 2**63": [f"has id {2**63}", "int64"],
     "negative area": ["annotation 2", "area -4.0", ">= 0"],
     "unknown neg id": ["image 2 lists 9 in 'neg_category_ids'"],
+    "iscrowd true": ["annotation 2 has iscrowd True", "0 or 1"],
 }
 
 
@@ -531,7 +559,7 @@ def test_the_mask_rule_names_the_first_mask_that_is_no_compressed_rle(bad):
 
 
 @pytest.mark.parametrize("box", [[1, 2, "3", 4], [1, 2, None, 4], [1, 2, [3], 4], [1, 2, 3],
-                                 "1234", 5])
+                                 "1234", 5, [1, 2, True, 4], [False, 2.5, 3, 4]])
 def test_a_box_that_is_not_4_numbers_is_refused_by_name(box):
     from lt_det.evaluation import DetectionTable
 

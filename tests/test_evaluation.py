@@ -315,6 +315,28 @@ def test_unknown_backend_and_foreign_image_fail_clearly():
         evaluate_lvis(gt, [_det(99, 1, (10, 10, 30, 30), 0.9)])
 
 
+def test_results_of_another_split_or_task_name_the_results_file(tmp_path):
+    """A results file of another split names itself, its first foreign result and the gt; box
+    results evaluated as segm (and masks as bbox) name the other iou type."""
+    gt = _fed_gt()
+    dets = [_det(1, 1, (10, 10, 30, 30), 0.9), _det(99, 1, (10, 10, 30, 30), 0.8)]
+    path = tmp_path / "dt.json"
+    path.write_text(json.dumps(dets))
+    with pytest.raises(LTDetError) as e:
+        evaluate_lvis(gt, str(path))
+    assert f"'{path}': 1 results have image ids not in" in str(e.value)
+    assert "result 1 (0-based), image_id 99" in str(e.value)
+    with pytest.raises(LTDetError) as e:
+        evaluate_lvis(gt, str(path), iou_type="segm")
+    assert f"'{path}': 'segm' evaluation needs 'segmentation'" in str(e.value)
+    assert "--iou-type bbox" in str(e.value)
+    masks = [{k: v for k, v in d.items() if k != "bbox"} for d in dets[:1]]
+    masks[0]["segmentation"] = {"size": [64, 64], "counts": "0"}
+    path.write_text(json.dumps(masks))
+    with pytest.raises(LTDetError, match="--iou-type segm"):
+        evaluate_lvis(gt, str(path), iou_type="bbox")
+
+
 # ------------------------------------------------------------------ detectron2 evaluator
 
 

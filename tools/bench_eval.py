@@ -751,7 +751,7 @@ def time_all(args, pythons: Dict[str, str], versions: Dict[str, str]) -> List[Di
             for backend in args.backends:
                 cmd = [sys.executable, tool, "--gt", gt_path, "--results", dt_path,
                        "--iou-type", iou_type, "--backend", backend,
-                       "--class-chunk", str(args.class_chunk), "--output", m_path]
+                       "--class-chunk", str(args.class_chunk), "--output", m_path, "--force"]
                 r = _time_one(cmd, m_path, True, args.repeat)
                 rows.append({"name": f"lt_det {backend}", "version": lt_det.__version__, **r})
             ref = "lvis-api" if any(r["name"] == "lvis-api" and "error" not in r for r in rows) \

@@ -58,6 +58,12 @@ def main(argv=None) -> int:
         f"annotations, {len(groups)} categories (rare {groups.count('r')}, common "
         f"{groups.count('c')}, frequent {groups.count('f')}; {source})"
     )
+    if not args.counts_from:
+        print(
+            "  the r/c/f groups (APr / APc / APf) come from this file's own image counts: right "
+            "for a training split; for a val or test split, convert the training json first and "
+            "pass it as --counts-from, as LVIS's val carries its training counts."
+        )
     return 0
 
 

@@ -4,7 +4,7 @@ r"""Evaluate an LVIS results file offline and print the LVIS metrics (percent).
     python tools/lvis_eval.py --gt lvis_v1_val.json \
         --results lvis_instances_results.json \
         --iou-type bbox [--backend fast|lvis] [--ap-fixed] [--ap-pool] [--class-chunk 100] \
-        [--max-dets-per-image 300] [--output metrics.json] [--per-class-dir DIR]
+        [--max-dets-per-image 300] [--output metrics.json] [--per-class-dir DIR] [--force]
 
 Prints the metrics (AP ... AR@300; AR@-1 under --ap-fixed, which has no per-image cap) and,
 with --class-chunk > 0, a progress bar with ETA over the class chunks on stderr (once the
@@ -13,6 +13,7 @@ unless asked: ``--output`` writes the metrics and run info as json (``null`` whe
 undefined, e.g. APr without rare classes); ``--per-class-dir`` writes
 ``per_class_ap_<iou-type>.{json,csv}`` (AP per class with its frequency group and the training
 image count stored in the gt categories), the input of ``tools/plot_ap_vs_frequency.py``.
+Neither replaces an existing file unless ``--force`` is given (checked before any work).
 """
 import argparse
 import json
@@ -37,12 +38,13 @@ from lt_det.evaluation import (  # noqa: E402
 )
 
 
-def check_outputs(output: str, per_class_dir: str) -> None:
-    """Refuse, before any work, output paths that could not be written.
+def check_outputs(output: str, per_class_dir: str, iou_type: str, force: bool = False) -> None:
+    """Refuse, before any work, output paths that could not be written, and files that a
+    run would replace (unless ``force``).
 
     Raises:
-        LTDetError: ``output`` is a folder or its folder does not exist; ``per_class_dir`` is a
-            file.
+        LTDetError: ``output`` is a folder, its folder does not exist, or it exists;
+            ``per_class_dir`` is a file or holds this task's per-class files.
     """
     if output:
         if os.path.isdir(output):
@@ -52,8 +54,21 @@ def check_outputs(output: str, per_class_dir: str) -> None:
             raise LTDetError(
                 f"--output '{output}': folder '{parent}' does not exist; create it first."
             )
+        if os.path.exists(output) and not force:
+            raise LTDetError(
+                f"--output '{output}' exists (an earlier evaluation?); give another path, or "
+                "--force to replace it."
+            )
     if per_class_dir and os.path.exists(per_class_dir) and not os.path.isdir(per_class_dir):
         raise LTDetError(f"--per-class-dir '{per_class_dir}' is a file; give a folder.")
+    if per_class_dir and not force:
+        base = os.path.join(per_class_dir, f"per_class_ap_{iou_type}")
+        there = [base + ext for ext in (".json", ".csv") if os.path.exists(base + ext)]
+        if there:
+            raise LTDetError(
+                f"--per-class-dir '{per_class_dir}' already holds {there[0]} (an earlier "
+                "evaluation?); give another folder, or --force to replace the per-class files."
+            )
 
 
 def main() -> int:
@@ -62,7 +77,9 @@ def main() -> int:
     )
     p.add_argument("--gt", required=True, help="LVIS-format ground-truth json")
     p.add_argument("--results", required=True, help="LVIS results json (list of detections)")
-    p.add_argument("--iou-type", required=True, choices=["bbox", "segm"])
+    p.add_argument("--iou-type", required=True, choices=["bbox", "segm"],
+                   help="bbox: box AP from the results' 'bbox'; segm: mask AP from their "
+                   "'segmentation' (RLE), areas from the masks")
     p.add_argument(
         "--backend",
         default="fast",
@@ -100,13 +117,15 @@ def main() -> int:
     )
     p.add_argument("--output", default="", help="write metrics (percent) and run info as json")
     p.add_argument("--per-class-dir", default="", help="write per-class AP json/csv here")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --output file / per-class files (refused otherwise)")
     args = p.parse_args()
     lt_logger = logging.getLogger("lt_det")  # loading times and progress, on stderr
     lt_logger.addHandler(logging.StreamHandler(sys.stderr))
     lt_logger.setLevel(logging.INFO)
     lt_logger.propagate = False  # lvis-api puts a handler on the root logger
     try:
-        check_outputs(args.output, args.per_class_dir)
+        check_outputs(args.output, args.per_class_dir, args.iou_type, args.force)
         r = evaluate_lvis(
             args.gt,
             args.results,

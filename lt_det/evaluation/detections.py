@@ -335,20 +335,24 @@ def _box_column(values: List[Any], source: str) -> np.ndarray:
     from a Python caller) in one ``np.array`` call."""
     if set(map(type, values)) <= {list, tuple} and set(map(len, values)) <= {4}:
         flat = list(chain.from_iterable(values))
-        if set(map(type, flat)) <= {int, float}:
+        types = set(map(type, flat))
+        if types <= {int, float}:
             try:
                 return np.fromiter(flat, np.float64, len(flat)).reshape(-1, 4)
             except OverflowError:  # an int beyond float64: named below
                 pass
         del flat
-        with warnings.catch_warnings():  # nested lists: an object array (numpy 1.23 warns)
-            warnings.simplefilter("ignore")
-            try:
-                arr = np.array(values)
-            except (ValueError, TypeError):
-                arr = None
-        if arr is not None and arr.dtype.kind in "iuf" and arr.shape == (len(values), 4):
-            return arr.astype(np.float64, copy=False).reshape(-1, 4)
+        if types & {bool, np.bool_}:
+            types = None  # JSON true / false: refused below, naming the result
+        if types is not None:
+            with warnings.catch_warnings():  # nested lists: an object array (numpy 1.23 warns)
+                warnings.simplefilter("ignore")
+                try:
+                    arr = np.array(values)
+                except (ValueError, TypeError):
+                    arr = None
+            if arr is not None and arr.dtype.kind in "iuf" and arr.shape == (len(values), 4):
+                return arr.astype(np.float64, copy=False).reshape(-1, 4)
     for i, b in enumerate(values):
         if not (
             isinstance(b, (list, tuple))

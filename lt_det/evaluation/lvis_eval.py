@@ -20,6 +20,7 @@ tables exactly as lvis-api does, so chunking changes no number.
 Shape shorthand: T = 10 IoU thresholds, R = 101 recall points, K = classes, A = 4 area ranges.
 """
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ def select_detections(
     ap_fixed: bool = False,
     max_dets_per_image: int = 300,
     max_dets_per_class: int = 10000,
+    source: str = "<results>",
 ) -> DetectionTable:
     """Apply the protocol's cut, then keep only the (image, class) pairs LVIS evaluates.
 
@@ -152,15 +154,22 @@ def select_detections(
     dataset. Ties are broken by result order, as in lvis-api. Detections of classes that are
     not in the ground truth, or in images where their class is neither positive nor negative,
     are then dropped (lvis-api drops them too, after the cut).
+
+    Raises:
+        LTDetError: a result's image is not in ``gt`` (naming ``source``, the results file, the
+            first such result by its place and the ground truth).
     """
     # Position of each result's image in gt.img_ids (sorted), to group by it below.
     img_pos, found = gt.image_index(dets.image_id)
     unknown = ~found
     if unknown.any():
+        first = int(np.flatnonzero(unknown)[0])
         bad = np.unique(dets.image_id[unknown])[:5].tolist()
         raise LTDetError(
-            f"{int(unknown.sum())} results have image ids not in '{gt.source}' (e.g. {bad}); "
-            "results must come from the images of that ground truth."
+            f"'{source}': {int(unknown.sum())} results have image ids not in '{gt.source}' (e.g. "
+            f"result {first} (0-based), image_id {int(dets.image_id[first])}; ids {bad}); "
+            "results must come from the images of that ground truth: check that the two files "
+            "are of the same split."
         )
     if ap_fixed:
         keep = top_k_per_group(dets.category_id, dets.score, max_dets_per_class)
@@ -235,24 +244,28 @@ def evaluate_lvis(
     tic = time.perf_counter()
     if not isinstance(gt, LVISGroundTruth):
         gt = LVISGroundTruth(gt, frequency=frequency, image_count=image_count)
+    source = os.fspath(results) if isinstance(results, (str, os.PathLike)) else "<results>"
     if not isinstance(results, DetectionTable):
         results = DetectionTable.from_results(results)  # checked there, naming the file
     else:
         results.check()
+    _check_iou_type(results, iou_type, source)
     t_load = time.perf_counter() - tic
-    if progress:
-        logger.info(
-            f"loaded {len(gt.img_ids)} images / {len(gt.cat_ids)} classes of ground truth and "
-            f"{len(results)} detections in {t_load:.1f}s"
-        )
+    num_results = len(results)
     dets = select_detections(
         results,
         gt,
         ap_fixed=ap_fixed,
         max_dets_per_image=max_dets_per_image,
         max_dets_per_class=max_dets_per_class,
+        source=source,
     )
     del results
+    if progress:  # after the last check of the inputs: a refusal stays one line
+        logger.info(
+            f"loaded {len(gt.img_ids)} images / {len(gt.cat_ids)} classes of ground truth and "
+            f"{num_results} detections in {t_load:.1f}s"
+        )
     dets = drop_zero_area(dets, iou_type)
 
     K = len(gt.cat_ids)
@@ -306,6 +319,18 @@ def evaluate_lvis(
     }
     num_gt = np.array([gt.num_gt(c) for c in gt.cat_ids.tolist()])
     return LVISEvalResult(iou_type, metrics, precision, recall, gt.categories, num_gt, info)
+
+
+def _check_iou_type(results: DetectionTable, iou_type: str, source: str) -> None:
+    """Results hold what ``iou_type`` evaluates: boxes for "bbox", masks for "segm"."""
+    field, other = ("bbox", "segm") if iou_type == "bbox" else ("segmentation", "bbox")
+    if len(results) and getattr(results, field) is None:
+        kind = "mask results without boxes" if iou_type == "bbox" else "box results"
+        raise LTDetError(
+            f"'{source}': '{iou_type}' evaluation needs '{field}' in every result, and these "
+            f"lack it ({kind}?); evaluate them as '{other}' (tools/lvis_eval.py --iou-type "
+            f"{other})."
+        )
 
 
 def _progress_bar(starts: range, desc: str, chunk: int, num_classes: int, after_s: float = 1.0):
