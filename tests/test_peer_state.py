@@ -8,6 +8,8 @@
   one shared stream by rank) and end with identical counts on both ranks, equal to the
   one-process counts: the counts are all-reduced when the world size is 2.
 - PCB (confusion matrix and counts): both, as EQLv2 and Seesaw.
+- ACSL and the federated loss (the generator of their draws): saved and restored as torch's
+  extra state.
 """
 import json
 
@@ -99,6 +101,32 @@ def test_pcb_state_survives_save_load_resume(tiny_lvis, tmp_path, monkeypatch):
     assert float(resumed_from["model"][PREFIX + "counts"].min()) > 0
     rows = a["model"][PREFIX + "confusion"].sum(dim=1)
     torch.testing.assert_close(rows, torch.ones_like(rows))
+
+
+DRAWING_LOSSES = {
+    "acsl": ("MODEL.ROI_BOX_HEAD.ACSL.BG_FRACTIONS", "[0.5, 0.5, 0.5]"),
+    "federated": ("MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES", "3"),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(DRAWING_LOSSES))
+def test_drawing_losses_resume_with_their_generator(tiny_lvis, tmp_path, monkeypatch, loss):
+    """ACSL (suppressed background ROIs) and the federated loss (negative classes) draw with
+    their own generator: the checkpoint holds its state, so the resumed run draws, and losses,
+    as the uninterrupted one."""
+    train_net = load_train_net()
+
+    def opts(out):
+        return tiny_opts(tiny_lvis, out, "SOLVER.MAX_ITER", str(MAX_ITER),
+                         "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
+                         "MODEL.ROI_BOX_HEAD.CLS_LOSS", loss, *DRAWING_LOSSES[loss])
+
+    a, b, _ = check_resumed_equals_uninterrupted(monkeypatch, train_net, opts, tmp_path)
+    key = PREFIX + "_extra_state"
+    assert key in a["model"] and a["model"][key].dtype == torch.uint8
+    assert torch.equal(b["model"][key], a["model"][key])
+    fresh = torch.Generator().manual_seed(0).get_state()
+    assert not torch.equal(a["model"][key], fresh)  # the draws did advance it
 
 
 def _train_pcb(argv, out_json):

@@ -332,8 +332,10 @@ class LTTrainer(DefaultTrainer):
         if comm.get_world_size() > 1:
             # Parameters re-initialised after loading (cRT) drew from each rank's own generator
             # (seeded SEED + rank); DDP only synchronised the model when it was wrapped.
-            for tensor in self.model.state_dict().values():
-                dist.broadcast(tensor, src=0)
+            # Parameters and buffers: a module's extra state (ACSL's generator, on the CPU)
+            # is a copy in state_dict(), and not for the collective's device.
+            for tensor in [*self.model.parameters(), *self.model.buffers()]:
+                dist.broadcast(tensor.data, src=0)
         self._continue_sampler_stream()
 
     def _apply_config_lrs(self, config_lrs) -> None:

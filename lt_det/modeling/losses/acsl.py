@@ -27,7 +27,8 @@ gradient (computed from detached scores). At inference: the K class sigmoids (th
 the classifier, background included, to -log((1 - p) / p) with p = 0.01.
 
 Background draws use the module's own ``torch.Generator`` (seeded by ``seed``): ``forward``
-advances it, ``per_roi`` draws from a copy of its state (the draws of the next ``forward``).
+advances it, ``per_roi`` draws from a copy of its state (the draws of the next ``forward``). Its
+state is saved in checkpoints (:class:`~lt_det.modeling.losses._state.SavedGenerator`).
 Differences from the reference: docs/peers.md.
 """
 import math
@@ -40,6 +41,7 @@ from torch.nn import functional as F
 
 from ...errors import LTDetError
 from ._fused import _reduce, _row_scale, _softplus, _subtract_at
+from ._state import SavedGenerator
 from .base import check_logits_and_labels, check_reduction, empty_loss
 from .registry import register_cls_loss
 from .sigmoid_ce import SigmoidCELoss
@@ -267,7 +269,7 @@ def acsl_per_roi(
 
 
 @register_cls_loss("acsl")
-class ACSLLoss(SigmoidCELoss):
+class ACSLLoss(SavedGenerator, SigmoidCELoss):
     """Module form of :func:`acsl_loss`, drawing the background suppression with its own
     generator; scores are per-class sigmoids. Holds the class groups as the buffer
     ``class_group`` (K,) int64."""

@@ -20,13 +20,15 @@ sigmoid CE. Per-ROI sums are averaged over ROIs.
 
 Negatives are drawn with the module's own ``torch.Generator`` (seeded by ``seed``): ``forward``
 advances it, ``per_roi`` draws from a copy of its current state (same sets as the next
-``forward``, no state change).
+``forward``, no state change). Its state is saved in checkpoints
+(:class:`~lt_det.modeling.losses._state.SavedGenerator`).
 """
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
 
+from ._state import SavedGenerator
 from ._weighted_sigmoid import weighted_sigmoid_ce, weighted_sigmoid_ce_per_roi
 from .base import check_logits_and_labels, check_reduction, empty_loss, reduce_per_roi
 from .registry import register_cls_loss
@@ -121,7 +123,7 @@ def federated_loss(
 
 
 @register_cls_loss("federated")
-class FederatedLoss(SigmoidCELoss):
+class FederatedLoss(SavedGenerator, SigmoidCELoss):
     """Module form of :func:`federated_loss`; scores are per-class sigmoids.
 
     Its loss needs the ROIs' image grouping: the box predictor passes ``rois_per_image`` because
