@@ -36,7 +36,7 @@ lt_det refuses both, naming the file, the field and the value.
 """
 import math
 from itertools import chain, repeat
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -267,29 +267,28 @@ def _column(records: List[dict], key: str, default: Any = _ABSENT) -> List[Any]:
     return list(map(dict.get, records, repeat(key), repeat(default)))
 
 
-def _ints(values: List[Any], lo: int = INT64_MIN) -> bool:
-    """Every value is an int (not a bool) in [lo, 2**63 - 1]."""
+def _ints(values: List[Any]) -> bool:
+    """Every value is an int (not a bool) in the int64 range."""
     if not set(map(type, values)) <= {int}:
         return False
-    if not values:
-        return True
     try:
-        column = np.fromiter(values, np.int64, len(values))
+        np.fromiter(values, np.int64, len(values))
     except OverflowError:
         return False
-    return bool(column.min() >= lo)
+    return True
 
 
-def _finite_numbers(values, at_least: float = -math.inf) -> bool:
-    """Every value is an int or float (not a bool), finite and >= ``at_least``."""
+def _numbers(values) -> Optional[np.ndarray]:
+    """The values as a float64 array if every one is a finite int or float (not a bool), else
+    None."""
     values = list(values)
     if not set(map(type, values)) <= {int, float}:
-        return False
+        return None
     try:
         column = np.fromiter(values, np.float64, len(values))
     except OverflowError:  # an int beyond float range: not finite
-        return False
-    return bool(np.isfinite(column).all() and (column >= at_least).all())
+        return None
+    return column if np.isfinite(column).all() else None
 
 
 def _records_pass(images: Any, anns: Any, cat_ids: set) -> bool:
@@ -305,12 +304,9 @@ def _records_pass(images: Any, anns: Any, cat_ids: set) -> bool:
     image_ids = _column(images, "id")
     if not _ints(image_ids) or len(set(image_ids)) != len(image_ids):
         return False
-    if not _finite_numbers(_column(images, "height"), 0) or not _finite_numbers(
-        _column(images, "width"), 0
-    ):
+    sizes = _numbers(_column(images, "height") + _column(images, "width"))
+    if sizes is None or not (sizes > 0).all():
         return False
-    if 0 in set(_column(images, "height")) | set(_column(images, "width")):
-        return False  # positive sizes
     for key in ("neg_category_ids", "not_exhaustive_category_ids"):
         lists = _column(images, key, [])
         if not set(map(type, lists)) <= {list}:
@@ -330,12 +326,11 @@ def _records_pass(images: Any, anns: Any, cat_ids: set) -> bool:
     boxes = _column(anns, "bbox")
     if not (set(map(type, boxes)) <= {list} and set(map(len, boxes)) <= {4}):
         return False
-    if not _finite_numbers(chain.from_iterable(boxes)):
+    coords = _numbers(chain.from_iterable(boxes))
+    if coords is None or (coords.reshape(-1, 4)[:, 2:] < 0).any():
         return False
-    if boxes and (np.array(boxes, dtype=np.float64)[:, 2:] < 0).any():
-        return False
-    areas = [a for a in _column(anns, "area") if a is not _ABSENT]
-    if not _finite_numbers(areas, 0):
+    areas = _numbers(a for a in _column(anns, "area") if a is not _ABSENT)
+    if areas is None or (areas < 0).any():
         return False
     crowd = _column(anns, "iscrowd", 0)
     if not (set(map(type, crowd)) <= {int, float} and set(crowd) <= {0, 1}):
@@ -355,7 +350,7 @@ def _records_pass(images: Any, anns: Any, cat_ids: set) -> bool:
     lengths = set(map(len, polys))
     if any(n < 6 or n % 2 for n in lengths):
         return False
-    return _finite_numbers(chain.from_iterable(polys))
+    return _numbers(chain.from_iterable(polys)) is not None
 
 
 def _first_bad_id(values: Sequence[Any]) -> int:

@@ -341,10 +341,8 @@ def _box_column(values: List[Any], source: str) -> np.ndarray:
                 return np.fromiter(flat, np.float64, len(flat)).reshape(-1, 4)
             except OverflowError:  # an int beyond float64: named below
                 pass
-        del flat
-        if types & {bool, np.bool_}:
-            types = None  # JSON true / false: refused below, naming the result
-        if types is not None:
+        elif not types & {bool, np.bool_}:  # JSON true / false: refused below, by name
+            del flat
             with warnings.catch_warnings():  # nested lists: an object array (numpy 1.23 warns)
                 warnings.simplefilter("ignore")
                 try:
