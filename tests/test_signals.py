@@ -235,3 +235,23 @@ def test_the_launchers_own_signal_names_the_stop():
     # no signal of its own (a worker stopped alone): the first worker's line
     error = launch_mod._outcome(None, watch, None, 0)
     assert error.exit_code == 143 and str(error) == term
+
+
+def _finish_then_abort_at_exit():
+    """A worker whose work ends well, and whose process then aborts while exiting (as torch's
+    teardown sometimes does: "terminate called without an active exception")."""
+    import atexit
+
+    from detectron2.utils import comm
+
+    if comm.get_rank() == 1:
+        atexit.register(os.abort)
+
+
+def test_a_crash_while_exiting_after_the_work_is_a_warning(caplog):
+    from lt_det.engine import launch
+
+    caplog.set_level("WARNING", logger="lt_det.engine.launch")
+    launch(_finish_then_abort_at_exit, 2, dist_url="auto", args=())
+    lines = [r.getMessage() for r in caplog.records if r.name == "lt_det.engine.launch"]
+    assert len(lines) == 1 and lines[0].startswith("rank 1 ended with SIGABRT while exiting")

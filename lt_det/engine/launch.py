@@ -187,10 +187,11 @@ def launch(
                     start_method="spawn",
                 )
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-            error = _outcome(e, watch, stop.signum, first_rank)
-            if error is None:
-                raise  # a bug in a worker: its traceback
-            raise error from None
+            if not _crashed_after_its_work(e, watch, num_gpus_per_machine, first_rank):
+                error = _outcome(e, watch, stop.signum, first_rank)
+                if error is None:
+                    raise  # a bug in a worker: its traceback
+                raise error from None
         finally:
             spawn_log.setLevel(spawn_level)
     watch.drain()
@@ -209,6 +210,25 @@ def _forward_to_workers(signum: int) -> None:
             os.kill(child.pid, signum)
         except OSError:  # already gone
             pass
+
+
+def _crashed_after_its_work(error, watch: "_Supervisor", per_machine: int,
+                            first_rank: int) -> bool:
+    """Whether every local worker had reported its work done before one of them was killed
+    by a signal: a crash while the process exits (torch's or gloo's teardown, e.g. "terminate
+    called without an active exception"), after the run's checkpoints and results were written.
+    Logged as a warning; the run counts as finished."""
+    watch.drain()
+    exit_code = getattr(error, "exit_code", None)
+    if not (isinstance(error, mp.ProcessExitedException) and exit_code is not None
+            and exit_code < 0 and len(watch.done) == per_machine and not watch.errors):
+        return False
+    logger.warning(
+        f"rank {first_rank + error.error_index} ended with {signal_name(-exit_code)} while "
+        "exiting, after every process had finished its work (a crash in the teardown of "
+        "torch.distributed); the run's outputs are complete."
+    )
+    return True
 
 
 def _outcome(error, watch: "_Supervisor", signum: Optional[int],
