@@ -122,10 +122,12 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
     elements, in order), reading about ``piece_bytes`` of the file at a time.
 
     A piece ends at the last ``}, {`` / ``},{`` of the bytes read so far; the piece is parsed
-    as a list on its own (``[`` and ``]`` added). A cut that is not between two elements of
-    the top-level list (inside a string or a nested list) leaves a piece that is not valid
-    JSON, so a piece that parses is exactly the elements it holds. Files with no such
-    boundary (pretty-printed ones) come in one piece.
+    as a list on its own: the boundary's ``,`` is overwritten with ``]`` in the read buffer
+    and the piece is handed to orjson as a view of that buffer (no copy of the file's bytes);
+    the same ``,`` then becomes the ``[`` of the next piece. A cut that is not between two
+    elements of the top-level list (inside a string or a nested list) leaves a piece that is
+    not valid JSON, so a piece that parses is exactly the elements it holds. Files with no
+    such boundary (pretty-printed ones) come in one piece.
 
     Raises:
         LTDetError: a piece does not parse as a list (a file that is not a list, not valid
@@ -134,28 +136,23 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
     """
     if orjson is None:
         raise LTDetError(f"'{path}': piecewise reading needs orjson.")
-    head = b""  # b"[" once the file's own "[" has been passed
-    buf = b""
+    # Unparsed bytes; from the second piece on they start with the "[" written over a ",".
+    buf = bytearray()
     with open(path, "rb") as f:
         while True:
             block = f.read(piece_bytes)
-            if not head and not buf and len(block) < piece_bytes:  # the whole file at once
-                buf, block = block, b""
-            else:
-                buf = buf + block if buf else block
-            cut = _last_boundary(buf) if block else -1
-            if cut < 0 and block:
+            buf += block
+            at_end = len(block) < piece_bytes  # a regular file reads short only at its end
+            cut = -1 if at_end else _last_boundary(buf)
+            if cut < 0 and not at_end:
                 continue  # no boundary yet: read on
-            if cut < 0:  # end of file: the rest is the last piece
-                text, buf = head + buf, b""
-            else:  # up to and including the "}"; the rest starts with ", {" or ",{"
-                text = head + buf[: cut + 1] + b"]"
-                buf = buf[buf.index(b",", cut) + 1 :]
-            try:
-                piece = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                raise LTDetError(f"'{path}' does not parse piece by piece.") from None
-            del text
+            if cut >= 0:
+                buf[cut + 1] = 0x5D  # "]" over the boundary's ","
+            with memoryview(buf) as view:  # released before buf is resized
+                try:
+                    piece = orjson.loads(view[: cut + 2] if cut >= 0 else view)
+                except orjson.JSONDecodeError:
+                    raise LTDetError(f"'{path}' does not parse piece by piece.") from None
             if not isinstance(piece, list):
                 raise LTDetError(f"'{path}' is not a list.")
             if piece:
@@ -163,7 +160,8 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
             del piece
             if cut < 0:
                 return
-            head = b"["
+            buf[cut + 1] = 0x5B  # "[": the next piece starts here
+            del buf[: cut + 1]
 
 
 def json_ready(obj: Any) -> Any:

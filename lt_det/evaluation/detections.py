@@ -413,4 +413,6 @@ def top_k_per_group(group: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     first = np.repeat(starts, np.diff(np.r_[starts, n]))
     rank = np.arange(n) - first
-    return np.sort(order[rank < k])
+    keep = np.zeros(n, dtype=bool)  # back to row order by a mask: no second sort
+    keep[order[rank < k]] = True
+    return np.flatnonzero(keep)
