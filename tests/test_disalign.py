@@ -188,6 +188,20 @@ def test_training_more_than_the_calibration_is_a_warning(caplog):
     assert model.roi_heads.box_predictor.cls_score.weight.requires_grad
 
 
+def test_a_loss_other_than_grw_is_a_warning(caplog):
+    from lt_det.decouple.method_disalign import DistributionAlignment
+
+    with caplog.at_level("WARNING"):
+        make_model(_disalign_cfg(**{"MODEL.ROI_BOX_HEAD.CLS_LOSS": "softmax_ce"}))
+    assert "CLS_LOSS 'softmax_ce': DisAlign trains its calibration with" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the reference's loss (a grw build needs a prior)
+        DistributionAlignment(trainable=DISALIGN, cls_loss="grw").apply(
+            make_model(tiny_cfg("none"))
+        )
+    assert "CLS_LOSS" not in caplog.text
+
+
 def test_stage1_model_and_fresh_disalign_model_detect_the_same():
     stage1 = make_model(tiny_cfg("none")).eval()
     model = make_model(_disalign_cfg())

@@ -214,14 +214,19 @@ class DistributionAlignment(DecoupleMethod):
     Only ``MODEL.DECOUPLE.TRAINABLE`` trains; the DisAlign configs set it to the layer's
     ``logit_scale``, ``logit_bias`` and ``confidence_layer`` (the reference's trainable set).
     Naming more (e.g. ``cls_score`` itself) is allowed and logged as a warning. The loss is the
-    config's ``MODEL.ROI_BOX_HEAD.CLS_LOSS`` (the DisAlign configs: ``"grw"``).
+    config's ``MODEL.ROI_BOX_HEAD.CLS_LOSS`` (the DisAlign configs: ``"grw"``, the reference's);
+    another loss is allowed (an ablation) and logged as a warning.
     """
 
-    def __init__(self, *, trainable: List[str], gate_init_std: float = 0.01):
+    def __init__(
+        self, *, trainable: List[str], gate_init_std: float = 0.01, cls_loss: str = "grw"
+    ):
         """
         Args:
             trainable: parameter-name prefixes that stay trainable (``MODEL.DECOUPLE.TRAINABLE``).
             gate_init_std: ``MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD`` (>= 0).
+            cls_loss: the stage's ``MODEL.ROI_BOX_HEAD.CLS_LOSS`` (checked against the
+                reference's ``"grw"`` only, for the warning).
 
         Raises:
             LTDetError: gate_init_std < 0.
@@ -232,12 +237,14 @@ class DistributionAlignment(DecoupleMethod):
                 f"MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD must be >= 0, got {gate_init_std}."
             )
         self.gate_init_std = float(gate_init_std)
+        self.cls_loss = str(cls_loss)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         return {
             **super().from_config(cfg),
             "gate_init_std": cfg.MODEL.DECOUPLE.DISALIGN.GATE_INIT_STD,
+            "cls_loss": cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS,
         }
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -260,6 +267,13 @@ class DistributionAlignment(DecoupleMethod):
                 "DisAlign trains only '...cls_score.{logit_scale,logit_bias,confidence_layer}'.",
                 trained,
                 self.trainable,
+            )
+        if self.cls_loss != "grw":
+            logging.getLogger(__name__).warning(
+                "MODEL.DECOUPLE.METHOD=disalign with MODEL.ROI_BOX_HEAD.CLS_LOSS '%s': DisAlign "
+                "trains its calibration with generalized re-weighting ('grw'; "
+                "configs/lvis_stage2_disalign.yaml), so this run is not the reference method.",
+                self.cls_loss,
             )
         return model
 
