@@ -11,8 +11,8 @@ at a time, not the whole file's).
 
 Python's cyclic garbage collector is paused while results and ground truth are read and
 evaluated (:func:`gc_paused`): those steps allocate millions of dicts and lists that stay alive
-(no reference cycles), and each automatic collection walks every one of them again, which made
-reading 620k mask results 3-5x slower (CPU 3.5-5.0 s instead of 0.8-1.0 s).
+(no reference cycles), and each automatic collection would walk every one of them again: the
+collector's cost grows with the number of live objects, the evaluation's does not.
 
 Writing: :func:`json_ready` turns the non-finite floats of a result (NaN = undefined metric) into
 ``None``, so the json written holds ``null`` there and is valid JSON (bare ``NaN`` is not).

@@ -112,11 +112,11 @@ def fast(
         table[:, 1:5] = dets.bbox
         coco_dt = coco_gt.load_res(table)
     else:
-        from hotcoco import mask as hc_mask
-
-        segm = dets.segmentation
-        table[:, 1:5] = hc_mask.to_bbox(segm)  # the box loadRes gives a mask (pycocotools' toBbox)
-        coco_dt = coco_gt.load_res(table, segmentation=segm)
+        # segm: the IoU is the masks', the area range the mask's ``area`` set below; the row's
+        # box is only the default of that area (``COCO.load_res``), so it is left 0 rather than
+        # computed from every mask (a second decode of each RLE string).
+        table[:, 1:5] = 0.0
+        coco_dt = coco_gt.load_res(table, segmentation=dets.segmentation)
         coco_dt.update_anns(ids=np.arange(1, len(dets) + 1), area=dets.area)
     # Marked as cut already (the caller applied the protocol's cut): no per-image cap of 300.
     coco_dt = coco_dt.cap_detections_per_image(None)
