@@ -273,9 +273,15 @@ def evaluate_lvis(
     # The backend's own max-dets must cap nothing: no (image, class) pair has more detections
     # than its image.
     max_pair = int(np.bincount(gt.image_index(dets.image_id)[0]).max()) if len(dets) else 1
-    order = np.argsort(cat_idx, kind="stable")
-    bounds = np.searchsorted(cat_idx[order], np.arange(K + 1))
-    chunk = K if class_chunk == 0 else class_chunk
+    chunk = max(1, K if class_chunk == 0 else class_chunk)
+    # Rows grouped by class chunk, in result order within a chunk: one stable sort by chunk
+    # number (numpy's radix sort when the numbers fit 16 bits), no sort per chunk.
+    num_chunks = -(-K // chunk)
+    chunk_of = cat_idx // chunk
+    if num_chunks <= 1 << 16:
+        chunk_of = chunk_of.astype(np.uint16)
+    order = np.argsort(chunk_of, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(chunk_of, minlength=num_chunks))])
     # Filled chunk by chunk (no list of chunk tables to concatenate along K at the end).
     precision = np.empty((len(IOU_THRS), len(REC_THRS), K, len(AREA_RNGS)))
     recall = np.empty((len(IOU_THRS), K, len(AREA_RNGS)))
@@ -284,7 +290,7 @@ def evaluate_lvis(
         starts = _progress_bar(starts, f"LVIS {iou_type}", chunk, K)
     for lo in starts:
         hi = min(K, lo + chunk)
-        rows = np.sort(order[bounds[lo] : bounds[hi]])  # original result order
+        rows = order[bounds[lo // chunk] : bounds[lo // chunk + 1]]  # in result order
         cat_ids = gt.cat_ids[lo:hi]
         p, r = run(
             gt,
