@@ -22,6 +22,7 @@ import gc
 import json
 import math
 import os
+import re
 from typing import Any, Iterator
 
 from ..errors import LTDetError
@@ -101,19 +102,29 @@ def _parse(data: bytes, path: str, what: str) -> Any:
         raise _not_json(path, what, e) from None
 
 
-#: Where one result ends and the next begins in the files that json.dump (", ") and orjson /
-#: separators=(",", ":") write.
-_BOUNDARIES = (b"}, {", b"},{")
+#: Where one result may end and the next begin: "}", a ",", "{", with any JSON whitespace
+#: between (``json.dump``'s ", ", the compact ",", and ``indent=``'s ",\n  ").
+_BOUNDARY = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
+
+#: Bytes looked back from where the last search stopped, so that a boundary that straddles two
+#: blocks is found (one with more whitespace than this may be missed: the piece is then longer,
+#: never wrong).
+_OVERLAP = 64
 
 
-def _last_boundary(buf: bytes) -> int:
-    """Index of the "}" of the last boundary in ``buf``, -1 if none: looked for in the last
-    4 kB first (a file holds only one of the two forms, and rfind of the other would scan the
-    whole buffer)."""
-    for lo in (max(0, len(buf) - 4096), 0):
-        cut = max(buf.rfind(b, lo) for b in _BOUNDARIES)
-        if cut >= 0:
-            return cut
+def _last_boundary(buf: bytearray, start: int) -> int:
+    """Index of the "," of the last boundary in ``buf`` at or after ``start`` - :data:`_OVERLAP`
+    (the bytes before ``start`` were searched already and held none), -1 if none; the last
+    4 kB are searched first."""
+    lo_all = max(0, start - _OVERLAP)
+    for lo in (max(lo_all, len(buf) - 4096), lo_all):
+        last = None
+        for last in _BOUNDARY.finditer(buf, lo):
+            pass
+        if last is not None:
+            return buf.index(b",", last.start())
+        if lo == lo_all:
+            break
     return -1
 
 
@@ -121,13 +132,15 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
     """The top-level list of the json file at ``path``, in consecutive pieces (lists of its
     elements, in order), reading about ``piece_bytes`` of the file at a time.
 
-    A piece ends at the last ``}, {`` / ``},{`` of the bytes read so far; the piece is parsed
-    as a list on its own: the boundary's ``,`` is overwritten with ``]`` in the read buffer
-    and the piece is handed to orjson as a view of that buffer (no copy of the file's bytes);
-    the same ``,`` then becomes the ``[`` of the next piece. A cut that is not between two
-    elements of the top-level list (inside a string or a nested list) leaves a piece that is
-    not valid JSON, so a piece that parses is exactly the elements it holds. Files with no
-    such boundary (pretty-printed ones) come in one piece.
+    A piece ends at the last boundary ``}, {`` read so far (any whitespace around the ``,``:
+    ``json.dump``'s, compact and indented files alike); the piece is parsed as a list on its
+    own: the boundary's ``,`` is overwritten with ``]`` in the read buffer and the piece is
+    handed to orjson as a view of that buffer (no copy of the file's bytes); the same ``,``
+    then becomes the ``[`` of the next piece. A cut that is not between two elements of the
+    top-level list (inside a string or a nested list) leaves a piece that is not valid JSON,
+    so a piece that parses is exactly the elements it holds. Each byte is searched for a
+    boundary once, so the time is linear in the file's size even where no boundary comes for
+    long; a file with none comes in one piece.
 
     Raises:
         LTDetError: a piece does not parse as a list (a file that is not a list, not valid
@@ -140,17 +153,18 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
     buf = bytearray()
     with open(path, "rb") as f:
         while True:
+            searched = len(buf)  # bytes of buf already searched for a boundary
             block = f.read(piece_bytes)
             buf += block
             at_end = len(block) < piece_bytes  # a regular file reads short only at its end
-            cut = -1 if at_end else _last_boundary(buf)
+            cut = -1 if at_end else _last_boundary(buf, searched)
             if cut < 0 and not at_end:
                 continue  # no boundary yet: read on
             if cut >= 0:
-                buf[cut + 1] = 0x5D  # "]" over the boundary's ","
+                buf[cut] = 0x5D  # "]" over the boundary's ","
             with memoryview(buf) as view:  # released before buf is resized
                 try:
-                    piece = orjson.loads(view[: cut + 2] if cut >= 0 else view)
+                    piece = orjson.loads(view[: cut + 1] if cut >= 0 else view)
                 except orjson.JSONDecodeError:
                     raise LTDetError(f"'{path}' does not parse piece by piece.") from None
             if not isinstance(piece, list):
@@ -160,8 +174,8 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
             del piece
             if cut < 0:
                 return
-            buf[cut + 1] = 0x5B  # "[": the next piece starts here
-            del buf[: cut + 1]
+            buf[cut] = 0x5B  # "[": the next piece starts here
+            del buf[:cut]
 
 
 def json_ready(obj: Any) -> Any:
