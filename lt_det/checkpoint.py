@@ -31,16 +31,15 @@
 """
 import logging
 import os
-import re
-import secrets
 import shutil
-from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .errors import LTDetError
+from .files import TMP_NAME, open_temporary
 
 __all__ = [
     "LTCheckpointer",
@@ -85,24 +84,6 @@ def _write_error(path: str, error: BaseException) -> LTDetError:
     )
 
 
-# Temporary files of an atomic write: ".<file name>.<pid>-<random hex>.tmp" beside the file.
-_TMP_NAME = re.compile(r"\.(?P<target>.+)\.\d+-[0-9a-f]+\.tmp")
-
-
-def _open_temporary(path: str, binary: bool) -> Tuple[IO, str]:
-    """A new file beside ``path`` for an atomic write, created with mode 0o666 less the umask
-    (the mode every other file of the run gets; ``tempfile.mkstemp`` would make it 0o600)."""
-    folder, base = os.path.split(os.path.abspath(path))
-    while True:
-        tmp = os.path.join(folder, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                         0o666)
-        except FileExistsError:  # pragma: no cover - 32 random bits taken
-            continue
-        return os.fdopen(fd, "wb" if binary else "w"), tmp
-
-
 def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     """Write ``path`` through a temporary file of this writer, fsync it, and ``os.replace`` it
     onto ``path``: the file is always the previous complete one or the new complete one.
@@ -112,7 +93,7 @@ def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     """
     tmp = None
     try:
-        f, tmp = _open_temporary(path, binary)
+        f, tmp = open_temporary(path, binary)
         with f:
             write(f)
             f.flush()
@@ -149,7 +130,7 @@ def remove_stale_temporaries(folder: str) -> List[str]:
     except OSError:
         return removed
     for name in names:
-        m = _TMP_NAME.fullmatch(name)
+        m = TMP_NAME.fullmatch(name)
         target = m.group("target") if m else ""
         if target.endswith(".pth") or target == "last_checkpoint":
             try:

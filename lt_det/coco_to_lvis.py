@@ -34,11 +34,11 @@ Pure Python (no torch, no detectron2): the tool starts in well under a second.
 """
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .class_stats import class_stats_from_lvis_json
 from .errors import LTDetError
+from .files import open_temporary
 from .evaluation._json import load_json
 from .lvis_json import check_json_sections, check_lvis_records
 
@@ -245,13 +245,14 @@ def convert_coco_json(
     check_lvis_records(lvis, output)  # what every lt_det path will apply to the file
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=folder)
+    tmp = None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f, tmp = open_temporary(output, binary=False)  # mode 0o666 less the umask
+        with f:
             json.dump(lvis, f)
         os.replace(tmp, output)
     except OSError as e:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         raise LTDetError(f"cannot write '{output}' ({os.strerror(e.errno or 0)}).") from None
     return lvis

@@ -91,6 +91,19 @@ def one_error_line(capsys, *needles):
 
 
 # ------------------------------------------------------------------ coco_to_lvis
+def test_coco_to_lvis_writes_a_file_others_can_read(tmp_path):
+    """The json gets mode 0o666 less the umask, as any file the user writes (not mkstemp's
+    0o600)."""
+    umask = os.umask(0o022)
+    try:
+        rc, out = convert(tmp_path)
+    finally:
+        os.umask(umask)
+    assert rc == 0
+    assert os.stat(out).st_mode & 0o777 == 0o644
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
 def test_coco_to_lvis_fields(tmp_path):
     coco = make_coco()
     rc, out = convert(tmp_path, coco=coco)
