@@ -527,6 +527,91 @@ def test_a_cut_that_is_not_between_two_results_never_gives_other_entries(tmp_pat
                      DetectionTable.from_results(results))
 
 
+def test_an_indented_file_is_read_in_pieces(tmp_path):
+    """json.dump(..., indent=2) puts newlines around the "," between results: still boundaries,
+    so such a file comes in many pieces (not one, searched again after every block)."""
+    from lt_det.evaluation._json import load_json_list
+
+    results = _many_results(300)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results, indent=2))
+    pieces = list(load_json_list(str(path), 2000))
+    assert len(pieces) > 10 and [r for p in pieces for r in p] == results
+
+
+def test_a_boundary_search_starts_where_the_last_one_stopped():
+    """Bytes searched already are not searched again (a file with no boundary for long reads
+    in linear time); a boundary straddling the two parts is still found."""
+    from lt_det.evaluation._json import _OVERLAP, _last_boundary
+
+    text = bytearray(b'[{"a": 1}, {"b": 2}' + b" " * 200 + b'}, {"c": 3}]')
+    comma = text.rindex(b",")
+    assert _last_boundary(text, 0) == comma
+    assert _last_boundary(text, comma - 2) == comma  # straddles: found through the overlap
+    assert _last_boundary(text, comma + 3 + _OVERLAP) == -1  # already searched: not again
+    early = bytearray(b'[{"a": 1}, {"b": 2' + b" " * 200)
+    assert _last_boundary(early, 0) == early.index(b",")
+    assert _last_boundary(early, len(early)) == -1
+
+
+@pytest.mark.parametrize("key", ["score", "image_id", "bbox"])
+@pytest.mark.parametrize("piece_bytes", [300, 1 << 26])
+def test_a_result_without_a_key_is_named_by_its_place(tmp_path, key, piece_bytes):
+    """A result lacking a key the others have is named (its index in the file), whether the
+    file is read in pieces or whole; a box missing from one result is not taken for mask
+    results."""
+    from lt_det.evaluation import DetectionTable
+
+    results = _many_results(200)
+    del results[173][key]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(LTDetError, match=rf"result 173 \(0-based\) has no '{key}'"):
+        DetectionTable.from_results(str(path), piece_bytes=piece_bytes)
+
+
+def test_masks_in_only_some_results_are_named(tmp_path):
+    from lt_det.evaluation import DetectionTable
+
+    results = _many_results(200, segm=True)
+    for r in results[150:]:
+        del r["segmentation"]  # a later piece without masks
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(LTDetError, match=r"result 150 \(0-based\) has no 'segmentation'"):
+        DetectionTable.from_results(str(path), piece_bytes=300)
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_an_empty_results_list_scores_0_with_a_warning(tmp_path, iou_type, caplog):
+    gt = _two_images_class_1()
+    path = tmp_path / "results.json"
+    path.write_text("[]")
+    with caplog.at_level("WARNING"):
+        r = evaluate_lvis(gt, str(path), iou_type=iou_type)
+    assert "holds no detections" in caplog.text
+    assert r.metrics["AP"] == 0 and r.metrics["AR@300"] == 0
+
+
+@pytest.mark.parametrize("key", ["max_dets_per_image", "max_dets_per_class"])
+def test_a_cap_of_0_is_refused(key):
+    gt = _two_images_class_1()
+    with pytest.raises(LTDetError, match=f"{key} must be > 0"):
+        evaluate_lvis(gt, _perfect(gt), ap_fixed=key == "max_dets_per_class", **{key: 0})
+
+
+def test_ground_truth_given_as_results_is_named(tmp_path):
+    gt = _two_images_class_1()
+    tool_refuses(tmp_path, gt, gt, "results.json", "got dict", "looks like a ground-truth file")
+
+
+def test_a_bad_box_is_shown_as_the_json_it_was(tmp_path):
+    gt = _two_images_class_1()
+    results = _perfect(gt)
+    results[1]["bbox"] = [1, True, 3, 4]
+    tool_refuses(tmp_path, gt, results, "result 1 (0-based) has bbox [1, true, 3, 4]")
+
+
 @pytest.mark.parametrize("field, value", [("image_id", "7"), ("category_id", 2.5),
                                           ("score", None), ("bbox", [1, 2, "3", 4])])
 def test_a_bad_entry_in_a_later_piece_is_named_by_its_place_in_the_file(tmp_path, field, value):

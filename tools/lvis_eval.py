@@ -100,20 +100,20 @@ def main() -> int:
         "--max-dets-per-image",
         type=int,
         default=300,
-        help="standard protocol's per-image cap (default %(default)s)",
+        help="standard protocol's per-image cap (default %(default)s; < 0: no cap)",
     )
     p.add_argument(
         "--max-dets-per-class",
         type=int,
         default=10000,
-        help="AP-fixed per-class cap (default %(default)s)",
+        help="AP-fixed per-class cap (default %(default)s; < 0: no cap)",
     )
     p.add_argument(
         "--class-chunk",
         type=int,
         default=100,
-        help="classes evaluated at a time; 0 = all at once (more memory, slower, same numbers); "
-        "default %(default)s, as TEST.LVIS.CLASS_CHUNK",
+        help="classes evaluated at a time; 0 = all at once (same numbers, more memory; "
+        "slower with --backend lvis); default %(default)s, as TEST.LVIS.CLASS_CHUNK",
     )
     p.add_argument("--output", default="", help="write metrics (percent) and run info as json")
     p.add_argument("--per-class-dir", default="", help="write per-class AP json/csv here")

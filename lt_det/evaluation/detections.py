@@ -92,6 +92,10 @@ class DetectionTable:
                     del piece  # before the next piece is parsed
             except LTDetError:
                 pieces = []
+            if len({p.bbox is None for p in pieces}) > 1 or len(
+                {p.segmentation is None for p in pieces}
+            ) > 1:  # some results lack a key others have: the whole file, to name the first
+                pieces = []
             if pieces:
                 table = pieces[0] if len(pieces) == 1 else cls.concatenate(pieces)
                 del pieces
@@ -112,8 +116,15 @@ class DetectionTable:
         value types; no per-entry Python code unless a rule is broken, to name the entry.
         """
         if not isinstance(results, (list, tuple)):
+            hint = ""
+            if isinstance(results, dict) and "annotations" in results:
+                hint = (
+                    " This looks like a ground-truth file (it has 'annotations'): give it as "
+                    "the ground truth (--gt), and the model's results (a list) as the results."
+                )
             raise LTDetError(
                 f"'{source}': results must be a list of dicts, got {type(results).__name__}."
+                + hint
             )
         n = len(results)
         try:
@@ -122,8 +133,9 @@ class DetectionTable:
             score = _number_column(list(map(_SCORE, results)), "score", source)
         except KeyError as e:
             raise LTDetError(
-                f"'{source}': a result has no {e.args[0]!r}; each result needs 'image_id', "
-                "'category_id', 'score' and 'bbox' and/or 'segmentation'."
+                f"'{source}': result {_first_without(results, e.args[0])} (0-based) has no "
+                f"{e.args[0]!r}; each result needs 'image_id', 'category_id', 'score' and 'bbox' "
+                "and/or 'segmentation'."
             ) from None
         except TypeError:
             i, r = next((i, r) for i, r in enumerate(results) if not isinstance(r, dict))
@@ -137,11 +149,11 @@ class DetectionTable:
             try:  # every result has a box (a KeyError: not all do)
                 bbox = _box_column(list(map(_BBOX, results)), source)
             except KeyError:
-                pass
+                _require_in_all_or_none(results, "bbox", source)
             try:
                 segm = list(map(_SEGMENTATION, results))
             except KeyError:
-                pass
+                _require_in_all_or_none(results, "segmentation", source)
         return cls(image_id, category_id, score, bbox, segm)
 
     def check(self, source: str = "<detections>") -> None:
@@ -164,7 +176,7 @@ class DetectionTable:
             i = int(bad[0])
             raise LTDetError(
                 f"'{source}': {bad.size} results have a score that is not a finite number (e.g. "
-                f"result {i}: image {int(self.image_id[i])}, category {int(self.category_id[i])}, "
+                f"result {i} (0-based): image {int(self.image_id[i])}, category {int(self.category_id[i])}, "
                 f"score {self.score[i]}). Scores must be finite; a model that outputs NaN has "
                 "diverged (see the training log)."
             )
@@ -173,7 +185,7 @@ class DetectionTable:
             if bad.size:
                 raise LTDetError(
                     f"'{source}': {bad.size} results have a box with a non-finite coordinate "
-                    f"(e.g. result {int(bad[0])}: {self.bbox[bad[0]].tolist()})."
+                    f"(e.g. result {int(bad[0])} (0-based): {self.bbox[bad[0]].tolist()})."
                 )
 
     def _check_masks(self, source: str) -> None:
@@ -233,10 +245,14 @@ class DetectionTable:
         """These rows with :attr:`area` set for ``iou_type``, as lvis-api's ``LVISResults``
         computes it: ``w * h`` of the box for "bbox", ``pycocotools.mask.area`` of the RLE for
         "segm" (the table's box is not used for segm: see :meth:`to_results`)."""
-        if iou_type == "bbox":
+        if iou_type not in ("bbox", "segm"):
+            raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
+        if len(self) == 0:  # no rows: neither boxes nor masks are known
+            area = np.zeros(0)
+        elif iou_type == "bbox":
             self._require("bbox", iou_type)
-            area = self.bbox[:, 2] * self.bbox[:, 3] if len(self) else np.zeros(0)
-        elif iou_type == "segm":
+            area = self.bbox[:, 2] * self.bbox[:, 3]
+        else:
             self._require("segmentation", iou_type)
             # In chunks of 255 RLEs: pycocotools 2.0.x under numpy 2 overflows a uint8 count
             # from 256 RLEs in one call.
@@ -245,8 +261,6 @@ class DetectionTable:
                 [np.zeros(0)]
                 + [mask_util.area(segs[i : i + 255]) for i in range(0, len(segs), 255)]
             )
-        else:
-            raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
         return DetectionTable(
             self.image_id,
             self.category_id,
@@ -313,6 +327,36 @@ class DetectionTable:
             f.write("]")
 
 
+def _json_text(value: Any, limit: int = 60) -> str:
+    """``value`` as the JSON text it was read from (``true``, not Python's ``True``), cut to
+    ``limit`` characters; ``str`` for what JSON cannot hold (numpy values from a caller)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = str(value)
+    return text[:limit]
+
+
+def _first_without(results: Sequence[Any], key: str) -> int:
+    """Index of the first dict of ``results`` without ``key`` (-1 if none)."""
+    return next((i for i, r in enumerate(results) if isinstance(r, dict) and key not in r), -1)
+
+
+def _require_in_all_or_none(results: Sequence[Dict[str, Any]], key: str, source: str) -> None:
+    """Refuse results where ``key`` (``bbox`` / ``segmentation``) is in some dicts and not in
+    others (called once not all have it), naming the first without it: whether a table has
+    boxes or masks is a property of the whole file.
+
+    Raises:
+        LTDetError: some results have ``key``, naming the first that does not.
+    """
+    if any(key in r for r in results):
+        raise LTDetError(
+            f"'{source}': result {_first_without(results, key)} (0-based) has no {key!r}, "
+            f"while other results have one; give every result its {key!r} (or none of them)."
+        )
+
+
 def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
     """``values`` as float64, refusing anything that is not a JSON number (strings, booleans,
     null): one pass for the set of value types, then ``np.fromiter``."""
@@ -357,7 +401,7 @@ def _box_column(values: List[Any], source: str) -> np.ndarray:
             and all(type(v) in (int, float) for v in b)
         ):
             raise LTDetError(
-                f"'{source}': result {i} (0-based) has bbox {str(b)[:60]}; boxes are [x, y, "
+                f"'{source}': result {i} (0-based) has bbox {_json_text(b)}; boxes are [x, y, "
                 "width, height] with 4 numbers."
             )
     try:  # 4 numbers each, some beyond int64

@@ -82,8 +82,9 @@ class LVISGroundTruth:
                     raise LTDetError(
                         f"'{self.source}': image id {img.get('id')} has no '{key}'. LVIS "
                         "evaluation needs 'neg_category_ids' and 'not_exhaustive_category_ids' on "
-                        "every image (lvis-api refuses such ground truth too); add them, as empty "
-                        "lists if the dataset is exhaustively annotated."
+                        "every image (lvis-api refuses such ground truth too). For a COCO-style, "
+                        "exhaustively labelled json, tools/coco_to_lvis.py adds them (every class "
+                        "absent from an image a negative there); other data: docs/own_data.md."
                     )
         check_lvis_records(data, self.source)  # the rules training applies too
         self._evaluated_table: Optional[np.ndarray] = None
@@ -147,7 +148,9 @@ class LVISGroundTruth:
             logger.warning(
                 f"{len(derived)} categories of '{self.source}' have neither 'frequency' nor "
                 "'image_count'; their r/c/f group was derived from the ground truth's own image "
-                "counts, not the training set's (pass frequency= to override)."
+                "counts, not the training set's. Give the categories the training set's "
+                "'image_count' (tools/coco_to_lvis.py --counts-from TRAIN_JSON) or pass "
+                "frequency= to LVISGroundTruth / evaluate_lvis."
             )
         self.frequency = np.array([c["frequency"] for c in self.categories])
 

@@ -240,6 +240,13 @@ def evaluate_lvis(
         raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
     if class_chunk < 0:
         raise LTDetError(f"class_chunk (TEST.LVIS.CLASS_CHUNK) must be >= 0, got {class_chunk}.")
+    for name, value in (("max_dets_per_image", max_dets_per_image),
+                        ("max_dets_per_class", max_dets_per_class)):
+        if value == 0:
+            raise LTDetError(
+                f"{name} must be > 0 (LVIS: 300 per image, 10,000 per class under AP-fixed), "
+                f"or < 0 for no cap; got 0, which would evaluate no detection."
+            )
     run = get_lvis_backend(backend)
     tic = time.perf_counter()
     if not isinstance(gt, LVISGroundTruth):
@@ -252,6 +259,8 @@ def evaluate_lvis(
     _check_iou_type(results, iou_type, source)
     t_load = time.perf_counter() - tic
     num_results = len(results)
+    if num_results == 0:
+        logger.warning(f"'{source}' holds no detections: every AP and AR below is 0.")
     dets = select_detections(
         results,
         gt,
