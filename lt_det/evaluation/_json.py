@@ -112,6 +112,9 @@ _BOUNDARY = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
 _OVERLAP = 64
 
 
+_NOT_PARSED = object()
+
+
 def _last_boundary(buf: bytearray, start: int) -> int:
     """Index of the "," of the last boundary in ``buf`` at or after ``start`` - :data:`_OVERLAP`
     (the bytes before ``start`` were searched already and held none), -1 if none; the last
@@ -138,7 +141,8 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
     handed to orjson as a view of that buffer (no copy of the file's bytes); the same ``,``
     then becomes the ``[`` of the next piece. A cut that is not between two elements of the
     top-level list (inside a string or a nested list) leaves a piece that is not valid JSON,
-    so a piece that parses is exactly the elements it holds. Each byte is searched for a
+    so a piece that parses is exactly the elements it holds; one that does not parse is read
+    on to a later boundary (the whole rest of the file at the end). Each byte is searched for a
     boundary once, so the time is linear in the file's size even where no boundary comes for
     long; a file with none comes in one piece.
 
@@ -166,7 +170,12 @@ def load_json_list(path: str, piece_bytes: int = 256 << 10) -> Iterator[list]:
                 try:
                     piece = orjson.loads(view[: cut + 1] if cut >= 0 else view)
                 except orjson.JSONDecodeError:
-                    raise LTDetError(f"'{path}' does not parse piece by piece.") from None
+                    piece = _NOT_PARSED
+            if piece is _NOT_PARSED:
+                if cut < 0:
+                    raise LTDetError(f"'{path}' does not parse piece by piece.")
+                buf[cut] = 0x2C  # the "," back: no boundary between results; read on
+                continue
             if not isinstance(piece, list):
                 raise LTDetError(f"'{path}' is not a list.")
             if piece:
