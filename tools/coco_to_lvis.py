@@ -7,7 +7,8 @@
 
 Adds per image ``neg_category_ids`` and ``not_exhaustive_category_ids`` and per category
 ``image_count``, ``instance_count`` and ``frequency`` (r: at most 10 training images, 0
-included; c: 11-100, f: > 100; crowd annotations are not counted). Images, annotations and the other keys are kept.
+included; c: 11-100, f: > 100; crowd annotations are not counted). Images, annotations and the
+other keys are kept.
 
 Assumption: the COCO json is exhaustively labelled, as COCO is (every instance of every category
 is labelled in every image). So a category with no annotation in an image is a verified negative

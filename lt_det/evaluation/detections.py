@@ -176,7 +176,8 @@ class DetectionTable:
             i = int(bad[0])
             raise LTDetError(
                 f"'{source}': {bad.size} results have a score that is not a finite number (e.g. "
-                f"result {i} (0-based): image {int(self.image_id[i])}, category {int(self.category_id[i])}, "
+                f"result {i} (0-based): image {int(self.image_id[i])}, category "
+                f"{int(self.category_id[i])}, "
                 f"score {self.score[i]}). Scores must be finite; a model that outputs NaN has "
                 "diverged (see the training log)."
             )
