@@ -265,6 +265,19 @@ def tool_refuses(tmp_path, gt, results, *needles):
     return lines[0]
 
 
+@pytest.mark.parametrize("target", ["results.json", "gt.json"])
+def test_the_tool_never_writes_over_its_inputs_even_with_force(tmp_path, target):
+    gt = _two_images_class_1()
+    results = _perfect(gt)
+    (tmp_path / "link.json").symlink_to(tmp_path / target)  # the input by another name
+    p, out, per_class, paths = run_tool(tmp_path, gt, results, "--output",
+                                        str(tmp_path / "link.json"), "--force")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    flag = "--results" if target == "results.json" else "--gt"
+    assert f"which is the {flag} file this run reads" in p.stderr, p.stderr
+    assert json.loads((tmp_path / target).read_text()) == (results if flag == "--results" else gt)
+
+
 def test_the_tool_never_replaces_its_earlier_output_without_force(tmp_path):
     gt = _two_images_class_1()
     p, out, per_class, _ = run_tool(tmp_path, gt, _perfect(gt))

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import Sequence, Tuple
 
 # detectron2 calls torch.jit.script when imported; recent torch warns that it is deprecated.
 warnings.filterwarnings(
@@ -38,18 +39,47 @@ from lt_det.evaluation import (  # noqa: E402
 )
 
 
-def check_outputs(output: str, per_class_dir: str, iou_type: str, force: bool = False) -> None:
-    """Refuse, before any work, output paths that could not be written, and files that a
-    run would replace (unless ``force``).
+def _same_file(a: str, b: str) -> bool:
+    """Whether the paths name one existing file (links and relative paths included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_outputs(
+    output: str,
+    per_class_dir: str,
+    iou_type: str,
+    force: bool = False,
+    inputs: Sequence[Tuple[str, str]] = (),
+) -> None:
+    """Refuse, before any work, output paths that could not be written, files that a run would
+    replace (unless ``force``), and outputs that are one of the run's ``inputs`` (never, even
+    with ``force``).
+
+    Args:
+        inputs: (flag, path) of the files the run reads (``--gt``, ``--results``).
 
     Raises:
-        LTDetError: ``output`` is a folder, its folder does not exist, or it exists;
-            ``per_class_dir`` is a file or holds this task's per-class files.
+        LTDetError: ``output`` is a folder, its folder does not exist, it exists, or it is an
+            input; ``per_class_dir`` is a file or holds this task's per-class files (or an
+            input under their names).
     """
+    base = os.path.join(per_class_dir, f"per_class_ap_{iou_type}") if per_class_dir else ""
+    written = [("--output", output)] if output else []
+    written += [("--per-class-dir", base + ext) for ext in (".json", ".csv") if base]
+    for flag, path in written:
+        for in_flag, in_path in inputs:
+            if _same_file(path, in_path):
+                raise LTDetError(
+                    f"{flag} would write '{path}', which is the {in_flag} file this run reads; "
+                    "give another path (--force never replaces an input)."
+                )
     if output:
         if os.path.isdir(output):
             raise LTDetError(f"--output '{output}' is a folder; give the path of a json file.")
-        parent = os.path.dirname(os.path.abspath(output))
+        parent = os.path.dirname(output) or "."  # as the system resolves it: "a/../b" needs a
         if not os.path.isdir(parent):
             raise LTDetError(
                 f"--output '{output}': folder '{parent}' does not exist; create it first."
@@ -62,7 +92,6 @@ def check_outputs(output: str, per_class_dir: str, iou_type: str, force: bool = 
     if per_class_dir and os.path.exists(per_class_dir) and not os.path.isdir(per_class_dir):
         raise LTDetError(f"--per-class-dir '{per_class_dir}' is a file; give a folder.")
     if per_class_dir and not force:
-        base = os.path.join(per_class_dir, f"per_class_ap_{iou_type}")
         there = [base + ext for ext in (".json", ".csv") if os.path.exists(base + ext)]
         if there:
             raise LTDetError(
@@ -125,7 +154,8 @@ def main() -> int:
     lt_logger.setLevel(logging.INFO)
     lt_logger.propagate = False  # lvis-api puts a handler on the root logger
     try:
-        check_outputs(args.output, args.per_class_dir, args.iou_type, args.force)
+        check_outputs(args.output, args.per_class_dir, args.iou_type, args.force,
+                      inputs=[("--gt", args.gt), ("--results", args.results)])
         r = evaluate_lvis(
             args.gt,
             args.results,
