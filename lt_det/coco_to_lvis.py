@@ -102,6 +102,7 @@ def coco_to_lvis(
     *,
     train_categories: Optional[Sequence[Mapping[str, Any]]] = None,
     source: str = "<COCO dict>",
+    train_source: str = "the training json",
 ) -> Dict[str, Any]:
     """The LVIS-format version of a (checked, see :func:`read_coco_json`) COCO instances dict.
 
@@ -112,6 +113,7 @@ def coco_to_lvis(
             ``image_count``, ``instance_count``, ``frequency``); their counts and groups are
             copied instead of counting ``coco``'s own annotations. None = count ``coco``.
         source: the file name used in messages.
+        train_source: the file ``train_categories`` came from, for messages.
 
     Returns:
         A new dict: every image record with ``neg_category_ids`` (sorted ids of the categories
@@ -146,7 +148,7 @@ def coco_to_lvis(
             )
         }
     else:
-        counts = _train_counts(train_categories, cat_ids, source)
+        counts = _train_counts(train_categories, cat_ids, source, train_source)
     categories = []
     for cat in sorted(coco["categories"], key=lambda c: c["id"]):
         n_img, n_inst, group = counts[cat["id"]]
@@ -159,7 +161,10 @@ def coco_to_lvis(
 
 
 def _train_counts(
-    train_categories: Sequence[Mapping[str, Any]], cat_ids: List[int], source: str
+    train_categories: Sequence[Mapping[str, Any]],
+    cat_ids: List[int],
+    source: str,
+    train_source: str = "the training json",
 ) -> Dict[int, tuple]:
     """{category id: (image_count, instance_count, frequency)} of the training set's categories."""
     if not all(
@@ -167,16 +172,17 @@ def _train_counts(
         for c in train_categories
     ):
         raise LTDetError(
-            f"the training categories given for '{source}' lack 'image_count' / "
-            "'instance_count'; pass the LVIS-format json this tool wrote for the training set."
+            f"the categories of {train_source} lack 'image_count' / 'instance_count' (a COCO "
+            "json, not one this tool wrote?); pass the LVIS-format json this tool wrote for the "
+            "training set."
         )
     ids, stats, groups = class_stats_from_lvis_json({"categories": list(train_categories)})
     if ids != cat_ids:
         only_train = sorted(set(ids) - set(cat_ids))[:5]
         only_here = sorted(set(cat_ids) - set(ids))[:5]
         raise LTDetError(
-            f"'{source}' and the training json have different category ids (only in the "
-            f"training json: {only_train}, only in '{source}': {only_here}); both splits must "
+            f"'{source}' and {train_source} have different category ids (only in "
+            f"{train_source}: {only_train}, only in '{source}': {only_here}); both splits must "
             "use the same categories."
         )
     return {
@@ -241,7 +247,8 @@ def convert_coco_json(
                 "json this tool wrote for the training set."
             )
         train_categories = train["categories"]
-    lvis = coco_to_lvis(coco, train_categories=train_categories, source=coco_json)
+    lvis = coco_to_lvis(coco, train_categories=train_categories, source=coco_json,
+                        train_source=f"'{counts_from}'")
     check_lvis_records(lvis, output)  # what every lt_det path will apply to the file
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)

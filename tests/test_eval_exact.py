@@ -278,6 +278,50 @@ def test_the_tool_never_writes_over_its_inputs_even_with_force(tmp_path, target)
     assert json.loads((tmp_path / target).read_text()) == (results if flag == "--results" else gt)
 
 
+@pytest.mark.parametrize("size", ["wider", "other", "floats"])
+def test_a_mask_not_of_its_images_size_is_refused(tmp_path, size):
+    """An RLE of another size than its image would be scored against the ground truth's masks
+    anyway (a transposed one gave AP 0 without a word): refused, naming the result."""
+    gt = _two_images_class_1()
+    results = _perfect(gt, segm=True)
+    m = results[1]["segmentation"]
+    m["size"] = {"wider": [H, 2 * W], "other": [10, 10], "floats": [float(H), float(W)]}[size]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    needle = "has a mask of size" if size == "floats" else "masks are not the size of their image"
+    with pytest.raises(LTDetError, match=needle) as e:
+        evaluate_lvis(gt, str(path), iou_type="segm")
+    assert "result 1 (0-based)" in str(e.value)
+
+
+def test_results_of_classes_not_in_the_ground_truth_are_a_warning(caplog):
+    gt = _two_images_class_1()
+    results = _perfect(gt) + [_det(1, 1000 + k, (10, 10, 20, 20), 0.5) for k in range(7)]
+    with caplog.at_level("WARNING"):
+        r = evaluate_lvis(gt, results)
+    assert "7 of 9 results (after the cut) have category ids that are not categories" in caplog.text
+    assert "[1000, 1001, 1002, 1003, 1004] ..." in caplog.text
+    assert r.metrics["AP"] == pytest.approx(1.0)  # not evaluated, as in lvis-api
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate_lvis(gt, _perfect(gt))
+    assert "not categories" not in caplog.text
+
+
+def test_no_per_image_cap_is_named_ar_at_minus_1(tmp_path):
+    gt = _two_images_class_1()
+    r = evaluate_lvis(gt, _perfect(gt), max_dets_per_image=-1)
+    assert "AR@-1" in r.metrics and "AR@300" not in r.metrics
+    p, out, _, _ = run_tool(tmp_path, gt, _perfect(gt), "--max-dets-per-image", "-1")
+    assert p.returncode == 0 and "no per-image cap" in p.stdout and "AR@-1" in p.stdout
+
+
+def test_two_json_values_in_one_file_are_named_so(tmp_path):
+    gt = _two_images_class_1()
+    text = json.dumps(_perfect(gt))
+    tool_refuses(tmp_path, gt, text + "\n" + text, "results.json", "followed by more data")
+
+
 def test_the_tool_never_replaces_its_earlier_output_without_force(tmp_path):
     gt = _two_images_class_1()
     p, out, per_class, _ = run_tool(tmp_path, gt, _perfect(gt))
@@ -605,7 +649,7 @@ def test_an_empty_results_list_scores_0_with_a_warning(tmp_path, iou_type, caplo
 @pytest.mark.parametrize("key", ["max_dets_per_image", "max_dets_per_class"])
 def test_a_cap_of_0_is_refused(key):
     gt = _two_images_class_1()
-    with pytest.raises(LTDetError, match=f"{key} must be > 0"):
+    with pytest.raises(LTDetError, match=rf"{key} \(--max-dets-per-\w+.*\) must be > 0"):
         evaluate_lvis(gt, _perfect(gt), ap_fixed=key == "max_dets_per_class", **{key: 0})
 
 

@@ -194,8 +194,12 @@ def test_coco_to_lvis_counts_from_training_json(tmp_path, capsys):
     src = write(tmp_path / "other.json", other)
     assert tool.main(["--input", src, "--output", str(tmp_path / "o.json"),
                       "--counts-from", train]) == 2
-    one_error_line(capsys, "different category ids", str([DOG]))
+    one_error_line(capsys, "different category ids", str([DOG]), f"'{train}'")
     assert not (tmp_path / "o.json").exists()
+    # a COCO json (no counts) as --counts-from: that file is named
+    assert tool.main(["--input", val_src, "--output", str(tmp_path / "o.json"),
+                      "--counts-from", val_src]) == 2
+    one_error_line(capsys, f"the categories of '{val_src}' lack 'image_count'")
 
 
 def test_coco_to_lvis_never_overwrites(tmp_path, capsys):

@@ -171,7 +171,11 @@ def main() -> int:
     except LTDetError as e:
         return report_error(e)
     metrics = r.metrics_percent()
-    protocol = "AP-fixed" if args.ap_fixed else f"{args.max_dets_per_image} detections/image"
+    protocol = (
+        "AP-fixed" if args.ap_fixed
+        else f"{args.max_dets_per_image} detections/image" if args.max_dets_per_image >= 0
+        else "no per-image cap"
+    )
     print(
         f"LVIS {args.iou_type} ({args.backend} backend, {protocol}, {r.info['seconds_total']:.1f}s)"
     )

@@ -66,6 +66,12 @@ def _not_json(path: str, what: str, error: ValueError) -> LTDetError:
     where = ""
     if isinstance(error, json.JSONDecodeError):
         where = f" ({error.msg} at line {error.lineno}, column {error.colno})"
+        if error.msg == "Extra data":
+            return LTDetError(
+                f"'{path}' is not valid JSON{where}: a whole JSON value is followed by more data "
+                f"(two writes appended to one file?). A {what} holds one value; write it again "
+                "as one."
+            )
     elif isinstance(error, UnicodeDecodeError):
         where = f" (not UTF-8: {error.reason} at byte {error.start})"
     return LTDetError(

@@ -242,6 +242,24 @@ class DetectionTable:
             None if self.area is None else self.area[index],
         )
 
+    def mask_sizes(self, source: str = "<detections>") -> np.ndarray:
+        """(N, 2) int64 ``[height, width]`` of each mask (its RLE ``size``).
+
+        Raises:
+            LTDetError: the table has no masks, or a size is not two integers (naming the
+                first).
+        """
+        self._require("segmentation", "segm")
+        sizes = list(map(_SIZE, self.segmentation or ()))
+        flat = list(chain.from_iterable(sizes))
+        if not set(map(type, flat)) <= {int}:
+            i = next(i for i, s in enumerate(sizes) if any(type(v) is not int for v in s))
+            raise LTDetError(
+                f"'{source}': result {i} (0-based) has a mask of size {_json_text(sizes[i])}; "
+                "an RLE's size is [height, width] in whole pixels."
+            )
+        return np.array(flat, dtype=np.int64).reshape(-1, 2)
+
     def with_area(self, iou_type: str) -> "DetectionTable":
         """These rows with :attr:`area` set for ``iou_type``, as lvis-api's ``LVISResults``
         computes it: ``w * h`` of the box for "bbox", ``pycocotools.mask.area`` of the RLE for

@@ -88,6 +88,7 @@ class LVISGroundTruth:
                     )
         check_lvis_records(data, self.source)  # the rules training applies too
         self._evaluated_table: Optional[np.ndarray] = None
+        self._image_sizes: Optional[np.ndarray] = None
         self.img_ids = np.array(sorted(img["id"] for img in self.images), dtype=np.int64)
         self.image_by_id = {img["id"]: img for img in self.images}
 
@@ -153,6 +154,17 @@ class LVISGroundTruth:
                 "frequency= to LVISGroundTruth / evaluate_lvis."
             )
         self.frequency = np.array([c["frequency"] for c in self.categories])
+
+    def image_sizes(self) -> np.ndarray:
+        """(I, 2) int64 ``[height, width]`` of each image of :attr:`img_ids` (in pixels; the
+        rules of :mod:`lt_det.lvis_json` make both positive)."""
+        if self._image_sizes is None:
+            self._image_sizes = np.array(
+                [[self.image_by_id[i]["height"], self.image_by_id[i]["width"]]
+                 for i in self.img_ids.tolist()],
+                dtype=np.int64,
+            ).reshape(-1, 2)
+        return self._image_sizes
 
     def relevant_images(self, cat_ids: Sequence[int]) -> np.ndarray:
         """Sorted ids of images where any of ``cat_ids`` is positive or negative.

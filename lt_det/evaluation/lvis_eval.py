@@ -176,8 +176,40 @@ def select_detections(
     else:
         keep = top_k_per_group(img_pos, dets.score, max_dets_per_image)
     cat_idx, known = gt.category_index(dets.category_id[keep])
+    if not known.all():
+        unknown_ids = np.unique(dets.category_id[keep][~known])
+        logger.warning(
+            f"'{source}': {int((~known).sum())} of {len(keep)} results (after the cut) have "
+            f"category ids that are not categories of '{gt.source}' (ids "
+            f"{unknown_ids[:5].tolist()}{' ...' if len(unknown_ids) > 5 else ''}); they are not "
+            "evaluated, as in lvis-api. Results with contiguous ids 0..K-1 instead of the "
+            "dataset's, or from a model of another category list, look like this."
+        )
     evaluated = known & gt.is_evaluated(img_pos[keep], cat_idx)
     return dets.take(keep[evaluated])
+
+
+def check_mask_sizes(dets: DetectionTable, gt: LVISGroundTruth, source: str) -> None:
+    """Every mask is the size of its image: RLE ``size`` = the ground truth's ``[height,
+    width]``. A mask of another size (encoded on a resized image, or transposed) would be
+    scored against the ground truth's masks anyway, giving wrong IoUs without a message.
+
+    Raises:
+        LTDetError: a mask whose size is not its image's (the first named, with its image and
+            both files), or a size that is not two integers.
+    """
+    sizes = dets.mask_sizes(source)
+    img_pos, found = gt.image_index(dets.image_id)
+    bad = np.flatnonzero(found & (sizes != gt.image_sizes()[img_pos]).any(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        h, w = gt.image_sizes()[img_pos[i]].tolist()
+        raise LTDetError(
+            f"'{source}': {bad.size} masks are not the size of their image (e.g. result {i} "
+            f"(0-based): size {sizes[i].tolist()}, image {int(dets.image_id[i])} is [{h}, {w}] "
+            f"(height, width) in '{gt.source}'). An RLE's size is its image's [height, width]: "
+            "encode the masks at the image's size (not a resized or transposed one)."
+        )
 
 
 def drop_zero_area(dets: DetectionTable, iou_type: str) -> DetectionTable:
@@ -240,11 +272,15 @@ def evaluate_lvis(
         raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
     if class_chunk < 0:
         raise LTDetError(f"class_chunk (TEST.LVIS.CLASS_CHUNK) must be >= 0, got {class_chunk}.")
-    for name, value in (("max_dets_per_image", max_dets_per_image),
-                        ("max_dets_per_class", max_dets_per_class)):
+    for name, flag, value in (
+        ("max_dets_per_image", "--max-dets-per-image, TEST.DETECTIONS_PER_IMAGE",
+         max_dets_per_image),
+        ("max_dets_per_class", "--max-dets-per-class", max_dets_per_class),
+    ):
         if value == 0:
             raise LTDetError(
-                f"{name} must be > 0 (LVIS: 300 per image, 10,000 per class under AP-fixed), "
+                f"{name} ({flag}) must be > 0 (LVIS: 300 per image, 10,000 per class under "
+                "AP-fixed), "
                 f"or < 0 for no cap; got 0, which would evaluate no detection."
             )
     run = get_lvis_backend(backend)
@@ -257,6 +293,8 @@ def evaluate_lvis(
     else:
         results.check()
     _check_iou_type(results, iou_type, source)
+    if iou_type == "segm":
+        check_mask_sizes(results, gt, source)
     t_load = time.perf_counter() - tic
     num_results = len(results)
     if num_results == 0:
@@ -311,7 +349,7 @@ def evaluate_lvis(
         )
         precision[:, :, lo:hi] = p
         recall[:, lo:hi] = r
-    label = -1 if ap_fixed else (max_dets_per_image if max_dets_per_image >= 0 else 300)
+    label = -1 if ap_fixed or max_dets_per_image < 0 else max_dets_per_image  # -1: no cap
     metrics = summarize_lvis(precision, recall, gt.frequency, label)
     if ap_pool:
         if iou_type != "bbox":
@@ -379,6 +417,7 @@ def _progress_bar(starts: range, desc: str, chunk: int, num_classes: int, after_
 
 
 def recall_key(ap_fixed: bool, max_dets_per_image: int) -> str:
-    """Name of the overall recall metric: ``AR@300`` (standard), ``AR@-1`` (AP-fixed)."""
-    return f"AR@{-1 if ap_fixed else (max_dets_per_image if max_dets_per_image >= 0 else 300)}"
+    """Name of the overall recall metric: ``AR@300`` (standard; ``AR@N`` for another cap N),
+    ``AR@-1`` where no cap applies (AP-fixed, or a per-image cap < 0)."""
+    return f"AR@{-1 if ap_fixed or max_dets_per_image < 0 else max_dets_per_image}"
 
