@@ -16,7 +16,7 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lt_det")
 
 LAYERS = [
-    {"config", "errors", "registry", "class_stats", "fidelity", "lvis_json"},
+    {"config", "errors", "files", "registry", "class_stats", "fidelity", "lvis_json"},
     {"data", "modeling", "evaluation", "coco_to_lvis", "checkpoint"},
     {"decouple"},
     {"engine", "model_zoo"},  # model_zoo loads shipped configs with the engine's loader
