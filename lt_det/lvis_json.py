@@ -35,6 +35,7 @@ refuses such an ``image_id`` (no image has it) and drops such a ``category_id`` 
 lt_det refuses both, naming the file, the field and the value.
 """
 import math
+import json
 from itertools import chain, repeat
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -42,7 +43,15 @@ import numpy as np
 
 from .errors import LTDetError
 
-__all__ = ["check_json_sections", "check_lvis_records", "id_column", "INT64_MAX", "INT64_MIN"]
+__all__ = [
+    "check_json_sections",
+    "check_lvis_records",
+    "id_column",
+    "json_shown",
+    "json_text",
+    "INT64_MAX",
+    "INT64_MIN",
+]
 
 #: The largest / smallest id the evaluators can hold (numpy int64).
 INT64_MAX = 2**63 - 1
@@ -233,8 +242,9 @@ def check_lvis_records(data: Dict[str, Any], source: str) -> None:
         cid = ann.get("category_id")
         if not (_is_int(cid) and cid in cat_ids):
             raise LTDetError(
-                f"{where} has category_id {cid!r}, which is not in 'categories' (the ids of "
-                "the file's categories)."
+                f"{where} has category_id {json_text(cid)}, which is not in 'categories' (the "
+                "ids of the file's categories): add that category to 'categories', or drop the "
+                "annotation."
             )
         box = ann.get("bbox")
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
@@ -365,6 +375,29 @@ def _first_bad_id(values: Sequence[Any]) -> int:
     return -1
 
 
+#: The JSON name of each type a parsed JSON value can have.
+_JSON_KINDS = {bool: "boolean", type(None): "null", int: "number", float: "number",
+               str: "string", list: "list", dict: "object"}
+
+
+def json_text(value: Any, limit: int = 60) -> str:
+    """``value`` as the JSON text it was read from (``true``, ``null``, not Python's ``True``,
+    ``None``), cut to ``limit`` characters; ``str`` for what JSON cannot hold (numpy values
+    from a Python caller)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = str(value)
+    return text[:limit]
+
+
+def json_shown(value: Any) -> str:
+    """``value`` for a message: its JSON text and its JSON kind, e.g. ``true (a JSON
+    boolean)``, ``"7" (a JSON string)``."""
+    kind = _JSON_KINDS.get(type(value))
+    return f"{json_text(value)} ({f'a JSON {kind}' if kind else type(value).__name__})"
+
+
 def id_column(values: Sequence[Any], field: str, source: str) -> np.ndarray:
     """The ids ``values`` (one per result) as an int64 array, checked by the results rules.
 
@@ -397,7 +430,7 @@ def id_column(values: Sequence[Any], field: str, source: str) -> np.ndarray:
     i = _first_bad_id(values)
     v = values[i]
     raise LTDetError(
-        f"'{source}': result {i} (0-based) has {field} {v!r} ({type(v).__name__}); {field} must "
-        f"be a JSON integer in the int64 range, the id as written in the ground truth (lvis-api "
-        f"cannot score {v!r} either). Write the integer id."
+        f"'{source}': result {i} (0-based) has {field} {json_shown(v)}; {field} must be a JSON "
+        "integer in the int64 range, the id as written in the ground truth (lvis-api cannot "
+        "score it either). Write the integer id."
     )

@@ -435,7 +435,7 @@ def test_result_ids_that_are_not_integers_are_refused(tmp_path, field, value):
     results = _perfect(gt)
     results[1][field] = value
     needles = [f"result 1 (0-based) has {field}", "JSON integer"]
-    eval_refuses(gt, results, "<results list>", f"{field} {value!r}", *needles)
+    eval_refuses(gt, results, "<results list>", f"{field} {json.dumps(value)}", *needles)
     # orjson reads an integer beyond 64 bits as a float: the message shows what was read.
     tool_refuses(tmp_path, gt, results, "results.json", *needles)
 
@@ -480,7 +480,7 @@ def test_results_that_are_not_dicts_or_lack_numbers(tmp_path):
     eval_refuses(gt, results[:1] + [[1, 1, 0.5]], "result 1 (0-based) is [1, 1, 0.5]")
     bad_score = copy.deepcopy(results)
     bad_score[0]["score"] = "0.9"
-    eval_refuses(gt, bad_score, "result 0 (0-based) has score '0.9'", "JSON number")
+    eval_refuses(gt, bad_score, 'result 0 (0-based) has score "0.9" (a JSON string)', "JSON number")
     bad_box = copy.deepcopy(results)
     bad_box[1]["bbox"] = [1, 2, 3]
     eval_refuses(gt, bad_box, "result 1 (0-based) has bbox [1, 2, 3]")
@@ -656,6 +656,7 @@ def test_a_cap_of_0_is_refused(key):
 def test_ground_truth_given_as_results_is_named(tmp_path):
     gt = _two_images_class_1()
     tool_refuses(tmp_path, gt, gt, "results.json", "got dict", "looks like a ground-truth file")
+    eval_refuses(gt, {"results": _perfect(gt)}, "got dict", "under the key 'results'")
 
 
 def test_a_bad_box_is_shown_as_the_json_it_was(tmp_path):

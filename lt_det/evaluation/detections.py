@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from ..errors import LTDetError
-from ..lvis_json import id_column
+from ..lvis_json import id_column, json_shown, json_text
 from ._json import gc_paused, load_json, load_json_list
 
 __all__ = ["DetectionTable", "top_k_per_group"]
@@ -117,10 +117,17 @@ class DetectionTable:
         """
         if not isinstance(results, (list, tuple)):
             hint = ""
+            lists = [k for k, v in results.items() if isinstance(v, list)] if isinstance(
+                results, dict) else []
             if isinstance(results, dict) and "annotations" in results:
                 hint = (
                     " This looks like a ground-truth file (it has 'annotations'): give it as "
                     "the ground truth (--gt), and the model's results (a list) as the results."
+                )
+            elif len(lists) == 1:
+                hint = (
+                    f" Its list is under the key {lists[0]!r}: write that list alone as the "
+                    "results file."
                 )
             raise LTDetError(
                 f"'{source}': results must be a list of dicts, got {type(results).__name__}."
@@ -140,7 +147,7 @@ class DetectionTable:
         except TypeError:
             i, r = next((i, r) for i, r in enumerate(results) if not isinstance(r, dict))
             raise LTDetError(
-                f"'{source}': result {i} (0-based) is {str(r)[:60]} ({type(r).__name__}); "
+                f"'{source}': result {i} (0-based) is {json_shown(r)}; "
                 "results are dicts with 'image_id', 'category_id', 'score' and 'bbox' and/or "
                 "'segmentation'."
             ) from None
@@ -186,7 +193,8 @@ class DetectionTable:
             if bad.size:
                 raise LTDetError(
                     f"'{source}': {bad.size} results have a box with a non-finite coordinate "
-                    f"(e.g. result {int(bad[0])} (0-based): {self.bbox[bad[0]].tolist()})."
+                    f"(e.g. result {int(bad[0])} (0-based): {self.bbox[bad[0]].tolist()}). Boxes "
+                    "must be finite; a model that outputs NaN has diverged (see the training log)."
                 )
 
     def _check_masks(self, source: str) -> None:
@@ -255,7 +263,7 @@ class DetectionTable:
         if not set(map(type, flat)) <= {int}:
             i = next(i for i, s in enumerate(sizes) if any(type(v) is not int for v in s))
             raise LTDetError(
-                f"'{source}': result {i} (0-based) has a mask of size {_json_text(sizes[i])}; "
+                f"'{source}': result {i} (0-based) has a mask of size {json_text(sizes[i])}; "
                 "an RLE's size is [height, width] in whole pixels."
             )
         return np.array(flat, dtype=np.int64).reshape(-1, 2)
@@ -346,16 +354,6 @@ class DetectionTable:
             f.write("]")
 
 
-def _json_text(value: Any, limit: int = 60) -> str:
-    """``value`` as the JSON text it was read from (``true``, not Python's ``True``), cut to
-    ``limit`` characters; ``str`` for what JSON cannot hold (numpy values from a caller)."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = str(value)
-    return text[:limit]
-
-
 def _first_without(results: Sequence[Any], key: str) -> int:
     """Index of the first dict of ``results`` without ``key`` (-1 if none)."""
     return next((i for i, r in enumerate(results) if isinstance(r, dict) and key not in r), -1)
@@ -385,7 +383,7 @@ def _number_column(values: List[Any], field: str, source: str) -> np.ndarray:
         (i, v) for i, v in enumerate(values) if type(v) not in (int, float)
     )
     raise LTDetError(
-        f"'{source}': result {i} (0-based) has {field} {v!r} ({type(v).__name__}); {field} must "
+        f"'{source}': result {i} (0-based) has {field} {json_shown(v)}; {field} must "
         "be a JSON number."
     )
 
@@ -420,7 +418,7 @@ def _box_column(values: List[Any], source: str) -> np.ndarray:
             and all(type(v) in (int, float) for v in b)
         ):
             raise LTDetError(
-                f"'{source}': result {i} (0-based) has bbox {_json_text(b)}; boxes are [x, y, "
+                f"'{source}': result {i} (0-based) has bbox {json_text(b)}; boxes are [x, y, "
                 "width, height] with 4 numbers."
             )
     try:  # 4 numbers each, some beyond int64
