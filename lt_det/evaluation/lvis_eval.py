@@ -267,6 +267,16 @@ def evaluate_lvis(
         progress: show a progress bar with ETA over the class chunks on stderr (tqdm; from
             the first second on, so short runs print none), and log the loading times; only
             useful with ``class_chunk`` > 0.
+
+    Warnings (logged): an empty results list (every metric 0); results of category ids that
+    are not categories of ``gt`` (not evaluated, as in lvis-api).
+
+    Raises:
+        LTDetError: before any evaluation, naming the file, the entry and what to do: an
+            unknown ``iou_type`` or backend, ``class_chunk`` < 0, a cap of 0, ground truth or
+            results that break the input rules (docs/evaluation.md, "Input rules"), results of
+            images not in ``gt``, masks not of their image's size, or results without the
+            boxes / masks that ``iou_type`` evaluates.
     """
     if iou_type not in ("bbox", "segm"):
         raise LTDetError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}.")
