@@ -126,14 +126,13 @@ def _last_boundary(buf: bytearray, start: int) -> int:
     (the bytes before ``start`` were searched already and held none), -1 if none; the last
     4 kB are searched first."""
     lo_all = max(0, start - _OVERLAP)
-    for lo in (max(lo_all, len(buf) - 4096), lo_all):
+    tail = max(lo_all, len(buf) - 4096)
+    for lo in (tail, lo_all) if tail > lo_all else (lo_all,):
         last = None
         for last in _BOUNDARY.finditer(buf, lo):
             pass
         if last is not None:
             return buf.index(b",", last.start())
-        if lo == lo_all:
-            break
     return -1
 
 

@@ -117,18 +117,19 @@ class DetectionTable:
         """
         if not isinstance(results, (list, tuple)):
             hint = ""
-            lists = [k for k, v in results.items() if isinstance(v, list)] if isinstance(
-                results, dict) else []
-            if isinstance(results, dict) and "annotations" in results:
-                hint = (
-                    " This looks like a ground-truth file (it has 'annotations'): give it as "
-                    "the ground truth (--gt), and the model's results (a list) as the results."
-                )
-            elif len(lists) == 1:
-                hint = (
-                    f" Its list is under the key {lists[0]!r}: write that list alone as the "
-                    "results file."
-                )
+            if isinstance(results, dict):
+                lists = [k for k, v in results.items() if isinstance(v, list)]
+                if "annotations" in results:
+                    hint = (
+                        " This looks like a ground-truth file (it has 'annotations'): give it "
+                        "as the ground truth (--gt), and the model's results (a list) as the "
+                        "results."
+                    )
+                elif len(lists) == 1:
+                    hint = (
+                        f" Its list is under the key {lists[0]!r}: write that list alone as "
+                        "the results file."
+                    )
             raise LTDetError(
                 f"'{source}': results must be a list of dicts, got {type(results).__name__}."
                 + hint
